@@ -1,0 +1,233 @@
+//! Instance endpoints: register, heartbeat, drain, deregister, and the admin listing
+//! of a service. Wire types live here, beside their handlers.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::auth::Access;
+use super::error::{ApiError, ApiJson};
+use crate::clock::rfc3339;
+use crate::hub::Authority;
+use crate::registry::table::InstanceView;
+use crate::registry::{InstanceSpec, State as InstanceState, validate};
+
+/// Body of `POST /v1/services/{service}/instances`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    address: Option<String>,
+    weight: Option<i64>,
+    max_connections: Option<i64>,
+    zone: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    ttl_secs: Option<i64>,
+}
+
+impl RegisterBody {
+    /// Validates every field into a spec.
+    fn into_spec(self) -> Result<InstanceSpec, ApiError> {
+        let address = self.address.ok_or_else(|| {
+            validate::Invalid::new("invalid_address", "address is required (host:port)")
+        })?;
+        Ok(InstanceSpec {
+            address: validate::address(&address)?,
+            weight: validate::weight(self.weight)?,
+            max_connections: validate::max_connections(self.max_connections)?,
+            zone: validate::zone(self.zone.as_deref())?,
+            tags: validate::tags(self.tags)?,
+            metadata: validate::metadata(self.metadata)?,
+            ttl_secs: validate::ttl_secs(self.ttl_secs)?,
+        })
+    }
+}
+
+/// Answer of a registration.
+#[derive(Debug, Serialize)]
+pub struct RegisterAnswer {
+    id: String,
+    service: String,
+    lease: String,
+    ttl_secs: u32,
+    heartbeat_secs: u32,
+}
+
+/// Body of a heartbeat.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    connections: Option<u64>,
+}
+
+/// Answer of a heartbeat.
+#[derive(Debug, Serialize)]
+pub struct HeartbeatAnswer {
+    ttl_secs: u32,
+    shed: u64,
+}
+
+/// One instance in the admin listing and the drain answer.
+#[derive(Debug, Serialize)]
+pub struct InstanceDto {
+    id: String,
+    service: String,
+    address: String,
+    weight: u32,
+    max_connections: Option<u64>,
+    zone: Option<String>,
+    tags: Vec<String>,
+    metadata: BTreeMap<String, String>,
+    ttl_secs: u32,
+    state: InstanceState,
+    draining: bool,
+    connections: u64,
+    pending: u64,
+    load: f64,
+    last_heartbeat_ms_ago: u64,
+    registered_at: String,
+}
+
+impl InstanceDto {
+    fn new(service: &str, view: InstanceView) -> Self {
+        let i = view.instance;
+        InstanceDto {
+            pending: i.pending(),
+            id: i.id,
+            service: service.to_owned(),
+            address: i.spec.address,
+            weight: i.spec.weight,
+            max_connections: i.spec.max_connections,
+            zone: i.spec.zone,
+            tags: i.spec.tags,
+            metadata: i.spec.metadata,
+            ttl_secs: i.spec.ttl_secs,
+            state: view.state,
+            draining: i.draining,
+            connections: i.connections,
+            load: view.load,
+            last_heartbeat_ms_ago: view.last_heartbeat_ms_ago,
+            registered_at: rfc3339(i.registered_at_unix_ms),
+        }
+    }
+}
+
+/// Answer of the admin listing.
+#[derive(Debug, Serialize)]
+pub struct ListingAnswer {
+    service: String,
+    instances: Vec<InstanceDto>,
+}
+
+fn lease_header(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-lease").and_then(|v| v.to_str().ok())
+}
+
+/// Who is asking for a drain or deregistration: the admin token wins, then the lease;
+/// with neither, only an open (no admin token) registry lets the request through.
+fn authority<'a>(state: &AppState, headers: &'a HeaderMap) -> Result<Authority<'a>, ApiError> {
+    if state.tokens.bearer_is_admin(headers) {
+        return Ok(Authority::Admin);
+    }
+    match lease_header(headers) {
+        Some(lease) => Ok(Authority::Lease(lease)),
+        None if !state.tokens.admin_configured() => Ok(Authority::Admin),
+        None => Err(ApiError::Unauthorized(
+            "send the instance's lease in X-Lease, or the admin token",
+        )),
+    }
+}
+
+/// `POST /v1/services/{service}/instances`.
+pub async fn register(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RegisterBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    state.tokens.check(&headers, Access::Register)?;
+    validate::service_name(&service)?;
+    let spec = body.into_spec()?;
+    let done = state.hub.register(&service, spec).await?;
+    let status = if done.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    tracing::info!(%service, id = %done.id, created = done.created, "registered");
+    Ok((
+        status,
+        Json(RegisterAnswer {
+            id: done.id,
+            service: done.service,
+            lease: done.lease,
+            ttl_secs: done.ttl_secs,
+            heartbeat_secs: done.heartbeat_secs,
+        }),
+    ))
+}
+
+/// `PUT /v1/services/{service}/instances/{id}/heartbeat`.
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<HeartbeatBody>,
+) -> Result<Json<HeartbeatAnswer>, ApiError> {
+    let lease = lease_header(&headers).unwrap_or("");
+    let answer = state
+        .hub
+        .heartbeat(&service, &id, lease, body.connections)?;
+    Ok(Json(HeartbeatAnswer {
+        ttl_secs: answer.ttl_secs,
+        shed: answer.shed,
+    }))
+}
+
+/// `POST /v1/services/{service}/instances/{id}/drain`.
+pub async fn drain(
+    State(state): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<InstanceDto>, ApiError> {
+    let who = authority(&state, &headers)?;
+    let view = state.hub.drain(&service, &id, who).await?;
+    tracing::info!(%service, %id, "drained");
+    Ok(Json(InstanceDto::new(&service, view)))
+}
+
+/// `DELETE /v1/services/{service}/instances/{id}`.
+pub async fn deregister(
+    State(state): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let who = authority(&state, &headers)?;
+    state.hub.deregister(&service, &id, who).await?;
+    tracing::info!(%service, %id, "deregistered");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/services/{service}/instances`: every instance, all states.
+pub async fn listing(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<ListingAnswer>, ApiError> {
+    state.tokens.check(&headers, Access::Admin)?;
+    validate::service_name(&service)?;
+    let instances = state
+        .hub
+        .listing(&service)
+        .into_iter()
+        .map(|view| InstanceDto::new(&service, view))
+        .collect();
+    Ok(Json(ListingAnswer { service, instances }))
+}

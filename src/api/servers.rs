@@ -1,0 +1,163 @@
+//! `GET /servers`: the ranked list for smart clients, in JSON or `text/plain`, with
+//! the blocking-query form (`since` + `wait_secs`).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::auth::Access;
+use super::error::ApiError;
+use crate::registry::table::{RankQuery, Ranked};
+use crate::registry::validate::{self, Invalid};
+
+/// Default `limit`.
+pub const DEFAULT_LIMIT: usize = 5;
+/// Largest `limit`.
+pub const MAX_LIMIT: usize = 100;
+/// Largest `wait_secs`.
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// Query string, taken as text so each field gets its own error code.
+#[derive(Debug, Default, Deserialize)]
+pub struct ServersParams {
+    service: Option<String>,
+    limit: Option<String>,
+    key: Option<String>,
+    zone: Option<String>,
+    since: Option<String>,
+    wait_secs: Option<String>,
+}
+
+/// One server in the answer.
+#[derive(Debug, Serialize)]
+pub struct ServerDto {
+    id: String,
+    address: String,
+    zone: Option<String>,
+    weight: u32,
+    connections: u64,
+    load: f64,
+}
+
+/// The JSON answer.
+#[derive(Debug, Serialize)]
+pub struct ServersAnswer {
+    service: String,
+    version: u64,
+    self_preservation: bool,
+    servers: Vec<ServerDto>,
+}
+
+fn parse_number(raw: Option<&str>, code: &'static str, name: &str) -> Result<Option<u64>, Invalid> {
+    raw.map(|text| {
+        text.parse::<u64>().map_err(|_| {
+            Invalid::new(
+                code,
+                format!("{name} must be a non-negative integer, got {text:?}"),
+            )
+        })
+    })
+    .transpose()
+}
+
+/// `GET /servers`.
+pub async fn servers(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ServersParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    state.tokens.check(&headers, Access::Read)?;
+    let Query(params) =
+        query.map_err(|e| Invalid::new("invalid_query", format!("malformed query string: {e}")))?;
+    let service = params.service.as_deref().unwrap_or("default");
+    validate::service_name(service)?;
+    let limit = match parse_number(params.limit.as_deref(), "invalid_limit", "limit")? {
+        None => DEFAULT_LIMIT,
+        Some(n) if (1..=MAX_LIMIT as u64).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(
+                Invalid::new("invalid_limit", format!("limit {n} is outside 1..=100")).into(),
+            );
+        }
+    };
+    if let Some(key) = &params.key {
+        validate::affinity_key(key)?;
+    }
+    let zone = validate::zone(params.zone.as_deref())?;
+    let since = parse_number(params.since.as_deref(), "invalid_since", "since")?;
+    let wait = match parse_number(params.wait_secs.as_deref(), "invalid_wait", "wait_secs")? {
+        None => None,
+        Some(n) if (1..=MAX_WAIT_SECS).contains(&n) => Some(Duration::from_secs(n)),
+        Some(n) => {
+            return Err(
+                Invalid::new("invalid_wait", format!("wait_secs {n} is outside 1..=60")).into(),
+            );
+        }
+    };
+    if let (Some(since), Some(wait)) = (since, wait) {
+        tokio::select! {
+            () = state.hub.wait_for_change(service, since, wait) => {}
+            () = state.shutdown.cancelled() => {}
+        }
+    }
+    let rank_query = RankQuery {
+        limit,
+        zone: zone.as_deref(),
+        key: params.key.as_deref().map(str::as_bytes),
+    };
+    let ranked = state.hub.servers(service, &rank_query);
+    if wants_text(&headers) {
+        return Ok(text_answer(&ranked));
+    }
+    Ok(Json(ServersAnswer {
+        service: service.to_owned(),
+        version: ranked.version,
+        self_preservation: ranked.self_preservation,
+        servers: ranked
+            .servers
+            .into_iter()
+            .map(|s| ServerDto {
+                id: s.id,
+                address: s.address,
+                zone: s.zone,
+                weight: s.weight,
+                connections: s.connections,
+                load: s.load,
+            })
+            .collect(),
+    })
+    .into_response())
+}
+
+/// Whether the client asked for `text/plain` rather than JSON.
+fn wants_text(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/plain") && !accept.contains("application/json"))
+}
+
+/// One `host:port` per line, best first.
+fn text_answer(ranked: &Ranked) -> Response {
+    let mut body = String::with_capacity(ranked.servers.len() * 24);
+    for server in &ranked.servers {
+        body.push_str(&server.address);
+        body.push('\n');
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (
+                header::HeaderName::from_static("x-switchboard-version"),
+                ranked.version.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}

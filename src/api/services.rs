@@ -1,0 +1,53 @@
+//! `GET /v1/services`: every service with its instance counts, total connections and
+//! self-preservation flag.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde::Serialize;
+
+use super::AppState;
+use super::auth::Access;
+use super::error::ApiError;
+
+/// One service's counts.
+#[derive(Debug, Serialize)]
+pub struct ServiceDto {
+    name: String,
+    /// Live, not draining: handed out.
+    live: u64,
+    draining: u64,
+    expired: u64,
+    connections: u64,
+    self_preservation: bool,
+    version: u64,
+}
+
+/// The answer.
+#[derive(Debug, Serialize)]
+pub struct ServicesAnswer {
+    services: Vec<ServiceDto>,
+}
+
+/// `GET /v1/services`.
+pub async fn services(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<ServicesAnswer>, ApiError> {
+    state.tokens.check(&headers, Access::Admin)?;
+    let services = state
+        .hub
+        .summaries()
+        .into_iter()
+        .map(|s| ServiceDto {
+            name: s.name,
+            live: s.up,
+            draining: s.draining,
+            expired: s.expired,
+            connections: s.connections,
+            self_preservation: s.self_preservation,
+            version: s.version,
+        })
+        .collect();
+    Ok(Json(ServicesAnswer { services }))
+}

@@ -1,0 +1,229 @@
+//! Wiring of `switchboard serve`: open the store, restore the registry, bind the
+//! listeners, spawn the background loops, and shut everything down in order.
+//!
+//! Holds no business rules. [`start`] reports the bound addresses, so tests and
+//! embedders can bind port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::store::{self, StoreError};
+use crate::sync;
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The store could not be opened, migrated or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the HTTP API really listens.
+    pub http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    done: JoinHandle<Result<(), AppError>>,
+}
+
+impl Running {
+    /// Starts the graceful shutdown and waits for it to finish.
+    ///
+    /// # Errors
+    /// [`AppError`] when serving failed.
+    pub async fn stop(self) -> Result<(), AppError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server has stopped (after its shutdown token fired).
+    ///
+    /// # Errors
+    /// [`AppError`] when serving failed.
+    pub async fn wait(self) -> Result<(), AppError> {
+        match self.done.await {
+            Ok(result) => result,
+            Err(join) => Err(AppError::Serve(std::io::Error::other(join))),
+        }
+    }
+
+    /// A token that starts the graceful shutdown when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Opens the store, restores the registry, binds and serves until the returned
+/// [`Running`] is stopped.
+///
+/// # Errors
+/// [`AppError`] when the store cannot be opened or a listener cannot be bound.
+pub async fn start(config: Config) -> Result<Running, AppError> {
+    let store = store::open(&config.db).await?;
+    let hub = Hub::new(store, Clock::start(), config.rebalance);
+    let restored = hub.restore().await?;
+    tracing::info!(db = %redact(&config.db), restored, "store open");
+
+    let listener = TcpListener::bind(config.http)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: config.http,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| AppError::Bind {
+        addr: config.http,
+        source,
+    })?;
+    tracing::info!(addr = %http_addr, "http listening on {http_addr}");
+    for forward in &config.forwards {
+        tracing::warn!(
+            listen = %forward.listen, service = %forward.service,
+            "forward listener not started: the forwarder is not built yet"
+        );
+    }
+    if !config.statics.is_empty() {
+        tracing::warn!(
+            count = config.statics.len(),
+            "static instances ignored: the forwarder is not built yet"
+        );
+    }
+
+    let shutdown = CancellationToken::new();
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        hub: hub.clone(),
+        tokens: Arc::new(config.tokens.clone()),
+        shutting_down: Arc::clone(&shutting_down),
+        shutdown: shutdown.clone(),
+    };
+    let router = api::router(state);
+
+    let loops = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tracker.spawn(sync::sweep_loop(hub.clone(), loops.child_token()));
+    tracker.spawn(sync::flush_loop(hub.clone(), loops.child_token()));
+    tracker.close();
+
+    let drain_timeout = config.drain_timeout;
+    let stop = shutdown.clone();
+    let done = tokio::spawn(async move {
+        let serve_stop = stop.clone();
+        let flag = Arc::clone(&shutting_down);
+        let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
+            serve_stop.cancelled().await;
+            flag.store(true, Ordering::Relaxed);
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        });
+        let server = tokio::spawn(async move { serving.await });
+        stop.cancelled().await;
+        let served = finish_within(server, drain_timeout).await;
+        loops.cancel();
+        tracker.wait().await;
+        match hub.flush_beats().await {
+            Ok(n) => tracing::info!(heartbeats = n, "final heartbeat batch persisted"),
+            Err(err) => tracing::warn!(%err, "final heartbeat batch not persisted"),
+        }
+        hub.close().await;
+        tracing::info!("stopped");
+        served
+    });
+    Ok(Running {
+        http_addr,
+        shutdown,
+        done,
+    })
+}
+
+async fn finish_within(
+    server: JoinHandle<std::io::Result<()>>,
+    limit: Duration,
+) -> Result<(), AppError> {
+    let abort = server.abort_handle();
+    match tokio::time::timeout(limit, server).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(err))) => Err(AppError::Serve(err)),
+        Ok(Err(join)) => Err(AppError::Serve(std::io::Error::other(join))),
+        Err(_) => {
+            tracing::warn!(
+                ?limit,
+                "drain timeout passed; closing the remaining connections"
+            );
+            abort.abort();
+            Ok(())
+        }
+    }
+}
+
+/// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+///
+/// # Errors
+/// [`AppError`] from start-up or serving.
+pub async fn run(config: Config) -> Result<(), AppError> {
+    let running = start(config).await?;
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        token.cancel();
+    });
+    running.wait().await
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

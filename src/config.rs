@@ -1,0 +1,550 @@
+//! Configuration: the TOML file, the environment (tokens) and the flags, merged and
+//! validated into one [`Config`]. A flag wins over the file; the environment wins for
+//! tokens. An unknown key or a bad value stops the start with a message naming it.
+//!
+//! Must not open sockets or the store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::api::auth::Tokens;
+use crate::cli::ServeArgs;
+use crate::registry::RebalancePolicy;
+use crate::registry::validate;
+
+/// Default HTTP API address.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+/// Default store.
+pub const DEFAULT_DB: &str = "sqlite://switchboard.db";
+/// Default forward listener.
+pub const DEFAULT_FORWARD: &str = "127.0.0.1:6665=default";
+/// Default shutdown drain.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid {key}: {message}")]
+    Invalid {
+        /// The key, e.g. `forward[0].proxy_protocol`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Non-loopback HTTP bind without a register token.
+    #[error(
+        "refusing to serve the HTTP API on {0} (not loopback) without a register token: \
+         set [tokens] register in the config file or SWITCHBOARD_REGISTER_TOKEN, \
+         or pass --insecure to accept registrations from anyone who can reach it"
+    )]
+    InsecureBind(SocketAddr),
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// `[tokens]`: a single register token or a list of them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTokens {
+    admin: Option<String>,
+    register: Option<OneOrMany>,
+    read: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `[[forward]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileForward {
+    listen: String,
+    #[serde(default = "default_service")]
+    service: String,
+    proxy_protocol: Option<String>,
+    max_connections: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_fails: Option<u32>,
+    fail_timeout_secs: Option<u64>,
+    hash: Option<String>,
+}
+
+fn default_service() -> String {
+    "default".to_owned()
+}
+
+/// `[[static]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStatic {
+    #[serde(default = "default_service")]
+    service: String,
+    address: String,
+    weight: Option<i64>,
+    max_connections: Option<i64>,
+}
+
+/// `[rebalance]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRebalance {
+    enabled: Option<bool>,
+    tolerance: Option<f64>,
+    shed_max_ratio: Option<f64>,
+}
+
+/// The config file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    http: Option<String>,
+    db: Option<String>,
+    insecure: Option<bool>,
+    drain_timeout_secs: Option<u64>,
+    tokens: Option<FileTokens>,
+    forward: Option<Vec<FileForward>>,
+    #[serde(rename = "static")]
+    statics: Option<Vec<FileStatic>>,
+    rebalance: Option<FileRebalance>,
+}
+
+/// PROXY protocol version sent to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// Text header.
+    V1,
+    /// Binary header.
+    V2,
+}
+
+/// Affinity hashing of a forward listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardHash {
+    /// Least load, no affinity.
+    None,
+    /// The device's IP address is the affinity key.
+    RemoteAddr,
+}
+
+/// One validated forward listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Service whose instances it forwards to.
+    pub service: String,
+    /// PROXY protocol header to send, if any.
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Connections beyond this are closed at once.
+    pub max_connections: Option<u64>,
+    /// Backend connect timeout.
+    pub connect_timeout: Duration,
+    /// Close a relayed connection idle this long.
+    pub idle_timeout: Option<Duration>,
+    /// Failures within `fail_timeout` that take a backend out.
+    pub max_fails: u32,
+    /// Window and penalty of `max_fails`.
+    pub fail_timeout: Duration,
+    /// Affinity hashing.
+    pub hash: ForwardHash,
+}
+
+/// One validated static instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticConfig {
+    /// Service.
+    pub service: String,
+    /// Canonical address.
+    pub address: String,
+    /// Weight.
+    pub weight: u32,
+    /// Cap.
+    pub max_connections: Option<u64>,
+}
+
+/// The validated configuration of `switchboard serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP API address.
+    pub http: SocketAddr,
+    /// Store URL.
+    pub db: String,
+    /// Non-loopback bind without register token allowed.
+    pub insecure: bool,
+    /// Shutdown drain deadline.
+    pub drain_timeout: Duration,
+    /// Tokens.
+    pub tokens: Tokens,
+    /// Forward listeners.
+    pub forwards: Vec<ForwardConfig>,
+    /// Static instances.
+    pub statics: Vec<StaticConfig>,
+    /// Rebalancing hint settings.
+    pub rebalance: RebalancePolicy,
+}
+
+/// Reads a token from the environment; empty means unset.
+fn env_token(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl Config {
+    /// Loads the file named by `--config` (if any), the environment and the flags.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the offending key.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Config::merge(file, args, env_token)
+    }
+
+    /// Parses config file text (for tests and tools).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the offending key.
+    pub fn from_toml(text: &str, args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = parse_text(Path::new("<inline>"), text)?;
+        Config::merge(file, args, |_| None)
+    }
+
+    fn merge(
+        file: FileConfig,
+        args: &ServeArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let http_text = args
+            .http
+            .clone()
+            .or(file.http)
+            .unwrap_or_else(|| DEFAULT_HTTP.into());
+        let http: SocketAddr = http_text.parse().map_err(|_| {
+            invalid(
+                "http",
+                format!(
+                    "{http_text:?} is not an IP:port address (e.g. 127.0.0.1:8080 or [::1]:8080)"
+                ),
+            )
+        })?;
+        let db = args
+            .db
+            .clone()
+            .or(file.db)
+            .unwrap_or_else(|| DEFAULT_DB.into());
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "db",
+                format!("{db:?}: expected sqlite://<file>, sqlite::memory: or postgres://..."),
+            ));
+        }
+        let insecure = args.insecure || file.insecure.unwrap_or(false);
+        let drain_timeout = args
+            .drain_timeout_secs
+            .or(file.drain_timeout_secs)
+            .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_secs);
+
+        let file_tokens = file.tokens.unwrap_or_default();
+        let register = match env("SWITCHBOARD_REGISTER_TOKEN") {
+            Some(t) => vec![t],
+            None => match file_tokens.register {
+                None => Vec::new(),
+                Some(OneOrMany::One(t)) => vec![t],
+                Some(OneOrMany::Many(ts)) => ts,
+            },
+        };
+        let tokens = Tokens {
+            admin: env("SWITCHBOARD_ADMIN_TOKEN").or(file_tokens.admin),
+            register,
+            read: env("SWITCHBOARD_READ_TOKEN").or(file_tokens.read),
+        };
+        for (key, token) in [
+            ("tokens.admin", &tokens.admin),
+            ("tokens.read", &tokens.read),
+        ] {
+            if token.as_ref().is_some_and(|t| t.trim().is_empty()) {
+                return Err(invalid(key, "token must not be empty"));
+            }
+        }
+        if tokens.register.iter().any(|t| t.trim().is_empty()) {
+            return Err(invalid("tokens.register", "token must not be empty"));
+        }
+
+        let forwards = if args.no_forward {
+            Vec::new()
+        } else if !args.forward.is_empty() {
+            args.forward
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| {
+                    parse_forward_flag(spec)
+                        .and_then(|f| validate_forward(&format!("--forward[{i}]"), f))
+                })
+                .collect::<Result<_, _>>()?
+        } else if let Some(list) = file.forward {
+            list.into_iter()
+                .enumerate()
+                .map(|(i, f)| validate_forward(&format!("forward[{i}]"), f))
+                .collect::<Result<_, _>>()?
+        } else {
+            vec![validate_forward(
+                "forward",
+                parse_forward_flag(DEFAULT_FORWARD)?,
+            )?]
+        };
+
+        let statics = file
+            .statics
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| validate_static(i, s))
+            .collect::<Result<_, _>>()?;
+
+        let r = file.rebalance.unwrap_or_default();
+        let defaults = RebalancePolicy::default();
+        let rebalance = RebalancePolicy {
+            enabled: r.enabled.unwrap_or(defaults.enabled),
+            tolerance: r.tolerance.unwrap_or(defaults.tolerance),
+            shed_max_ratio: r.shed_max_ratio.unwrap_or(defaults.shed_max_ratio),
+        };
+        if !(0.0..=10.0).contains(&rebalance.tolerance) {
+            return Err(invalid(
+                "rebalance.tolerance",
+                "must be within 0.0..=10.0 (0.10 = 10 %)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&rebalance.shed_max_ratio) {
+            return Err(invalid(
+                "rebalance.shed_max_ratio",
+                "must be within 0.0..=1.0 (0.01 = 1 %)",
+            ));
+        }
+
+        let config = Config {
+            http,
+            db,
+            insecure,
+            drain_timeout,
+            tokens,
+            forwards,
+            statics,
+            rebalance,
+        };
+        if !config.http.ip().is_loopback() && config.tokens.register.is_empty() && !config.insecure
+        {
+            return Err(ConfigError::InsecureBind(config.http));
+        }
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_text(path, &text)
+}
+
+fn parse_text(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn parse_forward_flag(spec: &str) -> Result<FileForward, ConfigError> {
+    let (listen, service) = spec.split_once('=').ok_or_else(|| {
+        invalid(
+            "--forward",
+            format!("{spec:?}: expected LISTEN=SERVICE, e.g. 127.0.0.1:6665=default"),
+        )
+    })?;
+    Ok(FileForward {
+        listen: listen.to_owned(),
+        service: service.to_owned(),
+        proxy_protocol: None,
+        max_connections: None,
+        connect_timeout_ms: None,
+        idle_timeout_secs: None,
+        max_fails: None,
+        fail_timeout_secs: None,
+        hash: None,
+    })
+}
+
+fn validate_forward(key: &str, f: FileForward) -> Result<ForwardConfig, ConfigError> {
+    let listen = f.listen.parse().map_err(|_| {
+        invalid(
+            format!("{key}.listen"),
+            format!("{:?} is not an IP:port address", f.listen),
+        )
+    })?;
+    validate::service_name(&f.service).map_err(|e| invalid(format!("{key}.service"), e.message))?;
+    let proxy_protocol = match f.proxy_protocol.as_deref() {
+        None => None,
+        Some("v1") => Some(ProxyProtocol::V1),
+        Some("v2") => Some(ProxyProtocol::V2),
+        Some(other) => {
+            return Err(invalid(
+                format!("{key}.proxy_protocol"),
+                format!("{other:?}: expected \"v1\" or \"v2\""),
+            ));
+        }
+    };
+    let hash = match f.hash.as_deref() {
+        None => ForwardHash::None,
+        Some("remote_addr") => ForwardHash::RemoteAddr,
+        Some(other) => {
+            return Err(invalid(
+                format!("{key}.hash"),
+                format!("{other:?}: the only hash is \"remote_addr\""),
+            ));
+        }
+    };
+    let positive = |name: &str, v: Option<u64>| -> Result<Option<u64>, ConfigError> {
+        match v {
+            Some(0) => Err(invalid(format!("{key}.{name}"), "must be at least 1")),
+            other => Ok(other),
+        }
+    };
+    let max_fails = f.max_fails.unwrap_or(3);
+    if max_fails == 0 {
+        return Err(invalid(format!("{key}.max_fails"), "must be at least 1"));
+    }
+    Ok(ForwardConfig {
+        listen,
+        service: f.service,
+        proxy_protocol,
+        max_connections: positive("max_connections", f.max_connections)?,
+        connect_timeout: Duration::from_millis(
+            positive("connect_timeout_ms", f.connect_timeout_ms)?.unwrap_or(1000),
+        ),
+        idle_timeout: positive("idle_timeout_secs", f.idle_timeout_secs)?.map(Duration::from_secs),
+        max_fails,
+        fail_timeout: Duration::from_secs(
+            positive("fail_timeout_secs", f.fail_timeout_secs)?.unwrap_or(10),
+        ),
+        hash,
+    })
+}
+
+fn validate_static(i: usize, s: FileStatic) -> Result<StaticConfig, ConfigError> {
+    let key = format!("static[{i}]");
+    validate::service_name(&s.service).map_err(|e| invalid(format!("{key}.service"), e.message))?;
+    Ok(StaticConfig {
+        service: s.service,
+        address: validate::address(&s.address)
+            .map_err(|e| invalid(format!("{key}.address"), e.message))?,
+        weight: validate::weight(s.weight)
+            .map_err(|e| invalid(format!("{key}.weight"), e.message))?,
+        max_connections: validate::max_connections(s.max_connections)
+            .map_err(|e| invalid(format!("{key}.max_connections"), e.message))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_file_or_flags() {
+        let c = Config::from_toml("", &ServeArgs::default()).unwrap();
+        assert_eq!(c.http.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.db, "sqlite://switchboard.db");
+        assert_eq!(c.forwards.len(), 1);
+        assert_eq!(c.forwards[0].listen.to_string(), "127.0.0.1:6665");
+        assert_eq!(c.forwards[0].connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.rebalance, RebalancePolicy::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("htp = \"x\"", &ServeArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("htp"), "{err}");
+        let err = Config::from_toml(
+            "[[forward]]\nlisten = \"127.0.0.1:1\"\nproxy = \"v1\"",
+            &ServeArgs::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("proxy"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::from_toml(
+            "[[forward]]\nlisten = \"127.0.0.1:1\"\nproxy_protocol = \"v3\"",
+            &ServeArgs::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("forward[0].proxy_protocol"),
+            "{err}"
+        );
+        let err =
+            Config::from_toml("[[static]]\naddress = \"nope\"", &ServeArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("static[0].address"), "{err}");
+        let err =
+            Config::from_toml("[rebalance]\ntolerance = -1.0", &ServeArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("rebalance.tolerance"), "{err}");
+    }
+
+    #[test]
+    fn flag_wins_over_file() {
+        let args = ServeArgs {
+            http: Some("127.0.0.1:0".into()),
+            ..ServeArgs::default()
+        };
+        let c = Config::from_toml("http = \"127.0.0.1:9999\"", &args).unwrap();
+        assert_eq!(c.http.port(), 0);
+    }
+
+    #[test]
+    fn non_loopback_needs_register_token_or_insecure() {
+        let args = ServeArgs {
+            http: Some("0.0.0.0:8080".into()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::from_toml("", &args),
+            Err(ConfigError::InsecureBind(_))
+        ));
+        assert!(Config::from_toml("[tokens]\nregister = \"s3cret\"", &args).is_ok());
+        assert!(Config::from_toml("insecure = true", &args).is_ok());
+    }
+}

@@ -1,0 +1,530 @@
+//! The registry as the rest of the program sees it: applies each command to the store
+//! and the in-memory tables in the right order, and wakes blocking queries.
+//!
+//! Owns the locks (one table mutex and one write mutex per service) and the clock.
+//! Writes are durable in the store before they change memory; heartbeats and hand-outs
+//! stay in memory and reach the store in batches (`flush_beats`). Knows no HTTP.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::lease;
+use crate::registry::table::{
+    self, HeartbeatAnswer, InstanceView, LeaseError, PreservationEvent, RankQuery, Ranked,
+    ServiceSummary,
+};
+use crate::registry::{InstanceSpec, RebalancePolicy, ServiceTable};
+use crate::store::{BeatRecord, InstanceRecord, Store, StoreError};
+
+/// The longest a store call may take before the request fails with 503.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a registry command was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// No such instance in the service.
+    #[error("no instance {id} in service {service}")]
+    UnknownInstance {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// The lease does not match.
+    #[error("the lease does not match instance {0}")]
+    BadLease(String),
+    /// The store failed or timed out.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Who asks for a lease-protected change.
+#[derive(Debug, Clone, Copy)]
+pub enum Authority<'a> {
+    /// The backend, proving itself with its lease.
+    Lease(&'a str),
+    /// An operator with the admin token (or no admin token configured).
+    Admin,
+}
+
+/// The answer to a registration.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// Instance id.
+    pub id: String,
+    /// Service name.
+    pub service: String,
+    /// The new lease, in clear, shown only here.
+    pub lease: String,
+    /// TTL.
+    pub ttl_secs: u32,
+    /// Advised heartbeat period.
+    pub heartbeat_secs: u32,
+    /// False when the address was already registered.
+    pub created: bool,
+}
+
+/// One service's lock-protected state.
+struct ServiceSlot {
+    table: Mutex<ServiceTable>,
+    /// Serializes the store writes of this service so the store and the table apply
+    /// them in the same order.
+    writes: tokio::sync::Mutex<()>,
+    version: watch::Sender<u64>,
+}
+
+impl ServiceSlot {
+    fn lock(&self) -> MutexGuard<'_, ServiceTable> {
+        // A panic while holding the lock cannot leave the table half-updated in a way
+        // that matters more than stopping the whole registry would.
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on the table and wakes blocking queries if the version moved.
+    fn apply<R>(&self, f: impl FnOnce(&mut ServiceTable) -> R) -> R {
+        let (result, version) = {
+            let mut table = self.lock();
+            let result = f(&mut table);
+            (result, table.version())
+        };
+        self.version.send_if_modified(|seen| {
+            let moved = *seen != version;
+            *seen = version;
+            moved
+        });
+        result
+    }
+}
+
+/// Cheap-to-clone handle on the registry.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    services: DashMap<String, Arc<ServiceSlot>>,
+    store: Arc<dyn Store>,
+    clock: Clock,
+    policy: RebalancePolicy,
+    /// Heartbeats whose batch failed to persist, retried with the next batch.
+    unsaved: Mutex<BTreeMap<String, BeatRecord>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("services", &self.inner.services.len())
+            .finish_non_exhaustive()
+    }
+}
+
+async fn timed<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    tokio::time::timeout(STORE_TIMEOUT, call)
+        .await
+        .map_err(|_| StoreError::Timeout(STORE_TIMEOUT))?
+}
+
+impl Hub {
+    /// A registry over `store` with an empty memory; call [`Hub::restore`] next.
+    pub fn new(store: Arc<dyn Store>, clock: Clock, policy: RebalancePolicy) -> Self {
+        Hub {
+            inner: Arc::new(Inner {
+                services: DashMap::new(),
+                store,
+                clock,
+                policy,
+                unsaved: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// The registry's clock.
+    pub fn clock(&self) -> Clock {
+        self.inner.clock
+    }
+
+    fn slot(&self, service: &str) -> Option<Arc<ServiceSlot>> {
+        self.inner.services.get(service).map(|s| Arc::clone(&s))
+    }
+
+    fn slot_or_create(&self, service: &str) -> Arc<ServiceSlot> {
+        if let Some(slot) = self.slot(service) {
+            return slot;
+        }
+        let entry = self
+            .inner
+            .services
+            .entry(service.to_owned())
+            .or_insert_with(|| {
+                // Versions start at the wall clock so they never repeat across restarts.
+                let version = self.inner.clock.unix_now_ms();
+                Arc::new(ServiceSlot {
+                    table: Mutex::new(ServiceTable::new(service, version)),
+                    writes: tokio::sync::Mutex::new(()),
+                    version: watch::Sender::new(version),
+                })
+            });
+        Arc::clone(&entry)
+    }
+
+    /// Loads every stored instance. Each gets a fresh grace period of one TTL to
+    /// heartbeat again before it can expire. Returns how many were restored.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn restore(&self) -> Result<usize, StoreError> {
+        let records = timed(self.inner.store.load_all()).await?;
+        let now = self.inner.clock.now();
+        let mut restored = 0;
+        for record in records {
+            let service = record.service.clone();
+            match instance_from_record(record, now) {
+                Ok(instance) => {
+                    self.slot_or_create(&service)
+                        .apply(|t| t.upsert(instance, now));
+                    restored += 1;
+                }
+                Err(err) => tracing::error!(%err, "skipping unreadable stored instance"),
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Registers (or re-registers) an instance; durable before it returns.
+    ///
+    /// # Errors
+    /// [`HubError::Store`] when the store fails; nothing changed.
+    pub async fn register(
+        &self,
+        service: &str,
+        spec: InstanceSpec,
+    ) -> Result<Registered, HubError> {
+        let slot = self.slot_or_create(service);
+        let lease = lease::new_lease();
+        let lease_hash = lease::hash(&lease);
+        let _writes = slot.writes.lock().await;
+        let now_unix = self.inner.clock.unix_now_ms();
+        let record = InstanceRecord {
+            id: lease::new_id(),
+            service: service.to_owned(),
+            address: spec.address.clone(),
+            weight: spec.weight,
+            max_connections: spec.max_connections,
+            zone: spec.zone.clone(),
+            tags_json: serde_json::to_string(&spec.tags).expect("strings serialize"),
+            metadata_json: serde_json::to_string(&spec.metadata).expect("strings serialize"),
+            ttl_secs: spec.ttl_secs,
+            lease_hash: hex::encode(lease_hash),
+            draining: false,
+            connections: 0,
+            registered_at_ms: now_unix,
+            last_heartbeat_ms: now_unix,
+        };
+        let stored = timed(self.inner.store.upsert(&record)).await?;
+        let (ttl_secs, heartbeat_secs) = (spec.ttl_secs, spec.heartbeat_secs());
+        let now = self.inner.clock.now();
+        slot.apply(|t| {
+            t.register(
+                stored.id.clone(),
+                spec,
+                lease_hash,
+                now,
+                stored.registered_at_ms,
+            )
+        });
+        Ok(Registered {
+            id: stored.id,
+            service: service.to_owned(),
+            lease,
+            ttl_secs,
+            heartbeat_secs,
+            created: stored.created,
+        })
+    }
+
+    /// Applies a heartbeat in memory; it reaches the store with the next batch.
+    ///
+    /// # Errors
+    /// [`HubError::UnknownInstance`] or [`HubError::BadLease`]; nothing changed.
+    pub fn heartbeat(
+        &self,
+        service: &str,
+        id: &str,
+        lease: &str,
+        connections: Option<u64>,
+    ) -> Result<HeartbeatAnswer, HubError> {
+        let slot = self.slot(service).ok_or_else(|| unknown(service, id))?;
+        let lease_hash = lease::hash(lease);
+        let now = self.inner.clock.now();
+        let policy = self.inner.policy;
+        slot.apply(|t| t.heartbeat(id, &lease_hash, connections, now, &policy))
+            .map_err(|e| lease_error(e, service, id))
+    }
+
+    /// Drains an instance: it stays registered but is never handed out again.
+    ///
+    /// # Errors
+    /// [`HubError`]; nothing changed.
+    pub async fn drain(
+        &self,
+        service: &str,
+        id: &str,
+        who: Authority<'_>,
+    ) -> Result<InstanceView, HubError> {
+        let slot = self.slot(service).ok_or_else(|| unknown(service, id))?;
+        let _writes = slot.writes.lock().await;
+        self.authorize(&slot, service, id, who)?;
+        if !timed(self.inner.store.set_draining(service, id)).await? {
+            return Err(unknown(service, id));
+        }
+        let now = self.inner.clock.now();
+        slot.apply(|t| {
+            t.drain(id, now);
+            t.listing(now).into_iter().find(|v| v.instance.id == id)
+        })
+        .ok_or_else(|| unknown(service, id))
+    }
+
+    /// Deregisters an instance; it disappears from every answer at once.
+    ///
+    /// # Errors
+    /// [`HubError`]; nothing changed.
+    pub async fn deregister(
+        &self,
+        service: &str,
+        id: &str,
+        who: Authority<'_>,
+    ) -> Result<(), HubError> {
+        let slot = self.slot(service).ok_or_else(|| unknown(service, id))?;
+        let _writes = slot.writes.lock().await;
+        self.authorize(&slot, service, id, who)?;
+        timed(self.inner.store.delete(service, &[id.to_owned()])).await?;
+        slot.apply(|t| t.remove(id));
+        Ok(())
+    }
+
+    fn authorize(
+        &self,
+        slot: &ServiceSlot,
+        service: &str,
+        id: &str,
+        who: Authority<'_>,
+    ) -> Result<(), HubError> {
+        let table = slot.lock();
+        match who {
+            Authority::Admin if table.get(id).is_some() => Ok(()),
+            Authority::Admin => Err(unknown(service, id)),
+            Authority::Lease(lease) => table
+                .check_lease(id, &lease::hash(lease))
+                .map_err(|e| lease_error(e, service, id)),
+        }
+    }
+
+    /// Ranks a service for one answer, counting the hand-out of the first server.
+    /// An unknown service answers an empty list.
+    pub fn servers(&self, service: &str, query: &RankQuery<'_>) -> Ranked {
+        let now = self.inner.clock.now();
+        match self.slot(service) {
+            Some(slot) => slot.apply(|t| t.rank(query, now)),
+            None => Ranked {
+                version: 0,
+                servers: Vec::new(),
+                self_preservation: false,
+            },
+        }
+    }
+
+    /// Waits until the service's version differs from `since`, or `wait` passes.
+    /// Costs a watch receiver, not a thread.
+    pub async fn wait_for_change(&self, service: &str, since: u64, wait: Duration) {
+        let mut versions = self.slot_or_create(service).version.subscribe();
+        let changed = versions.wait_for(|v| *v != since);
+        let _ = tokio::time::timeout(wait, changed).await;
+    }
+
+    /// The summary of every service (`default` always included), sorted by name.
+    pub fn summaries(&self) -> Vec<ServiceSummary> {
+        let now = self.inner.clock.now();
+        self.slot_or_create("default");
+        let slots: Vec<Arc<ServiceSlot>> = self
+            .inner
+            .services
+            .iter()
+            .map(|s| Arc::clone(s.value()))
+            .collect();
+        let mut summaries: Vec<ServiceSummary> =
+            slots.iter().map(|s| s.lock().summary(now)).collect();
+        summaries.sort_by(|a, b| a.name.cmp(&b.name));
+        summaries
+    }
+
+    /// Every instance of a service, all states.
+    pub fn listing(&self, service: &str) -> Vec<InstanceView> {
+        let now = self.inner.clock.now();
+        self.slot(service)
+            .map(|slot| slot.lock().listing(now))
+            .unwrap_or_default()
+    }
+
+    /// Expires, removes and judges self-preservation in every service; removals are
+    /// deleted from the store. Returns how many instances were removed.
+    pub async fn sweep(&self) -> usize {
+        let slots: Vec<(String, Arc<ServiceSlot>)> = self
+            .inner
+            .services
+            .iter()
+            .map(|s| (s.key().clone(), Arc::clone(s.value())))
+            .collect();
+        let mut removed = 0;
+        for (service, slot) in slots {
+            // Hold the write lock so a re-registration cannot interleave between the
+            // table's removal and the store's delete.
+            let _writes = slot.writes.lock().await;
+            let now = self.inner.clock.now();
+            let outcome = slot.apply(|t| t.sweep(now));
+            match outcome.preservation {
+                Some(PreservationEvent::Started {
+                    expiring,
+                    population,
+                }) => tracing::warn!(
+                    %service, expiring, population,
+                    "self-preservation on: most instances stopped heartbeating at once; \
+                     suspecting our own network, keeping the last known set"
+                ),
+                Some(PreservationEvent::Ended) => {
+                    tracing::info!(%service, "self-preservation off");
+                }
+                None => {}
+            }
+            if outcome.removed.is_empty() {
+                continue;
+            }
+            removed += outcome.removed.len();
+            tracing::info!(%service, count = outcome.removed.len(), "removed instances after 3 x ttl without heartbeat");
+            if let Err(err) = timed(self.inner.store.delete(&service, &outcome.removed)).await {
+                tracing::warn!(%service, %err, "could not delete removed instances from the store");
+            }
+        }
+        removed
+    }
+
+    /// Persists the heartbeats received since the last call, in one batch.
+    ///
+    /// # Errors
+    /// [`StoreError`]; the batch is kept and retried by the next call.
+    pub async fn flush_beats(&self) -> Result<usize, StoreError> {
+        let clock = self.inner.clock;
+        let mut batch = std::mem::take(
+            &mut *self
+                .inner
+                .unsaved
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        let slots: Vec<Arc<ServiceSlot>> = self
+            .inner
+            .services
+            .iter()
+            .map(|s| Arc::clone(s.value()))
+            .collect();
+        for slot in slots {
+            for beat in slot.lock().take_dirty() {
+                batch.insert(
+                    beat.id.clone(),
+                    BeatRecord {
+                        id: beat.id,
+                        connections: beat.connections,
+                        at_ms: clock.to_unix_ms(beat.last_seen),
+                    },
+                );
+            }
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let beats: Vec<BeatRecord> = batch.values().cloned().collect();
+        match timed(self.inner.store.save_beats(&beats)).await {
+            Ok(()) => Ok(beats.len()),
+            Err(err) => {
+                let mut unsaved = self
+                    .inner
+                    .unsaved
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                for (id, beat) in batch {
+                    unsaved.entry(id).or_insert(beat);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Whether the store answers within a second.
+    ///
+    /// # Errors
+    /// [`StoreError`] when it does not.
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        let limit = Duration::from_secs(1);
+        tokio::time::timeout(limit, self.inner.store.ping())
+            .await
+            .map_err(|_| StoreError::Timeout(limit))?
+    }
+
+    /// Closes the store after the last flush.
+    pub async fn close(&self) {
+        self.inner.store.close().await;
+    }
+
+    /// The rebalancing policy in force.
+    pub fn policy(&self) -> RebalancePolicy {
+        self.inner.policy
+    }
+}
+
+fn unknown(service: &str, id: &str) -> HubError {
+    HubError::UnknownInstance {
+        service: service.to_owned(),
+        id: id.to_owned(),
+    }
+}
+
+fn lease_error(err: LeaseError, service: &str, id: &str) -> HubError {
+    match err {
+        LeaseError::UnknownInstance => unknown(service, id),
+        LeaseError::BadLease => HubError::BadLease(id.to_owned()),
+    }
+}
+
+fn instance_from_record(
+    r: InstanceRecord,
+    now: crate::registry::Millis,
+) -> Result<crate::registry::Instance, StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        id: r.id.clone(),
+        reason: reason.to_owned(),
+    };
+    let lease_hash = lease::parse_hash(&r.lease_hash).ok_or_else(|| corrupt("bad lease hash"))?;
+    let tags = serde_json::from_str(&r.tags_json).map_err(|_| corrupt("bad tags"))?;
+    let metadata = serde_json::from_str(&r.metadata_json).map_err(|_| corrupt("bad metadata"))?;
+    let spec = InstanceSpec {
+        address: r.address.clone(),
+        weight: r.weight,
+        max_connections: r.max_connections,
+        zone: r.zone.clone(),
+        tags,
+        metadata,
+        ttl_secs: r.ttl_secs,
+    };
+    let mut instance = table::new_instance(r.id.clone(), spec, lease_hash, now, r.registered_at_ms);
+    instance.draining = r.draining;
+    instance.connections = r.connections;
+    Ok(instance)
+}

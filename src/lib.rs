@@ -1,0 +1,18 @@
+//! Switchboard balances long-lived TCP connections across a fleet of servers.
+//!
+//! Backends register with the HTTP registry and heartbeat their live connection count;
+//! smart clients ask `GET /servers` for a ranked list; legacy devices go through the
+//! fallback forwarder. See `ARCHITECTURE.md` for where each part lives.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod hub;
+pub mod lease;
+pub mod registry;
+pub mod store;
+pub mod sync;

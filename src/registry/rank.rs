@@ -1,0 +1,181 @@
+//! The ranking math shared by `/servers` and the forwarder: load, the over-cap rule,
+//! the sort key, the bounded-load capacity and the rebalancing hint.
+//!
+//! Pure functions only; the table keeps an ordered index built from [`RankKey`].
+
+/// Bounded-load factor of the consistent-hash pick: the key's owner is skipped when
+/// taking one more connection would put it above 1.25 × the mean load.
+pub const BOUNDED_LOAD_FACTOR: f64 = 1.25;
+
+/// `(connections + pending) / weight`; a weight of 0 is treated as 1.
+pub fn load(assumed_connections: u64, weight: u32) -> f64 {
+    assumed_connections as f64 / f64::from(weight.max(1))
+}
+
+/// Whether an instance at `assumed_connections` is at or over its cap.
+pub fn over_cap(assumed_connections: u64, max_connections: Option<u64>) -> bool {
+    max_connections.is_some_and(|max| assumed_connections >= max)
+}
+
+/// Sort key of an instance in a service's ranking: smaller is better.
+///
+/// Over-cap instances sort after every other, then lower load first; `tiebreak` (a hash
+/// of the id) spreads equal loads deterministically and `slot` makes keys unique.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RankKey {
+    /// At or over `max_connections`.
+    pub over_cap: bool,
+    /// Bit pattern of the non-negative load; orders like the float itself.
+    pub load_bits: u64,
+    /// Hash of the instance id.
+    pub tiebreak: u64,
+    /// The table slot, unique per instance.
+    pub slot: u32,
+}
+
+impl RankKey {
+    /// Builds the key of an instance.
+    pub fn new(over_cap: bool, load: f64, tiebreak: u64, slot: u32) -> Self {
+        // Loads are finite and >= 0, whose IEEE bit patterns order like the values.
+        let load = if load.is_finite() && load > 0.0 {
+            load
+        } else {
+            0.0
+        };
+        RankKey {
+            over_cap,
+            load_bits: load.to_bits(),
+            tiebreak,
+            slot,
+        }
+    }
+
+    /// The load this key was built from.
+    pub fn load(&self) -> f64 {
+        f64::from_bits(self.load_bits)
+    }
+}
+
+/// Totals of the instances that can be handed out, for mean-load decisions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Sum of `connections + pending`.
+    pub assumed_connections: u64,
+    /// Sum of weights.
+    pub weight: u64,
+    /// Number of instances.
+    pub count: u64,
+}
+
+impl Totals {
+    /// The service's mean load: total assumed connections per unit of weight.
+    pub fn mean_load(&self) -> f64 {
+        if self.weight == 0 {
+            0.0
+        } else {
+            self.assumed_connections as f64 / self.weight as f64
+        }
+    }
+}
+
+/// Whether an instance may take one more keyed connection under bounded-load hashing.
+///
+/// Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam): after the
+/// hand-out, the instance must hold at most `factor` × its weighted share of the total,
+/// rounded up to whole connections. Because the shares sum to `factor` × (total + 1),
+/// some instance always fits, so the ring walk always ends.
+pub fn fits_bound(assumed: u64, weight: u32, totals: &Totals, factor: f64) -> bool {
+    if totals.weight == 0 {
+        return true;
+    }
+    let share =
+        (totals.assumed_connections as f64 + 1.0) * f64::from(weight.max(1)) / totals.weight as f64;
+    let capacity = (factor * share).ceil();
+    (assumed as f64 + 1.0) <= capacity
+}
+
+/// Settings of the rebalancing hint (`[rebalance]` in the config file).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RebalancePolicy {
+    /// Off when false: `shed` is always 0.
+    pub enabled: bool,
+    /// How far above the mean an instance may be before it is asked to shed (0.10 = 10 %).
+    pub tolerance: f64,
+    /// At most this fraction of the instance's connections per heartbeat.
+    pub shed_max_ratio: f64,
+}
+
+impl Default for RebalancePolicy {
+    fn default() -> Self {
+        RebalancePolicy {
+            enabled: true,
+            tolerance: 0.10,
+            shed_max_ratio: 0.01,
+        }
+    }
+}
+
+/// How many connections an instance should close before its next heartbeat.
+///
+/// Zero unless its load exceeds the mean by more than the tolerance; never more than
+/// `shed_max_ratio` of its connections, and never enough to take it below the mean.
+pub fn shed(connections: u64, weight: u32, mean_load: f64, policy: &RebalancePolicy) -> u64 {
+    if !policy.enabled || connections == 0 {
+        return 0;
+    }
+    let weight = f64::from(weight.max(1));
+    let own_load = connections as f64 / weight;
+    if own_load <= mean_load * (1.0 + policy.tolerance) {
+        return 0;
+    }
+    let fair_share = (mean_load * weight).ceil();
+    let above_mean = (connections as f64 - fair_share).max(0.0);
+    let per_beat = (connections as f64 * policy.shed_max_ratio).floor();
+    above_mean.min(per_beat) as u64
+}
+
+/// One instance as seen by [`rank`]: the reference ordering used by tests and by
+/// callers that rank a handful of candidates without an index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Caller's handle for the instance.
+    pub slot: u32,
+    /// `connections + pending`.
+    pub assumed_connections: u64,
+    /// Weight, 1..=1000.
+    pub weight: u32,
+    /// Cap, if any.
+    pub max_connections: Option<u64>,
+    /// Hash of the id.
+    pub tiebreak: u64,
+    /// Whether it is in the requested zone (true when no zone was asked for).
+    pub in_zone: bool,
+}
+
+impl Candidate {
+    /// The candidate's sort key.
+    pub fn key(&self) -> RankKey {
+        RankKey::new(
+            over_cap(self.assumed_connections, self.max_connections),
+            load(self.assumed_connections, self.weight),
+            self.tiebreak,
+            self.slot,
+        )
+    }
+}
+
+/// Orders candidates best first: not over cap, then in zone, then by load.
+pub fn rank(candidates: &[Candidate]) -> Vec<u32> {
+    let mut keyed: Vec<((bool, bool), RankKey)> = candidates
+        .iter()
+        .map(|c| {
+            let key = c.key();
+            ((key.over_cap, !c.in_zone), key)
+        })
+        .collect();
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, key)| key.slot).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,690 @@
+//! In-memory state of one service: its instances, the ranking index, pending
+//! hand-outs, the version, the affinity ring and self-preservation.
+//!
+//! Pure and synchronous: the caller holds it under a lock, passes `now`, and does the
+//! I/O (store writes, waking blocking queries) around it.
+
+use std::collections::{BTreeSet, HashMap};
+
+use subtle::ConstantTimeEq;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::liveness::{self, Preservation};
+use super::model::{Instance, InstanceSpec, LeaseHash, Millis, State};
+use super::rank::{self, BOUNDED_LOAD_FACTOR, RankKey, RebalancePolicy, Totals};
+use super::ring::{self, Ring};
+
+/// Why a lease-protected operation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseError {
+    /// No instance with that id in this service.
+    UnknownInstance,
+    /// The lease does not match.
+    BadLease,
+}
+
+/// What a `/servers` caller asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RankQuery<'a> {
+    /// How many servers to return (1..=100).
+    pub limit: usize,
+    /// Preferred zone.
+    pub zone: Option<&'a str>,
+    /// Affinity key.
+    pub key: Option<&'a [u8]>,
+}
+
+/// One server in a ranked answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedServer {
+    /// Instance id.
+    pub id: String,
+    /// `host:port`.
+    pub address: String,
+    /// Zone label, if any.
+    pub zone: Option<String>,
+    /// Weight.
+    pub weight: u32,
+    /// Reported connections.
+    pub connections: u64,
+    /// Load when ranked (before this answer's own hand-out).
+    pub load: f64,
+}
+
+/// A ranked answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked {
+    /// The service version the answer reflects.
+    pub version: u64,
+    /// Best first.
+    pub servers: Vec<RankedServer>,
+    /// Whether the service is in self-preservation.
+    pub self_preservation: bool,
+}
+
+/// What a heartbeat answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatAnswer {
+    /// The instance's TTL.
+    pub ttl_secs: u32,
+    /// Connections to close gracefully before the next heartbeat.
+    pub shed: u64,
+}
+
+/// A persisted heartbeat: the newest count and time of an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyBeat {
+    /// Instance id.
+    pub id: String,
+    /// Reported connections.
+    pub connections: u64,
+    /// Last heartbeat on the monotonic clock.
+    pub last_seen: Millis,
+}
+
+/// Self-preservation changes reported by a sweep, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreservationEvent {
+    /// The service entered self-preservation with this many instances expiring.
+    Started {
+        /// Instances expired within the last TTL window.
+        expiring: usize,
+        /// Instances live or expired within the last TTL window.
+        population: usize,
+    },
+    /// The service left self-preservation.
+    Ended,
+}
+
+/// What a sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepOutcome {
+    /// Ids removed after 3 × TTL without heartbeat.
+    pub removed: Vec<String>,
+    /// A self-preservation change, if any.
+    pub preservation: Option<PreservationEvent>,
+}
+
+/// Counts shown in `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSummary {
+    /// Service name.
+    pub name: String,
+    /// Live, not draining.
+    pub up: u64,
+    /// Live, draining.
+    pub draining: u64,
+    /// Expired, not yet removed.
+    pub expired: u64,
+    /// Sum of reported connections of live instances.
+    pub connections: u64,
+    /// Whether the service is in self-preservation.
+    pub self_preservation: bool,
+    /// Current version.
+    pub version: u64,
+}
+
+/// An instance as the admin listing shows it.
+#[derive(Debug, Clone)]
+pub struct InstanceView {
+    /// The instance.
+    pub instance: Instance,
+    /// Its state now.
+    pub state: State,
+    /// Its load now.
+    pub load: f64,
+    /// Milliseconds since its last heartbeat.
+    pub last_heartbeat_ms_ago: Millis,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    instance: Instance,
+    tiebreak: u64,
+    /// The key under which it sits in the index, when it can be handed out.
+    indexed: Option<RankKey>,
+    /// Its `(assumed connections, weight)` as counted in the totals while indexed.
+    counted: (u64, u32),
+    /// Heartbeat not yet persisted.
+    dirty: bool,
+}
+
+/// One service's instances and everything derived from them.
+#[derive(Debug, Clone)]
+pub struct ServiceTable {
+    name: String,
+    slots: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    by_id: HashMap<String, u32>,
+    by_address: HashMap<String, u32>,
+    index: BTreeSet<RankKey>,
+    totals: Totals,
+    version: u64,
+    ring: Option<Ring>,
+    preservation: Option<Preservation>,
+    dirty: Vec<u32>,
+}
+
+impl ServiceTable {
+    /// An empty service whose version starts at `version`.
+    pub fn new(name: impl Into<String>, version: u64) -> Self {
+        ServiceTable {
+            name: name.into(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            by_address: HashMap::new(),
+            index: BTreeSet::new(),
+            totals: Totals::default(),
+            version,
+            ring: None,
+            preservation: None,
+            dirty: Vec::new(),
+        }
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current version: changes whenever the set of instances handed out changes.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Number of instances in all states.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether the service has no instances.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Whether self-preservation is on.
+    pub fn self_preservation(&self) -> bool {
+        self.preservation.is_some()
+    }
+
+    /// Totals over the instances that can be handed out.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// The id registered for an address, if any.
+    pub fn id_of_address(&self, address: &str) -> Option<&str> {
+        let slot = *self.by_address.get(address)?;
+        self.entry(slot).map(|e| e.instance.id.as_str())
+    }
+
+    /// An instance by id.
+    pub fn get(&self, id: &str) -> Option<&Instance> {
+        let slot = *self.by_id.get(id)?;
+        self.entry(slot).map(|e| &e.instance)
+    }
+
+    /// Inserts or replaces an instance (registration, restore from the store, or a
+    /// change seen from another node). Returns true when the id was new here.
+    pub fn upsert(&mut self, instance: Instance, now: Millis) -> bool {
+        // An address belongs to one id: drop a stale holder (possible when another
+        // registry node re-registered the address under the store's id).
+        if let Some(&slot) = self.by_address.get(&instance.spec.address) {
+            let holder = self.entry(slot).map(|e| e.instance.id.clone());
+            if let Some(holder) = holder.filter(|h| *h != instance.id) {
+                self.remove(&holder);
+            }
+        }
+        if let Some(&slot) = self.by_id.get(&instance.id) {
+            let old_address = self.entry(slot).map(|e| e.instance.spec.address.clone());
+            if let Some(old) = old_address.filter(|a| *a != instance.spec.address) {
+                self.by_address.remove(&old);
+                self.by_address.insert(instance.spec.address.clone(), slot);
+            }
+            if let Some(entry) = self.slots[slot as usize].as_mut() {
+                entry.instance = instance;
+            }
+            self.reindex(slot, now);
+            false
+        } else {
+            let entry = Entry {
+                tiebreak: xxh3_64(instance.id.as_bytes()),
+                instance,
+                indexed: None,
+                counted: (0, 0),
+                dirty: false,
+            };
+            let slot = match self.free.pop() {
+                Some(slot) => {
+                    self.slots[slot as usize] = Some(entry);
+                    slot
+                }
+                None => {
+                    self.slots.push(Some(entry));
+                    u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 instances")
+                }
+            };
+            let entry = self.slots[slot as usize].as_ref().expect("just stored");
+            self.by_id.insert(entry.instance.id.clone(), slot);
+            self.by_address
+                .insert(entry.instance.spec.address.clone(), slot);
+            self.reindex(slot, now);
+            true
+        }
+    }
+
+    /// Registers `spec` under `id` with a new lease: a new instance, or a re-registration
+    /// that replaces the fields and lease, clears draining and keeps the counts.
+    /// Returns true when the id was new here.
+    pub fn register(
+        &mut self,
+        id: String,
+        spec: InstanceSpec,
+        lease_hash: LeaseHash,
+        now: Millis,
+        registered_at_unix_ms: u64,
+    ) -> bool {
+        let mut instance = new_instance(id, spec, lease_hash, now, registered_at_unix_ms);
+        if let Some(old) = self.get(&instance.id) {
+            instance.connections = old.connections;
+            instance.pending_recent = old.pending_recent;
+            instance.pending_older = old.pending_older;
+            instance.registered_at_unix_ms = old.registered_at_unix_ms;
+        }
+        self.upsert(instance, now)
+    }
+
+    /// Checks a lease against an instance, in constant time.
+    ///
+    /// # Errors
+    /// [`LeaseError`] when the id is unknown or the lease does not match.
+    pub fn check_lease(&self, id: &str, lease_hash: &LeaseHash) -> Result<(), LeaseError> {
+        let instance = self.get(id).ok_or(LeaseError::UnknownInstance)?;
+        if bool::from(instance.lease_hash.ct_eq(lease_hash)) {
+            Ok(())
+        } else {
+            Err(LeaseError::BadLease)
+        }
+    }
+
+    /// Applies a heartbeat: renews liveness, absorbs pending hand-outs and answers the
+    /// rebalancing hint.
+    ///
+    /// # Errors
+    /// [`LeaseError`] when the id is unknown or the lease does not match; nothing changes.
+    pub fn heartbeat(
+        &mut self,
+        id: &str,
+        lease_hash: &LeaseHash,
+        connections: Option<u64>,
+        now: Millis,
+        policy: &RebalancePolicy,
+    ) -> Result<HeartbeatAnswer, LeaseError> {
+        self.check_lease(id, lease_hash)?;
+        let slot = self.by_id[id];
+        let entry = self.slots[slot as usize]
+            .as_mut()
+            .expect("by_id points at a live slot");
+        entry.instance.absorb_heartbeat(connections, now);
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(slot);
+        }
+        self.reindex(slot, now);
+        let entry = self.entry(slot).expect("still present");
+        let instance = &entry.instance;
+        let shed = if instance.draining {
+            0
+        } else {
+            rank::shed(
+                instance.connections,
+                instance.spec.weight,
+                self.totals.mean_load(),
+                policy,
+            )
+        };
+        Ok(HeartbeatAnswer {
+            ttl_secs: instance.spec.ttl_secs,
+            shed,
+        })
+    }
+
+    /// Marks an instance draining: never handed out again.
+    /// Returns false when the id is unknown.
+    pub fn drain(&mut self, id: &str, now: Millis) -> bool {
+        let Some(&slot) = self.by_id.get(id) else {
+            return false;
+        };
+        if let Some(entry) = self.slots[slot as usize].as_mut() {
+            entry.instance.draining = true;
+        }
+        self.reindex(slot, now);
+        true
+    }
+
+    /// Removes an instance. Returns false when the id is unknown.
+    pub fn remove(&mut self, id: &str) -> bool {
+        let Some(slot) = self.by_id.remove(id) else {
+            return false;
+        };
+        self.set_indexed(slot, None);
+        if let Some(entry) = self.slots[slot as usize].take() {
+            self.by_address.remove(&entry.instance.spec.address);
+        }
+        self.free.push(slot);
+        true
+    }
+
+    /// Ranks the service for one answer and counts a pending hand-out for the first.
+    pub fn rank(&mut self, query: &RankQuery<'_>, now: Millis) -> Ranked {
+        let limit = query.limit.max(1);
+        let first = query
+            .key
+            .and_then(|key| self.keyed_pick(key, query.zone, now));
+        let mut buckets: [Vec<u32>; 4] = Default::default();
+        for key in &self.index {
+            if Some(key.slot) == first {
+                continue;
+            }
+            let Some(entry) = self.entry(key.slot) else {
+                continue;
+            };
+            if !self.handed_out(entry, now) {
+                continue;
+            }
+            let in_zone = zone_matches(query.zone, &entry.instance);
+            let bucket = usize::from(key.over_cap) * 2 + usize::from(!in_zone);
+            if buckets[bucket].len() < limit {
+                buckets[bucket].push(key.slot);
+            }
+            // Best bucket full: nothing later in the index can come before these.
+            if buckets[0].len() + usize::from(first.is_some()) >= limit {
+                break;
+            }
+        }
+        let order: Vec<u32> = first
+            .into_iter()
+            .chain(buckets.into_iter().flatten())
+            .take(limit)
+            .collect();
+        let servers = order
+            .iter()
+            .filter_map(|&slot| self.entry(slot))
+            .map(|entry| RankedServer {
+                id: entry.instance.id.clone(),
+                address: entry.instance.spec.address.clone(),
+                zone: entry.instance.spec.zone.clone(),
+                weight: entry.instance.spec.weight,
+                connections: entry.instance.connections,
+                load: entry.instance.load(),
+            })
+            .collect();
+        if let Some(&slot) = order.first() {
+            self.count_hand_out(slot, now);
+        }
+        Ranked {
+            version: self.version,
+            servers,
+            self_preservation: self.self_preservation(),
+        }
+    }
+
+    /// Finds the affinity key's server: its owner on the ring unless that is over the
+    /// bounded load, then the next owner that is not. In-zone first when a zone is asked.
+    fn keyed_pick(&mut self, key: &[u8], zone: Option<&str>, now: Millis) -> Option<u32> {
+        if self.ring.is_none() {
+            let members = self
+                .index
+                .iter()
+                .filter_map(|k| self.entry(k.slot).map(|e| (k.slot, e.instance.id.as_str())));
+            self.ring = Some(Ring::build(members));
+        }
+        let ring = self.ring.as_ref().expect("built above");
+        let hash = ring::key_hash(key);
+        let totals = self.totals;
+        let fits = |slot: u32, want_zone: bool| {
+            self.entry(slot).is_some_and(|e| {
+                self.handed_out(e, now)
+                    && !e.instance.over_cap()
+                    && (!want_zone || zone_matches(zone, &e.instance))
+                    && rank::fits_bound(
+                        e.instance.assumed_connections(),
+                        e.instance.spec.weight,
+                        &totals,
+                        BOUNDED_LOAD_FACTOR,
+                    )
+            })
+        };
+        let in_zone = zone
+            .is_some()
+            .then(|| ring.pick(hash, |slot| fits(slot, true)))
+            .flatten();
+        in_zone.or_else(|| ring.pick(hash, |slot| fits(slot, false)))
+    }
+
+    /// Sweeps expiry, removal and self-preservation at `now`.
+    pub fn sweep(&mut self, now: Millis) -> SweepOutcome {
+        let mut outcome = SweepOutcome::default();
+        let mut population = 0;
+        let mut expiring = 0;
+        for entry in self.slots.iter().flatten() {
+            let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
+            if liveness::is_live(age, ttl) {
+                population += 1;
+            } else if liveness::expired_recently(age, ttl) {
+                population += 1;
+                expiring += 1;
+            }
+        }
+        match &self.preservation {
+            Some(p) => {
+                let (mut present, mut still_expired) = (0, 0);
+                for id in &p.frozen {
+                    if let Some(instance) = self.get(id) {
+                        present += 1;
+                        still_expired += usize::from(!instance.is_live(now));
+                    }
+                }
+                if p.should_end(now, still_expired, present) {
+                    self.preservation = None;
+                    outcome.preservation = Some(PreservationEvent::Ended);
+                }
+            }
+            None if liveness::looks_like_partition(expiring, population) => {
+                let mut frozen = Vec::new();
+                let mut max_ttl = 0;
+                for entry in self.slots.iter().flatten() {
+                    let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
+                    if liveness::is_live(age, ttl) || liveness::expired_recently(age, ttl) {
+                        frozen.push(entry.instance.id.clone());
+                        max_ttl = max_ttl.max(ttl);
+                    }
+                }
+                self.preservation = Some(Preservation {
+                    since: now,
+                    until: now + max_ttl * liveness::REMOVE_AFTER_TTLS,
+                    frozen,
+                });
+                outcome.preservation = Some(PreservationEvent::Started {
+                    expiring,
+                    population,
+                });
+            }
+            None => {}
+        }
+        if self.preservation.is_some() {
+            return outcome;
+        }
+        let mut to_remove = Vec::new();
+        let mut to_reindex = Vec::new();
+        for (slot, entry) in self.slots.iter().enumerate() {
+            let Some(entry) = entry else { continue };
+            let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
+            if liveness::is_removable(age, ttl) {
+                to_remove.push(entry.instance.id.clone());
+            } else if entry.indexed.is_some() && !liveness::is_live(age, ttl) {
+                to_reindex.push(slot as u32);
+            }
+        }
+        for slot in to_reindex {
+            self.reindex(slot, now);
+        }
+        for id in &to_remove {
+            self.remove(id);
+        }
+        outcome.removed = to_remove;
+        outcome
+    }
+
+    /// Takes the heartbeats not yet persisted.
+    pub fn take_dirty(&mut self) -> Vec<DirtyBeat> {
+        let mut beats = Vec::with_capacity(self.dirty.len());
+        for slot in std::mem::take(&mut self.dirty) {
+            if let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::as_mut)
+                && entry.dirty
+            {
+                entry.dirty = false;
+                beats.push(DirtyBeat {
+                    id: entry.instance.id.clone(),
+                    connections: entry.instance.connections,
+                    last_seen: entry.instance.last_seen,
+                });
+            }
+        }
+        beats
+    }
+
+    /// Every instance, all states, in registration order of their slots.
+    pub fn listing(&self, now: Millis) -> Vec<InstanceView> {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|entry| InstanceView {
+                instance: entry.instance.clone(),
+                state: entry.instance.state(now),
+                load: entry.instance.load(),
+                last_heartbeat_ms_ago: entry.instance.age(now),
+            })
+            .collect()
+    }
+
+    /// The counts of `GET /v1/services`.
+    pub fn summary(&self, now: Millis) -> ServiceSummary {
+        let mut summary = ServiceSummary {
+            name: self.name.clone(),
+            up: 0,
+            draining: 0,
+            expired: 0,
+            connections: 0,
+            self_preservation: self.self_preservation(),
+            version: self.version,
+        };
+        for entry in self.slots.iter().flatten() {
+            match entry.instance.state(now) {
+                State::Up => summary.up += 1,
+                State::Draining => summary.draining += 1,
+                State::Expired => summary.expired += 1,
+            }
+            if entry.instance.is_live(now) {
+                summary.connections = summary
+                    .connections
+                    .saturating_add(entry.instance.connections);
+            }
+        }
+        summary
+    }
+
+    /// Whether an indexed entry may be handed out now: live, or frozen by
+    /// self-preservation (the index is not pruned while it lasts).
+    fn handed_out(&self, entry: &Entry, now: Millis) -> bool {
+        self.preservation.is_some() || entry.instance.is_live(now)
+    }
+
+    fn entry(&self, slot: u32) -> Option<&Entry> {
+        self.slots.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    fn count_hand_out(&mut self, slot: u32, now: Millis) {
+        if let Some(entry) = self.slots[slot as usize].as_mut() {
+            entry.instance.pending_recent = entry.instance.pending_recent.saturating_add(1);
+        }
+        self.reindex(slot, now);
+    }
+
+    /// Puts the entry in or out of the index according to its current state.
+    fn reindex(&mut self, slot: u32, now: Millis) {
+        let want = self.entry(slot).and_then(|entry| {
+            let eligible = !entry.instance.draining
+                && (entry.instance.is_live(now)
+                    || (self.preservation.is_some() && entry.indexed.is_some()));
+            eligible.then(|| {
+                RankKey::new(
+                    entry.instance.over_cap(),
+                    entry.instance.load(),
+                    entry.tiebreak,
+                    slot,
+                )
+            })
+        });
+        self.set_indexed(slot, want);
+    }
+
+    fn set_indexed(&mut self, slot: u32, want: Option<RankKey>) {
+        let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let was = entry.indexed;
+        if let Some(old) = was {
+            self.index.remove(&old);
+            let (assumed, weight) = entry.counted;
+            self.totals.assumed_connections -= assumed;
+            self.totals.weight -= u64::from(weight);
+            self.totals.count -= 1;
+        }
+        entry.indexed = want;
+        if let Some(key) = want {
+            self.index.insert(key);
+            let counted = (
+                entry.instance.assumed_connections(),
+                entry.instance.spec.weight,
+            );
+            entry.counted = counted;
+            self.totals.assumed_connections += counted.0;
+            self.totals.weight += u64::from(counted.1);
+            self.totals.count += 1;
+        }
+        if was.is_some() != want.is_some() {
+            self.version += 1;
+            self.ring = None;
+        }
+    }
+}
+
+fn zone_matches(zone: Option<&str>, instance: &Instance) -> bool {
+    zone.is_none_or(|z| instance.spec.zone.as_deref() == Some(z))
+}
+
+/// Builds an instance for insertion (registration or restore).
+pub fn new_instance(
+    id: String,
+    spec: InstanceSpec,
+    lease_hash: LeaseHash,
+    now: Millis,
+    registered_at_unix_ms: u64,
+) -> Instance {
+    Instance {
+        id,
+        spec,
+        lease_hash,
+        draining: false,
+        connections: 0,
+        pending_recent: 0,
+        pending_older: 0,
+        last_seen: now,
+        registered_at_unix_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests;

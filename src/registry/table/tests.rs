@@ -1,0 +1,3 @@
+//! Unit and property tests of `table`.
+
+use super::*;

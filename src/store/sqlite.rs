@@ -1,0 +1,198 @@
+//! The embedded SQLite store: one file (WAL, `synchronous = FULL`, so an acknowledged
+//! registration survives power loss) or `sqlite::memory:` for throwaway runs.
+//!
+//! Owns all SQLite SQL. Heartbeats arrive in batches written by one statement.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+
+use super::{BeatRecord, InstanceRecord, Store, StoreError, Upserted};
+
+/// How long a statement waits for SQLite's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` and migrates it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the file cannot be opened or migrated.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(if in_memory {
+                SqliteJournalMode::Memory
+            } else {
+                SqliteJournalMode::Wal
+            })
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+        // Every pooled connection to `:memory:` would be a database of its own, so the
+        // in-memory store keeps exactly one connection for its whole life.
+        let pool = if in_memory {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(4)
+        }
+        .acquire_timeout(BUSY_TIMEOUT)
+        .connect_with(options)
+        .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn record_from_row(row: &SqliteRow) -> Result<InstanceRecord, StoreError> {
+    let id: String = row.try_get("id")?;
+    let weight: i64 = row.try_get("weight")?;
+    let ttl: i64 = row.try_get("ttl_secs")?;
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        id: id.clone(),
+        reason: reason.to_owned(),
+    };
+    Ok(InstanceRecord {
+        service: row.try_get("service")?,
+        address: row.try_get("address")?,
+        weight: u32::try_from(weight).map_err(|_| corrupt("weight out of range"))?,
+        max_connections: row
+            .try_get::<Option<i64>, _>("max_connections")?
+            .map(to_u64),
+        zone: row.try_get("zone")?,
+        tags_json: row.try_get("tags")?,
+        metadata_json: row.try_get("metadata")?,
+        ttl_secs: u32::try_from(ttl).map_err(|_| corrupt("ttl out of range"))?,
+        lease_hash: row.try_get("lease_hash")?,
+        draining: row.try_get::<i64, _>("draining")? != 0,
+        connections: to_u64(row.try_get("connections")?),
+        registered_at_ms: to_u64(row.try_get("registered_at_ms")?),
+        last_heartbeat_ms: to_u64(row.try_get("last_heartbeat_ms")?),
+        id,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn upsert(&self, r: &InstanceRecord) -> Result<Upserted, StoreError> {
+        // One statement: the conflict target keeps the old id and registration time, so
+        // a returned id equal to the proposed one means the row is new.
+        let row = sqlx::query(
+            "INSERT INTO instances (id, service, address, weight, max_connections, zone, tags, \
+             metadata, ttl_secs, lease_hash, draining, connections, registered_at_ms, \
+             last_heartbeat_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13) \
+             ON CONFLICT (service, address) DO UPDATE SET weight = excluded.weight, \
+             max_connections = excluded.max_connections, zone = excluded.zone, \
+             tags = excluded.tags, metadata = excluded.metadata, ttl_secs = excluded.ttl_secs, \
+             lease_hash = excluded.lease_hash, draining = 0, \
+             last_heartbeat_ms = excluded.last_heartbeat_ms \
+             RETURNING id, registered_at_ms",
+        )
+        .bind(&r.id)
+        .bind(&r.service)
+        .bind(&r.address)
+        .bind(i64::from(r.weight))
+        .bind(r.max_connections.map(to_i64))
+        .bind(&r.zone)
+        .bind(&r.tags_json)
+        .bind(&r.metadata_json)
+        .bind(i64::from(r.ttl_secs))
+        .bind(&r.lease_hash)
+        .bind(to_i64(r.connections))
+        .bind(to_i64(r.registered_at_ms))
+        .bind(to_i64(r.last_heartbeat_ms))
+        .fetch_one(&self.pool)
+        .await?;
+        let id: String = row.try_get("id")?;
+        Ok(Upserted {
+            created: id == r.id,
+            registered_at_ms: to_u64(row.try_get("registered_at_ms")?),
+            id,
+        })
+    }
+
+    async fn set_draining(&self, service: &str, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE instances SET draining = 1 WHERE service = ?1 AND id = ?2")
+            .bind(service)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete(&self, service: &str, ids: &[String]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids = serde_json::to_string(ids).expect("a list of strings serializes");
+        let done = sqlx::query(
+            "DELETE FROM instances WHERE service = ?1 AND id IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(service)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn save_beats(&self, beats: &[BeatRecord]) -> Result<(), StoreError> {
+        if beats.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<(&str, i64, i64)> = beats
+            .iter()
+            .map(|b| (b.id.as_str(), to_i64(b.connections), to_i64(b.at_ms)))
+            .collect();
+        let batch = serde_json::to_string(&batch).expect("tuples of str and i64 serialize");
+        sqlx::query(
+            "UPDATE instances SET connections = b.c, last_heartbeat_ms = b.t \
+             FROM (SELECT value ->> 0 AS id, value ->> 1 AS c, value ->> 2 AS t \
+                   FROM json_each(?1)) AS b \
+             WHERE instances.id = b.id",
+        )
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn load_all(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM instances ORDER BY registered_at_ms")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
