@@ -137,6 +137,12 @@ pub struct InstanceView {
     pub last_heartbeat_ms_ago: Millis,
 }
 
+/// Slots of one answer, and expired slots met while ordering.
+struct Order {
+    slots: Vec<u32>,
+    stale: Vec<u32>,
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     instance: Instance,
@@ -147,6 +153,8 @@ struct Entry {
     counted: (u64, u32),
     /// Heartbeat not yet persisted.
     dirty: bool,
+    /// Part of the set frozen by self-preservation: handed out even if expired.
+    preserved: bool,
 }
 
 /// One service's instances and everything derived from them.
@@ -254,6 +262,7 @@ impl ServiceTable {
                 indexed: None,
                 counted: (0, 0),
                 dirty: false,
+                preserved: false,
             };
             let slot = match self.free.pop() {
                 Some(slot) => {
@@ -378,11 +387,46 @@ impl ServiceTable {
 
     /// Ranks the service for one answer and counts a pending hand-out for the first.
     pub fn rank(&mut self, query: &RankQuery<'_>, now: Millis) -> Ranked {
+        let mut order = self.order(query, now);
+        // An instance that expired since the last sweep was skipped: take it out of the
+        // index now, so the answer's version already reflects the smaller set.
+        if !order.stale.is_empty() {
+            for slot in std::mem::take(&mut order.stale) {
+                self.reindex(slot, now);
+            }
+            order = self.order(query, now);
+        }
+        let servers = order
+            .slots
+            .iter()
+            .filter_map(|&slot| self.entry(slot))
+            .map(|entry| RankedServer {
+                id: entry.instance.id.clone(),
+                address: entry.instance.spec.address.clone(),
+                zone: entry.instance.spec.zone.clone(),
+                weight: entry.instance.spec.weight,
+                connections: entry.instance.connections,
+                load: entry.instance.load(),
+            })
+            .collect();
+        if let Some(&slot) = order.slots.first() {
+            self.count_hand_out(slot, now);
+        }
+        Ranked {
+            version: self.version,
+            servers,
+            self_preservation: self.self_preservation(),
+        }
+    }
+
+    /// The answer's slots, best first, and the indexed slots found expired on the way.
+    fn order(&mut self, query: &RankQuery<'_>, now: Millis) -> Order {
         let limit = query.limit.max(1);
         let first = query
             .key
             .and_then(|key| self.keyed_pick(key, query.zone, now));
         let mut buckets: [Vec<u32>; 4] = Default::default();
+        let mut stale = Vec::new();
         for key in &self.index {
             if Some(key.slot) == first {
                 continue;
@@ -391,6 +435,7 @@ impl ServiceTable {
                 continue;
             };
             if !self.handed_out(entry, now) {
+                stale.push(key.slot);
                 continue;
             }
             let in_zone = zone_matches(query.zone, &entry.instance);
@@ -403,31 +448,12 @@ impl ServiceTable {
                 break;
             }
         }
-        let order: Vec<u32> = first
+        let slots = first
             .into_iter()
             .chain(buckets.into_iter().flatten())
             .take(limit)
             .collect();
-        let servers = order
-            .iter()
-            .filter_map(|&slot| self.entry(slot))
-            .map(|entry| RankedServer {
-                id: entry.instance.id.clone(),
-                address: entry.instance.spec.address.clone(),
-                zone: entry.instance.spec.zone.clone(),
-                weight: entry.instance.spec.weight,
-                connections: entry.instance.connections,
-                load: entry.instance.load(),
-            })
-            .collect();
-        if let Some(&slot) = order.first() {
-            self.count_hand_out(slot, now);
-        }
-        Ranked {
-            version: self.version,
-            servers,
-            self_preservation: self.self_preservation(),
-        }
+        Order { slots, stale }
     }
 
     /// Finds the affinity key's server: its owner on the ring unless that is over the
@@ -488,18 +514,30 @@ impl ServiceTable {
                 }
                 if p.should_end(now, still_expired, present) {
                     self.preservation = None;
+                    for entry in self.slots.iter_mut().flatten() {
+                        entry.preserved = false;
+                    }
                     outcome.preservation = Some(PreservationEvent::Ended);
                 }
             }
             None if liveness::looks_like_partition(expiring, population) => {
                 let mut frozen = Vec::new();
+                let mut frozen_slots = Vec::new();
                 let mut max_ttl = 0;
-                for entry in self.slots.iter().flatten() {
+                for (slot, entry) in self.slots.iter_mut().enumerate() {
+                    let Some(entry) = entry else { continue };
                     let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
                     if liveness::is_live(age, ttl) || liveness::expired_recently(age, ttl) {
+                        entry.preserved = true;
                         frozen.push(entry.instance.id.clone());
+                        frozen_slots.push(slot as u32);
                         max_ttl = max_ttl.max(ttl);
                     }
+                }
+                // Instances a sweep already took out just before the episode began
+                // belong to the last known set too: put them back.
+                for slot in frozen_slots {
+                    self.reindex(slot, now);
                 }
                 self.preservation = Some(Preservation {
                     since: now,
@@ -596,9 +634,9 @@ impl ServiceTable {
     }
 
     /// Whether an indexed entry may be handed out now: live, or frozen by
-    /// self-preservation (the index is not pruned while it lasts).
+    /// self-preservation.
     fn handed_out(&self, entry: &Entry, now: Millis) -> bool {
-        self.preservation.is_some() || entry.instance.is_live(now)
+        entry.preserved || entry.instance.is_live(now)
     }
 
     fn entry(&self, slot: u32) -> Option<&Entry> {
@@ -615,9 +653,8 @@ impl ServiceTable {
     /// Puts the entry in or out of the index according to its current state.
     fn reindex(&mut self, slot: u32, now: Millis) {
         let want = self.entry(slot).and_then(|entry| {
-            let eligible = !entry.instance.draining
-                && (entry.instance.is_live(now)
-                    || (self.preservation.is_some() && entry.indexed.is_some()));
+            let eligible =
+                !entry.instance.draining && (entry.instance.is_live(now) || entry.preserved);
             eligible.then(|| {
                 RankKey::new(
                     entry.instance.over_cap(),

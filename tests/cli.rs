@@ -1,0 +1,123 @@
+//! The command line and config file of SPEC section 7, through the real binary.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Server, binary};
+
+fn serve(args: &[&str]) -> (i32, String) {
+    let out = Command::new(binary())
+        .arg("serve")
+        .args(args)
+        .env_remove("SWITCHBOARD_REGISTER_TOKEN")
+        .output()
+        .expect("run switchboard");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_describes_every_flag() {
+    let out = Command::new(binary())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--http",
+        "--db",
+        "--forward",
+        "--no-forward",
+        "--insecure",
+    ] {
+        assert!(help.contains(flag), "serve --help lacks {flag}:\n{help}");
+    }
+    let out = Command::new(binary()).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("serve"));
+}
+
+#[test]
+fn a_public_bind_without_register_token_is_refused() {
+    let (code, err) = serve(&[
+        "--http",
+        "0.0.0.0:0",
+        "--db",
+        "sqlite::memory:",
+        "--no-forward",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("register token") && err.contains("--insecure"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_config_key_stops_the_start_and_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "http = \"127.0.0.1:0\"\nlisten_backlog = 5\n").unwrap();
+    let (code, err) = serve(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--db",
+        "sqlite::memory:",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("listen_backlog"), "{err}");
+    std::fs::write(
+        &path,
+        "[[forward]]\nlisten = \"127.0.0.1:0\"\nhash = \"cookie\"\n",
+    )
+    .unwrap();
+    let (code, err) = serve(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--db",
+        "sqlite::memory:",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("forward[0].hash"), "{err}");
+}
+
+#[test]
+fn a_bad_flag_value_is_named() {
+    let (code, err) = serve(&["--http", "nonsense", "--db", "sqlite::memory:"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("http"), "{err}");
+    let (code, err) = serve(&["--http", "127.0.0.1:0", "--db", "mysql://x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("db"), "{err}");
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero_after_in_flight_requests() {
+    let s = Server::start();
+    let r = s.register_addr("default", "127.0.0.1:7001").await;
+    assert_eq!(s.heartbeat(&r, 1).await.0, 200);
+    assert_eq!(s.terminate(), 0);
+}
+
+#[tokio::test]
+async fn the_default_store_is_switchboard_db_in_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(binary())
+        .args(["serve", "--http", "127.0.0.1:0", "--no-forward"])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let file = dir.path().join("switchboard.db");
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while !file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(file.exists(), "no switchboard.db created");
+}
