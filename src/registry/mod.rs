@@ -9,6 +9,6 @@ pub mod ring;
 pub mod table;
 pub mod validate;
 
-pub use model::{Instance, InstanceSpec, LeaseHash, Millis, State};
+pub use model::{Instance, InstanceSpec, LeaseHash, Millis, Origin, State};
 pub use rank::RebalancePolicy;
 pub use table::ServiceTable;

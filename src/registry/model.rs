@@ -54,6 +54,18 @@ pub enum State {
     Expired,
 }
 
+/// Where an instance comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Registered over the HTTP API; heartbeats itself; stored.
+    #[default]
+    Registered,
+    /// From `[[static]]` in the config file; health-checked by the forwarder; never
+    /// stored or removed.
+    Static,
+}
+
 /// One registered backend as the in-memory table holds it.
 #[derive(Debug, Clone)]
 pub struct Instance {
@@ -75,6 +87,10 @@ pub struct Instance {
     pub last_seen: Millis,
     /// Registration time, Unix milliseconds (wall clock, for people).
     pub registered_at_unix_ms: u64,
+    /// Registered or static.
+    pub origin: Origin,
+    /// A static instance whose health check fails; never handed out meanwhile.
+    pub down: bool,
 }
 
 impl Instance {
@@ -105,7 +121,7 @@ impl Instance {
 
     /// Whether the last heartbeat is within `ttl_secs`.
     pub fn is_live(&self, now: Millis) -> bool {
-        crate::registry::liveness::is_live(self.age(now), self.spec.ttl_ms())
+        !self.down && crate::registry::liveness::is_live(self.age(now), self.spec.ttl_ms())
     }
 
     /// The state shown to operators.

@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::liveness::{self, Preservation};
-use super::model::{Instance, InstanceSpec, LeaseHash, Millis, State};
+use super::model::{Instance, InstanceSpec, LeaseHash, Millis, Origin, State};
 use super::rank::{self, BOUNDED_LOAD_FACTOR, RankKey, RebalancePolicy, Totals};
 use super::ring::{self, Ring};
 
@@ -387,14 +387,25 @@ impl ServiceTable {
 
     /// Ranks the service for one answer and counts a pending hand-out for the first.
     pub fn rank(&mut self, query: &RankQuery<'_>, now: Millis) -> Ranked {
-        let mut order = self.order(query, now);
+        self.rank_excluding(query, now, &|_| false)
+    }
+
+    /// [`ServiceTable::rank`] without the instances `exclude` rejects (the forwarder's
+    /// backends in their `fail_timeout`); the hand-out goes to the first one left.
+    pub fn rank_excluding(
+        &mut self,
+        query: &RankQuery<'_>,
+        now: Millis,
+        exclude: &dyn Fn(&Instance) -> bool,
+    ) -> Ranked {
+        let mut order = self.order(query, now, exclude);
         // An instance that expired since the last sweep was skipped: take it out of the
         // index now, so the answer's version already reflects the smaller set.
         if !order.stale.is_empty() {
             for slot in std::mem::take(&mut order.stale) {
                 self.reindex(slot, now);
             }
-            order = self.order(query, now);
+            order = self.order(query, now, exclude);
         }
         let servers = order
             .slots
@@ -420,11 +431,16 @@ impl ServiceTable {
     }
 
     /// The answer's slots, best first, and the indexed slots found expired on the way.
-    fn order(&mut self, query: &RankQuery<'_>, now: Millis) -> Order {
+    fn order(
+        &mut self,
+        query: &RankQuery<'_>,
+        now: Millis,
+        exclude: &dyn Fn(&Instance) -> bool,
+    ) -> Order {
         let limit = query.limit.max(1);
         let first = query
             .key
-            .and_then(|key| self.keyed_pick(key, query.zone, now));
+            .and_then(|key| self.keyed_pick(key, query.zone, now, exclude));
         let mut buckets: [Vec<u32>; 4] = Default::default();
         let mut stale = Vec::new();
         for key in &self.index {
@@ -436,6 +452,9 @@ impl ServiceTable {
             };
             if !self.handed_out(entry, now) {
                 stale.push(key.slot);
+                continue;
+            }
+            if exclude(&entry.instance) {
                 continue;
             }
             let in_zone = zone_matches(query.zone, &entry.instance);
@@ -458,7 +477,13 @@ impl ServiceTable {
 
     /// Finds the affinity key's server: its owner on the ring unless that is over the
     /// bounded load, then the next owner that is not. In-zone first when a zone is asked.
-    fn keyed_pick(&mut self, key: &[u8], zone: Option<&str>, now: Millis) -> Option<u32> {
+    fn keyed_pick(
+        &mut self,
+        key: &[u8],
+        zone: Option<&str>,
+        now: Millis,
+        exclude: &dyn Fn(&Instance) -> bool,
+    ) -> Option<u32> {
         if self.ring.is_none() {
             let members = self
                 .index
@@ -472,6 +497,7 @@ impl ServiceTable {
         let fits = |slot: u32, want_zone: bool| {
             self.entry(slot).is_some_and(|e| {
                 self.handed_out(e, now)
+                    && !exclude(&e.instance)
                     && !e.instance.over_cap()
                     && (!want_zone || zone_matches(zone, &e.instance))
                     && rank::fits_bound(
@@ -494,7 +520,9 @@ impl ServiceTable {
         let mut outcome = SweepOutcome::default();
         let mut population = 0;
         let mut expiring = 0;
-        for entry in self.slots.iter().flatten() {
+        // Static instances are judged by their health checks, not by heartbeats.
+        let registered = |e: &&Entry| e.instance.origin == Origin::Registered;
+        for entry in self.slots.iter().flatten().filter(registered) {
             let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
             if liveness::is_live(age, ttl) {
                 population += 1;
@@ -526,6 +554,9 @@ impl ServiceTable {
                 let mut max_ttl = 0;
                 for (slot, entry) in self.slots.iter_mut().enumerate() {
                     let Some(entry) = entry else { continue };
+                    if entry.instance.origin == Origin::Static {
+                        continue;
+                    }
                     let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
                     if liveness::is_live(age, ttl) || liveness::expired_recently(age, ttl) {
                         entry.preserved = true;
@@ -551,17 +582,21 @@ impl ServiceTable {
             }
             None => {}
         }
-        if self.preservation.is_some() {
-            return outcome;
-        }
+        // Self-preservation suspends removal, but an instance outside the frozen set
+        // that expires still leaves the answers, and the version (which wakes blocking
+        // queries) must say so now, not at the next `/servers` call.
+        let preserving = self.preservation.is_some();
         let mut to_remove = Vec::new();
         let mut to_reindex = Vec::new();
         for (slot, entry) in self.slots.iter().enumerate() {
             let Some(entry) = entry else { continue };
             let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
-            if liveness::is_removable(age, ttl) {
+            let removable = entry.instance.origin == Origin::Registered
+                && !preserving
+                && liveness::is_removable(age, ttl);
+            if removable {
                 to_remove.push(entry.instance.id.clone());
-            } else if entry.indexed.is_some() && !liveness::is_live(age, ttl) {
+            } else if entry.indexed.is_some() && !entry.preserved && !entry.instance.is_live(now) {
                 to_reindex.push(slot as u32);
             }
         }
@@ -643,6 +678,35 @@ impl ServiceTable {
         self.slots.get(slot as usize).and_then(Option::as_ref)
     }
 
+    /// Records a health check of a static instance: up renews it like a heartbeat with
+    /// the forwarder's own connection count; down takes it out of every answer.
+    /// Returns false when the id is unknown.
+    pub fn set_health(&mut self, id: &str, up: bool, connections: u64, now: Millis) -> bool {
+        let Some(&slot) = self.by_id.get(id) else {
+            return false;
+        };
+        if let Some(entry) = self.slots[slot as usize].as_mut() {
+            entry.instance.down = !up;
+            if up {
+                entry.instance.absorb_heartbeat(Some(connections), now);
+            }
+        }
+        self.reindex(slot, now);
+        true
+    }
+
+    /// Counts one hand-out for an instance chosen outside `rank` (the forwarder's
+    /// retry on the next candidate). Returns false when the id is unknown.
+    pub fn count_hand_out_of(&mut self, id: &str, now: Millis) -> bool {
+        match self.by_id.get(id) {
+            Some(&slot) => {
+                self.count_hand_out(slot, now);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn count_hand_out(&mut self, slot: u32, now: Millis) {
         if let Some(entry) = self.slots[slot as usize].as_mut() {
             entry.instance.pending_recent = entry.instance.pending_recent.saturating_add(1);
@@ -720,6 +784,8 @@ pub fn new_instance(
         pending_older: 0,
         last_seen: now,
         registered_at_unix_ms,
+        origin: Origin::Registered,
+        down: false,
     }
 }
 
