@@ -16,8 +16,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, ForwardConfig, StaticConfig};
+use crate::forwarder::listener::Listener;
+use crate::forwarder::{LiveCounts, health};
 use crate::hub::Hub;
+use crate::registry::InstanceSpec;
 use crate::store::{self, StoreError};
 use crate::sync;
 
@@ -45,6 +48,8 @@ pub enum AppError {
 pub struct Running {
     /// Where the HTTP API really listens.
     pub http_addr: SocketAddr,
+    /// Where each forward listener really listens, in configuration order.
+    pub forward_addrs: Vec<SocketAddr>,
     shutdown: CancellationToken,
     done: JoinHandle<Result<(), AppError>>,
 }
@@ -98,19 +103,6 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         source,
     })?;
     tracing::info!(addr = %http_addr, "http listening on {http_addr}");
-    for forward in &config.forwards {
-        tracing::warn!(
-            listen = %forward.listen, service = %forward.service,
-            "forward listener not started: the forwarder is not built yet"
-        );
-    }
-    if !config.statics.is_empty() {
-        tracing::warn!(
-            count = config.statics.len(),
-            "static instances ignored: the forwarder is not built yet"
-        );
-    }
-
     let shutdown = CancellationToken::new();
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -125,7 +117,49 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let tracker = TaskTracker::new();
     tracker.spawn(sync::sweep_loop(hub.clone(), loops.child_token()));
     tracker.spawn(sync::flush_loop(hub.clone(), loops.child_token()));
+
+    let counts = Arc::new(LiveCounts::default());
+    for s in &config.statics {
+        let id = hub.add_static(&s.service, static_spec(s));
+        tracker.spawn(health::check_loop(
+            hub.clone(),
+            s.service.clone(),
+            id,
+            s.address.clone(),
+            Arc::clone(&counts),
+            loops.child_token(),
+        ));
+    }
     tracker.close();
+
+    let stop_accepting = CancellationToken::new();
+    let stop_relays = CancellationToken::new();
+    let relays = TaskTracker::new();
+    let mut forward_addrs = Vec::new();
+    for forward in &config.forwards {
+        let bound = TcpListener::bind(forward.listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: forward.listen,
+                source,
+            })?;
+        let addr = bound.local_addr().map_err(|source| AppError::Bind {
+            addr: forward.listen,
+            source,
+        })?;
+        tracing::info!(service = %forward.service, "forward listening on {addr}");
+        forward_addrs.push(addr);
+        let listener = Arc::new(Listener::new(
+            ForwardConfig {
+                listen: addr,
+                ..forward.clone()
+            },
+            hub.clone(),
+            Arc::clone(&counts),
+            stop_relays.clone(),
+        ));
+        relays.spawn(listener.serve(bound, stop_accepting.clone(), relays.clone()));
+    }
 
     let drain_timeout = config.drain_timeout;
     let stop = shutdown.clone();
@@ -139,7 +173,21 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         });
         let server = tokio::spawn(async move { serving.await });
         stop.cancelled().await;
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        stop_accepting.cancel();
+        relays.close();
         let served = finish_within(server, drain_timeout).await;
+        if tokio::time::timeout_at(deadline, relays.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = relays.len(),
+                "drain timeout passed; closing relayed connections"
+            );
+            stop_relays.cancel();
+            relays.wait().await;
+        }
         loops.cancel();
         tracker.wait().await;
         match hub.flush_beats().await {
@@ -152,9 +200,24 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     });
     Ok(Running {
         http_addr,
+        forward_addrs,
         shutdown,
         done,
     })
+}
+
+/// A static instance as the registry holds it: its TTL is the longest allowed, as its
+/// health checks, not heartbeats, decide whether it is up.
+fn static_spec(s: &StaticConfig) -> InstanceSpec {
+    InstanceSpec {
+        address: s.address.clone(),
+        weight: s.weight,
+        max_connections: s.max_connections,
+        zone: None,
+        tags: vec!["static".to_owned()],
+        metadata: Default::default(),
+        ttl_secs: 300,
+    }
 }
 
 async fn finish_within(

@@ -18,7 +18,7 @@ use crate::registry::table::{
     self, HeartbeatAnswer, InstanceView, LeaseError, PreservationEvent, RankQuery, Ranked,
     ServiceSummary,
 };
-use crate::registry::{InstanceSpec, RebalancePolicy, ServiceTable};
+use crate::registry::{Instance, InstanceSpec, Origin, RebalancePolicy, ServiceTable};
 use crate::store::{BeatRecord, InstanceRecord, Store, StoreError};
 
 /// The longest a store call may take before the request fails with 503.
@@ -67,6 +67,15 @@ pub struct Registered {
     pub heartbeat_secs: u32,
     /// False when the address was already registered.
     pub created: bool,
+}
+
+/// A backend chosen for a forwarded connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardTarget {
+    /// Instance id.
+    pub id: String,
+    /// `host:port` to connect to.
+    pub address: String,
 }
 
 /// One service's lock-protected state.
@@ -339,6 +348,74 @@ impl Hub {
                 servers: Vec::new(),
                 self_preservation: false,
             },
+        }
+    }
+
+    /// Candidates for one forwarded connection, best first, by the same ranking as
+    /// `/servers`, without the backends `is_out` names; the first counts a hand-out.
+    pub fn forward_candidates(
+        &self,
+        service: &str,
+        key: Option<&[u8]>,
+        limit: usize,
+        is_out: &dyn Fn(&str) -> bool,
+    ) -> Vec<ForwardTarget> {
+        let Some(slot) = self.slot(service) else {
+            return Vec::new();
+        };
+        let now = self.inner.clock.now();
+        let query = RankQuery {
+            limit,
+            zone: None,
+            key,
+        };
+        let exclude = |i: &Instance| is_out(&i.spec.address);
+        slot.apply(|t| t.rank_excluding(&query, now, &exclude))
+            .servers
+            .into_iter()
+            .map(|s| ForwardTarget {
+                id: s.id,
+                address: s.address,
+            })
+            .collect()
+    }
+
+    /// Counts one hand-out for an instance (the forwarder's retry on a later candidate).
+    pub fn count_hand_out(&self, service: &str, id: &str) {
+        if let Some(slot) = self.slot(service) {
+            let now = self.inner.clock.now();
+            slot.apply(|t| t.count_hand_out_of(id, now));
+        }
+    }
+
+    /// Adds a static instance from the config file, in memory only, under an id
+    /// derived from service and address (stable across restarts and nodes). It stays
+    /// down until its first health check passes.
+    pub fn add_static(&self, service: &str, spec: InstanceSpec) -> String {
+        let id = format!(
+            "static-{:016x}",
+            xxhash_rust::xxh3::xxh3_64(format!("{service}/{}", spec.address).as_bytes())
+        );
+        let now = self.inner.clock.now();
+        let mut instance = table::new_instance(
+            id.clone(),
+            spec,
+            lease::hash(&lease::new_lease()),
+            now,
+            self.inner.clock.unix_now_ms(),
+        );
+        instance.origin = Origin::Static;
+        instance.down = true;
+        self.slot_or_create(service)
+            .apply(|t| t.upsert(instance, now));
+        id
+    }
+
+    /// Records a static instance's health check and the forwarder's connection count.
+    pub fn set_health(&self, service: &str, id: &str, up: bool, connections: u64) {
+        if let Some(slot) = self.slot(service) {
+            let now = self.inner.clock.now();
+            slot.apply(|t| t.set_health(id, up, connections, now));
         }
     }
 

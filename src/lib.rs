@@ -11,6 +11,7 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod forwarder;
 pub mod hub;
 pub mod lease;
 pub mod registry;

@@ -1,0 +1,200 @@
+//! Connecting a device to a backend: ask the registry for candidates (in-process, the
+//! same ranking as `/servers`), connect with a timeout, try the next candidate on
+//! refusal or timeout (at most [`MAX_TRIES`]), and keep failing backends out for
+//! `fail_timeout` after `max_fails` failures (nginx's `max_fails`/`fail_timeout`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::hub::{ForwardTarget, Hub};
+
+/// Tries per device connection, each on the next candidate (nginx
+/// `proxy_next_upstream_tries`).
+pub const MAX_TRIES: usize = 3;
+
+/// Why no backend could be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The service has no instance to hand out.
+    #[error("service {0} has no live backend")]
+    NoBackend(String),
+    /// Every try failed.
+    #[error("{tries} tries failed, last on {address}: {reason}")]
+    AllFailed {
+        /// How many tries were made.
+        tries: usize,
+        /// The last backend tried.
+        address: String,
+        /// Its failure.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    first: Instant,
+    down_until: Option<Instant>,
+}
+
+/// Failure bookkeeping per backend address, shared by one listener's connections.
+#[derive(Debug)]
+pub struct FailTracker {
+    max_fails: u32,
+    fail_timeout: Duration,
+    by_address: Mutex<HashMap<String, Failures>>,
+}
+
+impl FailTracker {
+    /// A tracker that takes a backend out after `max_fails` failures within
+    /// `fail_timeout`, for `fail_timeout`.
+    pub fn new(max_fails: u32, fail_timeout: Duration) -> Self {
+        FailTracker {
+            max_fails: max_fails.max(1),
+            fail_timeout,
+            by_address: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failures>> {
+        self.by_address
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the backend is out of the choice now.
+    pub fn is_out(&self, address: &str, now: Instant) -> bool {
+        self.map()
+            .get(address)
+            .and_then(|f| f.down_until)
+            .is_some_and(|until| now < until)
+    }
+
+    /// Records a failed connect; returns true when it takes the backend out.
+    pub fn failed(&self, address: &str, now: Instant) -> bool {
+        let mut map = self.map();
+        let entry = map.entry(address.to_owned()).or_insert(Failures {
+            count: 0,
+            first: now,
+            down_until: None,
+        });
+        if now.duration_since(entry.first) > self.fail_timeout
+            || entry.down_until.is_some_and(|until| now >= until)
+        {
+            *entry = Failures {
+                count: 0,
+                first: now,
+                down_until: None,
+            };
+        }
+        entry.count += 1;
+        if entry.count >= self.max_fails && entry.down_until.is_none() {
+            entry.down_until = Some(now + self.fail_timeout);
+            return true;
+        }
+        false
+    }
+
+    /// Records a successful connect: the failure count starts over.
+    pub fn succeeded(&self, address: &str) {
+        let mut map = self.map();
+        if map.contains_key(address) {
+            map.remove(address);
+        }
+    }
+}
+
+/// Connects to the best reachable backend of `service`.
+///
+/// # Errors
+/// [`ConnectError`] when the service has no backend or every try failed.
+pub async fn connect(
+    hub: &Hub,
+    service: &str,
+    key: Option<&[u8]>,
+    timeout: Duration,
+    fails: &FailTracker,
+) -> Result<(TcpStream, ForwardTarget), ConnectError> {
+    let now = Instant::now();
+    let mut candidates = hub.forward_candidates(service, key, MAX_TRIES, &|address| {
+        fails.is_out(address, now)
+    });
+    if candidates.is_empty() {
+        // Every backend is out for fail_timeout: nginx then tries them anyway rather
+        // than refusing everyone.
+        candidates = hub.forward_candidates(service, key, MAX_TRIES, &|_| false);
+    }
+    if candidates.is_empty() {
+        return Err(ConnectError::NoBackend(service.to_owned()));
+    }
+    let mut last = None;
+    for (try_index, target) in candidates.into_iter().enumerate() {
+        if try_index > 0 {
+            // The first candidate's hand-out was counted by the ranking.
+            hub.count_hand_out(service, &target.id);
+        }
+        let reason = match tokio::time::timeout(timeout, TcpStream::connect(&target.address)).await
+        {
+            Ok(Ok(stream)) => {
+                fails.succeeded(&target.address);
+                return Ok((stream, target));
+            }
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("connect timed out after {timeout:?}"),
+        };
+        if fails.failed(&target.address, Instant::now()) {
+            tracing::warn!(
+                %service, address = %target.address, ?timeout,
+                "backend failed max_fails times: skipped for fail_timeout"
+            );
+        }
+        tracing::debug!(%service, address = %target.address, %reason, "connect failed; trying the next");
+        last = Some((try_index + 1, target.address, reason));
+    }
+    let (tries, address, reason) = last.expect("at least one candidate was tried");
+    Err(ConnectError::AllFailed {
+        tries,
+        address,
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_fails_within_the_window_takes_a_backend_out_for_fail_timeout() {
+        let t = FailTracker::new(3, Duration::from_secs(10));
+        let start = Instant::now();
+        assert!(!t.failed("a", start));
+        assert!(!t.failed("a", start + Duration::from_secs(1)));
+        assert!(!t.is_out("a", start + Duration::from_secs(1)));
+        assert!(t.failed("a", start + Duration::from_secs(2)));
+        assert!(t.is_out("a", start + Duration::from_secs(3)));
+        assert!(!t.is_out("a", start + Duration::from_secs(13)));
+        assert!(!t.is_out("b", start));
+    }
+
+    #[test]
+    fn failures_spread_wider_than_the_window_do_not_add_up() {
+        let t = FailTracker::new(2, Duration::from_secs(10));
+        let start = Instant::now();
+        assert!(!t.failed("a", start));
+        assert!(!t.failed("a", start + Duration::from_secs(11)));
+        assert!(t.failed("a", start + Duration::from_secs(12)));
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let t = FailTracker::new(2, Duration::from_secs(10));
+        let start = Instant::now();
+        assert!(!t.failed("a", start));
+        t.succeeded("a");
+        assert!(!t.failed("a", start));
+    }
+}

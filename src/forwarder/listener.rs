@@ -1,0 +1,162 @@
+//! One forward listener: accepts devices, enforces `max_connections`, and runs each
+//! connection (connect, PROXY header, relay) in its own task and tracing span.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::connect::{self, FailTracker};
+use super::relay::{self, Ending};
+use super::{LiveCounts, proxy_protocol};
+use crate::config::{ForwardConfig, ForwardHash};
+use crate::hub::Hub;
+
+/// Longest pause after a failed `accept` (file descriptors exhausted, say).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What every connection of one listener shares.
+#[derive(Debug)]
+pub struct Listener {
+    config: ForwardConfig,
+    hub: Hub,
+    fails: FailTracker,
+    counts: Arc<LiveCounts>,
+    /// Permits for `max_connections`; `None` when unlimited.
+    slots: Option<Arc<Semaphore>>,
+    /// Fires when relayed connections must stop (the drain deadline passed).
+    stop_relays: CancellationToken,
+}
+
+impl Listener {
+    /// A listener for `config` over the registry.
+    pub fn new(
+        config: ForwardConfig,
+        hub: Hub,
+        counts: Arc<LiveCounts>,
+        stop_relays: CancellationToken,
+    ) -> Self {
+        let slots = config.max_connections.map(|max| {
+            let max = usize::try_from(max).unwrap_or(Semaphore::MAX_PERMITS);
+            Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))
+        });
+        Listener {
+            fails: FailTracker::new(config.max_fails, config.fail_timeout),
+            config,
+            hub,
+            counts,
+            slots,
+            stop_relays,
+        }
+    }
+
+    /// Accepts until `stop_accepting` fires; every connection runs on `tracker`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        stop_accepting: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let accepted = tokio::select! {
+                () = stop_accepting.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (device, peer) = match accepted {
+                Ok(pair) => {
+                    backoff = Duration::from_millis(5);
+                    pair
+                }
+                Err(err) => {
+                    tracing::warn!(listen = %self.config.listen, %err, ?backoff, "accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                    continue;
+                }
+            };
+            let permit = match &self.slots {
+                None => None,
+                Some(slots) => match Arc::clone(slots).try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        tracing::debug!(%peer, "max_connections reached: closing the new connection");
+                        drop(device);
+                        continue;
+                    }
+                },
+            };
+            let span = tracing::debug_span!("forward", service = %self.config.service, %peer);
+            let me = Arc::clone(&self);
+            tracker.spawn(Box::pin(me.handle(device, peer, permit)).instrument(span));
+        }
+        tracing::info!(listen = %self.config.listen, "forward listener closed");
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        device: TcpStream,
+        peer: SocketAddr,
+        _permit: Option<OwnedSemaphorePermit>,
+    ) {
+        let _ = device.set_nodelay(true);
+        let key = match self.config.hash {
+            ForwardHash::RemoteAddr => Some(peer.ip().to_string()),
+            ForwardHash::None => None,
+        };
+        // Boxed so the connect phase's state does not stay in every idle relay's task.
+        let connected = Box::pin(connect::connect(
+            &self.hub,
+            &self.config.service,
+            key.as_deref().map(str::as_bytes),
+            self.config.connect_timeout,
+            &self.fails,
+        ))
+        .await;
+        let (mut backend, target) = match connected {
+            Ok(pair) => pair,
+            Err(err) => {
+                tracing::warn!(service = %self.config.service, %peer, %err, "no backend for device; closing");
+                return;
+            }
+        };
+        let _ = backend.set_nodelay(true);
+        if let Some(version) = self.config.proxy_protocol {
+            let local = device.local_addr().unwrap_or(self.config.listen);
+            let header = proxy_protocol::header(version, peer, local);
+            if let Err(err) = backend.write_all(&header).await {
+                tracing::debug!(%err, backend = %target.address, "could not send the PROXY header");
+                return;
+            }
+        }
+        self.counts.open(&target.id);
+        let outcome = relay::relay(
+            &device,
+            &backend,
+            self.config.idle_timeout,
+            &self.stop_relays,
+        )
+        .await;
+        self.counts.close(&target.id);
+        match outcome {
+            Ok((Ending::Closed, carried)) => {
+                tracing::debug!(backend = %target.address, up = carried.up, down = carried.down, "closed");
+            }
+            Ok((Ending::IdleTimeout, _)) => {
+                tracing::debug!(backend = %target.address, "idle timeout");
+            }
+            Ok((Ending::Shutdown, _)) => {
+                tracing::debug!(backend = %target.address, "closed by shutdown");
+            }
+            Err(err) => {
+                tracing::debug!(backend = %target.address, %err, "relay ended with an error");
+            }
+        }
+    }
+}

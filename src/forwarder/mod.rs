@@ -1,0 +1,52 @@
+//! The fallback TCP forwarder of SPEC section 4: for devices that only know one
+//! address, each listener picks a backend by the registry's ranking (in-process) and
+//! relays bytes. Like nginx `stream`, fed by live load.
+//!
+//! `listener.rs` accepts and limits, `connect.rs` chooses and connects, `relay.rs`
+//! moves bytes, `proxy_protocol.rs` writes PROXY headers, `health.rs` checks static
+//! instances. Must not speak HTTP or SQL.
+
+pub mod connect;
+pub mod health;
+pub mod listener;
+pub mod proxy_protocol;
+pub mod relay;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Live relayed connections per instance id, across every listener: the connection
+/// count of static instances, which do not report their own.
+#[derive(Debug, Default)]
+pub struct LiveCounts {
+    by_id: Mutex<HashMap<String, u64>>,
+}
+
+impl LiveCounts {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.by_id
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Live connections to an instance.
+    pub fn get(&self, id: &str) -> u64 {
+        self.map().get(id).copied().unwrap_or(0)
+    }
+
+    /// One more connection to `id`.
+    pub fn open(&self, id: &str) {
+        *self.map().entry(id.to_owned()).or_insert(0) += 1;
+    }
+
+    /// One connection to `id` fewer.
+    pub fn close(&self, id: &str) {
+        let mut map = self.map();
+        if let Some(n) = map.get_mut(id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(id);
+            }
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Byte relay between a device and its backend, both ways, with half-close forwarded
+//! and an optional idle timeout.
+//!
+//! Memory is the design constraint: a fleet keeps hundreds of thousands of mostly idle
+//! links, so an idle relay owns no data buffer. It waits for readiness, then reads into
+//! a per-thread buffer and writes straight on. Only bytes the destination cannot take
+//! yet are copied into a per-connection stash, which is freed once written. Each
+//! direction keeps its own EOF state; a FIN from one side shuts the other's write half.
+
+use std::cell::RefCell;
+use std::io::{self, ErrorKind};
+use std::net::Shutdown;
+use std::pin::Pin;
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+/// Size of each worker thread's relay buffer: large reads mean few system calls per
+/// megabyte on busy links, and idle links do not pay for it.
+pub const BUFFER_SIZE: usize = 256 * 1024;
+
+/// Reads per wake-up before yielding, so one busy link cannot starve the others.
+const READS_PER_WAKE: usize = 16;
+
+thread_local! {
+    static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; BUFFER_SIZE]);
+}
+
+/// Bytes carried in each direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// Device to backend.
+    pub up: u64,
+    /// Backend to device.
+    pub down: u64,
+}
+
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Both sides closed their sending half.
+    Closed,
+    /// No byte moved for the idle timeout.
+    IdleTimeout,
+    /// The server stopped waiting for relays to drain.
+    Shutdown,
+}
+
+/// Bytes read from one side that the other could not take yet.
+#[derive(Debug)]
+struct Stash {
+    bytes: Vec<u8>,
+    written: usize,
+}
+
+/// One direction of the relay.
+#[derive(Debug, Default)]
+struct Direction {
+    stash: Option<Box<Stash>>,
+    /// The source sent FIN.
+    eof: bool,
+    /// The destination's write half is shut (FIN forwarded).
+    shut: bool,
+    carried: u64,
+}
+
+impl Direction {
+    fn done(&self) -> bool {
+        self.shut
+    }
+
+    /// What this direction waits for on its source and its destination.
+    fn interest(&self) -> (Option<Interest>, Option<Interest>) {
+        if self.shut {
+            (None, None)
+        } else if self.stash.is_some() {
+            (None, Some(Interest::WRITABLE))
+        } else if self.eof {
+            (None, None)
+        } else {
+            (Some(Interest::READABLE), None)
+        }
+    }
+
+    /// Moves bytes from `src` to `dst` until either would block. Returns whether any
+    /// progress was made.
+    fn pump(&mut self, src: &TcpStream, dst: &TcpStream) -> io::Result<bool> {
+        let mut progressed = false;
+        if let Some(stash) = self.stash.as_mut() {
+            while stash.written < stash.bytes.len() {
+                match dst.try_write(&stash.bytes[stash.written..]) {
+                    Ok(n) => {
+                        stash.written += n;
+                        self.carried += n as u64;
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(progressed),
+                    Err(e) => return Err(e),
+                }
+            }
+            self.stash = None;
+        }
+        if self.eof {
+            self.forward_fin(dst)?;
+            return Ok(progressed);
+        }
+        BUFFER.with(|buffer| {
+            let mut buffer = buffer.borrow_mut();
+            for _ in 0..READS_PER_WAKE {
+                let n = match src.try_read(&mut buffer) {
+                    Ok(0) => {
+                        self.eof = true;
+                        self.forward_fin(dst)?;
+                        return Ok(true);
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(progressed),
+                    Err(e) => return Err(e),
+                };
+                progressed = true;
+                let mut written = 0;
+                while written < n {
+                    match dst.try_write(&buffer[written..n]) {
+                        Ok(w) => written += w,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.carried += written as u64;
+                if written < n {
+                    // The destination is full: keep the rest and stop reading until it
+                    // drains (backpressure reaches the source through its TCP window).
+                    self.stash = Some(Box::new(Stash {
+                        bytes: buffer[written..n].to_vec(),
+                        written: 0,
+                    }));
+                    return Ok(true);
+                }
+            }
+            Ok(progressed)
+        })
+    }
+
+    fn forward_fin(&mut self, dst: &TcpStream) -> io::Result<()> {
+        if !self.shut {
+            self.shut = true;
+            match SockRef::from(dst).shutdown(Shutdown::Write) {
+                // The peer is already gone: nothing left to tell it.
+                Err(e) if e.kind() == ErrorKind::NotConnected => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn merge(a: Option<Interest>, b: Option<Interest>) -> Option<Interest> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a | b),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Relays until both directions have closed, the link idles for `idle`, or `stop`
+/// fires.
+///
+/// # Errors
+/// The first socket error (a reset, say); both sockets are closed when they drop.
+pub async fn relay(
+    device: &TcpStream,
+    backend: &TcpStream,
+    idle: Option<Duration>,
+    stop: &CancellationToken,
+) -> io::Result<(Ending, Carried)> {
+    let mut up = Direction::default();
+    let mut down = Direction::default();
+    let mut idle_timer: Option<(Duration, Pin<Box<Sleep>>)> =
+        idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+    let mut last_activity = Instant::now();
+    loop {
+        if up.done() && down.done() {
+            break;
+        }
+        let (up_src, up_dst) = up.interest();
+        let (down_src, down_dst) = down.interest();
+        let device_interest = merge(up_src, down_dst);
+        let backend_interest = merge(down_src, up_dst);
+        if device_interest.is_none() && backend_interest.is_none() {
+            break;
+        }
+        let progressed = tokio::select! {
+            ready = device.ready(device_interest.unwrap_or(Interest::READABLE)), if device_interest.is_some() => {
+                let ready = ready?;
+                let mut moved = false;
+                if ready.is_readable() || ready.is_read_closed() {
+                    moved |= up.pump(device, backend)?;
+                }
+                if ready.is_writable() || ready.is_write_closed() {
+                    moved |= down.pump(backend, device)?;
+                }
+                moved
+            }
+            ready = backend.ready(backend_interest.unwrap_or(Interest::READABLE)), if backend_interest.is_some() => {
+                let ready = ready?;
+                let mut moved = false;
+                if ready.is_readable() || ready.is_read_closed() {
+                    moved |= down.pump(backend, device)?;
+                }
+                if ready.is_writable() || ready.is_write_closed() {
+                    moved |= up.pump(device, backend)?;
+                }
+                moved
+            }
+            () = async {
+                match idle_timer.as_mut() {
+                    Some((_, sleep)) => sleep.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let (limit, sleep) = idle_timer.as_mut().expect("only armed with a timer");
+                let deadline = last_activity + *limit;
+                if Instant::now() >= deadline {
+                    return Ok((Ending::IdleTimeout, Carried { up: up.carried, down: down.carried }));
+                }
+                // Activity since the timer was armed: sleep until the real deadline.
+                sleep.as_mut().reset(deadline);
+                false
+            }
+            () = stop.cancelled() => {
+                return Ok((Ending::Shutdown, Carried { up: up.carried, down: down.carried }));
+            }
+        };
+        if progressed && idle_timer.is_some() {
+            last_activity = Instant::now();
+        }
+    }
+    Ok((
+        Ending::Closed,
+        Carried {
+            up: up.carried,
+            down: down.carried,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_and_forwards_half_close() {
+        // device_peer <-> [device | relay | backend] <-> backend_peer
+        let (mut device_peer, device) = pair().await;
+        let (backend, mut backend_peer) = pair().await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(async move { relay(&device, &backend, None, &stop).await });
+        device_peer.write_all(b"hello").await.unwrap();
+        device_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        backend_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello", "the device's FIN reached the backend");
+        // The backend can still answer after the device's FIN.
+        backend_peer.write_all(b"world").await.unwrap();
+        backend_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        device_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"world");
+        let (ending, carried) = task.await.unwrap().unwrap();
+        assert_eq!(ending, Ending::Closed);
+        assert_eq!(carried, Carried { up: 5, down: 5 });
+    }
+
+    #[tokio::test]
+    async fn idle_links_time_out() {
+        let (_device_peer, device) = pair().await;
+        let (backend, _backend_peer) = pair().await;
+        let stop = CancellationToken::new();
+        let (ending, _) = relay(&device, &backend, Some(Duration::from_millis(200)), &stop)
+            .await
+            .unwrap();
+        assert_eq!(ending, Ending::IdleTimeout);
+    }
+}
