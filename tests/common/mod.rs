@@ -19,6 +19,8 @@ pub struct Server {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// Where each forward listener listens, in start order.
+    pub forward_addrs: Vec<std::net::SocketAddr>,
     /// Every line the server logged so far is sent here.
     logs: mpsc::Receiver<String>,
     /// Lines already read from `logs`.
@@ -33,6 +35,10 @@ pub struct Options {
     pub config: Option<String>,
     pub env: Vec<(String, String)>,
     pub extra: Vec<String>,
+    /// `--forward` flags; with none (and `forwards == 0`), `--no-forward`.
+    pub forward: Vec<String>,
+    /// Forward listeners to wait for (from `forward` or the config file).
+    pub forwards: usize,
 }
 
 impl Options {
@@ -58,11 +64,14 @@ impl Server {
     pub fn start_with(options: Options) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cmd = Command::new(binary());
-        cmd.arg("serve")
-            .arg("--http")
-            .arg("127.0.0.1:0")
-            .arg("--no-forward")
-            .arg("--db")
+        cmd.arg("serve").arg("--http").arg("127.0.0.1:0");
+        if options.forwards == 0 {
+            cmd.arg("--no-forward");
+        }
+        for f in &options.forward {
+            cmd.arg("--forward").arg(f);
+        }
+        cmd.arg("--db")
             .arg(options.db.unwrap_or_else(|| "sqlite::memory:".into()));
         if let Some(config) = options.config {
             let path = dir.path().join("switchboard.toml");
@@ -116,12 +125,43 @@ impl Server {
                 }
             }
         };
-        Server {
+        let mut server = Server {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            forward_addrs: Vec::new(),
             logs: rx,
             seen,
             client: reqwest::Client::new(),
+        };
+        while server.forward_addrs.len() < options.forwards {
+            let skip = server.forward_addrs.len();
+            let line = server.wait_log_nth("forward listening on ", skip);
+            let addr = line
+                .split("forward listening on ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("unparsable forward line {line:?}"));
+            server.forward_addrs.push(addr);
+        }
+        server
+    }
+
+    /// The `skip`-th (0-based) log line containing `needle`.
+    pub fn wait_log_nth(&mut self, needle: &str, skip: usize) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.seen.iter().filter(|l| l.contains(needle)).nth(skip) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.logs.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no log line with {needle:?}; log:\n{}",
+                    self.seen.join("\n")
+                )
+            });
+            self.seen.push(line);
         }
     }
 
@@ -134,13 +174,18 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for the exit code.
-    pub fn terminate(mut self) -> i32 {
+    pub fn terminate(self) -> i32 {
         let status = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status()
             .expect("kill");
         assert!(status.success());
+        self.terminate_wait()
+    }
+
+    /// Waits for the process to exit (after a signal sent elsewhere); its exit code.
+    pub fn terminate_wait(mut self) -> i32 {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -297,4 +342,84 @@ where
 /// The error code of an error answer.
 pub fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+/// A tokio echo backend on loopback that counts the connections it accepted.
+pub struct Echo {
+    pub addr: std::net::SocketAddr,
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Echo {
+    /// An echo server on `127.0.0.1:0`.
+    pub async fn start() -> Echo {
+        Echo::start_on("127.0.0.1:0").await
+    }
+
+    /// An echo server on `addr`.
+    pub async fn start_on(addr: &str) -> Echo {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind echo");
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut r, mut w) = sock.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
+                });
+            }
+        });
+        Echo {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops accepting (existing connections end with their tasks' sockets).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Connects, writes `payload`, and reads the echo back (with a deadline).
+pub async fn echo_through(addr: std::net::SocketAddr, payload: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect forwarder");
+    let mut got = vec![0u8; payload.len()];
+    let io = async {
+        let (mut r, mut w) = sock.split();
+        let write = async {
+            w.write_all(payload).await.expect("write");
+        };
+        let read = async { r.read_exact(&mut got).await.map(|_| ()) };
+        let (_, read) = tokio::join!(write, read);
+        read
+    };
+    tokio::time::timeout(PATIENCE, io)
+        .await
+        .expect("echo timed out")
+        .expect("echo read failed");
+    got
 }

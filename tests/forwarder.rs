@@ -1,0 +1,414 @@
+//! Black-box tests of the fallback forwarder (SPEC section 4): the real binary, real
+//! tokio echo backends, real sockets on loopback.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Echo, Options, PATIENCE, Server, echo_through, eventually};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+fn forwarding(config: &str) -> Options {
+    Options {
+        config: Some(config.to_owned()),
+        forwards: 1,
+        ..Options::default()
+    }
+}
+
+fn default_forward() -> Options {
+    Options {
+        forward: vec!["127.0.0.1:0=default".into()],
+        forwards: 1,
+        ..Options::default()
+    }
+}
+
+/// A port that was free a moment ago and has nothing listening now.
+async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Reads until EOF or error; returns what was read and whether the close was clean.
+async fn read_until_closed(sock: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, sock.read_to_end(&mut got))
+        .await
+        .expect("the connection was not closed in time");
+    got
+}
+
+#[tokio::test]
+async fn four_devices_in_a_row_land_two_on_each_backend() {
+    let s = Server::start_with(default_forward());
+    let a = Echo::start().await;
+    let b = Echo::start().await;
+    s.register_addr("default", &a.addr.to_string()).await;
+    s.register_addr("default", &b.addr.to_string()).await;
+    let fwd = s.forward_addrs[0];
+    for i in 0..4u8 {
+        assert_eq!(echo_through(fwd, &[i; 16]).await, vec![i; 16]);
+    }
+    assert_eq!((a.accepted(), b.accepted()), (2, 2));
+}
+
+#[tokio::test]
+async fn random_payloads_come_back_byte_exact() {
+    let s = Server::start_with(default_forward());
+    let a = Echo::start().await;
+    s.register_addr("default", &a.addr.to_string()).await;
+    let fwd = s.forward_addrs[0];
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for size in [1usize, 1000, 65_537, 1 << 20, 3 * (1 << 20) + 17] {
+        let payload: Vec<u8> = (0..size)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        assert!(
+            echo_through(fwd, &payload).await == payload,
+            "{size} bytes differ"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_device_fin_reaches_the_backend_which_can_still_answer() {
+    let s = Server::start_with(default_forward());
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    s.register_addr("default", &backend.local_addr().unwrap().to_string())
+        .await;
+    let mut device = TcpStream::connect(s.forward_addrs[0]).await.unwrap();
+    let (mut upstream, _) = tokio::time::timeout(PATIENCE, backend.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    device.write_all(b"last words").await.unwrap();
+    device.shutdown().await.unwrap();
+    assert_eq!(read_until_closed(&mut upstream).await, b"last words");
+    upstream.write_all(b"reply after FIN").await.unwrap();
+    upstream.shutdown().await.unwrap();
+    assert_eq!(read_until_closed(&mut device).await, b"reply after FIN");
+}
+
+#[tokio::test]
+async fn a_backend_fin_reaches_the_device_which_can_still_send() {
+    let s = Server::start_with(default_forward());
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    s.register_addr("default", &backend.local_addr().unwrap().to_string())
+        .await;
+    let mut device = TcpStream::connect(s.forward_addrs[0]).await.unwrap();
+    let (mut upstream, _) = tokio::time::timeout(PATIENCE, backend.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    upstream.write_all(b"bye").await.unwrap();
+    upstream.shutdown().await.unwrap();
+    assert_eq!(read_until_closed(&mut device).await, b"bye");
+    device.write_all(b"but wait").await.unwrap();
+    device.shutdown().await.unwrap();
+    assert_eq!(read_until_closed(&mut upstream).await, b"but wait");
+}
+
+#[tokio::test]
+async fn a_refused_backend_is_skipped_and_the_next_tried() {
+    let s = Server::start_with(default_forward());
+    let good = Echo::start().await;
+    let dead = closed_port().await;
+    s.register_addr("default", &dead.to_string()).await;
+    let live = s.register_addr("default", &good.addr.to_string()).await;
+    // The live backend looks busier, so the dead one is always tried first.
+    s.heartbeat(&live, 1000).await;
+    for i in 0..5u8 {
+        assert_eq!(echo_through(s.forward_addrs[0], &[i; 8]).await, vec![i; 8]);
+    }
+    assert_eq!(good.accepted(), 5);
+}
+
+#[tokio::test]
+async fn max_fails_takes_a_backend_out_for_fail_timeout() {
+    let s = Server::start_with(forwarding(
+        "[[forward]]\nlisten = \"127.0.0.1:0\"\nservice = \"default\"\nmax_fails = 1\nfail_timeout_secs = 3\n",
+    ));
+    let good = Echo::start().await;
+    let flaky_addr = closed_port().await;
+    s.register_addr("default", &flaky_addr.to_string()).await;
+    let live = s.register_addr("default", &good.addr.to_string()).await;
+    s.heartbeat(&live, 1000).await;
+    let fwd = s.forward_addrs[0];
+    // One refusal is max_fails: the flaky backend is out for 3 s.
+    echo_through(fwd, b"first").await;
+    let marked_out = Instant::now();
+    let flaky = Echo::start_on(&flaky_addr.to_string()).await;
+    for _ in 0..5 {
+        echo_through(fwd, b"while out").await;
+    }
+    if marked_out.elapsed() < Duration::from_secs(3) {
+        assert_eq!(flaky.accepted(), 0, "a backend in fail_timeout was chosen");
+    }
+    // After fail_timeout it is chosen again (it is the least loaded).
+    eventually("the backend to come back after fail_timeout", || async {
+        echo_through(fwd, b"again").await;
+        (flaky.accepted() > 0).then_some(())
+    })
+    .await;
+    assert!(marked_out.elapsed() >= Duration::from_secs(3));
+}
+
+async fn proxy_header_seen(version: &str) -> (Vec<u8>, SocketAddr, SocketAddr) {
+    let s = Server::start_with(forwarding(&format!(
+        "[[forward]]\nlisten = \"127.0.0.1:0\"\nproxy_protocol = \"{version}\"\n"
+    )));
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    s.register_addr("default", &backend.local_addr().unwrap().to_string())
+        .await;
+    let fwd = s.forward_addrs[0];
+    let mut device = TcpStream::connect(fwd).await.unwrap();
+    let device_addr = device.local_addr().unwrap();
+    let (mut upstream, _) = tokio::time::timeout(PATIENCE, backend.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    device.write_all(b"payload").await.unwrap();
+    device.shutdown().await.unwrap();
+    let seen = read_until_closed(&mut upstream).await;
+    drop(s);
+    (seen, device_addr, fwd)
+}
+
+#[tokio::test]
+async fn proxy_protocol_v1_header_bytes() {
+    let (seen, device, fwd) = proxy_header_seen("v1").await;
+    let expected = format!(
+        "PROXY TCP4 {} {} {} {}\r\npayload",
+        device.ip(),
+        fwd.ip(),
+        device.port(),
+        fwd.port()
+    );
+    assert_eq!(String::from_utf8_lossy(&seen), expected);
+}
+
+#[tokio::test]
+async fn proxy_protocol_v2_header_bytes() {
+    let (seen, device, fwd) = proxy_header_seen("v2").await;
+    let mut expected = vec![
+        0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x11, 0x00,
+        0x0C,
+    ];
+    let ip = |a: SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(v4) => v4.octets(),
+        std::net::IpAddr::V6(_) => panic!("IPv4 expected"),
+    };
+    expected.extend_from_slice(&ip(device));
+    expected.extend_from_slice(&ip(fwd));
+    expected.extend_from_slice(&device.port().to_be_bytes());
+    expected.extend_from_slice(&fwd.port().to_be_bytes());
+    expected.extend_from_slice(b"payload");
+    assert_eq!(seen, expected);
+}
+
+/// Connects to `fwd` from source address `source` and echoes a byte; returns which
+/// backend answered (by accepted-count change).
+async fn connect_from(source: &str, fwd: SocketAddr, backends: &[Echo]) -> usize {
+    let before: Vec<usize> = backends.iter().map(Echo::accepted).collect();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut sock = socket.connect(fwd).await.unwrap();
+    sock.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    tokio::time::timeout(PATIENCE, sock.read_exact(&mut one))
+        .await
+        .unwrap()
+        .unwrap();
+    let after: Vec<usize> = backends.iter().map(Echo::accepted).collect();
+    (0..backends.len())
+        .find(|&i| after[i] > before[i])
+        .expect("some backend accepted")
+}
+
+#[tokio::test]
+async fn hash_remote_addr_keeps_a_reconnecting_device_on_its_backend() {
+    let s = Server::start_with(forwarding(
+        "[[forward]]\nlisten = \"127.0.0.1:0\"\nhash = \"remote_addr\"\n",
+    ));
+    let backends = [
+        Echo::start().await,
+        Echo::start().await,
+        Echo::start().await,
+    ];
+    for b in &backends {
+        let r = s.register_addr("default", &b.addr.to_string()).await;
+        s.heartbeat(&r, 1000).await;
+    }
+    let fwd = s.forward_addrs[0];
+    let mut homes = Vec::new();
+    for device in 2..10 {
+        let source = format!("127.0.0.{device}");
+        let home = connect_from(&source, fwd, &backends).await;
+        for _ in 0..4 {
+            assert_eq!(
+                connect_from(&source, fwd, &backends).await,
+                home,
+                "{source} moved"
+            );
+        }
+        homes.push(home);
+    }
+    homes.sort_unstable();
+    homes.dedup();
+    assert!(homes.len() >= 2, "8 devices all on one backend: {homes:?}");
+}
+
+#[tokio::test]
+async fn max_connections_closes_connections_beyond_it() {
+    let s = Server::start_with(forwarding(
+        "[[forward]]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\n",
+    ));
+    let a = Echo::start().await;
+    s.register_addr("default", &a.addr.to_string()).await;
+    let fwd = s.forward_addrs[0];
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut sock = TcpStream::connect(fwd).await.unwrap();
+        sock.write_all(b"hi").await.unwrap();
+        let mut two = [0u8; 2];
+        sock.read_exact(&mut two).await.unwrap();
+        held.push(sock);
+    }
+    let mut third = TcpStream::connect(fwd).await.unwrap();
+    let _ = third.write_all(b"hi").await;
+    let mut buf = [0u8; 2];
+    let closed = tokio::time::timeout(PATIENCE, third.read(&mut buf))
+        .await
+        .expect("the third connection was neither closed nor served");
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "third connection was served"
+    );
+    drop(held.pop());
+    eventually("a slot to free up", || async {
+        let mut sock = TcpStream::connect(fwd).await.ok()?;
+        sock.write_all(b"ok").await.ok()?;
+        let mut two = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(1), sock.read_exact(&mut two))
+            .await
+            .ok()?
+            .ok()?;
+        Some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_idle_link_is_closed_after_idle_timeout() {
+    let s = Server::start_with(forwarding(
+        "[[forward]]\nlisten = \"127.0.0.1:0\"\nidle_timeout_secs = 1\n",
+    ));
+    let a = Echo::start().await;
+    s.register_addr("default", &a.addr.to_string()).await;
+    let mut sock = TcpStream::connect(s.forward_addrs[0]).await.unwrap();
+    sock.write_all(b"ping").await.unwrap();
+    let mut four = [0u8; 4];
+    sock.read_exact(&mut four).await.unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, sock.read_to_end(&mut rest))
+        .await
+        .expect("idle link was not closed");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn a_static_instance_is_health_checked_down_and_up() {
+    let backend = Echo::start().await;
+    let addr = backend.addr;
+    let s = Server::start_with(forwarding(&format!(
+        "[[forward]]\nlisten = \"127.0.0.1:0\"\n\n[[static]]\nservice = \"default\"\naddress = \"{addr}\"\n"
+    )));
+    let fwd = s.forward_addrs[0];
+    let state = || async {
+        let (_, body) = s.get("/v1/services/default/instances").await;
+        body["instances"][0]["state"].as_str().map(str::to_owned)
+    };
+    eventually("the static instance to be up", || async {
+        (state().await.as_deref() == Some("up")).then_some(())
+    })
+    .await;
+    assert_eq!(echo_through(fwd, b"static").await, b"static");
+    let (_, listing) = s.get("/v1/services/default/instances").await;
+    assert_eq!(listing["instances"][0]["address"], addr.to_string());
+    backend.stop();
+    eventually("the static instance to go down", || async {
+        (state().await.as_deref() == Some("expired")).then_some(())
+    })
+    .await;
+    let _again = Echo::start_on(&addr.to_string()).await;
+    eventually("the static instance to come back", || async {
+        (state().await.as_deref() == Some("up")).then_some(())
+    })
+    .await;
+    assert_eq!(echo_through(fwd, b"back").await, b"back");
+}
+
+#[tokio::test]
+async fn ipv6_listeners_and_backends_work() {
+    let s = Server::start_with(Options {
+        forward: vec!["[::1]:0=v6".into()],
+        forwards: 1,
+        ..Options::default()
+    });
+    let a = Echo::start_on("[::1]:0").await;
+    s.register("v6", json!({"address": a.addr.to_string()}))
+        .await;
+    assert!(s.forward_addrs[0].is_ipv6());
+    assert_eq!(
+        echo_through(s.forward_addrs[0], b"over v6").await,
+        b"over v6"
+    );
+}
+
+#[tokio::test]
+async fn no_backend_closes_the_device() {
+    let s = Server::start_with(default_forward());
+    let mut sock = TcpStream::connect(s.forward_addrs[0]).await.unwrap();
+    assert_eq!(read_until_closed(&mut sock).await, b"");
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_relayed_connection_finish() {
+    let mut s = Server::start_with(default_forward());
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    s.register_addr("default", &backend.local_addr().unwrap().to_string())
+        .await;
+    let mut device = TcpStream::connect(s.forward_addrs[0]).await.unwrap();
+    let (mut upstream, _) = tokio::time::timeout(PATIENCE, backend.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    s.wait_log("forward listener closed");
+    // The relayed link still works after the listener closed...
+    device.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    tokio::time::timeout(PATIENCE, upstream.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"still here");
+    // ...and new devices are refused.
+    assert!(TcpStream::connect(s.forward_addrs[0]).await.is_err());
+    drop(device);
+    drop(upstream);
+    assert_eq!(s.terminate_wait(), 0);
+}
