@@ -345,6 +345,7 @@ async fn a_static_instance_is_health_checked_down_and_up() {
     assert_eq!(echo_through(fwd, b"static").await, b"static");
     let (_, listing) = s.get("/v1/services/default/instances").await;
     assert_eq!(listing["instances"][0]["address"], addr.to_string());
+    assert_eq!(listing["instances"][0]["origin"], "static");
     backend.stop();
     eventually("the static instance to go down", || async {
         (state().await.as_deref() == Some("expired")).then_some(())

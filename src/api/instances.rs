@@ -15,7 +15,7 @@ use super::error::{ApiError, ApiJson};
 use crate::clock::rfc3339;
 use crate::hub::Authority;
 use crate::registry::table::InstanceView;
-use crate::registry::{InstanceSpec, State as InstanceState, validate};
+use crate::registry::{InstanceSpec, Origin, State as InstanceState, validate};
 
 /// Body of `POST /v1/services/{service}/instances`.
 #[derive(Debug, Deserialize)]
@@ -87,6 +87,7 @@ pub struct InstanceDto {
     metadata: BTreeMap<String, String>,
     ttl_secs: u32,
     state: InstanceState,
+    origin: Origin,
     draining: bool,
     connections: u64,
     pending: u64,
@@ -110,6 +111,7 @@ impl InstanceDto {
             metadata: i.spec.metadata,
             ttl_secs: i.spec.ttl_secs,
             state: view.state,
+            origin: i.origin,
             draining: i.draining,
             connections: i.connections,
             load: view.load,
