@@ -173,12 +173,10 @@ impl Hub {
             .services
             .entry(service.to_owned())
             .or_insert_with(|| {
-                // Versions start at the wall clock so they never repeat across restarts.
-                let version = self.inner.clock.unix_now_ms();
                 Arc::new(ServiceSlot {
-                    table: Mutex::new(ServiceTable::new(service, version)),
+                    table: Mutex::new(ServiceTable::new(service)),
                     writes: tokio::sync::Mutex::new(()),
-                    version: watch::Sender::new(version),
+                    version: watch::Sender::new(0),
                 })
             });
         Arc::clone(&entry)

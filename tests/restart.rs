@@ -43,9 +43,15 @@ async fn a_restart_keeps_registrations_leases_and_counts() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    let (_, before) = s.get("/servers").await;
     assert_eq!(s.terminate(), 0, "SIGTERM exits 0");
 
     let s = Server::start_with(Options::db(&db));
+    let (_, after) = s.get("/servers").await;
+    assert_eq!(
+        after["version"], before["version"],
+        "the same set has the same version"
+    );
     // Handed out at once, in the grace period, with the counts that were persisted.
     let mut servers = s.servers("?limit=10").await;
     servers.sort();

@@ -41,9 +41,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Compares in constant time. Both sides are hashed first so that not even the
 /// expected token's length shows in the timing.
 fn matches(given: &str, expected: &str) -> bool {
-    let given = Sha256::digest(given.as_bytes());
-    let expected = Sha256::digest(expected.as_bytes());
-    bool::from(given.as_slice().ct_eq(expected.as_slice()))
+    let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+    let expected: [u8; 32] = Sha256::digest(expected.as_bytes()).into();
+    bool::from(given.ct_eq(&expected))
 }
 
 impl Tokens {

@@ -174,8 +174,8 @@ pub struct ServiceTable {
 }
 
 impl ServiceTable {
-    /// An empty service whose version starts at `version`.
-    pub fn new(name: impl Into<String>, version: u64) -> Self {
+    /// An empty service (version 0).
+    pub fn new(name: impl Into<String>) -> Self {
         ServiceTable {
             name: name.into(),
             slots: Vec::new(),
@@ -184,7 +184,7 @@ impl ServiceTable {
             by_address: HashMap::new(),
             index: BTreeSet::new(),
             totals: Totals::default(),
-            version,
+            version: 0,
             ring: None,
             preservation: None,
             dirty: Vec::new(),
@@ -197,6 +197,10 @@ impl ServiceTable {
     }
 
     /// The current version: changes whenever the set of instances handed out changes.
+    ///
+    /// It is the XOR of a hash of each such instance's id, masked to 53 bits (exact in
+    /// JSON numbers everywhere): a function of the set alone, so every registry node
+    /// holding the same set answers the same version, across restarts too.
     pub fn version(&self) -> u64 {
         self.version
     }
@@ -756,10 +760,15 @@ impl ServiceTable {
             self.totals.count += 1;
         }
         if was.is_some() != want.is_some() {
-            self.version += 1;
+            self.version ^= entry_version_bits(entry.tiebreak);
             self.ring = None;
         }
     }
+}
+
+/// An instance's share of the version: its id hash, masked to 53 bits.
+fn entry_version_bits(id_hash: u64) -> u64 {
+    id_hash & ((1 << 53) - 1)
 }
 
 fn zone_matches(zone: Option<&str>, instance: &Instance) -> bool {

@@ -136,7 +136,7 @@ fn pending(t: &ServiceTable, id: &str) -> u64 {
 
 #[test]
 fn burst_is_spread_over_fresh_instances() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     add(&mut t, "a", 0);
     add(&mut t, "b", 0);
     let picks: Vec<String> = (0..4).map(|_| first(&mut t, 1)).collect();
@@ -149,7 +149,7 @@ fn burst_is_spread_over_fresh_instances() {
 
 #[test]
 fn only_the_first_server_counts_a_hand_out() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     for id in ["a", "b", "c"] {
         add(&mut t, id, 0);
     }
@@ -162,7 +162,7 @@ fn only_the_first_server_counts_a_hand_out() {
 
 #[test]
 fn heartbeat_absorbs_pending_oldest_first() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     add(&mut t, "a", 0);
     for _ in 0..3 {
         first(&mut t, 1);
@@ -218,7 +218,7 @@ fn heartbeat_absorbs_pending_oldest_first() {
 
 #[test]
 fn pending_hand_outs_steer_the_ranking() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     add(&mut t, "a", 0);
     add(&mut t, "b", 0);
     beat(&mut t, "a", 10, 1);
@@ -239,7 +239,7 @@ fn pending_hand_outs_steer_the_ranking() {
 
 #[test]
 fn version_tracks_the_handed_out_set() {
-    let mut t = ServiceTable::new("default", 7);
+    let mut t = ServiceTable::new("default");
     let mut v = t.version();
     let mut step = |t: &ServiceTable, changed: bool, what: &str| {
         assert_eq!(
@@ -294,7 +294,7 @@ fn version_tracks_the_handed_out_set() {
 
 #[test]
 fn expires_after_ttl_and_is_removed_after_three() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     add(&mut t, "a", 0);
     add(&mut t, "b", 0);
     // b keeps heartbeating before every sweep; a stops after registering.
@@ -335,7 +335,7 @@ fn expires_after_ttl_and_is_removed_after_three() {
 #[test]
 fn few_or_a_minority_expiring_is_plain_expiry() {
     // Two of two: a majority, but fewer than three.
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     add(&mut t, "a", 0);
     add(&mut t, "b", 0);
     assert_eq!(t.sweep(TTL + 1).preservation, None);
@@ -343,7 +343,7 @@ fn few_or_a_minority_expiring_is_plain_expiry() {
     assert!(handed_out(&t, TTL + 1).is_empty());
 
     // Three of six: not more than half.
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     for id in ["a", "b", "c", "d", "e", "f"] {
         add(&mut t, id, 0);
     }
@@ -356,7 +356,7 @@ fn few_or_a_minority_expiring_is_plain_expiry() {
 
 #[test]
 fn self_preservation_hands_out_the_last_known_set_and_removes_nothing() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     for id in ["a", "b", "c", "d"] {
         add(&mut t, id, 0);
     }
@@ -392,7 +392,7 @@ fn self_preservation_hands_out_the_last_known_set_and_removes_nothing() {
 
 #[test]
 fn self_preservation_ends_when_heartbeats_return() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     for id in ["a", "b", "c", "d", "e"] {
         add(&mut t, id, 0);
     }
@@ -422,7 +422,7 @@ fn self_preservation_ends_when_heartbeats_return() {
 /// answers when the majority test trips. They belong to the last known set too.
 #[test]
 fn self_preservation_brings_back_what_expired_just_before_it() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     let all = ["a", "b", "c", "d", "e"];
     for id in all {
         add(&mut t, id, 0);
@@ -444,7 +444,7 @@ fn self_preservation_brings_back_what_expired_just_before_it() {
 
 #[test]
 fn newcomers_expire_during_self_preservation() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     for id in ["a", "b", "c"] {
         add(&mut t, id, 0);
     }
@@ -469,7 +469,7 @@ fn newcomers_expire_during_self_preservation() {
 
 #[test]
 fn deregistered_instances_vanish_at_once() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     add(&mut t, "a", 0);
     add(&mut t, "b", 0);
     beat(&mut t, "a", 40, 1);
@@ -488,7 +488,7 @@ fn deregistered_instances_vanish_at_once() {
 
 #[test]
 fn leases_are_checked() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     add(&mut t, "a", 0);
     beat(&mut t, "a", 7, 10);
     assert_eq!(t.check_lease("a", &lease_of("a")), Ok(()));
@@ -518,7 +518,7 @@ fn leases_are_checked() {
 
 #[test]
 fn reregistration_keeps_id_and_counts_and_replaces_lease() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     add(&mut t, "a", 0);
     beat(&mut t, "a", 120, 10);
     first(&mut t, 11);
@@ -556,7 +556,7 @@ fn reregistration_keeps_id_and_counts_and_replaces_lease() {
 
 #[test]
 fn an_address_belongs_to_one_id() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     add(&mut t, "old", 0);
     beat(&mut t, "old", 50, 1);
     // Another node registered the same address under the store's id.
@@ -570,7 +570,7 @@ fn an_address_belongs_to_one_id() {
 #[test]
 fn shed_in_heartbeat_answers() {
     let policy = RebalancePolicy::default();
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     for id in ["a", "b", "c", "d"] {
         add(&mut t, id, 0);
         beat(&mut t, id, 1_000, 1);
@@ -608,7 +608,7 @@ fn keyed_pick_prefers_the_zone_and_skips_the_capped() {
         s.max_connections = max_connections;
         s
     };
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     for (i, zone) in ["eu-1", "eu-1", "eu-2", "eu-2"].iter().enumerate() {
         let id = format!("s{i}");
         add_spec(&mut t, &id, zoned(&id, zone, None), 0);
@@ -649,7 +649,7 @@ fn keyed_pick_prefers_the_zone_and_skips_the_capped() {
 /// the keys of those gone go elsewhere.
 #[test]
 fn keyed_pick_follows_membership() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     // Ranks on the table itself, not a clone, so that its cached ring is the one used.
     let owners = |t: &mut ServiceTable, members: &[&str]| {
         let ring = Ring::build(members.iter().map(|id| (slot_of(t, id), *id)));
@@ -683,7 +683,7 @@ fn keyed_pick_follows_membership() {
 
 #[test]
 fn dirty_heartbeats_are_taken_once_with_the_newest_count() {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     add(&mut t, "a", 0);
     add(&mut t, "b", 0);
     beat(&mut t, "a", 1, 10);
@@ -716,7 +716,7 @@ fn dirty_heartbeats_are_taken_once_with_the_newest_count() {
 
 #[test]
 fn summary_counts_states_and_live_connections() {
-    let mut t = ServiceTable::new("svc", 0);
+    let mut t = ServiceTable::new("svc");
     for id in ["a", "b", "c"] {
         add(&mut t, id, 0);
     }
@@ -751,7 +751,7 @@ fn arb_shape() -> impl Strategy<Value = Shape> {
 /// yet removed, and too old to count toward self-preservation); the others carry
 /// pending hand-outs from `warmup` rankings partly absorbed by their heartbeat.
 fn build(shapes: &[Shape], warmup: usize, sweep: bool) -> ServiceTable {
-    let mut t = ServiceTable::new("default", 0);
+    let mut t = ServiceTable::new("default");
     for (i, &(weight, _, max_connections, zone, _, _)) in shapes.iter().enumerate() {
         let id = format!("i{i}");
         let mut s = spec(&id);
@@ -858,7 +858,7 @@ proptest! {
         ),
         keys in prop::collection::vec(any::<u32>(), 1..40),
     ) {
-        let mut t = ServiceTable::new("default", 0);
+        let mut t = ServiceTable::new("default");
         for (i, &(weight, connections)) in fleet.iter().enumerate() {
             let id = format!("i{i}");
             let mut s = spec(&id);
@@ -900,7 +900,7 @@ proptest! {
         jitter in prop::collection::vec(0u64..100, 20),
         keys in prop::collection::vec(any::<u32>(), 1..20),
     ) {
-        let mut t = ServiceTable::new("default", 0);
+        let mut t = ServiceTable::new("default");
         let names: Vec<String> = (0..n).map(|i| format!("i{i}")).collect();
         for (i, id) in names.iter().enumerate() {
             let mut s = spec(id);
@@ -936,7 +936,7 @@ proptest! {
         enabled in prop::bool::weighted(0.9),
     ) {
         let policy = RebalancePolicy { enabled, tolerance, shed_max_ratio };
-        let mut t = ServiceTable::new("default", 0);
+        let mut t = ServiceTable::new("default");
         for (i, &(weight, _, draining)) in fleet.iter().enumerate() {
             let id = format!("i{i}");
             let mut s = spec(&id);
@@ -1005,7 +1005,7 @@ proptest! {
     /// incrementally kept totals always equal a recount of that set.
     #[test]
     fn version_moves_with_the_handed_out_set(ops in prop::collection::vec(arb_op(), 1..60)) {
-        let mut t = ServiceTable::new("default", 0);
+        let mut t = ServiceTable::new("default");
         let mut now: Millis = 0;
         let mut fresh = 0u32;
         let mut seen = handed_out(&t, now);
