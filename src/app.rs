@@ -87,8 +87,9 @@ impl Running {
 /// # Errors
 /// [`AppError`] when the store cannot be opened or a listener cannot be bound.
 pub async fn start(config: Config) -> Result<Running, AppError> {
-    let store = store::open(&config.db).await?;
-    let hub = Hub::new(store, Clock::start(), config.rebalance);
+    let opened = store::open(&config.db).await?;
+    let cluster = opened.cluster.clone();
+    let hub = Hub::new(opened, Clock::start(), config.rebalance);
     let restored = hub.restore().await?;
     tracing::info!(db = %redact(&config.db), restored, "store open");
 
@@ -117,6 +118,19 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let tracker = TaskTracker::new();
     tracker.spawn(sync::sweep_loop(hub.clone(), loops.child_token()));
     tracker.spawn(sync::flush_loop(hub.clone(), loops.child_token()));
+    if let Some(cluster) = cluster {
+        tracing::info!(node = %hub.node(), "cluster mode: sharing the store with other nodes");
+        tracker.spawn(sync::cluster_sync_loop(
+            hub.clone(),
+            Arc::clone(&cluster),
+            loops.child_token(),
+        ));
+        tracker.spawn(sync::cluster_node_loop(
+            hub.clone(),
+            cluster,
+            loops.child_token(),
+        ));
+    }
 
     let counts = Arc::new(LiveCounts::default());
     for s in &config.statics {

@@ -5,7 +5,8 @@
 //! Writes are durable in the store before they change memory; heartbeats and hand-outs
 //! stay in memory and reach the store in batches (`flush_beats`). Knows no HTTP.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -14,12 +15,24 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::lease;
+use crate::registry::Millis;
 use crate::registry::table::{
     self, HeartbeatAnswer, InstanceView, LeaseError, PreservationEvent, RankQuery, Ranked,
     ServiceSummary,
 };
 use crate::registry::{Instance, InstanceSpec, Origin, RebalancePolicy, ServiceTable};
-use crate::store::{BeatRecord, InstanceRecord, Store, StoreError};
+use crate::store::{
+    BeatRecord, ClusterStore, InstanceRecord, Opened, Store, StoreError, SyncedRow,
+};
+
+/// A node seen within this long is alive (for the cluster-wide restart grace).
+pub const CLUSTER_ALIVE_WITHIN: Duration = Duration::from_secs(10);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The longest a store call may take before the request fails with 503.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -121,10 +134,25 @@ pub struct Hub {
 struct Inner {
     services: DashMap<String, Arc<ServiceSlot>>,
     store: Arc<dyn Store>,
+    /// The same store when it is shared by a cluster of nodes.
+    cluster: Option<Arc<dyn ClusterStore>>,
+    /// This node's name in the cluster tables.
+    node: String,
+    /// While the cluster store is unreachable, liveness time stands still here, so
+    /// the last known state keeps being answered; `u64::MAX` otherwise.
+    frozen_at: AtomicU64,
+    /// Whether this node removes expired instances (always, without a cluster).
+    leading: AtomicBool,
+    /// Ids this node published a non-zero pending count for, last round.
+    published: Mutex<HashSet<String>>,
+    /// Ids missing from the previous full sync: removed if missing again.
+    missing_once: Mutex<HashSet<String>>,
     clock: Clock,
     policy: RebalancePolicy,
     /// Heartbeats whose batch failed to persist, retried with the next batch.
     unsaved: Mutex<BTreeMap<String, BeatRecord>>,
+    /// Where the next incremental cluster sync starts (a transaction-id horizon).
+    sync_horizon: AtomicU64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -143,14 +171,21 @@ async fn timed<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T
 
 impl Hub {
     /// A registry over `store` with an empty memory; call [`Hub::restore`] next.
-    pub fn new(store: Arc<dyn Store>, clock: Clock, policy: RebalancePolicy) -> Self {
+    pub fn new(opened: Opened, clock: Clock, policy: RebalancePolicy) -> Self {
         Hub {
             inner: Arc::new(Inner {
                 services: DashMap::new(),
-                store,
+                leading: AtomicBool::new(opened.cluster.is_none()),
+                store: opened.store,
+                cluster: opened.cluster,
+                node: lease::new_id(),
+                frozen_at: AtomicU64::new(u64::MAX),
+                published: Mutex::new(HashSet::new()),
+                missing_once: Mutex::new(HashSet::new()),
                 clock,
                 policy,
                 unsaved: Mutex::new(BTreeMap::new()),
+                sync_horizon: AtomicU64::new(0),
             }),
         }
     }
@@ -158,6 +193,58 @@ impl Hub {
     /// The registry's clock.
     pub fn clock(&self) -> Clock {
         self.inner.clock
+    }
+
+    /// Liveness time: the monotonic clock, held still while the cluster store is
+    /// unreachable.
+    fn now(&self) -> Millis {
+        self.inner
+            .clock
+            .now()
+            .min(self.inner.frozen_at.load(Ordering::Relaxed))
+    }
+
+    /// The cluster store, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<dyn ClusterStore>> {
+        self.inner.cluster.as_ref()
+    }
+
+    /// This node's name in the cluster tables.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// Whether this node removes expired instances.
+    fn may_remove(&self) -> bool {
+        self.inner.leading.load(Ordering::Relaxed)
+    }
+
+    /// Sets whether this node leads removal (cluster mode).
+    pub fn set_leading(&self, leading: bool) {
+        if self.inner.leading.swap(leading, Ordering::Relaxed) != leading {
+            tracing::info!(node = %self.inner.node, leading, "removal leadership changed");
+        }
+    }
+
+    /// Stops liveness time (the cluster store is unreachable): answers keep the last
+    /// known state instead of expiring everyone this node no longer hears about.
+    pub fn freeze(&self) {
+        let now = self.now();
+        if self
+            .inner
+            .frozen_at
+            .compare_exchange(u64::MAX, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::warn!("cluster store unreachable: serving the last known state");
+        }
+    }
+
+    /// Lets liveness time run again after the store came back.
+    pub fn unfreeze(&self) {
+        if self.inner.frozen_at.swap(u64::MAX, Ordering::Relaxed) != u64::MAX {
+            tracing::info!("cluster store reachable again");
+        }
     }
 
     fn slot(&self, service: &str) -> Option<Arc<ServiceSlot>> {
@@ -188,8 +275,11 @@ impl Hub {
     /// # Errors
     /// [`StoreError`] when the store cannot be read.
     pub async fn restore(&self) -> Result<usize, StoreError> {
+        if let Some(cluster) = self.inner.cluster.clone() {
+            return self.restore_cluster(&cluster).await;
+        }
         let records = timed(self.inner.store.load_all()).await?;
-        let now = self.inner.clock.now();
+        let now = self.now();
         let mut restored = 0;
         for record in records {
             let service = record.service.clone();
@@ -203,6 +293,146 @@ impl Hub {
             }
         }
         Ok(restored)
+    }
+
+    /// Cluster start: when no other node is alive the whole cluster restarted, and
+    /// every instance gets its grace period in the store; otherwise the store's
+    /// heartbeat ages stand. Then a full sync.
+    async fn restore_cluster(&self, cluster: &Arc<dyn ClusterStore>) -> Result<usize, StoreError> {
+        let others = timed(cluster.node_alive(&self.inner.node, CLUSTER_ALIVE_WITHIN)).await?;
+        if !others {
+            let n = timed(cluster.grant_grace()).await?;
+            tracing::info!(
+                instances = n,
+                "no other registry node alive: cluster restart grace granted"
+            );
+        }
+        let batch = timed(cluster.changes(None)).await?;
+        let count = batch.rows.len();
+        self.apply_batch(batch.rows, true);
+        self.inner
+            .sync_horizon
+            .store(batch.horizon, Ordering::Relaxed);
+        Ok(count)
+    }
+
+    /// Pulls the cluster store's changes since the last sync (or everything, with
+    /// `full`) into memory. Unreachable store: time freezes until it answers again.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store did not answer.
+    pub async fn sync(&self, full: bool) -> Result<usize, StoreError> {
+        let Some(cluster) = self.inner.cluster.clone() else {
+            return Ok(0);
+        };
+        let horizon = (!full).then(|| self.inner.sync_horizon.load(Ordering::Relaxed));
+        match timed(cluster.changes(horizon)).await {
+            Ok(batch) => {
+                self.unfreeze();
+                let count = batch.rows.len();
+                self.apply_batch(batch.rows, full);
+                self.inner
+                    .sync_horizon
+                    .store(batch.horizon, Ordering::Relaxed);
+                Ok(count)
+            }
+            Err(err) => {
+                self.freeze();
+                Err(err)
+            }
+        }
+    }
+
+    fn apply_batch(&self, rows: Vec<SyncedRow>, full: bool) {
+        let now = self.now();
+        let mut seen: HashSet<String> = HashSet::new();
+        for row in rows {
+            let service = row.record.service.clone();
+            if row.deleted {
+                if let Some(slot) = self.slot(&service) {
+                    slot.apply(|t| t.remove(&row.record.id));
+                }
+                continue;
+            }
+            let age = row.age_ms;
+            match instance_from_record(row.record, now) {
+                Ok(mut instance) => {
+                    instance.last_seen = now.saturating_sub(age);
+                    if full {
+                        seen.insert(instance.id.clone());
+                    }
+                    self.slot_or_create(&service)
+                        .apply(|t| t.apply_synced(instance, now));
+                }
+                Err(err) => tracing::error!(%err, "skipping unreadable synced instance"),
+            }
+        }
+        if full {
+            // A full read is a snapshot: an instance missing from it may have been
+            // registered here just after it was taken, so only one missing twice goes.
+            let slots: Vec<Arc<ServiceSlot>> = self
+                .inner
+                .services
+                .iter()
+                .map(|s| Arc::clone(s.value()))
+                .collect();
+            let mut missing_once = lock(&self.inner.missing_once);
+            let mut missing_now = HashSet::new();
+            for slot in slots {
+                let gone: Vec<String> = {
+                    let table = slot.lock();
+                    table
+                        .registered_ids()
+                        .filter(|id| !seen.contains(*id))
+                        .map(str::to_owned)
+                        .collect()
+                };
+                let (twice, once): (Vec<String>, Vec<String>) =
+                    gone.into_iter().partition(|id| missing_once.contains(id));
+                slot.apply(|t| {
+                    for id in &twice {
+                        t.remove(id);
+                    }
+                });
+                missing_now.extend(once);
+            }
+            *missing_once = missing_now;
+        }
+    }
+
+    /// Publishes this node's pending hand-outs and takes the other nodes' (cluster
+    /// mode; a no-op otherwise).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store did not answer.
+    pub async fn exchange_pending(&self) -> Result<(), StoreError> {
+        let Some(cluster) = self.inner.cluster.clone() else {
+            return Ok(());
+        };
+        let slots: Vec<Arc<ServiceSlot>> = self
+            .inner
+            .services
+            .iter()
+            .map(|s| Arc::clone(s.value()))
+            .collect();
+        let mut mine: Vec<(String, u64)> = Vec::new();
+        for slot in &slots {
+            mine.extend(slot.lock().local_pending());
+        }
+        let now_ids: HashSet<String> = mine.iter().map(|(id, _)| id.clone()).collect();
+        {
+            let published = lock(&self.inner.published);
+            // Withdraw what went back to zero since the last round.
+            mine.extend(published.difference(&now_ids).map(|id| (id.clone(), 0)));
+        }
+        let remote = timed(cluster.exchange_pending(&self.inner.node, &mine)).await?;
+        *lock(&self.inner.published) = now_ids;
+        let remote: HashMap<String, u64> = remote.into_iter().collect();
+        let now = self.now();
+        for slot in slots {
+            slot.apply(|t| t.set_remote_pending(&remote, now));
+        }
+        Ok(())
     }
 
     /// Registers (or re-registers) an instance; durable before it returns.
@@ -237,7 +467,7 @@ impl Hub {
         };
         let stored = timed(self.inner.store.upsert(&record)).await?;
         let (ttl_secs, heartbeat_secs) = (spec.ttl_secs, spec.heartbeat_secs());
-        let now = self.inner.clock.now();
+        let now = self.now();
         slot.apply(|t| {
             t.register(
                 stored.id.clone(),
@@ -270,7 +500,7 @@ impl Hub {
     ) -> Result<HeartbeatAnswer, HubError> {
         let slot = self.slot(service).ok_or_else(|| unknown(service, id))?;
         let lease_hash = lease::hash(lease);
-        let now = self.inner.clock.now();
+        let now = self.now();
         let policy = self.inner.policy;
         slot.apply(|t| t.heartbeat(id, &lease_hash, connections, now, &policy))
             .map_err(|e| lease_error(e, service, id))
@@ -292,7 +522,7 @@ impl Hub {
         if !timed(self.inner.store.set_draining(service, id)).await? {
             return Err(unknown(service, id));
         }
-        let now = self.inner.clock.now();
+        let now = self.now();
         slot.apply(|t| {
             t.drain(id, now);
             t.listing(now).into_iter().find(|v| v.instance.id == id)
@@ -338,7 +568,7 @@ impl Hub {
     /// Ranks a service for one answer, counting the hand-out of the first server.
     /// An unknown service answers an empty list.
     pub fn servers(&self, service: &str, query: &RankQuery<'_>) -> Ranked {
-        let now = self.inner.clock.now();
+        let now = self.now();
         match self.slot(service) {
             Some(slot) => slot.apply(|t| t.rank(query, now)),
             None => Ranked {
@@ -361,7 +591,7 @@ impl Hub {
         let Some(slot) = self.slot(service) else {
             return Vec::new();
         };
-        let now = self.inner.clock.now();
+        let now = self.now();
         let query = RankQuery {
             limit,
             zone: None,
@@ -381,7 +611,7 @@ impl Hub {
     /// Counts one hand-out for an instance (the forwarder's retry on a later candidate).
     pub fn count_hand_out(&self, service: &str, id: &str) {
         if let Some(slot) = self.slot(service) {
-            let now = self.inner.clock.now();
+            let now = self.now();
             slot.apply(|t| t.count_hand_out_of(id, now));
         }
     }
@@ -394,7 +624,7 @@ impl Hub {
             "static-{:016x}",
             xxhash_rust::xxh3::xxh3_64(format!("{service}/{}", spec.address).as_bytes())
         );
-        let now = self.inner.clock.now();
+        let now = self.now();
         let mut instance = table::new_instance(
             id.clone(),
             spec,
@@ -412,7 +642,7 @@ impl Hub {
     /// Records a static instance's health check and the forwarder's connection count.
     pub fn set_health(&self, service: &str, id: &str, up: bool, connections: u64) {
         if let Some(slot) = self.slot(service) {
-            let now = self.inner.clock.now();
+            let now = self.now();
             slot.apply(|t| t.set_health(id, up, connections, now));
         }
     }
@@ -427,7 +657,7 @@ impl Hub {
 
     /// The summary of every service (`default` always included), sorted by name.
     pub fn summaries(&self) -> Vec<ServiceSummary> {
-        let now = self.inner.clock.now();
+        let now = self.now();
         self.slot_or_create("default");
         let slots: Vec<Arc<ServiceSlot>> = self
             .inner
@@ -443,7 +673,7 @@ impl Hub {
 
     /// Every instance of a service, all states.
     pub fn listing(&self, service: &str) -> Vec<InstanceView> {
-        let now = self.inner.clock.now();
+        let now = self.now();
         self.slot(service)
             .map(|slot| slot.lock().listing(now))
             .unwrap_or_default()
@@ -463,8 +693,9 @@ impl Hub {
             // Hold the write lock so a re-registration cannot interleave between the
             // table's removal and the store's delete.
             let _writes = slot.writes.lock().await;
-            let now = self.inner.clock.now();
-            let outcome = slot.apply(|t| t.sweep(now));
+            let now = self.now();
+            let may_remove = self.may_remove();
+            let outcome = slot.apply(|t| t.sweep(now, may_remove));
             match outcome.preservation {
                 Some(PreservationEvent::Started {
                     expiring,
@@ -497,6 +728,7 @@ impl Hub {
     /// [`StoreError`]; the batch is kept and retried by the next call.
     pub async fn flush_beats(&self) -> Result<usize, StoreError> {
         let clock = self.inner.clock;
+        let now = self.now();
         let mut batch = std::mem::take(
             &mut *self
                 .inner
@@ -518,6 +750,7 @@ impl Hub {
                         id: beat.id,
                         connections: beat.connections,
                         at_ms: clock.to_unix_ms(beat.last_seen),
+                        age_ms: now.saturating_sub(beat.last_seen),
                     },
                 );
             }

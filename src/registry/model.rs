@@ -83,6 +83,8 @@ pub struct Instance {
     pub pending_recent: u64,
     /// Hand-outs from before the last heartbeat not yet absorbed by a reported count.
     pub pending_older: u64,
+    /// Pending hand-outs of the other cluster nodes, as they last published them.
+    pub remote_pending: u64,
     /// Last heartbeat (or registration, or restart) on the monotonic clock.
     pub last_seen: Millis,
     /// Registration time, Unix milliseconds (wall clock, for people).
@@ -94,8 +96,13 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Hand-outs not yet visible in the reported count.
+    /// Hand-outs not yet visible in the reported count, the whole cluster's.
     pub fn pending(&self) -> u64 {
+        self.local_pending().saturating_add(self.remote_pending)
+    }
+
+    /// This node's own hand-outs not yet visible in the reported count.
+    pub fn local_pending(&self) -> u64 {
         self.pending_recent.saturating_add(self.pending_older)
     }
 

@@ -519,8 +519,10 @@ impl ServiceTable {
         in_zone.or_else(|| ring.pick(hash, |slot| fits(slot, false)))
     }
 
-    /// Sweeps expiry, removal and self-preservation at `now`.
-    pub fn sweep(&mut self, now: Millis) -> SweepOutcome {
+    /// Sweeps expiry, removal and self-preservation at `now`. With `may_remove` false
+    /// (a cluster node that does not lead) expired instances stay until the store's
+    /// removal reaches this node.
+    pub fn sweep(&mut self, now: Millis, may_remove: bool) -> SweepOutcome {
         let mut outcome = SweepOutcome::default();
         let mut population = 0;
         let mut expiring = 0;
@@ -596,6 +598,7 @@ impl ServiceTable {
             let Some(entry) = entry else { continue };
             let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
             let removable = entry.instance.origin == Origin::Registered
+                && may_remove
                 && !preserving
                 && liveness::is_removable(age, ttl);
             if removable {
@@ -699,6 +702,67 @@ impl ServiceTable {
         true
     }
 
+    /// Applies a row synced from the cluster's store: a new instance, changed fields,
+    /// or a newer heartbeat (by `last_seen`, derived from the database clock). A newer
+    /// count absorbs this node's pending hand-outs like a local heartbeat.
+    pub fn apply_synced(&mut self, synced: Instance, now: Millis) {
+        let Some(&slot) = self.by_id.get(&synced.id) else {
+            self.upsert(synced, now);
+            return;
+        };
+        let Some(entry) = self.slots[slot as usize].as_mut() else {
+            return;
+        };
+        let local = &mut entry.instance;
+        if local.spec.address != synced.spec.address {
+            self.upsert(synced, now);
+            return;
+        }
+        local.spec = synced.spec;
+        local.lease_hash = synced.lease_hash;
+        local.draining = synced.draining;
+        local.registered_at_unix_ms = synced.registered_at_unix_ms;
+        if synced.last_seen > local.last_seen {
+            local.absorb_heartbeat(Some(synced.connections), synced.last_seen);
+        }
+        self.reindex(slot, now);
+    }
+
+    /// Ids of registered instances (not static ones).
+    pub fn registered_ids(&self) -> impl Iterator<Item = &str> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|e| e.instance.origin == Origin::Registered)
+            .map(|e| e.instance.id.as_str())
+    }
+
+    /// This node's pending hand-outs per instance, where there are any.
+    pub fn local_pending(&self) -> Vec<(String, u64)> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|e| e.instance.local_pending() > 0)
+            .map(|e| (e.instance.id.clone(), e.instance.local_pending()))
+            .collect()
+    }
+
+    /// Sets the other nodes' pending hand-outs of every instance (absent ids: 0).
+    pub fn set_remote_pending(&mut self, remote: &HashMap<String, u64>, now: Millis) {
+        let mut changed = Vec::new();
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            let Some(entry) = entry else { continue };
+            let value = remote.get(&entry.instance.id).copied().unwrap_or(0);
+            if entry.instance.remote_pending != value {
+                entry.instance.remote_pending = value;
+                changed.push(slot as u32);
+            }
+        }
+        for slot in changed {
+            self.reindex(slot, now);
+        }
+    }
+
     /// Counts one hand-out for an instance chosen outside `rank` (the forwarder's
     /// retry on the next candidate). Returns false when the id is unknown.
     pub fn count_hand_out_of(&mut self, id: &str, now: Millis) -> bool {
@@ -791,6 +855,7 @@ pub fn new_instance(
         connections: 0,
         pending_recent: 0,
         pending_older: 0,
+        remote_pending: 0,
         last_seen: now,
         registered_at_unix_ms,
         origin: Origin::Registered,

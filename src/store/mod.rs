@@ -3,6 +3,7 @@
 //!
 //! Must not know about HTTP or ranking. Migrations are under `migrations/<backend>`.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -61,8 +62,79 @@ pub struct BeatRecord {
     pub id: String,
     /// Reported connections.
     pub connections: u64,
-    /// Unix milliseconds of the heartbeat.
+    /// Unix milliseconds of the heartbeat by this node's clock (SQLite).
     pub at_ms: u64,
+    /// How long ago the heartbeat arrived, when the batch was built. PostgreSQL
+    /// stores `now() - age`, so the database clock, not the node's, dates it.
+    pub age_ms: u64,
+}
+
+/// A row as a cluster node syncs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncedRow {
+    /// The registration (its `last_heartbeat_ms` is not used: see `age_ms`).
+    pub record: InstanceRecord,
+    /// Age of the last heartbeat by the database clock.
+    pub age_ms: u64,
+    /// Deregistered or removed.
+    pub deleted: bool,
+}
+
+/// Rows changed since a horizon, and the horizon for the next read.
+#[derive(Debug, Clone, Default)]
+pub struct SyncBatch {
+    /// Changed rows (every live row on a full read).
+    pub rows: Vec<SyncedRow>,
+    /// Pass to the next [`ClusterStore::changes`].
+    pub horizon: u64,
+}
+
+/// What several registry nodes sharing one database need beyond [`Store`].
+#[async_trait]
+pub trait ClusterStore: Store {
+    /// Rows changed at or after `horizon`, or every live row when `None`.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn changes(&self, horizon: Option<u64>) -> Result<SyncBatch, StoreError>;
+
+    /// Replaces this node's published pending hand-outs (only the given ids change;
+    /// a count of 0 withdraws the row) and returns the other nodes' sums per id.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn exchange_pending(
+        &self,
+        node: &str,
+        mine: &[(String, u64)],
+    ) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Records that `node` is alive; returns whether another node was alive within
+    /// `within` before it.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn node_alive(&self, node: &str, within: std::time::Duration)
+    -> Result<bool, StoreError>;
+
+    /// Restart grace for a whole cluster: every live instance's heartbeat is dated now.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn grant_grace(&self) -> Result<u64, StoreError>;
+
+    /// Tries to become (or stay) the node that removes expired instances.
+    async fn try_lead(&self) -> bool;
+
+    /// Deletes tombstones and stale hand-out rows older than `older_than`.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn purge(&self, older_than: std::time::Duration) -> Result<u64, StoreError>;
+
+    /// Waits for a change notification from any node (returns at once on error, so
+    /// the caller falls back to its periodic sync).
+    async fn next_notification(&self);
 }
 
 /// A store failure; the operation changed nothing.
@@ -137,13 +209,31 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// An opened store: every store, and the cluster side when it has one.
+#[derive(Clone)]
+pub struct Opened {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The same store as a cluster store (PostgreSQL), if it is one.
+    pub cluster: Option<Arc<dyn ClusterStore>>,
+}
+
 /// Opens the store named by a `--db` URL and runs its migrations.
 ///
 /// # Errors
 /// [`StoreError::UnsupportedUrl`] for an unknown scheme, or the backend's error.
-pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn open(url: &str) -> Result<Opened, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+        Ok(Opened {
+            store: Arc::new(sqlite::SqliteStore::open(url).await?),
+            cluster: None,
+        })
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let pg = Arc::new(postgres::PgStore::open(url).await?);
+        Ok(Opened {
+            store: pg.clone(),
+            cluster: Some(pg),
+        })
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))
     }

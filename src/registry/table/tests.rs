@@ -275,19 +275,19 @@ fn version_tracks_the_handed_out_set() {
     step(&t, true, "deregister");
     assert!(!t.remove("b"));
     step(&t, false, "deregister unknown");
-    t.sweep(1_200);
+    t.sweep(1_200, true);
     step(&t, false, "sweep with nothing expired");
-    t.sweep(1_201);
+    t.sweep(1_201, true);
     step(&t, true, "expiry");
-    t.sweep(1_300);
+    t.sweep(1_300, true);
     step(&t, false, "sweep again");
     beat(&mut t, "a", 1, 1_400);
     step(&t, true, "revival by heartbeat");
-    t.sweep(2_400);
+    t.sweep(2_400, true);
     step(&t, false, "live through the sweep");
     assert!(t.drain("a", 2_400));
     step(&t, true, "drain");
-    t.sweep(5_401);
+    t.sweep(5_401, true);
     assert!(t.get("a").is_none());
     step(&t, false, "removal of an instance no longer handed out");
 }
@@ -300,7 +300,7 @@ fn expires_after_ttl_and_is_removed_after_three() {
     // b keeps heartbeating before every sweep; a stops after registering.
     let sweep = |t: &mut ServiceTable, now: Millis| {
         beat(t, "b", 0, now);
-        t.sweep(now)
+        t.sweep(now, true)
     };
     assert_eq!(sweep(&mut t, TTL), SweepOutcome::default());
     assert_eq!(t.get("a").expect("present").state(TTL), State::Up);
@@ -338,7 +338,7 @@ fn few_or_a_minority_expiring_is_plain_expiry() {
     let mut t = ServiceTable::new("default");
     add(&mut t, "a", 0);
     add(&mut t, "b", 0);
-    assert_eq!(t.sweep(TTL + 1).preservation, None);
+    assert_eq!(t.sweep(TTL + 1, true).preservation, None);
     assert!(!t.self_preservation());
     assert!(handed_out(&t, TTL + 1).is_empty());
 
@@ -350,7 +350,7 @@ fn few_or_a_minority_expiring_is_plain_expiry() {
     for id in ["d", "e", "f"] {
         beat(&mut t, id, 0, 500);
     }
-    assert_eq!(t.sweep(TTL + 1).preservation, None);
+    assert_eq!(t.sweep(TTL + 1, true).preservation, None);
     assert_eq!(handed_out(&t, TTL + 1), set(&["d", "e", "f"]));
 }
 
@@ -361,7 +361,7 @@ fn self_preservation_hands_out_the_last_known_set_and_removes_nothing() {
         add(&mut t, id, 0);
     }
     beat(&mut t, "d", 0, 900);
-    let outcome = t.sweep(TTL + 1);
+    let outcome = t.sweep(TTL + 1, true);
     assert_eq!(
         outcome.preservation,
         Some(PreservationEvent::Started {
@@ -378,11 +378,11 @@ fn self_preservation_hands_out_the_last_known_set_and_removes_nothing() {
 
     // Well past three TTLs of a, b and c, but within three of the episode's start.
     for now in [2_000, 3_500, 3_999] {
-        assert_eq!(t.sweep(now), SweepOutcome::default(), "at {now}");
+        assert_eq!(t.sweep(now, true), SweepOutcome::default(), "at {now}");
         assert_eq!(handed_out(&t, now), set(&["a", "b", "c", "d"]), "at {now}");
     }
     // Three TTLs after it began, it ends, and expiry and removal go on.
-    let outcome = t.sweep(TTL + 1 + 3 * TTL);
+    let outcome = t.sweep(TTL + 1 + 3 * TTL, true);
     assert_eq!(outcome.preservation, Some(PreservationEvent::Ended));
     assert!(!t.self_preservation());
     let removed: BTreeSet<String> = outcome.removed.into_iter().collect();
@@ -397,14 +397,18 @@ fn self_preservation_ends_when_heartbeats_return() {
         add(&mut t, id, 0);
     }
     assert!(matches!(
-        t.sweep(TTL + 1).preservation,
+        t.sweep(TTL + 1, true).preservation,
         Some(PreservationEvent::Started { .. })
     ));
     beat(&mut t, "a", 3, 1_500);
-    assert_eq!(t.sweep(1_500).preservation, None, "four of five still out");
+    assert_eq!(
+        t.sweep(1_500, true).preservation,
+        None,
+        "four of five still out"
+    );
     beat(&mut t, "b", 3, 1_600);
     beat(&mut t, "c", 3, 1_600);
-    let outcome = t.sweep(1_700);
+    let outcome = t.sweep(1_700, true);
     assert_eq!(outcome.preservation, Some(PreservationEvent::Ended));
     assert!(outcome.removed.is_empty(), "d and e are not three TTLs old");
     assert!(!t.self_preservation());
@@ -412,7 +416,7 @@ fn self_preservation_ends_when_heartbeats_return() {
     for id in ["a", "b", "c"] {
         beat(&mut t, id, 3, 2_500);
     }
-    let mut removed = t.sweep(3 * TTL + 1).removed;
+    let mut removed = t.sweep(3 * TTL + 1, true).removed;
     removed.sort();
     assert_eq!(removed, ["d", "e"]);
 }
@@ -432,7 +436,7 @@ fn self_preservation_brings_back_what_expired_just_before_it() {
     }
     let mut started = None;
     for now in (400..=1_500).step_by(50) {
-        if let Some(PreservationEvent::Started { .. }) = t.sweep(now).preservation {
+        if let Some(PreservationEvent::Started { .. }) = t.sweep(now, true).preservation {
             started = Some(now);
         }
         if started.is_some() {
@@ -449,13 +453,13 @@ fn newcomers_expire_during_self_preservation() {
         add(&mut t, id, 0);
     }
     assert!(matches!(
-        t.sweep(TTL + 1).preservation,
+        t.sweep(TTL + 1, true).preservation,
         Some(PreservationEvent::Started { .. })
     ));
     // Registered during the episode, so not part of the last known set.
     add(&mut t, "late", TTL + 1);
     let version = t.version();
-    let outcome = t.sweep(2 * TTL + 2);
+    let outcome = t.sweep(2 * TTL + 2, true);
     assert_eq!(outcome, SweepOutcome::default());
     assert!(t.self_preservation());
     // Out of the answers at the sweep, and the version says so for blocking queries.
@@ -772,7 +776,7 @@ fn build(shapes: &[Shape], warmup: usize, sweep: bool) -> ServiceTable {
         }
     }
     if sweep {
-        assert_eq!(t.sweep(NOW), SweepOutcome::default());
+        assert_eq!(t.sweep(NOW, true), SweepOutcome::default());
     }
     t
 }
@@ -1044,7 +1048,7 @@ proptest! {
                 }
                 Op::Advance(ms) => {
                     now += ms;
-                    let outcome = t.sweep(now);
+                    let outcome = t.sweep(now, true);
                     if t.self_preservation() {
                         prop_assert!(outcome.removed.is_empty());
                     }

@@ -1,0 +1,403 @@
+//! The PostgreSQL store of cluster mode: several registry nodes share it.
+//!
+//! Owns all PostgreSQL SQL. Times that decide liveness come from the database clock
+//! (`now()`), never from a node's. Writes notify the other nodes (`NOTIFY
+//! switchboard`); a node syncs by transaction-id horizon (see the migration), with a
+//! periodic full read as the safety net. One node at a time holds the advisory lock
+//! that makes it the one removing expired instances.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, Row};
+use tokio::sync::Mutex;
+
+use super::{
+    BeatRecord, ClusterStore, InstanceRecord, Store, StoreError, SyncBatch, SyncedRow, Upserted,
+};
+
+/// How long a request waits for a pooled connection before failing with 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The notification channel.
+const CHANNEL: &str = "switchboard";
+/// Advisory lock key of the removal leader ("swbd" in ASCII).
+const LEADER_LOCK: i64 = 0x7377_6264;
+
+/// Columns of an instance row, with times as Unix milliseconds and the heartbeat's
+/// age by the database clock.
+const COLUMNS: &str = "id, service, address, weight, max_connections, zone, tags, metadata, \
+     ttl_secs, lease_hash, draining, connections, deleted, \
+     (EXTRACT(EPOCH FROM registered_at) * 1000)::bigint AS registered_at_ms, \
+     (EXTRACT(EPOCH FROM last_heartbeat) * 1000)::bigint AS last_heartbeat_ms, \
+     GREATEST(0, EXTRACT(EPOCH FROM (now() - last_heartbeat)) * 1000)::bigint AS age_ms";
+
+/// A PostgreSQL-backed [`Store`] and [`ClusterStore`].
+pub struct PgStore {
+    pool: PgPool,
+    options: PgConnectOptions,
+    listener: Mutex<Option<PgListener>>,
+    /// The connection holding the leader lock, while this node leads.
+    leader: Mutex<Option<PgConnection>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn synced_from_row(row: &PgRow) -> Result<SyncedRow, StoreError> {
+    let id: String = row.try_get("id")?;
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        id: id.clone(),
+        reason: reason.to_owned(),
+    };
+    let weight: i32 = row.try_get("weight")?;
+    let ttl: i32 = row.try_get("ttl_secs")?;
+    let record = InstanceRecord {
+        service: row.try_get("service")?,
+        address: row.try_get("address")?,
+        weight: u32::try_from(weight).map_err(|_| corrupt("weight out of range"))?,
+        max_connections: row
+            .try_get::<Option<i64>, _>("max_connections")?
+            .map(to_u64),
+        zone: row.try_get("zone")?,
+        tags_json: row.try_get("tags")?,
+        metadata_json: row.try_get("metadata")?,
+        ttl_secs: u32::try_from(ttl).map_err(|_| corrupt("ttl out of range"))?,
+        lease_hash: row.try_get("lease_hash")?,
+        draining: row.try_get("draining")?,
+        connections: to_u64(row.try_get("connections")?),
+        registered_at_ms: to_u64(row.try_get("registered_at_ms")?),
+        last_heartbeat_ms: to_u64(row.try_get("last_heartbeat_ms")?),
+        id,
+    };
+    Ok(SyncedRow {
+        record,
+        age_ms: to_u64(row.try_get("age_ms")?),
+        deleted: row.try_get("deleted")?,
+    })
+}
+
+impl PgStore {
+    /// Connects to `url` and migrates the database.
+    ///
+    /// # Errors
+    /// [`StoreError`] when it cannot connect or migrate.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        // Several nodes may start at once: the migrator takes its own advisory lock.
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(PgStore {
+            pool,
+            options,
+            listener: Mutex::new(None),
+            leader: Mutex::new(None),
+        })
+    }
+
+    async fn notify(&self, conn: &mut PgConnection, service: &str) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(service)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn upsert(&self, r: &InstanceRecord) -> Result<Upserted, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // `xmax = 0` tells an inserted row from an updated one.
+        let row = sqlx::query(
+            "INSERT INTO instances (id, service, address, weight, max_connections, zone, tags, \
+             metadata, ttl_secs, lease_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (service, address) WHERE NOT deleted DO UPDATE SET \
+             weight = excluded.weight, max_connections = excluded.max_connections, \
+             zone = excluded.zone, tags = excluded.tags, metadata = excluded.metadata, \
+             ttl_secs = excluded.ttl_secs, lease_hash = excluded.lease_hash, draining = false, \
+             last_heartbeat = now(), txid = pg_current_xact_id() \
+             RETURNING id, (xmax = 0) AS created, \
+             (EXTRACT(EPOCH FROM registered_at) * 1000)::bigint AS registered_at_ms",
+        )
+        .bind(&r.id)
+        .bind(&r.service)
+        .bind(&r.address)
+        .bind(i32::try_from(r.weight).unwrap_or(i32::MAX))
+        .bind(r.max_connections.map(to_i64))
+        .bind(&r.zone)
+        .bind(&r.tags_json)
+        .bind(&r.metadata_json)
+        .bind(i32::try_from(r.ttl_secs).unwrap_or(i32::MAX))
+        .bind(&r.lease_hash)
+        .fetch_one(&mut *tx)
+        .await?;
+        self.notify(&mut tx, &r.service).await?;
+        tx.commit().await?;
+        Ok(Upserted {
+            id: row.try_get("id")?,
+            created: row.try_get("created")?,
+            registered_at_ms: to_u64(row.try_get("registered_at_ms")?),
+        })
+    }
+
+    async fn set_draining(&self, service: &str, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE instances SET draining = true, txid = pg_current_xact_id() \
+             WHERE service = $1 AND id = $2 AND NOT deleted",
+        )
+        .bind(service)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        self.notify(&mut tx, service).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete(&self, service: &str, ids: &[String]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE instances SET deleted = true, txid = pg_current_xact_id() \
+             WHERE service = $1 AND id = ANY($2) AND NOT deleted",
+        )
+        .bind(service)
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
+        self.notify(&mut tx, service).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn save_beats(&self, beats: &[BeatRecord]) -> Result<(), StoreError> {
+        if beats.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = beats.iter().map(|b| b.id.as_str()).collect();
+        let conns: Vec<i64> = beats.iter().map(|b| to_i64(b.connections)).collect();
+        let ages: Vec<i64> = beats.iter().map(|b| to_i64(b.age_ms)).collect();
+        // One statement per batch. Heartbeats of one instance may reach several nodes:
+        // the newest (by database time) wins, whichever batch lands last.
+        sqlx::query(
+            "UPDATE instances AS i SET \
+               connections = CASE WHEN b.at >= i.last_heartbeat THEN b.conns ELSE i.connections END, \
+               last_heartbeat = GREATEST(i.last_heartbeat, b.at), \
+               txid = pg_current_xact_id() \
+             FROM (SELECT id, conns, now() - make_interval(secs => age / 1000.0) AS at \
+                   FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(id, conns, age)) AS b \
+             WHERE i.id = b.id AND NOT i.deleted",
+        )
+        .bind(&ids)
+        .bind(&conns)
+        .bind(&ages)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn load_all(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        Ok(self
+            .changes(None)
+            .await?
+            .rows
+            .into_iter()
+            .map(|r| r.record)
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        if let Some(conn) = self.leader.lock().await.take() {
+            let _ = conn.close().await;
+        }
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl ClusterStore for PgStore {
+    async fn changes(&self, horizon: Option<u64>) -> Result<SyncBatch, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // One snapshot for the horizon and the rows, so nothing falls between them.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let next: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                .fetch_one(&mut *tx)
+                .await?;
+        let rows = match horizon {
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM instances WHERE NOT deleted"
+                )))
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            Some(h) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM instances WHERE txid >= $1::text::xid8"
+                )))
+                .bind(h.to_string())
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        };
+        tx.commit().await?;
+        Ok(SyncBatch {
+            rows: rows.iter().map(synced_from_row).collect::<Result<_, _>>()?,
+            horizon: to_u64(next),
+        })
+    }
+
+    async fn exchange_pending(
+        &self,
+        node: &str,
+        mine: &[(String, u64)],
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        if !mine.is_empty() {
+            let ids: Vec<&str> = mine.iter().map(|(id, _)| id.as_str()).collect();
+            let counts: Vec<i64> = mine.iter().map(|(_, n)| to_i64(*n)).collect();
+            sqlx::query(
+                "WITH given AS (SELECT * FROM unnest($2::text[], $3::bigint[]) AS g(id, n)), \
+                 gone AS (DELETE FROM handouts h USING given g \
+                          WHERE h.node = $1 AND h.instance_id = g.id AND g.n = 0) \
+                 INSERT INTO handouts (node, instance_id, pending, updated_at) \
+                 SELECT $1, id, n, now() FROM given WHERE n > 0 \
+                 ON CONFLICT (node, instance_id) DO UPDATE SET pending = excluded.pending, \
+                 updated_at = now()",
+            )
+            .bind(node)
+            .bind(&ids)
+            .bind(&counts)
+            .execute(&self.pool)
+            .await?;
+        }
+        let rows = sqlx::query(
+            "SELECT instance_id, SUM(pending)::bigint AS pending FROM handouts \
+             WHERE node <> $1 AND updated_at > now() - interval '15 seconds' \
+             GROUP BY instance_id",
+        )
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("instance_id")?, to_u64(r.try_get("pending")?))))
+            .collect()
+    }
+
+    async fn node_alive(&self, node: &str, within: Duration) -> Result<bool, StoreError> {
+        let others: bool = sqlx::query_scalar(
+            "WITH others AS (SELECT EXISTS (SELECT 1 FROM nodes WHERE node <> $1 \
+                 AND last_seen > now() - make_interval(secs => $2)) AS alive), \
+             me AS (INSERT INTO nodes (node) VALUES ($1) \
+                    ON CONFLICT (node) DO UPDATE SET last_seen = now()) \
+             SELECT alive FROM others",
+        )
+        .bind(node)
+        .bind(within.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(others)
+    }
+
+    async fn grant_grace(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE instances SET last_heartbeat = now(), txid = pg_current_xact_id() \
+             WHERE NOT deleted",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn try_lead(&self) -> bool {
+        let mut leader = self.leader.lock().await;
+        if let Some(conn) = leader.as_mut() {
+            // Still leading while the lock's connection answers.
+            if conn.ping().await.is_ok() {
+                return true;
+            }
+            *leader = None;
+        }
+        let Ok(mut conn) = PgConnection::connect_with(&self.options).await else {
+            return false;
+        };
+        let locked: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_LOCK)
+            .fetch_one(&mut conn)
+            .await;
+        if matches!(locked, Ok(true)) {
+            *leader = Some(conn);
+            true
+        } else {
+            let _ = conn.close().await;
+            false
+        }
+    }
+
+    async fn purge(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let secs = older_than.as_secs_f64();
+        let tombstones = sqlx::query(
+            "DELETE FROM instances WHERE deleted \
+             AND last_heartbeat < now() - make_interval(secs => $1)",
+        )
+        .bind(secs)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("DELETE FROM handouts WHERE updated_at < now() - make_interval(secs => $1)")
+            .bind(secs)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM nodes WHERE last_seen < now() - make_interval(secs => $1)")
+            .bind(secs.max(3600.0))
+            .execute(&self.pool)
+            .await?;
+        Ok(tombstones.rows_affected())
+    }
+
+    async fn next_notification(&self) {
+        let mut slot = self.listener.lock().await;
+        if slot.is_none() {
+            match PgListener::connect_with(&self.pool).await {
+                Ok(mut listener) => {
+                    if listener.listen(CHANNEL).await.is_err() {
+                        return;
+                    }
+                    *slot = Some(listener);
+                }
+                Err(_) => return,
+            }
+        }
+        let listener = slot.as_mut().expect("connected above");
+        if listener.recv().await.is_err() {
+            *slot = None;
+        }
+    }
+}
