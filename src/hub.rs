@@ -34,6 +34,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The longest a cluster sync may take before the store counts as unreachable.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The longest a store call may take before the request fails with 503.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -153,6 +156,10 @@ struct Inner {
     unsaved: Mutex<BTreeMap<String, BeatRecord>>,
     /// Where the next incremental cluster sync starts (a transaction-id horizon).
     sync_horizon: AtomicU64,
+    /// Seed of equal-load tie-breaking: 0 alone, random per node in a cluster.
+    tiebreak_seed: u64,
+    /// When the cluster store last answered a sync (monotonic ms).
+    last_sync_ok: AtomicU64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -172,6 +179,11 @@ async fn timed<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T
 impl Hub {
     /// A registry over `store` with an empty memory; call [`Hub::restore`] next.
     pub fn new(opened: Opened, clock: Clock, policy: RebalancePolicy) -> Self {
+        let tiebreak_seed = if opened.cluster.is_some() {
+            rand::random()
+        } else {
+            0
+        };
         Hub {
             inner: Arc::new(Inner {
                 services: DashMap::new(),
@@ -186,6 +198,8 @@ impl Hub {
                 policy,
                 unsaved: Mutex::new(BTreeMap::new()),
                 sync_horizon: AtomicU64::new(0),
+                tiebreak_seed,
+                last_sync_ok: AtomicU64::new(0),
             }),
         }
     }
@@ -226,17 +240,27 @@ impl Hub {
         }
     }
 
-    /// Stops liveness time (the cluster store is unreachable): answers keep the last
-    /// known state instead of expiring everyone this node no longer hears about.
+    /// Stops liveness time at the last successful sync (the cluster store is
+    /// unreachable): answers keep the last known state instead of expiring everyone
+    /// this node no longer hears about. Instances that expired since are put back.
     pub fn freeze(&self) {
-        let now = self.now();
+        let at = self.inner.last_sync_ok.load(Ordering::Relaxed);
         if self
             .inner
             .frozen_at
-            .compare_exchange(u64::MAX, now, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(u64::MAX, at, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
             tracing::warn!("cluster store unreachable: serving the last known state");
+            let slots: Vec<Arc<ServiceSlot>> = self
+                .inner
+                .services
+                .iter()
+                .map(|s| Arc::clone(s.value()))
+                .collect();
+            for slot in slots {
+                slot.apply(|t| t.reindex_all(at));
+            }
         }
     }
 
@@ -261,7 +285,10 @@ impl Hub {
             .entry(service.to_owned())
             .or_insert_with(|| {
                 Arc::new(ServiceSlot {
-                    table: Mutex::new(ServiceTable::new(service)),
+                    table: Mutex::new(ServiceTable::with_tiebreak_seed(
+                        service,
+                        self.inner.tiebreak_seed,
+                    )),
                     writes: tokio::sync::Mutex::new(()),
                     version: watch::Sender::new(0),
                 })
@@ -308,6 +335,9 @@ impl Hub {
             );
         }
         let batch = timed(cluster.changes(None)).await?;
+        self.inner
+            .last_sync_ok
+            .store(self.inner.clock.now(), Ordering::Relaxed);
         let count = batch.rows.len();
         self.apply_batch(batch.rows, true);
         self.inner
@@ -326,8 +356,15 @@ impl Hub {
             return Ok(0);
         };
         let horizon = (!full).then(|| self.inner.sync_horizon.load(Ordering::Relaxed));
-        match timed(cluster.changes(horizon)).await {
+        // A short limit: an unanswered sync is how a node learns the store is gone.
+        let answer = tokio::time::timeout(SYNC_TIMEOUT, cluster.changes(horizon))
+            .await
+            .unwrap_or(Err(StoreError::Timeout(SYNC_TIMEOUT)));
+        match answer {
             Ok(batch) => {
+                self.inner
+                    .last_sync_ok
+                    .store(self.inner.clock.now(), Ordering::Relaxed);
                 self.unfreeze();
                 let count = batch.rows.len();
                 self.apply_batch(batch.rows, full);
@@ -467,7 +504,7 @@ impl Hub {
         };
         let stored = timed(self.inner.store.upsert(&record)).await?;
         let (ttl_secs, heartbeat_secs) = (spec.ttl_secs, spec.heartbeat_secs());
-        let now = self.now();
+        let now = self.inner.clock.now();
         slot.apply(|t| {
             t.register(
                 stored.id.clone(),
@@ -500,7 +537,8 @@ impl Hub {
     ) -> Result<HeartbeatAnswer, HubError> {
         let slot = self.slot(service).ok_or_else(|| unknown(service, id))?;
         let lease_hash = lease::hash(lease);
-        let now = self.now();
+        // The real time, even while liveness time is frozen: this heartbeat is news.
+        let now = self.inner.clock.now();
         let policy = self.inner.policy;
         slot.apply(|t| t.heartbeat(id, &lease_hash, connections, now, &policy))
             .map_err(|e| lease_error(e, service, id))

@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use subtle::ConstantTimeEq;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::liveness::{self, Preservation};
 use super::model::{Instance, InstanceSpec, LeaseHash, Millis, Origin, State};
@@ -146,7 +146,11 @@ struct Order {
 #[derive(Debug, Clone)]
 struct Entry {
     instance: Instance,
+    /// Orders equal loads; seeded per registry node so that nodes answering a burst
+    /// at once start on different instances.
     tiebreak: u64,
+    /// Hash of the id alone: the instance's share of the version, equal on every node.
+    id_hash: u64,
     /// The key under which it sits in the index, when it can be handed out.
     indexed: Option<RankKey>,
     /// Its `(assumed connections, weight)` as counted in the totals while indexed.
@@ -171,11 +175,18 @@ pub struct ServiceTable {
     ring: Option<Ring>,
     preservation: Option<Preservation>,
     dirty: Vec<u32>,
+    tiebreak_seed: u64,
 }
 
 impl ServiceTable {
     /// An empty service (version 0).
     pub fn new(name: impl Into<String>) -> Self {
+        Self::with_tiebreak_seed(name, 0)
+    }
+
+    /// An empty service whose ties between equal loads are broken by a hash seeded
+    /// with `seed` (each cluster node picks its own).
+    pub fn with_tiebreak_seed(name: impl Into<String>, seed: u64) -> Self {
         ServiceTable {
             name: name.into(),
             slots: Vec::new(),
@@ -188,6 +199,7 @@ impl ServiceTable {
             ring: None,
             preservation: None,
             dirty: Vec::new(),
+            tiebreak_seed: seed,
         }
     }
 
@@ -261,7 +273,8 @@ impl ServiceTable {
             false
         } else {
             let entry = Entry {
-                tiebreak: xxh3_64(instance.id.as_bytes()),
+                tiebreak: xxh3_64_with_seed(instance.id.as_bytes(), self.tiebreak_seed),
+                id_hash: xxh3_64(instance.id.as_bytes()),
                 instance,
                 indexed: None,
                 counted: (0, 0),
@@ -284,6 +297,14 @@ impl ServiceTable {
                 .insert(entry.instance.spec.address.clone(), slot);
             self.reindex(slot, now);
             true
+        }
+    }
+
+    /// Re-judges every instance at `now` (liveness time was frozen: those that expired
+    /// since go back into the answers).
+    pub fn reindex_all(&mut self, now: Millis) {
+        for slot in 0..self.slots.len() {
+            self.reindex(slot as u32, now);
         }
     }
 
@@ -824,7 +845,7 @@ impl ServiceTable {
             self.totals.count += 1;
         }
         if was.is_some() != want.is_some() {
-            self.version ^= entry_version_bits(entry.tiebreak);
+            self.version ^= entry_version_bits(entry.id_hash);
             self.ring = None;
         }
     }
