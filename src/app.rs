@@ -24,6 +24,9 @@ use crate::registry::InstanceSpec;
 use crate::store::{self, StoreError};
 use crate::sync;
 
+/// The longest the store may take to close at shutdown.
+const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -208,7 +211,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             Ok(n) => tracing::info!(heartbeats = n, "final heartbeat batch persisted"),
             Err(err) => tracing::warn!(%err, "final heartbeat batch not persisted"),
         }
-        hub.close().await;
+        if tokio::time::timeout(STORE_CLOSE_TIMEOUT, hub.close()).await.is_err() {
+            tracing::warn!(?STORE_CLOSE_TIMEOUT, "store did not close in time; exiting anyway");
+        }
         tracing::info!("stopped");
         served
     });

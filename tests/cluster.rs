@@ -315,3 +315,15 @@ async fn an_unreachable_database_keeps_answers_refuses_writes_and_recovers() {
     servers.sort();
     assert_eq!(servers, ["10.5.0.1:80", "10.5.0.3:80"]);
 }
+
+#[tokio::test]
+async fn a_node_exits_cleanly_on_sigterm() {
+    let db = TestDb::create().await;
+    let a = node(&db.url());
+    let b = node(&db.url());
+    a.register_addr("default", "10.6.0.1:80").await;
+    converge(&b, "default", &["10.6.0.1:80"], Duration::from_secs(2)).await;
+    assert_eq!(a.terminate(), 0);
+    assert_eq!(b.servers("").await, ["10.6.0.1:80"], "the other node goes on");
+    assert_eq!(b.terminate(), 0);
+}

@@ -233,6 +233,9 @@ impl Store for PgStore {
     }
 
     async fn close(&self) {
+        // The listener holds a pooled connection: drop it first, or closing the pool
+        // would wait for it forever.
+        drop(self.listener.lock().await.take());
         if let Some(conn) = self.leader.lock().await.take() {
             let _ = conn.close().await;
         }
