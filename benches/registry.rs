@@ -1,0 +1,1706 @@
+//! Registry benchmark: switchboard against r-nacos, same workload, one run, loopback only.
+//!
+//! Run from the repository root:
+//!
+//! ```text
+//! SB_BENCH_SECS=10 cargo bench --bench registry
+//! ```
+//!
+//! For each size N (default 1,000 and 10,000 instances in one service `bench`), each
+//! system gets a fresh server process and, after registering N instances:
+//!
+//! - (a) the ranked list: switchboard `GET /servers?service=bench`, r-nacos
+//!   `GET /nacos/v1/ns/instance/list?serviceName=bench&healthyOnly=true` (r-nacos has no
+//!   "top 5" query: its answer carries all N instances, switchboard's 5);
+//! - (b) heartbeats cycling over all N instances: switchboard
+//!   `PUT /v1/services/bench/instances/{id}/heartbeat` with `X-Lease`, r-nacos v1
+//!   `PUT /nacos/v1/ns/instance/beat?serviceName=bench&beat=<json>`;
+//! - (c) the full listing: switchboard `GET /v1/services/bench/instances`, r-nacos the
+//!   instance list with `healthyOnly=false`;
+//! - (d) server CPU per request, read as utime+stime of the server PID from
+//!   `/proc/PID/stat` before and after each phase, and server RSS per instance
+//!   (`VmRSS` after registering N minus `VmRSS` of the idle empty server, over N).
+//!
+//! Load generator: a minimal hand-written HTTP/1.1 keep-alive client over tokio
+//! `TcpStream`, on one client thread by default, rather than reqwest. The bench machine
+//! has 2 cores, so the client competes with the server; reqwest/hyper's per-request
+//! work (connection pool, header maps, body streams) would take a large share of the
+//! box. Server CPU per request is read for the server PID alone, so it does not depend
+//! on the client; requests/s and latency do.
+//!
+//! Knobs (environment): `SB_BENCH_SECS` (seconds per phase, default 10),
+//! `SB_BENCH_SIZES` (default `1000,10000`), `SB_BENCH_CONNS` (default 32),
+//! `SB_BENCH_LIST_CONNS` (connections for the full listing, default 4),
+//! `SB_BENCH_CLIENT_THREADS` (default 1), `RNACOS_BIN` (path of the r-nacos binary),
+//! `SB_BENCH_SKIP_RNACOS=1`, `SB_BENCH_INSTALL_RNACOS=1` (run
+//! `cargo install rnacos --locked` when the binary is missing).
+//!
+//! Nothing here asserts wall-clock numbers: the targets are printed, met or missed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Service every instance is registered in.
+const SERVICE: &str = "bench";
+/// TTL asked for each switchboard instance (the largest the API accepts), so no
+/// instance expires during a run; r-nacos gets the same health timeout.
+const TTL_SECS: u64 = 300;
+/// Longest wait for one request (connect, or write plus the full answer).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound on requests per connection in one phase.
+const MAX_REQUESTS_PER_CONN: u64 = 20_000_000;
+/// Upper bound on latency samples kept per connection.
+const MAX_SAMPLES_PER_CONN: usize = 4_000_000;
+/// Longest registration of all N instances.
+const REGISTER_DEADLINE: Duration = Duration::from_secs(300);
+/// Longest wait for a server to start answering.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a server to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Largest response body accepted.
+const MAX_BODY: usize = 512 * 1024 * 1024;
+/// Quiet time after each phase that still counts toward its server CPU, so deferred
+/// work is charged to the phase that caused it (switchboard writes heartbeats to its
+/// store in a batch every second).
+const SETTLE: Duration = Duration::from_millis(1500);
+/// Lines of server warnings/errors kept for the report.
+const MAX_LOG_LINES: usize = 8;
+
+fn main() {
+    // `cargo test --all-targets` also runs bench targets, without `--bench`: stay quick.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("registry bench: skipped (run it with `cargo bench --bench registry`)");
+        return;
+    }
+    let cfg = BenchConfig::from_env();
+    let runtime = if cfg.client_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cfg.client_threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("registry bench: cannot start the tokio runtime: {err}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(err) = runtime.block_on(run(cfg)) {
+        eprintln!("registry bench failed: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Settings from the environment.
+#[derive(Debug, Clone)]
+struct BenchConfig {
+    phase: Duration,
+    sizes: Vec<usize>,
+    conns: usize,
+    list_conns: usize,
+    client_threads: usize,
+}
+
+impl BenchConfig {
+    fn from_env() -> Self {
+        let sizes = std::env::var("SB_BENCH_SIZES")
+            .ok()
+            .map(|s| {
+                s.split(',')
+                    .filter_map(|p| p.trim().parse::<usize>().ok())
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .take(8)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| vec![1_000, 10_000]);
+        BenchConfig {
+            phase: Duration::from_secs(env_num("SB_BENCH_SECS", 10, 1, 600)),
+            sizes,
+            conns: env_num("SB_BENCH_CONNS", 32, 1, 1024) as usize,
+            list_conns: env_num("SB_BENCH_LIST_CONNS", 4, 1, 1024) as usize,
+            client_threads: env_num("SB_BENCH_CLIENT_THREADS", 1, 1, 64) as usize,
+        }
+    }
+}
+
+fn env_num(name: &str, default: u64, min: u64, max: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(default, |v| v.clamp(min, max))
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
+}
+
+// ---------------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Switchboard,
+    RNacos,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Switchboard => "switchboard",
+            Kind::RNacos => "r-nacos",
+        }
+    }
+}
+
+/// Everything measured for one system at one size.
+#[derive(Debug)]
+struct SystemRun {
+    register: PhaseResult,
+    rss_idle_kib: u64,
+    rss_loaded_kib: u64,
+    registered: usize,
+    listed_before: Option<usize>,
+    listed_after: Option<usize>,
+    servers: PhaseResult,
+    beats: PhaseResult,
+    listing: PhaseResult,
+    stop_note: String,
+    log: LogInfo,
+}
+
+impl SystemRun {
+    fn rss_per_instance_kib(&self, n: usize) -> f64 {
+        (self.rss_loaded_kib as f64 - self.rss_idle_kib as f64) / n as f64
+    }
+}
+
+async fn run(cfg: BenchConfig) -> anyhow::Result<()> {
+    let clk_tck = clock_ticks();
+    let sb_bin = PathBuf::from(env!("CARGO_BIN_EXE_switchboard"));
+    let rnacos = if env_flag("SB_BENCH_SKIP_RNACOS") {
+        println!("r-nacos: skipped (SB_BENCH_SKIP_RNACOS is set); its column stays empty");
+        None
+    } else {
+        find_or_install_rnacos()
+    };
+    let rnacos_version = rnacos.as_deref().map(rnacos_version);
+
+    println!("registry bench: loopback only (127.0.0.1)");
+    println!("  switchboard binary: {}", sb_bin.display());
+    match (&rnacos, &rnacos_version) {
+        (Some(bin), Some(v)) => println!("  r-nacos binary:     {} ({v})", bin.display()),
+        _ => println!("  r-nacos binary:     none (column skipped)"),
+    }
+    println!(
+        "  phase {} s, {} connections ({} for the full listing), {} client thread(s), CLK_TCK {clk_tck}",
+        cfg.phase.as_secs(),
+        cfg.conns,
+        cfg.list_conns,
+        cfg.client_threads
+    );
+
+    let mut results: Vec<(usize, SystemRun, Option<SystemRun>)> = Vec::new();
+    for &n in &cfg.sizes {
+        println!("\n== N = {n} ==");
+        let sb = run_system(Kind::Switchboard, &sb_bin, n, &cfg, clk_tck)
+            .await
+            .with_context(|| format!("switchboard at N = {n}"))?;
+        let rn = match &rnacos {
+            Some(bin) => match run_system(Kind::RNacos, bin, n, &cfg, clk_tck).await {
+                Ok(r) => Some(r),
+                Err(err) => {
+                    println!("r-nacos at N = {n}: failed, column skipped: {err:#}");
+                    None
+                }
+            },
+            None => None,
+        };
+        results.push((n, sb, rn));
+    }
+
+    print_report(&cfg, clk_tck, rnacos_version.as_deref(), &results);
+    Ok(())
+}
+
+async fn run_system(
+    kind: Kind,
+    bin: &Path,
+    n: usize,
+    cfg: &BenchConfig,
+    clk_tck: u64,
+) -> anyhow::Result<SystemRun> {
+    let mut server = match kind {
+        Kind::Switchboard => start_switchboard(bin)?,
+        Kind::RNacos => start_rnacos(bin)?,
+    };
+    let addr = server.addr;
+    let pid = server.pid;
+    let work = Workload::new(kind, addr, n);
+    wait_ready(addr, &work.listing).await?;
+    println!(
+        "{}: pid {pid} listening on {addr}, data in {}",
+        kind.name(),
+        server.dir.path().display()
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_idle_kib = proc_rss_kib(pid)?;
+
+    // Register N instances.
+    let (leases, register) = register_all(kind, addr, cfg.conns, Arc::clone(&work.register))
+        .await
+        .context("registering")?;
+    let registered = leases.iter().filter(|l| l.is_some()).count();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_loaded_kib = proc_rss_kib(pid)?;
+    let listed_before = count_listed(kind, addr, &work.listing).await;
+    println!(
+        "{}: registered {registered}/{n} in {:.2} s ({:.0}/s); listing shows {}; RSS idle {} KiB, loaded {} KiB",
+        kind.name(),
+        register.elapsed.as_secs_f64(),
+        register.rps(),
+        fmt_opt_count(listed_before),
+        rss_idle_kib,
+        rss_loaded_kib
+    );
+    if registered == 0 {
+        bail!(
+            "no instance registered; first error: {:?}",
+            register.first_error
+        );
+    }
+    server.check_alive()?;
+
+    // (a) ranked list.
+    let servers_req = Arc::new(work.servers.clone());
+    let servers = run_phase(
+        pid,
+        clk_tck,
+        addr,
+        cfg.conns,
+        cfg.phase,
+        Arc::new(move |_seq: u64, out: &mut Vec<u8>| out.extend_from_slice(&servers_req)),
+    )
+    .await?;
+    print_phase(kind, "servers", &servers);
+    server.check_alive()?;
+
+    // (b) heartbeats, cycling over every registered instance.
+    let beat = Arc::new(HeartbeatBuilder::new(kind, addr, &work.addresses, &leases));
+    let beats = run_phase(
+        pid,
+        clk_tck,
+        addr,
+        cfg.conns,
+        cfg.phase,
+        Arc::new(move |seq: u64, out: &mut Vec<u8>| beat.build(seq, out)),
+    )
+    .await?;
+    print_phase(kind, "heartbeat", &beats);
+    server.check_alive()?;
+
+    // (c) full listing.
+    let listing_req = Arc::new(work.listing.clone());
+    let listing = run_phase(
+        pid,
+        clk_tck,
+        addr,
+        cfg.list_conns,
+        cfg.phase,
+        Arc::new(move |_seq: u64, out: &mut Vec<u8>| out.extend_from_slice(&listing_req)),
+    )
+    .await?;
+    print_phase(kind, "listing", &listing);
+    server.check_alive()?;
+
+    let listed_after = count_listed(kind, addr, &work.listing).await;
+    let stop_note = server.stop();
+    println!(
+        "{}: listing shows {} at the end; {stop_note}",
+        kind.name(),
+        fmt_opt_count(listed_after)
+    );
+    let log = server.log.lock().map(|l| l.clone()).unwrap_or_default();
+    Ok(SystemRun {
+        register,
+        rss_idle_kib,
+        rss_loaded_kib,
+        registered,
+        listed_before,
+        listed_after,
+        servers,
+        beats,
+        listing,
+        stop_note,
+        log,
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Workload: request bytes for each system
+// ---------------------------------------------------------------------------------
+
+struct Workload {
+    addresses: Vec<(String, u16)>,
+    register: Arc<Vec<Vec<u8>>>,
+    servers: Vec<u8>,
+    listing: Vec<u8>,
+}
+
+impl Workload {
+    fn new(kind: Kind, addr: SocketAddr, n: usize) -> Self {
+        let addresses: Vec<(String, u16)> = (0..n).map(instance_address).collect();
+        let register = addresses
+            .iter()
+            .map(|(ip, port)| match kind {
+                Kind::Switchboard => {
+                    let body = format!(r#"{{"address":"{ip}:{port}","ttl_secs":{TTL_SECS}}}"#);
+                    http_request(
+                        "POST",
+                        &format!("/v1/services/{SERVICE}/instances"),
+                        addr,
+                        &[("Content-Type", "application/json")],
+                        body.as_bytes(),
+                    )
+                }
+                Kind::RNacos => http_request(
+                    "POST",
+                    &format!(
+                        "/nacos/v1/ns/instance?serviceName={SERVICE}&ip={ip}&port={port}&ephemeral=true"
+                    ),
+                    addr,
+                    &[],
+                    b"",
+                ),
+            })
+            .collect();
+        let (servers, listing) = match kind {
+            Kind::Switchboard => (
+                http_request(
+                    "GET",
+                    &format!("/servers?service={SERVICE}"),
+                    addr,
+                    &[],
+                    b"",
+                ),
+                http_request(
+                    "GET",
+                    &format!("/v1/services/{SERVICE}/instances"),
+                    addr,
+                    &[],
+                    b"",
+                ),
+            ),
+            Kind::RNacos => (
+                http_request(
+                    "GET",
+                    &format!("/nacos/v1/ns/instance/list?serviceName={SERVICE}&healthyOnly=true"),
+                    addr,
+                    &[],
+                    b"",
+                ),
+                http_request(
+                    "GET",
+                    &format!("/nacos/v1/ns/instance/list?serviceName={SERVICE}&healthyOnly=false"),
+                    addr,
+                    &[],
+                    b"",
+                ),
+            ),
+        };
+        Workload {
+            addresses,
+            register: Arc::new(register),
+            servers,
+            listing,
+        }
+    }
+}
+
+/// `10.a.b.c:6666`, distinct for each index, host byte never 0.
+fn instance_address(i: usize) -> (String, u16) {
+    let a = (i / 62_500) % 250;
+    let b = (i / 250) % 250;
+    let c = i % 250 + 1;
+    (format!("10.{a}.{b}.{c}"), 6666)
+}
+
+/// Builds heartbeat requests; `seq` picks the instance (round robin over all).
+enum HeartbeatBuilder {
+    /// Per instance: request line and headers up to (not including) Content-Length.
+    Switchboard(Vec<Vec<u8>>),
+    /// Per instance: the whole request.
+    RNacos(Vec<Vec<u8>>),
+}
+
+impl HeartbeatBuilder {
+    fn new(
+        kind: Kind,
+        addr: SocketAddr,
+        addresses: &[(String, u16)],
+        leases: &[Option<(String, String)>],
+    ) -> Self {
+        match kind {
+            Kind::Switchboard => HeartbeatBuilder::Switchboard(
+                leases
+                    .iter()
+                    .flatten()
+                    .map(|(id, lease)| {
+                        format!(
+                            "PUT /v1/services/{SERVICE}/instances/{id}/heartbeat HTTP/1.1\r\n\
+                             Host: {addr}\r\nX-Lease: {lease}\r\nContent-Type: application/json\r\n"
+                        )
+                        .into_bytes()
+                    })
+                    .collect(),
+            ),
+            Kind::RNacos => HeartbeatBuilder::RNacos(
+                addresses
+                    .iter()
+                    .zip(leases)
+                    .filter(|(_, l)| l.is_some())
+                    .map(|((ip, port), _)| {
+                        let beat = format!(
+                            r#"{{"serviceName":"{SERVICE}","ip":"{ip}","port":{port},"cluster":"DEFAULT"}}"#
+                        );
+                        http_request(
+                            "PUT",
+                            &format!(
+                                "/nacos/v1/ns/instance/beat?serviceName={SERVICE}&beat={}",
+                                percent_encode(&beat)
+                            ),
+                            addr,
+                            &[],
+                            b"",
+                        )
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    fn build(&self, seq: u64, out: &mut Vec<u8>) {
+        match self {
+            HeartbeatBuilder::Switchboard(prefixes) => {
+                let n = prefixes.len() as u64;
+                let i = seq % n;
+                let round = seq / n;
+                // A connection count that moves every round and differs per instance.
+                let k = (i * 31 + round * 17) % 2000;
+                let body = format!(r#"{{"connections":{k}}}"#);
+                out.extend_from_slice(&prefixes[i as usize]);
+                let _ = write!(out, "Content-Length: {}\r\n\r\n{body}", body.len());
+            }
+            HeartbeatBuilder::RNacos(reqs) => {
+                let i = (seq % reqs.len() as u64) as usize;
+                out.extend_from_slice(&reqs[i]);
+            }
+        }
+    }
+}
+
+fn http_request(
+    method: &str,
+    path: &str,
+    host: SocketAddr,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (name, value) in headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    if !body.is_empty() || method != "GET" {
+        let _ = write!(head, "Content-Length: {}\r\n", body.len());
+    }
+    head.push_str("\r\n");
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------
+// Minimal HTTP/1.1 keep-alive client
+// ---------------------------------------------------------------------------------
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+struct Answer {
+    status: u16,
+    /// Body bytes, only when asked for.
+    body: Vec<u8>,
+    /// The server said `Connection: close` (or gave no length): do not reuse.
+    close: bool,
+}
+
+fn bad(msg: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: Vec::with_capacity(16 * 1024),
+        })
+    }
+
+    async fn read_more(&mut self) -> std::io::Result<()> {
+        if self.buf.capacity() - self.buf.len() < 8 * 1024 {
+            self.buf.reserve(64 * 1024);
+        }
+        let n = self.stream.read_buf(&mut self.buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed by the server",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn fill_to(&mut self, len: usize) -> std::io::Result<()> {
+        if len > self.buf.capacity() {
+            self.buf.reserve(len - self.buf.len());
+        }
+        while self.buf.len() < len {
+            self.read_more().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one request and reads its whole answer. Callers bound it with a timeout.
+    async fn request(&mut self, req: &[u8], keep_body: bool) -> std::io::Result<Answer> {
+        self.stream.write_all(req).await?;
+        self.buf.clear();
+        let head_end = loop {
+            if let Some(p) = find(&self.buf, b"\r\n\r\n") {
+                break p + 4;
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(bad("response head too large"));
+            }
+            self.read_more().await?;
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end]).map_err(|_| bad("non-UTF-8 head"))?;
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
+        let mut content_length = None;
+        let mut chunked = false;
+        let mut close = status_line.starts_with("HTTP/1.0");
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                content_length = Some(
+                    value
+                        .parse::<usize>()
+                        .map_err(|_| bad("bad Content-Length"))?,
+                );
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.to_ascii_lowercase().contains("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
+                let v = value.to_ascii_lowercase();
+                if v.contains("close") {
+                    close = true;
+                } else if v.contains("keep-alive") {
+                    close = false;
+                }
+            }
+        }
+        let mut body = Vec::new();
+        if status == 204 || status == 304 || (100..200).contains(&status) {
+            // No body.
+        } else if chunked {
+            let mut pos = head_end;
+            let mut total = 0usize;
+            loop {
+                let line_end = loop {
+                    if let Some(p) = find(&self.buf[pos..], b"\r\n") {
+                        break pos + p;
+                    }
+                    if self.buf.len() - pos > 1024 {
+                        return Err(bad("chunk size line too long"));
+                    }
+                    self.read_more().await?;
+                };
+                let size_text = std::str::from_utf8(&self.buf[pos..line_end])
+                    .map_err(|_| bad("bad chunk size"))?;
+                let size_text = size_text.split(';').next().unwrap_or_default().trim();
+                let size = usize::from_str_radix(size_text, 16)
+                    .map_err(|_| bad(format!("bad chunk size {size_text:?}")))?;
+                let data = line_end + 2;
+                if size == 0 {
+                    // No trailers expected: the final CRLF.
+                    self.fill_to(data + 2).await?;
+                    break;
+                }
+                total += size;
+                if total > MAX_BODY {
+                    return Err(bad("body too large"));
+                }
+                self.fill_to(data + size + 2).await?;
+                if keep_body {
+                    body.extend_from_slice(&self.buf[data..data + size]);
+                }
+                pos = data + size + 2;
+            }
+        } else if let Some(len) = content_length {
+            if len > MAX_BODY {
+                return Err(bad("body too large"));
+            }
+            self.fill_to(head_end + len).await?;
+            if keep_body {
+                body.extend_from_slice(&self.buf[head_end..head_end + len]);
+            }
+        } else {
+            // Length given by the end of the connection.
+            close = true;
+            loop {
+                if self.buf.len() - head_end > MAX_BODY {
+                    return Err(bad("body too large"));
+                }
+                match self.read_more().await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if keep_body {
+                body.extend_from_slice(&self.buf[head_end..]);
+            }
+        }
+        Ok(Answer {
+            status,
+            body,
+            close,
+        })
+    }
+}
+
+/// One request on a fresh connection, for set-up and checks.
+async fn one_shot(addr: SocketAddr, req: &[u8]) -> anyhow::Result<Answer> {
+    let fut = async {
+        let mut conn = Conn::connect(addr).await?;
+        conn.request(req, true).await
+    };
+    Ok(tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        .await
+        .map_err(|_| anyhow!("timed out"))??)
+}
+
+// ---------------------------------------------------------------------------------
+// Phases
+// ---------------------------------------------------------------------------------
+
+/// Counts of one phase, merged over its connections.
+#[derive(Debug, Default, Clone)]
+struct PhaseResult {
+    /// 2xx answers.
+    ok: u64,
+    /// Answers of any status.
+    answered: u64,
+    /// Non-2xx answers by status.
+    statuses: BTreeMap<u16, u64>,
+    /// Connect/IO errors and timeouts.
+    errors: u64,
+    first_error: Option<String>,
+    /// Answer latencies in nanoseconds (sorted after merge).
+    latencies: Vec<u64>,
+    elapsed: Duration,
+    /// The CPU reading window: the phase plus [`SETTLE`].
+    cpu_window: Duration,
+    /// Server CPU (utime + stime) ticks over the phase.
+    cpu_ticks: u64,
+    /// This load generator's own CPU ticks over the phase.
+    client_ticks: u64,
+    /// Process ticks of the whole machine (user, nice, system, steal over all cores)
+    /// minus server and client: other processes competing during the phase.
+    other_ticks: u64,
+    /// irq + softirq ticks of the whole machine (mostly the loopback network stack;
+    /// not charged to any process).
+    irq_ticks: u64,
+    clk_tck: u64,
+}
+
+impl PhaseResult {
+    fn note_error(&mut self, err: String) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(err);
+        }
+    }
+
+    fn note_answer(&mut self, status: u16, latency: Duration) {
+        self.answered += 1;
+        if (200..300).contains(&status) {
+            self.ok += 1;
+        } else {
+            *self.statuses.entry(status).or_default() += 1;
+        }
+        if self.latencies.len() < MAX_SAMPLES_PER_CONN {
+            self.latencies
+                .push(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
+        }
+    }
+
+    fn merge(&mut self, other: PhaseResult) {
+        self.ok += other.ok;
+        self.answered += other.answered;
+        for (status, count) in other.statuses {
+            *self.statuses.entry(status).or_default() += count;
+        }
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.latencies.extend(other.latencies);
+    }
+
+    /// 2xx answers per second.
+    fn rps(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.ok as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    fn percentile_us(&self, p: usize) -> Option<f64> {
+        if self.latencies.is_empty() {
+            return None;
+        }
+        let idx = (self.latencies.len() * p / 100).min(self.latencies.len() - 1);
+        Some(self.latencies[idx] as f64 / 1_000.0)
+    }
+
+    /// Server CPU per answered request, in microseconds.
+    fn cpu_us_per_req(&self) -> Option<f64> {
+        self.per_req_us(self.cpu_ticks)
+    }
+
+    /// Load generator CPU per answered request, in microseconds.
+    fn client_us_per_req(&self) -> Option<f64> {
+        self.per_req_us(self.client_ticks)
+    }
+
+    fn per_req_us(&self, ticks: u64) -> Option<f64> {
+        if self.answered == 0 || self.clk_tck == 0 {
+            return None;
+        }
+        Some(ticks as f64 * 1e6 / self.clk_tck as f64 / self.answered as f64)
+    }
+
+    /// CPU used by other processes during the phase, in % of one core.
+    fn other_core_pct(&self) -> f64 {
+        self.core_pct(self.other_ticks)
+    }
+
+    /// irq + softirq time during the phase, in % of one core.
+    fn irq_core_pct(&self) -> f64 {
+        self.core_pct(self.irq_ticks)
+    }
+
+    fn core_pct(&self, ticks: u64) -> f64 {
+        let secs = self.cpu_window.as_secs_f64();
+        if secs <= 0.0 || self.clk_tck == 0 {
+            return 0.0;
+        }
+        ticks as f64 / self.clk_tck as f64 / secs * 100.0
+    }
+}
+
+type MakeRequest = dyn Fn(u64, &mut Vec<u8>) + Send + Sync;
+
+/// Runs `conns` keep-alive connections for `duration`, each sending requests built by
+/// `make` back to back; reads the server's CPU before and after.
+async fn run_phase(
+    pid: u32,
+    clk_tck: u64,
+    addr: SocketAddr,
+    conns: usize,
+    duration: Duration,
+    make: Arc<MakeRequest>,
+) -> anyhow::Result<PhaseResult> {
+    let next = Arc::new(AtomicU64::new(0));
+    let cpu_before = proc_cpu_ticks(pid)?;
+    let client_before = proc_cpu_ticks(std::process::id())?;
+    let busy_before = machine_busy_ticks()?;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let next = Arc::clone(&next);
+        let make = Arc::clone(&make);
+        tasks.push(tokio::spawn(phase_worker(addr, deadline, next, make)));
+    }
+    let mut result = PhaseResult::default();
+    for task in tasks {
+        match task.await {
+            Ok(part) => result.merge(part),
+            Err(err) => result.note_error(format!("worker task failed: {err}")),
+        }
+    }
+    result.elapsed = started.elapsed();
+    tokio::time::sleep(SETTLE).await;
+    result.cpu_window = started.elapsed();
+    let cpu_after = proc_cpu_ticks(pid)?;
+    let client_after = proc_cpu_ticks(std::process::id())?;
+    let busy_after = machine_busy_ticks()?;
+    result.cpu_ticks = cpu_after.saturating_sub(cpu_before);
+    result.client_ticks = client_after.saturating_sub(client_before);
+    result.other_ticks = busy_after
+        .0
+        .saturating_sub(busy_before.0)
+        .saturating_sub(result.cpu_ticks)
+        .saturating_sub(result.client_ticks);
+    result.irq_ticks = busy_after.1.saturating_sub(busy_before.1);
+    result.clk_tck = clk_tck;
+    result.latencies.sort_unstable();
+    Ok(result)
+}
+
+async fn phase_worker(
+    addr: SocketAddr,
+    deadline: Instant,
+    next: Arc<AtomicU64>,
+    make: Arc<MakeRequest>,
+) -> PhaseResult {
+    let mut stats = PhaseResult::default();
+    let mut conn: Option<Conn> = None;
+    let mut req = Vec::with_capacity(1024);
+    for _ in 0..MAX_REQUESTS_PER_CONN {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match tokio::time::timeout(REQUEST_TIMEOUT, Conn::connect(addr)).await {
+                Ok(Ok(c)) => conn.insert(c),
+                Ok(Err(err)) => {
+                    stats.note_error(format!("connect: {err}"));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                Err(_) => {
+                    stats.note_error("connect: timed out".to_owned());
+                    continue;
+                }
+            },
+        };
+        let seq = next.fetch_add(1, Ordering::Relaxed);
+        req.clear();
+        make(seq, &mut req);
+        let t0 = Instant::now();
+        match tokio::time::timeout(REQUEST_TIMEOUT, c.request(&req, false)).await {
+            Ok(Ok(answer)) => {
+                stats.note_answer(answer.status, t0.elapsed());
+                if answer.close {
+                    conn = None;
+                }
+            }
+            Ok(Err(err)) => {
+                stats.note_error(err.to_string());
+                conn = None;
+            }
+            Err(_) => {
+                stats.note_error("request timed out".to_owned());
+                conn = None;
+            }
+        }
+    }
+    stats
+}
+
+/// Registers every instance over `conns` connections. Answers, per instance index,
+/// switchboard's `(id, lease)` (r-nacos: empty strings) when registered.
+async fn register_all(
+    kind: Kind,
+    addr: SocketAddr,
+    conns: usize,
+    reqs: Arc<Vec<Vec<u8>>>,
+) -> anyhow::Result<(Vec<Option<(String, String)>>, PhaseResult)> {
+    let n = reqs.len();
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + REGISTER_DEADLINE;
+    let mut tasks = Vec::with_capacity(conns);
+    for _ in 0..conns.min(n) {
+        let next = Arc::clone(&next);
+        let reqs = Arc::clone(&reqs);
+        tasks.push(tokio::spawn(async move {
+            let mut stats = PhaseResult::default();
+            let mut got: Vec<(usize, (String, String))> = Vec::new();
+            let mut conn: Option<Conn> = None;
+            // Each index is taken once; a failed registration is counted, not retried.
+            for _ in 0..reqs.len() {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= reqs.len() || Instant::now() >= deadline {
+                    break;
+                }
+                if conn.is_none() {
+                    match tokio::time::timeout(REQUEST_TIMEOUT, Conn::connect(addr)).await {
+                        Ok(Ok(c)) => conn = Some(c),
+                        Ok(Err(err)) => {
+                            stats.note_error(format!("connect: {err}"));
+                            continue;
+                        }
+                        Err(_) => {
+                            stats.note_error("connect: timed out".to_owned());
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                let t0 = Instant::now();
+                match tokio::time::timeout(REQUEST_TIMEOUT, c.request(&reqs[i], true)).await {
+                    Ok(Ok(answer)) => {
+                        stats.note_answer(answer.status, t0.elapsed());
+                        if (200..300).contains(&answer.status) {
+                            match parse_registration(kind, &answer.body) {
+                                Ok(lease) => got.push((i, lease)),
+                                Err(err) => stats.note_error(err),
+                            }
+                        }
+                        if answer.close {
+                            conn = None;
+                        }
+                    }
+                    Ok(Err(err)) => {
+                        stats.note_error(err.to_string());
+                        conn = None;
+                    }
+                    Err(_) => {
+                        stats.note_error("request timed out".to_owned());
+                        conn = None;
+                    }
+                }
+            }
+            (stats, got)
+        }));
+    }
+    let mut stats = PhaseResult::default();
+    let mut leases = vec![None; n];
+    for task in tasks {
+        let (part, got) = task.await.context("registration worker")?;
+        stats.merge(part);
+        for (i, lease) in got {
+            leases[i] = Some(lease);
+        }
+    }
+    stats.elapsed = started.elapsed();
+    stats.latencies.sort_unstable();
+    Ok((leases, stats))
+}
+
+fn parse_registration(kind: Kind, body: &[u8]) -> Result<(String, String), String> {
+    match kind {
+        Kind::Switchboard => {
+            let v: serde_json::Value = serde_json::from_slice(body)
+                .map_err(|e| format!("registration answer is not JSON: {e}"))?;
+            let id = v.get("id").and_then(|x| x.as_str());
+            let lease = v.get("lease").and_then(|x| x.as_str());
+            match (id, lease) {
+                (Some(id), Some(lease)) => Ok((id.to_owned(), lease.to_owned())),
+                _ => Err(format!(
+                    "registration answer without id/lease: {}",
+                    String::from_utf8_lossy(body)
+                )),
+            }
+        }
+        Kind::RNacos => {
+            if body == b"ok" {
+                Ok((String::new(), String::new()))
+            } else {
+                Err(format!(
+                    "r-nacos registration answer: {}",
+                    String::from_utf8_lossy(body)
+                ))
+            }
+        }
+    }
+}
+
+/// How many instances the full listing shows right now.
+async fn count_listed(kind: Kind, addr: SocketAddr, listing: &[u8]) -> Option<usize> {
+    let answer = one_shot(addr, listing).await.ok()?;
+    if answer.status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+    let key = match kind {
+        Kind::Switchboard => "instances",
+        Kind::RNacos => "hosts",
+    };
+    v.get(key).and_then(|a| a.as_array()).map(Vec::len)
+}
+
+async fn wait_ready(addr: SocketAddr, probe: &[u8]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last = String::new();
+    for _ in 0..1_000 {
+        if started.elapsed() > START_TIMEOUT {
+            break;
+        }
+        match one_shot(addr, probe).await {
+            Ok(a) if a.status == 200 => return Ok(()),
+            Ok(a) => last = format!("status {}", a.status),
+            Err(err) => last = err.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("server at {addr} not ready within {START_TIMEOUT:?}: {last}")
+}
+
+// ---------------------------------------------------------------------------------
+// Server processes
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Clone)]
+struct LogInfo {
+    warnings: u64,
+    errors: u64,
+    lines: Vec<String>,
+}
+
+struct ServerProc {
+    name: &'static str,
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    log: Arc<Mutex<LogInfo>>,
+}
+
+impl ServerProc {
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => bail!("{} (pid {}) exited: {status}", self.name, self.pid),
+            Err(err) => bail!("{} (pid {}): {err}", self.name, self.pid),
+        }
+    }
+
+    /// SIGTERM by PID, wait (bounded), then SIGKILL. Says how it ended.
+    fn stop(&mut self) -> String {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return format!("had already exited ({status})");
+        }
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        if !matches!(sent, Ok(s) if s.success()) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return "SIGTERM could not be sent; killed".to_owned();
+        }
+        let started = Instant::now();
+        for _ in 0..10_000 {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    return format!(
+                        "stopped by SIGTERM in {:.2} s ({status})",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                Ok(None) if started.elapsed() < STOP_TIMEOUT => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => break,
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        format!("did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed")
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // Child::kill signals this child's own PID.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Reads a server's log stream until it ends, counting warnings and errors and
+/// passing lines to `on_line`.
+fn drain_log<R: std::io::Read + Send + 'static>(
+    stream: R,
+    log: Arc<Mutex<LogInfo>>,
+    mut on_line: impl FnMut(&str) + Send + 'static,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            on_line(&line);
+            let warn = line.contains(" WARN ") || line.contains("[WARN");
+            let error =
+                line.contains(" ERROR ") || line.contains("[ERROR") || line.contains("panicked");
+            if (warn || error)
+                && let Ok(mut l) = log.lock()
+            {
+                if warn {
+                    l.warnings += 1;
+                } else {
+                    l.errors += 1;
+                }
+                if l.lines.len() < MAX_LOG_LINES {
+                    l.lines.push(line.clone());
+                }
+            }
+        }
+    });
+}
+
+fn start_switchboard(bin: &Path) -> anyhow::Result<ServerProc> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let db = format!("sqlite://{}/bench.db", dir.path().display());
+    let mut child = Command::new(bin)
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--db",
+            &db,
+            "--no-forward",
+        ])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .env_remove("SWITCHBOARD_ADMIN_TOKEN")
+        .env_remove("SWITCHBOARD_REGISTER_TOKEN")
+        .env_remove("SWITCHBOARD_READ_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id();
+    let stderr = child.stderr.take().context("server stderr")?;
+    let log = Arc::new(Mutex::new(LogInfo::default()));
+    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+    drain_log(stderr, Arc::clone(&log), move |line| {
+        if let Some(rest) = line.split("http listening on ").nth(1) {
+            let token = rest.split_whitespace().next().unwrap_or_default();
+            if let Ok(addr) = token.parse::<SocketAddr>() {
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let mut server = ServerProc {
+        name: "switchboard",
+        child,
+        pid,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        dir,
+        log,
+    };
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(addr) => server.addr = addr,
+        Err(_) => {
+            let alive = server.check_alive();
+            bail!(
+                "switchboard logged no `http listening on` line within {START_TIMEOUT:?} ({alive:?}); log: {:?}",
+                server
+                    .log
+                    .lock()
+                    .map(|l| l.lines.clone())
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if !server.addr.ip().is_loopback() {
+        bail!("switchboard listens on {}, not loopback", server.addr);
+    }
+    Ok(server)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn start_rnacos(bin: &Path) -> anyhow::Result<ServerProc> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let data = dir.path().join("nacos_db");
+    let mut ports = Vec::new();
+    for _ in 0..50 {
+        let p = free_port()?;
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+        if ports.len() == 3 {
+            break;
+        }
+    }
+    let [http, grpc, console] = ports[..] else {
+        bail!("could not find three free ports");
+    };
+    let out = std::fs::File::create(dir.path().join("rnacos.stdout.log"))?;
+    let mut child = Command::new(bin)
+        // r-nacos reads `.env` from its working directory: use the empty temp dir.
+        .current_dir(dir.path())
+        .env("RNACOS_HTTP_PORT", http.to_string())
+        .env("RNACOS_GRPC_PORT", grpc.to_string())
+        .env("RNACOS_HTTP_CONSOLE_PORT", console.to_string())
+        .env("RNACOS_SDK_HOST", "127.0.0.1")
+        .env("RNACOS_CONSOLE_HOST", "127.0.0.1")
+        .env("RNACOS_RAFT_NODE_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("RNACOS_DATA_DIR", &data)
+        .env("RNACOS_CONFIG_DB_DIR", &data)
+        // Same liveness window as switchboard's ttl_secs, so nothing expires mid-run.
+        .env("RNACOS_NAMING_HEALTH_TIMEOUT_SECOND", TTL_SECS.to_string())
+        .env(
+            "RNACOS_NAMING_INSTANCE_TIMEOUT_SECOND",
+            (3 * TTL_SECS).to_string(),
+        )
+        // No per-request access log (switchboard logs none at its default level).
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id();
+    let stderr = child.stderr.take().context("r-nacos stderr")?;
+    let log = Arc::new(Mutex::new(LogInfo::default()));
+    drain_log(stderr, Arc::clone(&log), |_| {});
+    Ok(ServerProc {
+        name: "r-nacos",
+        child,
+        pid,
+        addr: SocketAddr::from(([127, 0, 0, 1], http)),
+        dir,
+        log,
+    })
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .take(256)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn find_rnacos() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RNACOS_BIN").map(PathBuf::from) {
+        if p.is_file() {
+            return Some(p);
+        }
+        println!(
+            "RNACOS_BIN={} is not a file; looking elsewhere",
+            p.display()
+        );
+    }
+    find_on_path("rnacos").or_else(|| {
+        let home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+        let p = home.join("bin").join("rnacos");
+        p.is_file().then_some(p)
+    })
+}
+
+fn find_or_install_rnacos() -> Option<PathBuf> {
+    if let Some(p) = find_rnacos() {
+        return Some(p);
+    }
+    if env_flag("SB_BENCH_INSTALL_RNACOS") {
+        println!("r-nacos: not found; running `cargo install rnacos --locked` (a long build)");
+        let status = Command::new("cargo")
+            .args(["install", "rnacos", "--locked"])
+            .status();
+        match status {
+            Ok(s) if s.success() => {
+                if let Some(p) = find_rnacos() {
+                    return Some(p);
+                }
+                println!("r-nacos: installed, but the `rnacos` binary is still not found");
+            }
+            Ok(s) => println!("r-nacos: `cargo install rnacos --locked` failed ({s})"),
+            Err(err) => println!("r-nacos: cannot run cargo: {err}"),
+        }
+    }
+    println!(
+        "r-nacos: SKIPPED - no `rnacos` binary on PATH, in ~/.cargo/bin or in RNACOS_BIN. \
+         Install it with `cargo install rnacos --locked`, or rerun with SB_BENCH_INSTALL_RNACOS=1."
+    );
+    None
+}
+
+fn rnacos_version(bin: &Path) -> String {
+    Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "version unknown".to_owned())
+}
+
+// ---------------------------------------------------------------------------------
+// /proc readings
+// ---------------------------------------------------------------------------------
+
+/// utime + stime of the process (all its threads), in clock ticks.
+fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // state(3) ppid(4) ... utime(14) stime(15).
+    let rest = stat
+        .rfind(')')
+        .map(|p| &stat[p + 1..])
+        .context("malformed /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields
+        .get(11)
+        .and_then(|f| f.parse().ok())
+        .context("utime")?;
+    let stime: u64 = fields
+        .get(12)
+        .and_then(|f| f.parse().ok())
+        .context("stime")?;
+    Ok(utime + stime)
+}
+
+/// Ticks of all cores from `/proc/stat` line `cpu`: (user + nice + system + steal,
+/// irq + softirq). Guest time is inside user.
+fn machine_busy_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let f = |i: usize| fields.get(i).copied().unwrap_or(0);
+    Ok((f(0) + f(1) + f(2) + f(7), f(5) + f(6)))
+}
+
+/// Resident set size in KiB.
+fn proc_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc status")
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`), 100 when it cannot be read.
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+// ---------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------
+
+fn fmt_opt_count(n: Option<usize>) -> String {
+    n.map_or_else(|| "?".to_owned(), |n| n.to_string())
+}
+
+fn print_phase(kind: Kind, phase: &str, r: &PhaseResult) {
+    println!(
+        "{}: {phase:<9} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  server CPU {:>7.1} µs/req  \
+         (client {:.1} µs/req; other processes {:.0}%, irq+softirq {:.0}% of a core; {} answered, {} non-2xx, {} errors)",
+        kind.name(),
+        r.rps(),
+        r.percentile_us(50).unwrap_or(f64::NAN),
+        r.percentile_us(99).unwrap_or(f64::NAN),
+        r.cpu_us_per_req().unwrap_or(f64::NAN),
+        r.client_us_per_req().unwrap_or(f64::NAN),
+        r.other_core_pct(),
+        r.irq_core_pct(),
+        r.answered,
+        r.answered - r.ok,
+        r.errors
+    );
+}
+
+fn fmt_num(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => {
+            if v.abs() >= 100.0 {
+                format!("{v:.0}")
+            } else if v.abs() >= 10.0 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.2}")
+            }
+        }
+        _ => "-".to_owned(),
+    }
+}
+
+fn fmt_ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if a.is_finite() && b.is_finite() && b != 0.0 => {
+            format!("{:.2}", a / b)
+        }
+        _ => "-".to_owned(),
+    }
+}
+
+type Metric = (&'static str, fn(&SystemRun, usize) -> Option<f64>);
+
+const METRICS: &[Metric] = &[
+    ("servers rps", |r, _| Some(r.servers.rps())),
+    ("servers p50 µs", |r, _| r.servers.percentile_us(50)),
+    ("servers p99 µs", |r, _| r.servers.percentile_us(99)),
+    ("servers µs CPU/req", |r, _| r.servers.cpu_us_per_req()),
+    ("heartbeat rps", |r, _| Some(r.beats.rps())),
+    ("heartbeat p50 µs", |r, _| r.beats.percentile_us(50)),
+    ("heartbeat p99 µs", |r, _| r.beats.percentile_us(99)),
+    ("heartbeat µs CPU/req", |r, _| r.beats.cpu_us_per_req()),
+    ("listing rps", |r, _| Some(r.listing.rps())),
+    ("listing p50 µs", |r, _| r.listing.percentile_us(50)),
+    ("listing p99 µs", |r, _| r.listing.percentile_us(99)),
+    ("listing µs CPU/req", |r, _| r.listing.cpu_us_per_req()),
+    ("RSS KiB/instance", |r, n| Some(r.rss_per_instance_kib(n))),
+    ("(register rps)", |r, _| Some(r.register.rps())),
+    ("(RSS idle KiB)", |r, _| Some(r.rss_idle_kib as f64)),
+    ("(client µs CPU/heartbeat)", |r, _| {
+        r.beats.client_us_per_req()
+    }),
+    ("(other procs % core, max)", |r, _| {
+        Some(
+            [&r.servers, &r.beats, &r.listing]
+                .iter()
+                .map(|p| p.other_core_pct())
+                .fold(0.0, f64::max),
+        )
+    }),
+    ("(irq+softirq % core, max)", |r, _| {
+        Some(
+            [&r.servers, &r.beats, &r.listing]
+                .iter()
+                .map(|p| p.irq_core_pct())
+                .fold(0.0, f64::max),
+        )
+    }),
+];
+
+fn print_report(
+    cfg: &BenchConfig,
+    clk_tck: u64,
+    rnacos_version: Option<&str>,
+    results: &[(usize, SystemRun, Option<SystemRun>)],
+) {
+    println!("\n==================== registry bench results ====================");
+    println!(
+        "phase {} s; {} keep-alive connections ({} for the full listing); server CPU from /proc (CLK_TCK {clk_tck})",
+        cfg.phase.as_secs(),
+        cfg.conns,
+        cfg.list_conns
+    );
+    println!(
+        "r-nacos: {}",
+        rnacos_version.unwrap_or("not run (column empty)")
+    );
+    println!(
+        "rps = 2xx answers/s; CPU/req = server utime+stime over the phase plus {SETTLE:?} settle / answered requests; ratio = switchboard / r-nacos \
+         (rps: higher is better; latency, CPU, RSS: lower is better)"
+    );
+    println!(
+        "r-nacos 'servers' = instance list healthyOnly=true (all N hosts); switchboard /servers answers 5"
+    );
+    for (n, sb, rn) in results {
+        println!();
+        println!(
+            "{:<27} {:>12} {:>12} {:>8}",
+            format!("N = {n}"),
+            "switchboard",
+            "r-nacos",
+            "ratio"
+        );
+        for (name, get) in METRICS {
+            let a = get(sb, *n);
+            let b = rn.as_ref().and_then(|r| get(r, *n));
+            println!(
+                "{name:<27} {:>12} {:>12} {:>8}",
+                fmt_num(a),
+                fmt_num(b),
+                fmt_ratio(a, b)
+            );
+        }
+    }
+
+    let busiest = results
+        .iter()
+        .flat_map(|(_, sb, rn)| std::iter::once(sb).chain(rn.as_ref()))
+        .flat_map(|r| [&r.servers, &r.beats, &r.listing])
+        .map(PhaseResult::other_core_pct)
+        .fold(0.0, f64::max);
+    if busiest > 25.0 {
+        println!(
+            "\nWARNING: other processes used up to {busiest:.0}% of a core during a phase: \
+             requests/s and latencies are disturbed (server CPU per request much less so)."
+        );
+    }
+
+    println!("\nanswers and errors (non-2xx by status; errors = connect/IO/timeouts):");
+    for (n, sb, rn) in results {
+        for (kind, run) in [(Kind::Switchboard, Some(sb)), (Kind::RNacos, rn.as_ref())] {
+            let Some(run) = run else { continue };
+            for (phase, r) in [
+                ("register", &run.register),
+                ("servers", &run.servers),
+                ("heartbeat", &run.beats),
+                ("listing", &run.listing),
+            ] {
+                let non2xx = if r.statuses.is_empty() {
+                    "none".to_owned()
+                } else {
+                    r.statuses
+                        .iter()
+                        .map(|(s, c)| format!("{s}x{c}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let first = r
+                    .first_error
+                    .as_deref()
+                    .map(|e| format!(" first: {e}"))
+                    .unwrap_or_default();
+                println!(
+                    "  N={n:<6} {:<11} {phase:<9} answered {:>8}  2xx {:>8}  non-2xx {non2xx}  errors {}{first}",
+                    kind.name(),
+                    r.answered,
+                    r.ok,
+                    r.errors
+                );
+            }
+            println!(
+                "  N={n:<6} {:<11} registered {}/{n}; listing before {} after {}; log: {} warnings, {} errors; {}",
+                kind.name(),
+                run.registered,
+                fmt_opt_count(run.listed_before),
+                fmt_opt_count(run.listed_after),
+                run.log.warnings,
+                run.log.errors,
+                run.stop_note
+            );
+            for line in &run.log.lines {
+                println!("      | {line}");
+            }
+        }
+    }
+
+    println!("\ntargets (reported, not asserted):");
+    for (n, sb, rn) in results {
+        let check = |ok: bool| if ok { "met" } else { "MISSED" };
+        if let Some(v) = sb.beats.cpu_us_per_req() {
+            println!(
+                "  N={n}: switchboard CPU per heartbeat {v:.1} µs (target ≤ 10): {}",
+                check(v <= 10.0)
+            );
+        }
+        if let Some(v) = sb.servers.cpu_us_per_req() {
+            println!(
+                "  N={n}: switchboard CPU per /servers {v:.1} µs (target ≤ 10): {}",
+                check(v <= 10.0)
+            );
+        }
+        let rss = sb.rss_per_instance_kib(*n);
+        println!(
+            "  N={n}: switchboard RSS {rss:.2} KiB/instance (target ≤ 1): {}",
+            check(rss <= 1.0)
+        );
+        if *n == 1_000 {
+            match rn {
+                Some(rn) if rn.listing.rps() > 0.0 => {
+                    let x = sb.listing.rps() / rn.listing.rps();
+                    println!(
+                        "  N={n}: full listing {x:.2}x r-nacos's rate (target ≥ 3x): {}",
+                        check(x >= 3.0)
+                    );
+                }
+                _ => println!("  N={n}: full listing vs r-nacos: no r-nacos figure"),
+            }
+        }
+    }
+    println!(
+        "  (r-nacos reference on this box: ~28 µs CPU/heartbeat, ~0.5 ms CPU per full list of 1,000, 1.1-2.4 KiB RSS/instance)"
+    );
+
+    println!("\nreproduce (from the repository root):");
+    println!(
+        "  SB_BENCH_SECS={} SB_BENCH_SIZES={} SB_BENCH_CONNS={} SB_BENCH_LIST_CONNS={} SB_BENCH_CLIENT_THREADS={} cargo bench --bench registry",
+        cfg.phase.as_secs(),
+        cfg.sizes
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        cfg.conns,
+        cfg.list_conns,
+        cfg.client_threads
+    );
+}
