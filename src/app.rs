@@ -211,8 +211,14 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             Ok(n) => tracing::info!(heartbeats = n, "final heartbeat batch persisted"),
             Err(err) => tracing::warn!(%err, "final heartbeat batch not persisted"),
         }
-        if tokio::time::timeout(STORE_CLOSE_TIMEOUT, hub.close()).await.is_err() {
-            tracing::warn!(?STORE_CLOSE_TIMEOUT, "store did not close in time; exiting anyway");
+        if tokio::time::timeout(STORE_CLOSE_TIMEOUT, hub.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?STORE_CLOSE_TIMEOUT,
+                "store did not close in time; exiting anyway"
+            );
         }
         tracing::info!("stopped");
         served

@@ -324,6 +324,10 @@ async fn a_node_exits_cleanly_on_sigterm() {
     a.register_addr("default", "10.6.0.1:80").await;
     converge(&b, "default", &["10.6.0.1:80"], Duration::from_secs(2)).await;
     assert_eq!(a.terminate(), 0);
-    assert_eq!(b.servers("").await, ["10.6.0.1:80"], "the other node goes on");
+    assert_eq!(
+        b.servers("").await,
+        ["10.6.0.1:80"],
+        "the other node goes on"
+    );
     assert_eq!(b.terminate(), 0);
 }
