@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Shared};
 use crate::clock::Clock;
 use crate::config::{Config, ForwardConfig, StaticConfig};
 use crate::forwarder::listener::Listener;
@@ -109,12 +109,12 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     tracing::info!(addr = %http_addr, "http listening on {http_addr}");
     let shutdown = CancellationToken::new();
     let shutting_down = Arc::new(AtomicBool::new(false));
-    let state = AppState {
+    let state: AppState = Arc::new(Shared {
         hub: hub.clone(),
         tokens: Arc::new(config.tokens.clone()),
         shutting_down: Arc::clone(&shutting_down),
         shutdown: shutdown.clone(),
-    };
+    });
     let router = api::router(state);
 
     let loops = CancellationToken::new();

@@ -709,6 +709,20 @@ impl Hub {
         summaries
     }
 
+    /// Every instance of a service as cached cards (see
+    /// [`ServiceTable::listing_cards`]); rows are taken under the lock, rendering of
+    /// the answer happens outside it.
+    pub fn listing_cards(
+        &self,
+        service: &str,
+        render: &dyn Fn(&crate::registry::Instance) -> table::Card,
+    ) -> Vec<table::CardRow> {
+        let now = self.now();
+        self.slot(service)
+            .map(|slot| slot.lock().listing_cards(now, render))
+            .unwrap_or_default()
+    }
+
     /// Every instance of a service, all states.
     pub fn listing(&self, service: &str) -> Vec<InstanceView> {
         let now = self.now();

@@ -20,6 +20,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::load(&args).context("configuration")?;
+            // One worker per core; TOKIO_WORKER_THREADS overrides it.
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(switchboard::app::run(config))?;
         }

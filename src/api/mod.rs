@@ -32,9 +32,12 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// Longest a request may run: above the 60 s of the longest blocking query.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
 
-/// What every handler can reach.
-#[derive(Debug, Clone)]
-pub struct AppState {
+/// What every handler can reach; cloned per request, hence one `Arc`.
+pub type AppState = Arc<Shared>;
+
+/// The state behind [`AppState`].
+#[derive(Debug)]
+pub struct Shared {
     /// The registry.
     pub hub: Hub,
     /// Configured tokens.

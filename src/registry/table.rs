@@ -124,6 +124,28 @@ pub struct ServiceSummary {
     pub version: u64,
 }
 
+/// A caller's cached rendering of an instance's fixed fields.
+pub type Card = std::sync::Arc<str>;
+
+/// One row of the admin listing: the cached card and the fields that move.
+#[derive(Debug, Clone)]
+pub struct CardRow {
+    /// The rendering of the fixed fields.
+    pub card: Card,
+    /// State now.
+    pub state: State,
+    /// Drained.
+    pub draining: bool,
+    /// Reported connections.
+    pub connections: u64,
+    /// Pending hand-outs (the cluster's).
+    pub pending: u64,
+    /// Load now.
+    pub load: f64,
+    /// Milliseconds since the last heartbeat.
+    pub last_heartbeat_ms_ago: Millis,
+}
+
 /// An instance as the admin listing shows it.
 #[derive(Debug, Clone)]
 pub struct InstanceView {
@@ -159,6 +181,9 @@ struct Entry {
     dirty: bool,
     /// Part of the set frozen by self-preservation: handed out even if expired.
     preserved: bool,
+    /// The caller's rendering of the instance's fixed fields (the admin listing's
+    /// JSON), kept until they change.
+    card: Option<Card>,
 }
 
 /// One service's instances and everything derived from them.
@@ -268,6 +293,7 @@ impl ServiceTable {
             }
             if let Some(entry) = self.slots[slot as usize].as_mut() {
                 entry.instance = instance;
+                entry.card = None;
             }
             self.reindex(slot, now);
             false
@@ -280,6 +306,7 @@ impl ServiceTable {
                 counted: (0, 0),
                 dirty: false,
                 preserved: false,
+                card: None,
             };
             let slot = match self.free.pop() {
                 Some(slot) => {
@@ -656,6 +683,35 @@ impl ServiceTable {
         beats
     }
 
+    /// Every instance, all states, as cached cards and moving fields: the admin
+    /// listing without copying any instance. `render` fills a missing card.
+    pub fn listing_cards(
+        &mut self,
+        now: Millis,
+        render: &dyn Fn(&Instance) -> Card,
+    ) -> Vec<CardRow> {
+        self.slots
+            .iter_mut()
+            .flatten()
+            .map(|entry| {
+                let card = entry
+                    .card
+                    .get_or_insert_with(|| render(&entry.instance))
+                    .clone();
+                let i = &entry.instance;
+                CardRow {
+                    card,
+                    state: i.state(now),
+                    draining: i.draining,
+                    connections: i.connections,
+                    pending: i.pending(),
+                    load: i.load(),
+                    last_heartbeat_ms_ago: i.age(now),
+                }
+            })
+            .collect()
+    }
+
     /// Every instance, all states, in registration order of their slots.
     pub fn listing(&self, now: Millis) -> Vec<InstanceView> {
         self.slots
@@ -734,6 +790,11 @@ impl ServiceTable {
         let Some(entry) = self.slots[slot as usize].as_mut() else {
             return;
         };
+        if entry.instance.spec != synced.spec
+            || entry.instance.registered_at_unix_ms != synced.registered_at_unix_ms
+        {
+            entry.card = None;
+        }
         let local = &mut entry.instance;
         if local.spec.address != synced.spec.address {
             self.upsert(synced, now);
