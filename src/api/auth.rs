@@ -1,7 +1,9 @@
 //! Bearer tokens of SPEC section 6: which token each endpoint needs, compared in
 //! constant time. An unset token leaves its endpoints open (loopback default).
 
-use axum::http::HeaderMap;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -30,12 +32,47 @@ pub enum Access {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+    bearer_of(headers.get(axum::http::header::AUTHORIZATION))
+}
+
+fn bearer_of(value: Option<&HeaderValue>) -> Option<&str> {
+    let value = value?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The few headers the hot endpoints read, taken without cloning the header map.
+#[derive(Debug, Clone, Default)]
+pub struct Meta {
+    /// `Authorization`.
+    pub authorization: Option<HeaderValue>,
+    /// `X-Lease`.
+    pub lease: Option<HeaderValue>,
+    /// `Accept` asks for `text/plain` and not JSON.
+    pub wants_text: bool,
+}
+
+impl Meta {
+    /// The lease sent, if any.
+    pub fn lease(&self) -> Option<&str> {
+        self.lease.as_ref().and_then(|v| v.to_str().ok())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Meta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let headers = &parts.headers;
+        Ok(Meta {
+            authorization: headers.get(axum::http::header::AUTHORIZATION).cloned(),
+            lease: headers.get("x-lease").cloned(),
+            wants_text: headers
+                .get(axum::http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("text/plain") && !a.contains("application/json")),
+        })
+    }
 }
 
 /// Compares in constant time. Both sides are hashed first so that not even the
@@ -69,7 +106,18 @@ impl Tokens {
     /// # Errors
     /// [`ApiError::Unauthorized`] when a token is configured and not presented.
     pub fn check(&self, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
-        let given = bearer(headers);
+        self.check_bearer(bearer(headers), access)
+    }
+
+    /// [`Tokens::check`] on headers taken as [`Meta`].
+    ///
+    /// # Errors
+    /// [`ApiError::Unauthorized`] when a token is configured and not presented.
+    pub fn check_meta(&self, meta: &Meta, access: Access) -> Result<(), ApiError> {
+        self.check_bearer(bearer_of(meta.authorization.as_ref()), access)
+    }
+
+    fn check_bearer(&self, given: Option<&str>, access: Access) -> Result<(), ApiError> {
         let expected: Vec<&str> = match access {
             Access::Register => self.register.iter().map(String::as_str).collect(),
             Access::Read => self.read.iter().map(String::as_str).collect(),

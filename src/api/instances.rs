@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::auth::Access;
+use super::auth::{Access, Meta};
 use super::error::{ApiError, ApiJson};
 use crate::clock::rfc3339;
 use crate::hub::Authority;
@@ -173,10 +173,10 @@ pub async fn register(
 pub async fn heartbeat(
     State(state): State<AppState>,
     Path((service, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    meta: Meta,
     ApiJson(body): ApiJson<HeartbeatBody>,
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
-    let lease = lease_header(&headers).unwrap_or("");
+    let lease = meta.lease().unwrap_or("");
     let answer = state
         .hub
         .heartbeat(&service, &id, lease, body.connections)?;

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::auth::Access;
+use super::auth::{Access, Meta};
 use super::error::ApiError;
 use crate::registry::table::{RankQuery, Ranked};
 use crate::registry::validate::{self, Invalid};
@@ -68,10 +68,10 @@ fn parse_number(raw: Option<&str>, code: &'static str, name: &str) -> Result<Opt
 /// `GET /servers`.
 pub async fn servers(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    meta: Meta,
     query: Result<Query<ServersParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    state.tokens.check(&headers, Access::Read)?;
+    state.tokens.check_meta(&meta, Access::Read)?;
     let Query(params) =
         query.map_err(|e| Invalid::new("invalid_query", format!("malformed query string: {e}")))?;
     let service = params.service.as_deref().unwrap_or("default");
@@ -111,7 +111,7 @@ pub async fn servers(
         key: params.key.as_deref().map(str::as_bytes),
     };
     let ranked = state.hub.servers(service, &rank_query);
-    if wants_text(&headers) {
+    if meta.wants_text {
         return Ok(text_answer(&ranked));
     }
     Ok(Json(ServersAnswer {
@@ -132,14 +132,6 @@ pub async fn servers(
             .collect(),
     })
     .into_response())
-}
-
-/// Whether the client asked for `text/plain` rather than JSON.
-fn wants_text(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/plain") && !accept.contains("application/json"))
 }
 
 /// One `host:port` per line, best first.
