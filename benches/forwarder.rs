@@ -1,0 +1,1901 @@
+//! Forwarder benchmark: Switchboard's fallback TCP forwarder against nginx `stream` and
+//! HAProxy `mode tcp`, with a direct connection (no proxy) as the reference. One run,
+//! loopback (127.0.0.1) only.
+//!
+//! Run from the repository root:
+//!
+//! ```text
+//! cargo bench --bench forwarder
+//! ```
+//!
+//! Setups (each proxy with its own temp dir, config and free loopback ports, default
+//! threading for the machine, stopped by its PID when its phase ends):
+//!
+//! - `direct`: the client talks to the backend itself;
+//! - `nginx`: `stream { upstream { least_conn; } }`, `worker_processes auto`;
+//! - `HAProxy`: `mode tcp`, `balance leastconn`, default `nbthread`, run with `-db`
+//!   (one process);
+//! - `Switchboard`: `switchboard serve --http 127.0.0.1:0 --db sqlite::memory:
+//!   --forward 127.0.0.1:0=bench`, the backend registered with
+//!   `POST /v1/services/bench/instances` (TTL 300 s, longer than any phase).
+//!
+//! Every phase starts a fresh proxy process per setup, so one phase's allocations do
+//! not flatter or burden the next.
+//!
+//! Measurements:
+//!
+//! 1. Bulk throughput: `iperf3 -s` behind the proxy, `iperf3 -c` through it, `-P 1` and
+//!    `-P 8`, `SB_BENCH_SECS` seconds each; `end.sum_received.bits_per_second` of `-J`.
+//!    iperf3 also opens a control connection through the proxy (it carries almost
+//!    nothing). The proxy's CPU per GiB moved is shown too.
+//! 2. Connection rate: `SB_BENCH_WORKERS` (16) concurrent workers for `SB_BENCH_SECS`
+//!    seconds, each looping connect, write 16 bytes, read the 16-byte echo, close.
+//!    One second of the same load first, unmeasured (warm-up). Proxy CPU per connection
+//!    is utime+stime of all the proxy's processes (nginx master and workers) from
+//!    `/proc/PID/stat`, after minus before, over the connections made. Twice:
+//!    (2a) the client closes first, as specified; its ephemeral ports (and the
+//!    proxy's, towards the backend) then sit in TIME_WAIT, and on loopback the kernel's
+//!    free-port search in `connect()` (`__inet_check_established`,
+//!    `__inet_hash_connect`) dominates the whole machine, for every setup alike;
+//!    (2b) the backend closes first (a second echo listener that closes after 16
+//!    bytes; the client waits for that FIN, then closes), so no ephemeral port lingers
+//!    and the proxies' own costs show.
+//! 3. Memory per idle connection: a few warm-up connections, then the proxy's RSS (sum
+//!    of `VmRSS` of its processes) as the baseline; `SB_BENCH_CONNS` (5,000)
+//!    connections are opened and held, each having echoed 16 bytes; RSS minus baseline
+//!    over the connections held, in KiB. Then each held connection carries a 64 KiB
+//!    burst (sent and read back), and RSS is measured again with all still held.
+//!
+//! The echo backends (both listeners) are tokio servers inside this bench process, on
+//! the same tokio runtime (default threading) as the load-generating clients. The bench process and
+//! the proxies get `RLIMIT_NOFILE` raised through `sh -c 'ulimit -n ...; exec ...'`.
+//! nginx, its stream module, HAProxy and iperf3 are installed with `apt-get` when
+//! missing (`SB_BENCH_NO_INSTALL=1` to refuse).
+//!
+//! Knobs (environment): `SB_BENCH_SECS` (default 5), `SB_BENCH_CONNS` (default 5000),
+//! `SB_BENCH_WORKERS` (default 16), `SB_BENCH_ROUNDS` (rounds of the throughput and
+//! rate tests, default 2, the order of setups reversed every other round; the tables
+//! show the median and each round), `SB_BENCH_SETUPS` (comma list of
+//! `direct,nginx,haproxy,switchboard`), `SB_BENCH_PHASES` (comma list of
+//! `throughput,rate,memory`; `rate-client` or `rate-backend` for one half of `rate`).
+//!
+//! Nothing here asserts numbers: the goals are printed, met or missed.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{Read, Write as _};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// Bytes each connection echoes in the rate and memory tests.
+const MSG: [u8; 16] = *b"switchboard-16b!";
+/// The burst each held connection carries in the second memory test.
+const BURST: usize = 64 * 1024;
+/// Longest wait for one client operation (connect plus echo, or a burst).
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a proxy to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// Connections opened (or bursts run) at once when filling the memory test.
+const FILL_CONCURRENCY: usize = 100;
+/// File-descriptor limit asked for the bench process and the proxies (the hard limit
+/// caps it when this container may not raise that).
+const NOFILE: u64 = 65_536;
+/// The shell wrapper that raises the descriptor limit and execs the command (the PID
+/// stays the proxy's).
+const ULIMIT_WRAPPER: &str =
+    "ulimit -n 65536 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$@\"";
+/// Upper bound on connections per rate worker (the time bound ends it first).
+const MAX_CONNS_PER_WORKER: u64 = 5_000_000;
+/// Latency samples kept per rate worker.
+const MAX_SAMPLES_PER_WORKER: usize = 1_000_000;
+
+/// Published numbers for this machine on a quiet day (for comparison, not asserted).
+const REFERENCE: &str = "\
+reference (this machine, a quiet day): one-stream throughput nginx 0.66x direct, HAProxy 0.67x;
+  connection rate nginx 0.81x direct at 48 us proxy CPU/conn;
+  memory per idle connection nginx 9.6 KiB (33.7 KiB after 64 KiB burst), HAProxy 3.5 KiB (3.9 KiB).";
+
+fn main() {
+    if let Err(err) = run() {
+        eprintln!("forwarder bench failed: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    Direct,
+    Nginx,
+    Haproxy,
+    Switchboard,
+}
+
+impl Setup {
+    const ALL: [Setup; 4] = [
+        Setup::Direct,
+        Setup::Nginx,
+        Setup::Haproxy,
+        Setup::Switchboard,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Setup::Direct => "direct",
+            Setup::Nginx => "nginx",
+            Setup::Haproxy => "HAProxy",
+            Setup::Switchboard => "Switchboard",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Setup::Direct => "direct",
+            Setup::Nginx => "nginx",
+            Setup::Haproxy => "haproxy",
+            Setup::Switchboard => "switchboard",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Config {
+    secs: u64,
+    conns: usize,
+    workers: usize,
+    rounds: usize,
+    setups: Vec<Setup>,
+    phases: Vec<String>,
+    switchboard: PathBuf,
+    clk_tck: u64,
+    /// `RLIMIT_NOFILE` the proxies run with (the wrapper raises the soft limit to this).
+    nofile: u64,
+    /// `load_module` path when nginx's stream module is dynamic.
+    nginx_stream_module: Option<PathBuf>,
+}
+
+fn env_num(name: &str, default: u64, min: u64, max: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+        .clamp(min, max)
+}
+
+fn env_list(name: &str) -> Option<Vec<String>> {
+    std::env::var(name).ok().map(|v| {
+        v.split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
+}
+
+fn run() -> Result<()> {
+    raise_nofile()?;
+    let secs = env_num("SB_BENCH_SECS", 5, 1, 60);
+    let conns = usize::try_from(env_num("SB_BENCH_CONNS", 5000, 1, 20_000))?;
+    let workers = usize::try_from(env_num("SB_BENCH_WORKERS", 16, 1, 256))?;
+    let setups = match env_list("SB_BENCH_SETUPS") {
+        None => Setup::ALL.to_vec(),
+        Some(keys) => Setup::ALL
+            .into_iter()
+            .filter(|s| keys.iter().any(|k| k == s.key()))
+            .collect(),
+    };
+    let phases = env_list("SB_BENCH_PHASES")
+        .unwrap_or_else(|| ["throughput", "rate", "memory"].map(str::to_owned).to_vec());
+    ensure_tools(&setups)?;
+    let clk_tck = command_output("getconf", &["CLK_TCK"])?
+        .trim()
+        .parse::<u64>()
+        .context("getconf CLK_TCK")?;
+    let cfg = Config {
+        secs,
+        conns,
+        workers,
+        rounds: usize::try_from(env_num("SB_BENCH_ROUNDS", 2, 1, 9))?,
+        setups,
+        phases,
+        switchboard: PathBuf::from(env!("CARGO_BIN_EXE_switchboard")),
+        clk_tck,
+        nofile: NOFILE.min(nofile_hard_limit().unwrap_or(NOFILE)),
+        nginx_stream_module: nginx_stream_module()?,
+    };
+    print_environment(&cfg);
+    let started = Instant::now();
+    let mut max_rustc = count_rustc();
+
+    let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    let (echo_addr, echo_close_addr) = runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(echo_server(listener, None));
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let close_addr = listener.local_addr()?;
+        tokio::spawn(echo_server(listener, Some(MSG.len())));
+        anyhow::Ok((addr, close_addr))
+    })?;
+    println!(
+        "echo backends: tokio servers in the bench process (same runtime as the clients): \
+         {echo_addr} (echoes until the client closes), {echo_close_addr} (closes after 16 B)"
+    );
+    let mut summary = Summary::default();
+
+    if cfg.phases.iter().any(|p| p == "throughput") {
+        let iperf = IperfServer::start()?;
+        println!(
+            "iperf3 server: 127.0.0.1:{} (pid {})",
+            iperf.port,
+            iperf.child.id()
+        );
+        let table = phase_throughput(&cfg, iperf.addr(), iperf.child.id(), &mut summary);
+        println!("{table}");
+        drop(iperf);
+        max_rustc = max_rustc.max(count_rustc());
+    }
+    if cfg.phases.iter().any(|p| p == "rate" || p == "rate-client") {
+        let table = phase_rate(&cfg, &runtime, echo_addr, Closer::Client, &mut summary);
+        println!("{table}");
+        max_rustc = max_rustc.max(count_rustc());
+    }
+    if cfg
+        .phases
+        .iter()
+        .any(|p| p == "rate" || p == "rate-backend")
+    {
+        let table = phase_rate(
+            &cfg,
+            &runtime,
+            echo_close_addr,
+            Closer::Backend,
+            &mut summary,
+        );
+        println!("{table}");
+        max_rustc = max_rustc.max(count_rustc());
+    }
+    if cfg.phases.iter().any(|p| p == "memory") {
+        let table = phase_memory(&cfg, &runtime, echo_addr, &mut summary);
+        println!("{table}");
+        max_rustc = max_rustc.max(count_rustc());
+    }
+    runtime.shutdown_timeout(Duration::from_secs(2));
+
+    println!("{}", summary.goals());
+    println!("{REFERENCE}");
+    println!(
+        "run took {:.0} s; loadavg at the end {}; rustc processes seen at phase boundaries: \
+         max {max_rustc}{}",
+        started.elapsed().as_secs_f64(),
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim(),
+        if max_rustc > 0 {
+            " (other compiles competed for the 2 cores: numbers are noisier)"
+        } else {
+            ""
+        }
+    );
+    println!("command: cargo bench --bench forwarder");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Environment: descriptor limit, tools, versions.
+// ---------------------------------------------------------------------------------
+
+/// Raises this process's `RLIMIT_NOFILE` by re-executing itself through a shell's
+/// `ulimit -n` when the soft limit is too low for the memory test (no libc binding
+/// needed; the proxies, spawned later, inherit it too).
+fn raise_nofile() -> Result<()> {
+    let soft = nofile_soft_limit().unwrap_or(0);
+    // The held client sockets plus the echo backend's sockets, and some spare.
+    let need = 2 * env_num("SB_BENCH_CONNS", 5000, 1, 20_000) + 1024;
+    if soft >= need {
+        return Ok(());
+    }
+    if std::env::var_os("SB_BENCH_REEXEC").is_some() {
+        eprintln!("warning: RLIMIT_NOFILE is {soft}, below {need}; the memory test may fail");
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("current_exe")?;
+    let err = Command::new("sh")
+        .arg("-c")
+        .arg(ULIMIT_WRAPPER)
+        .arg("sh")
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env("SB_BENCH_REEXEC", "1")
+        .exec();
+    Err(anyhow!(err).context("re-executing under ulimit -n"))
+}
+
+fn nofile_soft_limit() -> Option<u64> {
+    nofile_limit(3)
+}
+
+fn nofile_hard_limit() -> Option<u64> {
+    nofile_limit(4)
+}
+
+/// Field `field` (3 soft, 4 hard) of the "Max open files" line of /proc/self/limits.
+fn nofile_limit(field: usize) -> Option<u64> {
+    let limits = fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    match line.split_whitespace().nth(field)? {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("{program} {args:?} failed: {}", text.trim());
+    }
+    Ok(text)
+}
+
+fn have(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs what the chosen setups need with `apt-get` (we run as root).
+fn ensure_tools(setups: &[Setup]) -> Result<()> {
+    let mut packages = Vec::new();
+    if setups.contains(&Setup::Nginx) {
+        if !have("nginx", "-v") {
+            packages.extend(["nginx", "libnginx-mod-stream"]);
+        } else if nginx_stream_module().is_err() {
+            packages.push("libnginx-mod-stream");
+        }
+    }
+    if setups.contains(&Setup::Haproxy) && !have("haproxy", "-v") {
+        packages.push("haproxy");
+    }
+    if !have("iperf3", "--version") {
+        packages.push("iperf3");
+    }
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if std::env::var_os("SB_BENCH_NO_INSTALL").is_some() {
+        bail!("missing packages {packages:?} and SB_BENCH_NO_INSTALL is set");
+    }
+    println!("installing {packages:?} with apt-get");
+    let status = Command::new("apt-get")
+        .arg("update")
+        .stdin(Stdio::null())
+        .status()
+        .context("apt-get update")?;
+    if !status.success() {
+        bail!("apt-get update failed");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y"])
+        .args(&packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .status()
+        .context("apt-get install")?;
+    if !status.success() {
+        bail!("apt-get install -y {packages:?} failed");
+    }
+    Ok(())
+}
+
+/// Where nginx's dynamic stream module lives, or `None` when it is built in.
+fn nginx_stream_module() -> Result<Option<PathBuf>> {
+    let v = command_output("nginx", &["-V"])?;
+    if v.split_whitespace().any(|a| a == "--with-stream") {
+        return Ok(None);
+    }
+    let candidates = [
+        "/usr/lib/nginx/modules/ngx_stream_module.so",
+        "/usr/lib64/nginx/modules/ngx_stream_module.so",
+        "/usr/share/nginx/modules/ngx_stream_module.so",
+        "/etc/nginx/modules/ngx_stream_module.so",
+    ];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .map(Some)
+        .ok_or_else(|| anyhow!("nginx has no stream module (libnginx-mod-stream)"))
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("").trim()
+}
+
+fn print_environment(cfg: &Config) {
+    println!("== Switchboard forwarder benchmark (loopback 127.0.0.1) ==");
+    let version = |p: &str, a: &str| {
+        command_output(p, &[a])
+            .map(|t| first_line(&t).to_owned())
+            .unwrap_or_else(|e| format!("unavailable ({e})"))
+    };
+    println!("nginx:    {}", version("nginx", "-v"));
+    println!("haproxy:  {}", version("haproxy", "-v"));
+    println!("iperf3:   {}", version("iperf3", "--version"));
+    println!("kernel:   {}", version("uname", "-r"));
+    println!(
+        "cpus: {}; CLK_TCK {}; RLIMIT_NOFILE bench {}, proxies {}; loadavg {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        cfg.clk_tck,
+        nofile_soft_limit().unwrap_or(0),
+        cfg.nofile,
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    println!(
+        "settings: {} s per measurement, {} rate workers, {} held connections; setups {:?}",
+        cfg.secs,
+        cfg.workers,
+        cfg.conns,
+        cfg.setups.iter().map(|s| s.name()).collect::<Vec<_>>()
+    );
+    let rustc = count_rustc();
+    if rustc > 0 {
+        println!("warning: {rustc} rustc process(es) running now: others are compiling");
+    }
+    println!("switchboard: {}", cfg.switchboard.display());
+}
+
+/// How many `rustc` processes are running (others compiling on this machine).
+fn count_rustc() -> usize {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "rustc"))
+        .count()
+}
+
+// ---------------------------------------------------------------------------------
+// /proc accounting.
+// ---------------------------------------------------------------------------------
+
+/// `(ppid, utime + stime, starttime)` of a process.
+fn proc_stat(pid: u32) -> Option<(u32, u64, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state) of proc(5).
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((ppid, utime + stime, start))
+}
+
+/// `root` and all its descendants.
+fn process_tree(root: u32) -> Vec<u32> {
+    let mut parent = HashMap::new();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for entry in dir.filter_map(Result::ok) {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Some((ppid, _, _)) = proc_stat(pid) {
+                parent.insert(pid, ppid);
+            }
+        }
+    }
+    let mut tree = vec![root];
+    // Bounded: at most one pass per process found.
+    for _ in 0..parent.len() {
+        let before = tree.len();
+        for (&pid, &ppid) in &parent {
+            if tree.contains(&ppid) && !tree.contains(&pid) {
+                tree.push(pid);
+            }
+        }
+        if tree.len() == before {
+            break;
+        }
+    }
+    tree
+}
+
+/// Busy ticks of all CPUs (`/proc/stat`: everything but idle and iowait).
+fn machine_busy_ticks() -> u64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    line.split_whitespace()
+        .skip(1)
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum()
+}
+
+/// cutime + cstime of a process: CPU of its children that it has reaped.
+fn children_ticks(pid: u32) -> u64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return 0;
+    };
+    // Fields 16 and 17 of proc(5); the slice starts at field 3.
+    stat[close + 1..]
+        .split_whitespace()
+        .skip(13)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum()
+}
+
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|&p| proc_stat(p)).map(|s| s.1).sum()
+}
+
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|&p| status_field(p, "VmRSS:")).sum()
+}
+
+fn threads(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|&p| status_field(p, "Threads:"))
+        .sum()
+}
+
+/// Whether `127.0.0.1:port` has a listening socket (without connecting to it: a probe
+/// connection would reach the backend, which confuses iperf3's server).
+fn is_listening(port: u16) -> bool {
+    let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let want = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A")
+    })
+}
+
+fn free_port() -> Result<u16> {
+    let listener = StdListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Sends `signal` to `pid` with kill(1).
+fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Stops a child we started: SIGTERM, up to 5 s, then SIGKILL.
+fn stop_child(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        signal(child.id(), "TERM");
+        for _ in 0..100 {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+// ---------------------------------------------------------------------------------
+// Proxies.
+// ---------------------------------------------------------------------------------
+
+/// One running setup: the address clients connect to and the proxy's processes.
+struct Proxy {
+    listen: SocketAddr,
+    child: Option<Child>,
+    /// Descendants seen after start (nginx workers), with their start times, so that
+    /// only those very processes are killed if they outlive their master.
+    extra: Vec<(u32, u64)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Proxy {
+    fn start(setup: Setup, backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
+        match setup {
+            Setup::Direct => Ok(Proxy {
+                listen: backend,
+                child: None,
+                extra: Vec::new(),
+                _dir: None,
+            }),
+            Setup::Nginx => start_nginx(backend, cfg),
+            Setup::Haproxy => start_haproxy(backend, cfg),
+            Setup::Switchboard => start_switchboard(backend, cfg),
+        }
+    }
+
+    /// The proxy's processes now (empty for `direct`).
+    fn pids(&self) -> Vec<u32> {
+        self.child
+            .as_ref()
+            .map(|c| process_tree(c.id()))
+            .unwrap_or_default()
+    }
+
+    fn cpu(&self) -> Option<u64> {
+        self.child.as_ref().map(|_| cpu_ticks(&self.pids()))
+    }
+
+    fn rss(&self) -> Option<u64> {
+        self.child.as_ref().map(|_| rss_kib(&self.pids()))
+    }
+
+    fn remember_children(&mut self) {
+        let Some(child) = self.child.as_ref() else {
+            return;
+        };
+        let root = child.id();
+        self.extra = process_tree(root)
+            .into_iter()
+            .filter(|&p| p != root)
+            .filter_map(|p| proc_stat(p).map(|s| (p, s.2)))
+            .collect();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child);
+        }
+        for (pid, start) in self.extra.drain(..) {
+            if proc_stat(pid).is_some_and(|s| s.2 == start) {
+                signal(pid, "KILL");
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Spawns `program args` through the `ulimit -n` wrapper; the child's PID is the
+/// program's.
+fn spawn_wrapped(program: &Path, args: &[String], dir: &Path, stderr: &Path) -> Result<Child> {
+    let err_file = fs::File::create(stderr)?;
+    let out_file = err_file.try_clone()?;
+    Command::new("sh")
+        .arg("-c")
+        .arg(ULIMIT_WRAPPER)
+        .arg("sh")
+        .arg(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_file))
+        .stderr(Stdio::from(err_file))
+        .spawn()
+        .with_context(|| format!("spawning {}", program.display()))
+}
+
+/// Waits until the proxy listens on `port`, or fails with its log.
+fn wait_listening(child: &mut Child, port: u16, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    for _ in 0..10_000 {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "exited with {status}: {}",
+                fs::read_to_string(log).unwrap_or_default().trim()
+            );
+        }
+        if is_listening(port) {
+            // Let a master fork its workers.
+            std::thread::sleep(Duration::from_millis(300));
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!(
+        "not listening on 127.0.0.1:{port} after {START_TIMEOUT:?}: {}",
+        fs::read_to_string(log).unwrap_or_default().trim()
+    )
+}
+
+fn start_nginx(backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let d = dir.path().display();
+    let load = cfg
+        .nginx_stream_module
+        .as_ref()
+        .map(|m| format!("load_module {};\n", m.display()))
+        .unwrap_or_default();
+    let nofile = cfg.nofile;
+    // Each proxied connection takes two; one worker may get them all.
+    let worker_connections = nofile.saturating_sub(64).clamp(1024, 32_768);
+    let conf = format!(
+        "{load}daemon off;
+master_process on;
+worker_processes auto;
+worker_rlimit_nofile {nofile};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{
+    worker_connections {worker_connections};
+}}
+stream {{
+    upstream backend {{
+        least_conn;
+        server {backend};
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        proxy_pass backend;
+    }}
+}}
+"
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    fs::write(&conf_path, conf)?;
+    let log = dir.path().join("stderr.log");
+    let args = [
+        "-p".to_owned(),
+        format!("{d}/"),
+        "-e".to_owned(),
+        format!("{d}/error.log"),
+        "-c".to_owned(),
+        conf_path.display().to_string(),
+    ];
+    let mut child = spawn_wrapped(Path::new("nginx"), &args, dir.path(), &log)?;
+    if let Err(err) = wait_listening(&mut child, port, &log) {
+        stop_child(&mut child);
+        let errors = fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+        return Err(err.context(format!("nginx: {}", errors.trim())));
+    }
+    let mut proxy = Proxy {
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        child: Some(child),
+        extra: Vec::new(),
+        _dir: Some(dir),
+    };
+    proxy.remember_children();
+    Ok(proxy)
+}
+
+fn start_haproxy(backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    // HAProxy wants two descriptors per connection plus some, within the limit.
+    let maxconn = (cfg.nofile.saturating_sub(200) / 2).clamp(1000, 20_000);
+    let conf = format!(
+        "global
+    maxconn {maxconn}
+defaults
+    mode tcp
+    maxconn {maxconn}
+    timeout connect 5s
+    timeout client 10m
+    timeout server 10m
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+backend be
+    balance leastconn
+    server s1 {backend}
+"
+    );
+    let conf_path = dir.path().join("haproxy.cfg");
+    fs::write(&conf_path, conf)?;
+    let log = dir.path().join("stderr.log");
+    let args = [
+        "-db".to_owned(),
+        "-f".to_owned(),
+        conf_path.display().to_string(),
+    ];
+    let mut child = spawn_wrapped(Path::new("haproxy"), &args, dir.path(), &log)?;
+    if let Err(err) = wait_listening(&mut child, port, &log) {
+        stop_child(&mut child);
+        return Err(err.context("haproxy"));
+    }
+    let mut proxy = Proxy {
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        child: Some(child),
+        extra: Vec::new(),
+        _dir: Some(dir),
+    };
+    proxy.remember_children();
+    Ok(proxy)
+}
+
+/// The address after `marker` in a log, if logged yet.
+fn logged_addr(log: &str, marker: &str) -> Option<SocketAddr> {
+    let at = log.find(marker)? + marker.len();
+    log[at..].split_whitespace().next()?.parse().ok()
+}
+
+fn start_switchboard(backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("stderr.log");
+    let args = [
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--db",
+        "sqlite::memory:",
+        "--forward",
+        "127.0.0.1:0=bench",
+    ]
+    .map(str::to_owned);
+    let err_file = fs::File::create(&log)?;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(ULIMIT_WRAPPER)
+        .arg("sh")
+        .arg(&cfg.switchboard)
+        .args(args)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(err_file))
+        .spawn()
+        .context("spawning switchboard")?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut addrs = None;
+    for _ in 0..10_000 {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if let (Some(http), Some(fwd)) = (
+            logged_addr(&text, "http listening on "),
+            logged_addr(&text, "forward listening on "),
+        ) {
+            addrs = Some((http, fwd));
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("switchboard exited with {status}: {}", text.trim());
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut proxy = Proxy {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        child: Some(child),
+        extra: Vec::new(),
+        _dir: None,
+    };
+    let (http, fwd) = addrs.ok_or_else(|| {
+        anyhow!(
+            "switchboard did not log its addresses: {}",
+            fs::read_to_string(&log).unwrap_or_default().trim()
+        )
+    })?;
+    proxy.listen = fwd;
+    let body = format!(r#"{{"address":"{backend}","ttl_secs":300}}"#);
+    let (status, answer) = http_post(http, "/v1/services/bench/instances", &body)?;
+    if status != 201 && status != 200 {
+        bail!("registering the backend: HTTP {status}: {answer}");
+    }
+    proxy._dir = Some(dir);
+    proxy.remember_children();
+    Ok(proxy)
+}
+
+/// A minimal HTTP/1.1 POST with a JSON body; returns the status and the body.
+fn http_post(addr: SocketAddr, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut s = StdStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = Vec::new();
+    s.take(1 << 20).read_to_end(&mut answer)?;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("bad HTTP answer: {text}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+// ---------------------------------------------------------------------------------
+// Backends.
+// ---------------------------------------------------------------------------------
+
+/// Echoes every byte back until the peer closes, or, with `close_after`, closes once
+/// that many bytes were echoed (bounded in accepts and reads).
+async fn echo_server(listener: TcpListener, close_after: Option<usize>) {
+    for _ in 0..100_000_000u64 {
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let _ = sock.set_nodelay(true);
+            let mut sock = sock;
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut echoed = 0;
+            for _ in 0..10_000_000u64 {
+                let n = match sock.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if sock.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                echoed += n;
+                if close_after.is_some_and(|limit| echoed >= limit) {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+struct IperfServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl IperfServer {
+    fn start() -> Result<IperfServer> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let log = dir.path().join("iperf3-server.log");
+        let args = [
+            "-s".to_owned(),
+            "-B".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            port.to_string(),
+        ];
+        let mut child = spawn_wrapped(Path::new("iperf3"), &args, dir.path(), &log)?;
+        if let Err(err) = wait_listening(&mut child, port, &log) {
+            stop_child(&mut child);
+            return Err(err.context("iperf3 -s"));
+        }
+        Ok(IperfServer {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Phase 1: bulk throughput.
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+struct Transfer {
+    bits_per_second: f64,
+    bytes: f64,
+    /// Proxy CPU ticks during the transfer (`None` for direct).
+    cpu: Option<u64>,
+    /// Busy ticks of the machine outside the proxy, iperf3 and this process.
+    others: u64,
+    secs: f64,
+}
+
+fn run_iperf(target: SocketAddr, streams: u32, secs: u64) -> Result<(f64, f64)> {
+    let dir = tempfile::tempdir()?;
+    let out_path = dir.path().join("iperf3.json");
+    let out = fs::File::create(&out_path)?;
+    let mut child = Command::new("iperf3")
+        .args(["-c", &target.ip().to_string()])
+        .args(["-p", &target.port().to_string()])
+        .args(["-t", &secs.to_string()])
+        .args(["-P", &streams.to_string()])
+        .args(["--connect-timeout", "3000", "-J"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawning iperf3 -c")?;
+    let deadline = Instant::now() + Duration::from_secs(secs + 30);
+    let mut status = None;
+    for _ in 0..100_000 {
+        if let Some(s) = child.try_wait()? {
+            status = Some(s);
+            break;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if status.is_none() {
+        stop_child(&mut child);
+        bail!("iperf3 -c did not finish in {} s", secs + 30);
+    }
+    let text = fs::read_to_string(&out_path)?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("iperf3 -J output: {text}"))?;
+    if let Some(err) = json.get("error") {
+        bail!("iperf3: {err}");
+    }
+    let sum = &json["end"]["sum_received"];
+    let bps = sum["bits_per_second"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("no end.sum_received.bits_per_second"))?;
+    let bytes = sum["bytes"].as_f64().unwrap_or(0.0);
+    Ok((bps, bytes))
+}
+
+fn measure_transfers(
+    cfg: &Config,
+    setup: Setup,
+    iperf: SocketAddr,
+    iperf_pid: u32,
+) -> Result<[Transfer; 2]> {
+    let proxy = Proxy::start(setup, iperf, cfg)?;
+    let mut out = [Transfer {
+        bits_per_second: 0.0,
+        bytes: 0.0,
+        cpu: None,
+        others: 0,
+        secs: 0.0,
+    }; 2];
+    // Ours: this process, its reaped children (the iperf3 client) and the iperf3
+    // server; the proxy is counted apart.
+    let ours = || {
+        let me = std::process::id();
+        cpu_ticks(&[me, iperf_pid]) + children_ticks(me)
+    };
+    for (slot, streams) in out.iter_mut().zip([1, 8]) {
+        let before = proxy.cpu();
+        let (machine_before, ours_before) = (machine_busy_ticks(), ours());
+        let started = Instant::now();
+        let (bps, bytes) = run_iperf(proxy.listen, streams, cfg.secs)
+            .with_context(|| format!("{} -P {streams}", setup.name()))?;
+        let secs = started.elapsed().as_secs_f64();
+        let after = proxy.cpu();
+        let cpu = before.zip(after).map(|(b, a)| a.saturating_sub(b));
+        let machine = machine_busy_ticks().saturating_sub(machine_before);
+        let ours = ours().saturating_sub(ours_before) + cpu.unwrap_or(0);
+        *slot = Transfer {
+            bits_per_second: bps,
+            bytes,
+            cpu,
+            others: machine.saturating_sub(ours),
+            secs,
+        };
+        // Let iperf3's server return to listening.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(out)
+}
+
+/// Throughput of one setup over the rounds, per stream count (`-P 1`, `-P 8`).
+#[derive(Debug, Clone)]
+struct Throughput {
+    /// Bits per second of each round.
+    rounds: [Vec<f64>; 2],
+    /// CPUs busy with other work on the machine during the transfers (noise).
+    others_cpus: [f64; 2],
+    /// Proxy CPU milliseconds per GiB received, over all rounds (`None` for direct).
+    ms_per_gib: [Option<f64>; 2],
+}
+
+impl Throughput {
+    fn from_rounds(runs: &[[Transfer; 2]], clk_tck: u64) -> Option<Throughput> {
+        if runs.is_empty() {
+            return None;
+        }
+        let per = |i: usize| runs.iter().map(|r| r[i].bits_per_second).collect();
+        let cpu = |i: usize| {
+            let ticks: Option<u64> = runs.iter().map(|r| r[i].cpu).sum();
+            let gib: f64 = runs.iter().map(|r| r[i].bytes).sum::<f64>() / f64::from(1u32 << 30);
+            ticks.map(|t| t as f64 * 1000.0 / clk_tck as f64 / gib)
+        };
+        let others = |i: usize| {
+            runs.iter().map(|r| r[i].others).sum::<u64>() as f64
+                / clk_tck as f64
+                / runs.iter().map(|r| r[i].secs).sum::<f64>()
+        };
+        Some(Throughput {
+            rounds: [per(0), per(1)],
+            others_cpus: [others(0), others(1)],
+            ms_per_gib: [cpu(0), cpu(1)],
+        })
+    }
+
+    fn median(&self, i: usize) -> f64 {
+        median(&self.rounds[i])
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
+    }
+}
+
+/// Runs `measure` for every setup, `cfg.rounds` times, the order reversed on every
+/// other round (so drift in the machine's load does not favour one setup); returns
+/// the successful results per setup.
+fn run_rounds<T>(
+    cfg: &Config,
+    label: &str,
+    mut measure: impl FnMut(Setup) -> Result<T>,
+) -> Vec<(Setup, Vec<T>)> {
+    let mut results: Vec<(Setup, Vec<T>)> = cfg.setups.iter().map(|&s| (s, Vec::new())).collect();
+    for round in 0..cfg.rounds {
+        let mut order = cfg.setups.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for setup in order {
+            eprintln!("[{label}, round {}] {}", round + 1, setup.name());
+            match measure(setup) {
+                Ok(r) => {
+                    if let Some(slot) = results.iter_mut().find(|(s, _)| *s == setup) {
+                        slot.1.push(r);
+                    }
+                }
+                Err(err) => eprintln!("  failed: {err:#}"),
+            }
+        }
+    }
+    results
+}
+
+fn phase_throughput(
+    cfg: &Config,
+    iperf: SocketAddr,
+    iperf_pid: u32,
+    summary: &mut Summary,
+) -> String {
+    let runs = run_rounds(cfg, "throughput", |setup| {
+        measure_transfers(cfg, setup, iperf, iperf_pid)
+    });
+    let results: PerSetup<Throughput> = runs
+        .iter()
+        .map(|(s, r)| (*s, Throughput::from_rounds(r, cfg.clk_tck)))
+        .collect();
+    let direct = find(&results, Setup::Direct).cloned();
+    let mut t = Table::new(
+        &format!(
+            "1. Bulk throughput (iperf3 -t {} through the setup; end.sum_received; \
+             median of {} round(s))",
+            cfg.secs, cfg.rounds
+        ),
+        &cfg.setups,
+    );
+    for (i, streams) in [1, 8].into_iter().enumerate() {
+        t.row(&format!("-P {streams}: Gbit/s"), &results, |r| {
+            fmt(r.map(|r| r.median(i) / 1e9), 2)
+        });
+        t.row(&format!("-P {streams}: rounds Gbit/s"), &results, |r| {
+            r.map_or_else(
+                || "-".to_owned(),
+                |r| {
+                    r.rounds[i]
+                        .iter()
+                        .map(|v| format!("{:.1}", v / 1e9))
+                        .collect::<Vec<_>>()
+                        .join("/")
+                },
+            )
+        });
+        t.row(&format!("-P {streams}: x direct"), &results, |r| {
+            let d = direct.as_ref().map(|d| d.median(i));
+            fmt(r.zip(d).map(|(r, d)| r.median(i) / d), 2)
+        });
+        t.row(&format!("-P {streams}: proxy CPU ms/GiB"), &results, |r| {
+            fmt(r.and_then(|r| r.ms_per_gib[i]), 0)
+        });
+        t.row(
+            &format!("-P {streams}: other load (CPUs busy)"),
+            &results,
+            |r| fmt(r.map(|r| r.others_cpus[i]), 2),
+        );
+    }
+    summary.one_stream = results
+        .iter()
+        .map(|(s, r)| (*s, r.as_ref().map(|r| r.median(0))))
+        .collect();
+    t.render()
+}
+
+// ---------------------------------------------------------------------------------
+// Phase 2: connection rate.
+// ---------------------------------------------------------------------------------
+
+/// One round of the connection-rate test.
+#[derive(Debug, Clone)]
+struct RateRun {
+    conns: u64,
+    secs: f64,
+    errors: u64,
+    /// Proxy CPU ticks during the round (`None` for direct).
+    ticks: Option<u64>,
+    /// This process's CPU ticks (clients and echo backend).
+    bench_ticks: u64,
+    /// Busy ticks of the whole machine (every CPU, anyone's work).
+    machine_ticks: u64,
+    latencies_us: Vec<u32>,
+}
+
+/// The connection-rate rounds of one setup, summed up.
+#[derive(Debug, Clone)]
+struct Rate {
+    /// Connections per second of each round.
+    rounds: Vec<f64>,
+    per_sec: f64,
+    errors: u64,
+    /// Proxy CPU per connection in microseconds over all rounds (`None` for direct).
+    cpu_us: Option<f64>,
+    /// The bench process's CPU (clients and echo backend) per connection, µs.
+    bench_us: f64,
+    /// The whole machine's busy CPU per connection, µs.
+    machine_us: f64,
+    /// CPUs busy with anything but the proxy and this process (other work on the
+    /// machine: a sign of noise), averaged over the rounds.
+    others_cpus: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+impl Rate {
+    fn from_rounds(runs: &[RateRun], clk_tck: u64) -> Option<Rate> {
+        if runs.is_empty() {
+            return None;
+        }
+        let rounds: Vec<f64> = runs.iter().map(|r| r.conns as f64 / r.secs).collect();
+        let conns: u64 = runs.iter().map(|r| r.conns).sum();
+        let ticks: Option<u64> = runs.iter().map(|r| r.ticks).sum();
+        let per_conn = |t: u64| t as f64 * 1e6 / clk_tck as f64 / conns.max(1) as f64;
+        let mut lat: Vec<u32> = runs
+            .iter()
+            .flat_map(|r| r.latencies_us.iter().copied())
+            .collect();
+        lat.sort_unstable();
+        Some(Rate {
+            per_sec: median(&rounds),
+            rounds,
+            errors: runs.iter().map(|r| r.errors).sum(),
+            cpu_us: ticks.map(per_conn),
+            bench_us: per_conn(runs.iter().map(|r| r.bench_ticks).sum()),
+            machine_us: per_conn(runs.iter().map(|r| r.machine_ticks).sum()),
+            others_cpus: runs
+                .iter()
+                .map(|r| {
+                    r.machine_ticks
+                        .saturating_sub(r.bench_ticks + r.ticks.unwrap_or(0))
+                })
+                .sum::<u64>() as f64
+                / clk_tck as f64
+                / runs.iter().map(|r| r.secs).sum::<f64>(),
+            p50_us: percentile(&lat, 0.5),
+            p99_us: percentile(&lat, 0.99),
+        })
+    }
+}
+
+/// Who sends the first FIN in the connection-rate test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closer {
+    /// The client closes right after reading the echo (as devices do when done). The
+    /// client's ports then sit in TIME_WAIT, and on loopback the kernel's search for a
+    /// free ephemeral port (`__inet_hash_connect`) becomes a large shared cost.
+    Client,
+    /// The backend closes after echoing; the client reads the echo, waits for the
+    /// FIN, then closes. TIME_WAIT lands on the listening sides, not on ephemeral ports.
+    Backend,
+}
+
+async fn echo_once(addr: SocketAddr) -> Result<TcpStream> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    s.write_all(&MSG).await?;
+    let mut back = [0u8; MSG.len()];
+    s.read_exact(&mut back).await?;
+    if back != MSG {
+        bail!("echo mismatch");
+    }
+    Ok(s)
+}
+
+/// One connection of the rate test: connect, 16 B echo, (FIN from the backend,) close.
+async fn rate_once(addr: SocketAddr, closer: Closer) -> Result<()> {
+    let mut s = echo_once(addr).await?;
+    if closer == Closer::Backend {
+        let mut more = [0u8; 1];
+        if s.read(&mut more).await? != 0 {
+            bail!("expected the backend's FIN");
+        }
+    }
+    drop(s);
+    Ok(())
+}
+
+/// `workers` loops of connect/echo/close for `secs`; returns (ok, errors, latencies µs).
+async fn connection_load(
+    addr: SocketAddr,
+    closer: Closer,
+    workers: usize,
+    secs: f64,
+) -> (u64, u64, Vec<u32>) {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut set = JoinSet::new();
+    for _ in 0..workers {
+        set.spawn(async move {
+            let (mut ok, mut errors) = (0u64, 0u64);
+            let mut lat = Vec::new();
+            for _ in 0..MAX_CONNS_PER_WORKER {
+                let start = Instant::now();
+                if start >= deadline {
+                    break;
+                }
+                match tokio::time::timeout(OP_TIMEOUT, rate_once(addr, closer)).await {
+                    Ok(Ok(())) => {
+                        ok += 1;
+                        if lat.len() < MAX_SAMPLES_PER_WORKER {
+                            let us = start.elapsed().as_micros();
+                            lat.push(u32::try_from(us).unwrap_or(u32::MAX));
+                        }
+                    }
+                    _ => {
+                        errors += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            (ok, errors, lat)
+        });
+    }
+    let (mut ok, mut errors, mut lat) = (0, 0, Vec::new());
+    while let Some(joined) = set.join_next().await {
+        if let Ok((o, e, l)) = joined {
+            ok += o;
+            errors += e;
+            lat.extend(l);
+        }
+    }
+    (ok, errors, lat)
+}
+
+fn percentile(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    f64::from(sorted[i.min(sorted.len() - 1)])
+}
+
+fn measure_rate(
+    cfg: &Config,
+    runtime: &tokio::runtime::Runtime,
+    setup: Setup,
+    echo: SocketAddr,
+    closer: Closer,
+) -> Result<RateRun> {
+    let proxy = Proxy::start(setup, echo, cfg)?;
+    // Warm-up: one second of the same load, not measured.
+    let (ok, _, _) = runtime.block_on(connection_load(proxy.listen, closer, cfg.workers, 1.0));
+    if ok == 0 {
+        bail!(
+            "no connection echoed through {} during warm-up",
+            setup.name()
+        );
+    }
+    let cpu_before = proxy.cpu();
+    let bench_before = cpu_ticks(&[std::process::id()]);
+    let machine_before = machine_busy_ticks();
+    let started = Instant::now();
+    let (ok, errors, lat) = runtime.block_on(connection_load(
+        proxy.listen,
+        closer,
+        cfg.workers,
+        cfg.secs as f64,
+    ));
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = proxy.cpu();
+    let bench_after = cpu_ticks(&[std::process::id()]);
+    let machine_after = machine_busy_ticks();
+    Ok(RateRun {
+        conns: ok,
+        secs: elapsed,
+        errors,
+        ticks: cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
+        bench_ticks: bench_after.saturating_sub(bench_before),
+        machine_ticks: machine_after.saturating_sub(machine_before),
+        latencies_us: lat,
+    })
+}
+
+fn phase_rate(
+    cfg: &Config,
+    runtime: &tokio::runtime::Runtime,
+    echo: SocketAddr,
+    closer: Closer,
+    summary: &mut Summary,
+) -> String {
+    let label = format!("rate, {closer:?} closes");
+    let runs = run_rounds(cfg, &label, |setup| {
+        let r = measure_rate(cfg, runtime, setup, echo, closer);
+        // Let the TIME_WAIT churn of one setup settle before the next.
+        std::thread::sleep(Duration::from_millis(500));
+        r
+    });
+    let results: PerSetup<Rate> = runs
+        .iter()
+        .map(|(s, r)| (*s, Rate::from_rounds(r, cfg.clk_tck)))
+        .collect();
+    let direct = find(&results, Setup::Direct).cloned();
+    let title = match closer {
+        Closer::Client => format!(
+            "2a. Connection rate, client closes first ({} workers x {} s: connect, \
+             write 16 B, read the echo, close; median of {} round(s))",
+            cfg.workers, cfg.secs, cfg.rounds
+        ),
+        Closer::Backend => format!(
+            "2b. Connection rate, backend closes first ({} workers x {} s: connect, \
+             write 16 B, read the echo, read the backend's FIN, close; median of {} \
+             round(s))",
+            cfg.workers, cfg.secs, cfg.rounds
+        ),
+    };
+    let mut t = Table::new(&title, &cfg.setups);
+    t.row("connections/s", &results, |r| fmt(r.map(|r| r.per_sec), 0));
+    t.row("rounds conn/s", &results, |r| {
+        r.map_or_else(
+            || "-".to_owned(),
+            |r| {
+                r.rounds
+                    .iter()
+                    .map(|v| format!("{v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            },
+        )
+    });
+    t.row("x direct", &results, |r| {
+        fmt(
+            r.zip(direct.as_ref()).map(|(r, d)| r.per_sec / d.per_sec),
+            2,
+        )
+    });
+    t.row("proxy CPU us/conn", &results, |r| {
+        fmt(r.and_then(|r| r.cpu_us), 1)
+    });
+    t.row("bench (client+echo) CPU us/conn", &results, |r| {
+        fmt(r.map(|r| r.bench_us), 1)
+    });
+    t.row("machine busy CPU us/conn", &results, |r| {
+        fmt(r.map(|r| r.machine_us), 1)
+    });
+    t.row("other load (CPUs busy)", &results, |r| {
+        fmt(r.map(|r| r.others_cpus), 2)
+    });
+    t.row("latency p50 us", &results, |r| fmt(r.map(|r| r.p50_us), 0));
+    t.row("latency p99 us", &results, |r| fmt(r.map(|r| r.p99_us), 0));
+    t.row("errors", &results, |r| {
+        r.map_or_else(|| "err".to_owned(), |r| r.errors.to_string())
+    });
+    let rates = results
+        .iter()
+        .map(|(s, r)| (*s, r.as_ref().map(|r| (r.per_sec, r.cpu_us))))
+        .collect();
+    match closer {
+        Closer::Client => summary.rate = rates,
+        Closer::Backend => summary.rate_backend_closes = rates,
+    }
+    t.render()
+}
+
+// ---------------------------------------------------------------------------------
+// Phase 3: memory per idle connection.
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    held: usize,
+    base_kib: u64,
+    idle_kib: u64,
+    burst_kib: u64,
+    processes: usize,
+    threads: u64,
+}
+
+/// Opens `n` connections that each echoed 16 bytes, `FILL_CONCURRENCY` at a time.
+async fn open_held(addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
+    let mut held = Vec::with_capacity(n);
+    let mut failed = 0usize;
+    let mut first_error = None;
+    for start in (0..n).step_by(FILL_CONCURRENCY) {
+        let mut set = JoinSet::new();
+        for _ in start..(start + FILL_CONCURRENCY).min(n) {
+            set.spawn(async move {
+                match tokio::time::timeout(OP_TIMEOUT, echo_once(addr)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(anyhow!("timed out")),
+                }
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            match joined.map_err(anyhow::Error::from).and_then(|r| r) {
+                Ok(s) => held.push(s),
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        eprintln!("  {failed} of {n} connections failed; first: {e:#}");
+    }
+    if held.is_empty() {
+        bail!("no connection could be held");
+    }
+    Ok(held)
+}
+
+static BURST_DATA: [u8; BURST] = [0x5a; BURST];
+
+/// Sends `BURST` bytes over each held connection and reads them back.
+async fn burst_all(held: Vec<TcpStream>) -> (Vec<TcpStream>, usize) {
+    let mut out = Vec::with_capacity(held.len());
+    let mut failed = 0;
+    let mut rest = held.into_iter();
+    for _ in 0..=rest.len() / FILL_CONCURRENCY {
+        let mut set = JoinSet::new();
+        for mut s in rest.by_ref().take(FILL_CONCURRENCY) {
+            set.spawn(async move {
+                let work = async {
+                    let (mut r, mut w) = s.split();
+                    let mut back = vec![0u8; BURST];
+                    tokio::try_join!(w.write_all(&BURST_DATA), r.read_exact(&mut back))?;
+                    anyhow::ensure!(back[..] == BURST_DATA[..], "burst echo mismatch");
+                    anyhow::Ok(())
+                };
+                let ok = matches!(tokio::time::timeout(OP_TIMEOUT, work).await, Ok(Ok(())));
+                (s, ok)
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            if let Ok((s, ok)) = joined {
+                failed += usize::from(!ok);
+                out.push(s);
+            }
+        }
+    }
+    (out, failed)
+}
+
+fn measure_memory(
+    cfg: &Config,
+    runtime: &tokio::runtime::Runtime,
+    setup: Setup,
+    echo: SocketAddr,
+) -> Result<Option<Memory>> {
+    let proxy = Proxy::start(setup, echo, cfg)?;
+    if setup == Setup::Direct {
+        // Nothing between client and backend: check the load itself works.
+        let held = runtime.block_on(open_held(proxy.listen, cfg.conns))?;
+        let (held, failed) = runtime.block_on(burst_all(held));
+        if failed > 0 {
+            eprintln!("  {failed} bursts failed");
+        }
+        drop(held);
+        return Ok(None);
+    }
+    // Warm-up: a few connections, so one-time setup is not charged to connections.
+    runtime.block_on(async {
+        for _ in 0..32 {
+            let _ = tokio::time::timeout(OP_TIMEOUT, echo_once(proxy.listen)).await;
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let base = proxy.rss().unwrap_or(0);
+    let held = runtime.block_on(open_held(proxy.listen, cfg.conns))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = proxy.rss().unwrap_or(0);
+    let (held, failed) = runtime.block_on(burst_all(held));
+    if failed > 0 {
+        eprintln!("  {failed} of {} bursts failed", held.len());
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let burst = proxy.rss().unwrap_or(0);
+    let pids = proxy.pids();
+    let memory = Memory {
+        held: held.len(),
+        base_kib: base,
+        idle_kib: idle,
+        burst_kib: burst,
+        processes: pids.len(),
+        threads: threads(&pids),
+    };
+    drop(held);
+    // Let the proxy see the closes before it is stopped.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(Some(memory))
+}
+
+fn phase_memory(
+    cfg: &Config,
+    runtime: &tokio::runtime::Runtime,
+    echo: SocketAddr,
+    summary: &mut Summary,
+) -> String {
+    let mut results = Vec::new();
+    for &setup in &cfg.setups {
+        eprintln!("[memory] {}", setup.name());
+        let r = measure_memory(cfg, runtime, setup, echo);
+        if let Err(err) = &r {
+            eprintln!("  failed: {err:#}");
+        }
+        results.push((setup, r.ok().flatten()));
+    }
+    let mut t = Table::new(
+        &format!(
+            "3. Memory per held connection ({} connections; proxy RSS, all its processes)",
+            cfg.conns
+        ),
+        &cfg.setups,
+    );
+    let per_conn = |m: &Memory, after: u64| (after as f64 - m.base_kib as f64) / m.held as f64;
+    t.row("processes / threads", &results, |r| {
+        r.map_or("-".to_owned(), |m| {
+            format!("{} / {}", m.processes, m.threads)
+        })
+    });
+    t.row("connections held", &results, |r| {
+        r.map_or("-".to_owned(), |m| m.held.to_string())
+    });
+    t.row("RSS baseline MiB", &results, |r| {
+        fmt(r.map(|m| m.base_kib as f64 / 1024.0), 1)
+    });
+    t.row("RSS idle MiB", &results, |r| {
+        fmt(r.map(|m| m.idle_kib as f64 / 1024.0), 1)
+    });
+    t.row("RSS after burst MiB", &results, |r| {
+        fmt(r.map(|m| m.burst_kib as f64 / 1024.0), 1)
+    });
+    t.row("KiB/conn idle (16 B echoed)", &results, |r| {
+        fmt(r.map(|m| per_conn(m, m.idle_kib)), 2)
+    });
+    t.row("KiB/conn after 64 KiB burst", &results, |r| {
+        fmt(r.map(|m| per_conn(m, m.burst_kib)), 2)
+    });
+    summary.memory = results
+        .iter()
+        .map(|(s, r)| {
+            (
+                *s,
+                r.map(|m| (per_conn(&m, m.idle_kib), per_conn(&m, m.burst_kib))),
+            )
+        })
+        .collect();
+    let mut text = t.render();
+    text.push_str("(direct has no proxy: its column only checks that the load runs)\n");
+    text
+}
+
+// ---------------------------------------------------------------------------------
+// Output.
+// ---------------------------------------------------------------------------------
+
+fn find<T>(results: &[(Setup, Option<T>)], setup: Setup) -> Option<&T> {
+    results
+        .iter()
+        .find(|(s, _)| *s == setup)
+        .and_then(|(_, r)| r.as_ref())
+}
+
+fn fmt(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.decimals$}"),
+        _ => "-".to_owned(),
+    }
+}
+
+struct Table {
+    title: String,
+    columns: Vec<Setup>,
+    rows: Vec<(String, Vec<String>)>,
+}
+
+impl Table {
+    fn new(title: &str, columns: &[Setup]) -> Self {
+        Table {
+            title: title.to_owned(),
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row<T>(
+        &mut self,
+        label: &str,
+        results: &[(Setup, Option<T>)],
+        cell: impl Fn(Option<&T>) -> String,
+    ) {
+        let cells = self
+            .columns
+            .iter()
+            .map(|&c| {
+                let found = results.iter().find(|(s, _)| *s == c);
+                match found {
+                    Some((_, Some(r))) => cell(Some(r)),
+                    Some((_, None)) if c != Setup::Direct => "err".to_owned(),
+                    _ => cell(None),
+                }
+            })
+            .collect();
+        self.rows.push((label.to_owned(), cells));
+    }
+
+    fn render(&self) -> String {
+        let label_w = self
+            .rows
+            .iter()
+            .map(|r| r.0.len())
+            .max()
+            .unwrap_or(0)
+            .max(8);
+        let col_w = 13;
+        let mut out = String::new();
+        let _ = writeln!(out, "\n{}", self.title);
+        let _ = write!(out, "{:label_w$}", "");
+        for c in &self.columns {
+            let _ = write!(out, " {:>col_w$}", c.name());
+        }
+        out.push('\n');
+        for (label, cells) in &self.rows {
+            let _ = write!(out, "{label:label_w$}");
+            for cell in cells {
+                let _ = write!(out, " {cell:>col_w$}");
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// One result (or none) per setup.
+type PerSetup<T> = Vec<(Setup, Option<T>)>;
+
+/// What the goals need from each phase.
+#[derive(Default)]
+struct Summary {
+    /// One-stream bits per second.
+    one_stream: PerSetup<f64>,
+    /// Connections per second and proxy CPU µs per connection, client closing first.
+    rate: PerSetup<(f64, Option<f64>)>,
+    /// The same with the backend closing first.
+    rate_backend_closes: PerSetup<(f64, Option<f64>)>,
+    /// KiB per connection idle and after the burst.
+    memory: PerSetup<(f64, f64)>,
+}
+
+impl Summary {
+    fn goals(&self) -> String {
+        let get = |v: &[(Setup, Option<f64>)], s| find(v, s).copied();
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        let mut out = String::from("\nGoals for Switchboard (printed, not asserted)\n");
+        let (sb, ng) = (
+            get(&self.one_stream, Setup::Switchboard),
+            get(&self.one_stream, Setup::Nginx),
+        );
+        if let (Some(sb), Some(ng)) = (sb, ng) {
+            let ratio = sb / ng;
+            let _ = writeln!(
+                out,
+                "- one-stream throughput >= 1.2x nginx: {ratio:.2}x ({:.2} vs {:.2} Gbit/s): {}",
+                sb / 1e9,
+                ng / 1e9,
+                verdict(ratio >= 1.2)
+            );
+        }
+        for (which, rates) in [
+            ("2a, client closes", &self.rate),
+            ("2b, backend closes", &self.rate_backend_closes),
+        ] {
+            let (sb, ng) = (
+                find(rates, Setup::Switchboard).copied(),
+                find(rates, Setup::Nginx).copied(),
+            );
+            let (Some((sb_rate, sb_cpu)), Some((ng_rate, ng_cpu))) = (sb, ng) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "- connection rate >= nginx ({which}): {sb_rate:.0} vs {ng_rate:.0} conn/s \
+                 ({:.2}x): {}",
+                sb_rate / ng_rate,
+                verdict(sb_rate >= ng_rate)
+            );
+            if let (Some(sb_cpu), Some(ng_cpu)) = (sb_cpu, ng_cpu) {
+                let _ = writeln!(
+                    out,
+                    "- proxy CPU per connection <= nginx ({which}): {sb_cpu:.1} vs \
+                     {ng_cpu:.1} us: {}",
+                    verdict(sb_cpu <= ng_cpu)
+                );
+            }
+        }
+        if let Some((idle, burst)) = find(&self.memory, Setup::Switchboard).copied() {
+            let _ = writeln!(
+                out,
+                "- <= 2.4 KiB per idle connection: {idle:.2} KiB: {}",
+                verdict(idle <= 2.4)
+            );
+            let _ = writeln!(
+                out,
+                "- <= 2.4 KiB per connection after a 64 KiB burst: {burst:.2} KiB: {}",
+                verdict(burst <= 2.4)
+            );
+        }
+        out
+    }
+}
