@@ -13,6 +13,10 @@ use std::net::Shutdown;
 use std::pin::Pin;
 use std::time::Duration;
 
+use std::os::fd::OwnedFd;
+
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+use nix::unistd::pipe2;
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -25,6 +29,45 @@ pub const BUFFER_SIZE: usize = 256 * 1024;
 
 /// Reads per wake-up before yielding, so one busy link cannot starve the others.
 const READS_PER_WAKE: usize = 16;
+
+/// Bytes a direction carries through the buffer before it switches to `splice(2)`:
+/// bulk transfers then move through a kernel pipe without a copy into user space,
+/// while chatty device links never pay for a pipe.
+pub const SPLICE_AFTER: u64 = 1 << 20;
+
+/// Capacity asked for the pipe of a busy direction.
+const PIPE_SIZE: usize = 1 << 20;
+
+/// A kernel pipe between the two sockets of one busy direction.
+#[derive(Debug)]
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    /// Bytes spliced in and not yet spliced out.
+    held: usize,
+    capacity: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Self> {
+        let (read, write) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        // A bigger pipe means fewer splices per megabyte; the kernel may refuse.
+        let capacity = fcntl(&write, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32))
+            .ok()
+            .and_then(|size| usize::try_from(size).ok())
+            .unwrap_or(64 * 1024);
+        Ok(Pipe {
+            read,
+            write,
+            held: 0,
+            capacity,
+        })
+    }
+}
+
+fn splice_flags() -> SpliceFFlags {
+    SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK
+}
 
 thread_local! {
     static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; BUFFER_SIZE]);
@@ -61,6 +104,8 @@ struct Stash {
 #[derive(Debug, Default)]
 struct Direction {
     stash: Option<Box<Stash>>,
+    /// Set once the direction is busy (see [`SPLICE_AFTER`]).
+    pipe: Option<Box<Pipe>>,
     /// The source sent FIN.
     eof: bool,
     /// The destination's write half is shut (FIN forwarded).
@@ -77,7 +122,7 @@ impl Direction {
     fn interest(&self) -> (Option<Interest>, Option<Interest>) {
         if self.shut {
             (None, None)
-        } else if self.stash.is_some() {
+        } else if self.stash.is_some() || self.pipe.as_ref().is_some_and(|p| p.held > 0) {
             (None, Some(Interest::WRITABLE))
         } else if self.eof {
             (None, None)
@@ -89,6 +134,13 @@ impl Direction {
     /// Moves bytes from `src` to `dst` until either would block. Returns whether any
     /// progress was made.
     fn pump(&mut self, src: &TcpStream, dst: &TcpStream) -> io::Result<bool> {
+        if self.pipe.is_none() && self.stash.is_none() && self.carried >= SPLICE_AFTER {
+            // Without a pipe (descriptors exhausted, say) the buffer path goes on.
+            self.pipe = Pipe::new().ok().map(Box::new);
+        }
+        if self.pipe.is_some() {
+            return self.splice_pump(src, dst);
+        }
         let mut progressed = false;
         if let Some(stash) = self.stash.as_mut() {
             while stash.written < stash.bytes.len() {
@@ -131,6 +183,15 @@ impl Direction {
                     }
                 }
                 self.carried += written as u64;
+                if written == n && n < buffer.len() {
+                    // A short read drained the socket: say so to tokio instead of
+                    // paying a read that would only answer "would block". A FIN
+                    // that came with the data stays visible as read-closed.
+                    let _ = src.try_io(Interest::READABLE, || {
+                        Err::<(), _>(io::Error::from(ErrorKind::WouldBlock))
+                    });
+                    return Ok(true);
+                }
                 if written < n {
                     // The destination is full: keep the rest and stop reading until it
                     // drains (backpressure reaches the source through its TCP window).
@@ -143,6 +204,53 @@ impl Direction {
             }
             Ok(progressed)
         })
+    }
+
+    /// [`Direction::pump`] through the pipe: socket to pipe to socket, no copy.
+    fn splice_pump(&mut self, src: &TcpStream, dst: &TcpStream) -> io::Result<bool> {
+        let mut progressed = false;
+        let pipe = self.pipe.as_mut().expect("called with a pipe");
+        for _ in 0..READS_PER_WAKE {
+            while pipe.held > 0 {
+                let moved = dst.try_io(Interest::WRITABLE, || {
+                    splice(&pipe.read, None, dst, None, pipe.held, splice_flags())
+                        .map_err(io::Error::from)
+                });
+                match moved {
+                    Ok(n) => {
+                        pipe.held -= n;
+                        self.carried += n as u64;
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(progressed),
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.eof {
+                break;
+            }
+            let taken = src.try_io(Interest::READABLE, || {
+                splice(src, None, &pipe.write, None, pipe.capacity, splice_flags())
+                    .map_err(io::Error::from)
+            });
+            match taken {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    pipe.held = n;
+                    progressed = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(progressed),
+                Err(e) => return Err(e),
+            }
+        }
+        if self.eof && pipe.held == 0 {
+            self.forward_fin(dst)?;
+            return Ok(true);
+        }
+        Ok(progressed)
     }
 
     fn forward_fin(&mut self, dst: &TcpStream) -> io::Result<()> {
@@ -292,5 +400,45 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ending, Ending::IdleTimeout);
+    }
+}
+
+#[cfg(test)]
+mod bulk_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn bulk_transfers_switch_to_splice_and_stay_byte_exact() {
+        let (mut device_peer, device) = pair().await;
+        let (backend, mut backend_peer) = pair().await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(async move { relay(&device, &backend, None, &stop).await });
+        let size = 8 * SPLICE_AFTER as usize + 12_345;
+        let payload: Vec<u8> = (0..size).map(|i| (i * 7 + i / 4099) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            device_peer.write_all(&sent).await.unwrap();
+            device_peer.shutdown().await.unwrap();
+            device_peer
+        });
+        let mut got = Vec::with_capacity(size);
+        backend_peer.read_to_end(&mut got).await.unwrap();
+        assert!(got == payload, "bytes differ after splicing");
+        backend_peer.shutdown().await.unwrap();
+        let mut device_peer = writer.await.unwrap();
+        let mut rest = Vec::new();
+        device_peer.read_to_end(&mut rest).await.unwrap();
+        let (ending, carried) = task.await.unwrap().unwrap();
+        assert_eq!(ending, Ending::Closed);
+        assert_eq!(carried.up, size as u64);
     }
 }
