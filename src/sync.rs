@@ -26,6 +26,10 @@ pub const CLUSTER_FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// How often a cluster node pulls changes when no notification wakes it sooner.
 pub const CLUSTER_SYNC_EVERY: Duration = Duration::from_millis(250);
 
+/// The least time between two syncs: notifications arriving meanwhile are absorbed
+/// by the next one instead of costing a read each.
+pub const CLUSTER_SYNC_MIN_GAP: Duration = Duration::from_millis(10);
+
 /// How often a cluster node re-reads every row, in case anything slipped past.
 pub const CLUSTER_FULL_SYNC_EVERY: Duration = Duration::from_secs(30);
 
@@ -97,6 +101,10 @@ pub async fn cluster_sync_loop(
                 failing = false;
                 if full {
                     last_full = Instant::now();
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(CLUSTER_SYNC_MIN_GAP) => {}
                 }
             }
             Err(err) => {

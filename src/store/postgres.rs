@@ -22,6 +22,8 @@ use super::{
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The notification channel.
 const CHANNEL: &str = "switchboard";
+/// Notifications already received that one wake-up absorbs at most.
+const MAX_COALESCED: usize = 100_000;
 /// Advisory lock key of the removal leader ("swbd" in ASCII).
 const LEADER_LOCK: i64 = 0x7377_6264;
 
@@ -401,6 +403,14 @@ impl ClusterStore for PgStore {
         let listener = slot.as_mut().expect("connected above");
         if listener.recv().await.is_err() {
             *slot = None;
+            return;
+        }
+        // One sync reads every change, however many notifications announced them: a
+        // burst of 10,000 registrations must cost one read, not 10,000.
+        for _ in 0..MAX_COALESCED {
+            if listener.next_buffered().is_none() {
+                break;
+            }
         }
     }
 }
