@@ -407,9 +407,19 @@ impl ClusterStore for PgStore {
         }
         // One sync reads every change, however many notifications announced them: a
         // burst of 10,000 registrations must cost one read, not 10,000.
+        // Whatever already waits in the connection is taken without waiting (recv is
+        // cancel-safe: the sync loop already drops it at every periodic tick).
         for _ in 0..MAX_COALESCED {
-            if listener.next_buffered().is_none() {
-                break;
+            if listener.next_buffered().is_some() {
+                continue;
+            }
+            match tokio::time::timeout(Duration::ZERO, listener.recv()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => {
+                    *slot = None;
+                    break;
+                }
+                Err(_) => break,
             }
         }
     }
