@@ -8,7 +8,7 @@
 //! direction keeps its own EOF state; a FIN from one side shuts the other's write half.
 
 use std::cell::RefCell;
-use std::io::{self, ErrorKind};
+use std::io::{self, ErrorKind, Read};
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::time::Duration;
@@ -163,13 +163,13 @@ impl Direction {
         BUFFER.with(|buffer| {
             let mut buffer = buffer.borrow_mut();
             for _ in 0..READS_PER_WAKE {
-                let n = match src.try_read(&mut buffer) {
-                    Ok(0) => {
+                let (n, drained) = match read_some(src, &mut buffer) {
+                    Ok((0, _)) => {
                         self.eof = true;
                         self.forward_fin(dst)?;
                         return Ok(true);
                     }
-                    Ok(n) => n,
+                    Ok(read) => read,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(progressed),
                     Err(e) => return Err(e),
                 };
@@ -183,13 +183,7 @@ impl Direction {
                     }
                 }
                 self.carried += written as u64;
-                if written == n && n < buffer.len() {
-                    // A short read drained the socket: say so to tokio instead of
-                    // paying a read that would only answer "would block". A FIN
-                    // that came with the data stays visible as read-closed.
-                    let _ = src.try_io(Interest::READABLE, || {
-                        Err::<(), _>(io::Error::from(ErrorKind::WouldBlock))
-                    });
+                if written == n && drained {
                     return Ok(true);
                 }
                 if written < n {
@@ -263,6 +257,31 @@ impl Direction {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads what `src` holds into `buffer`; also says whether the read was short, i.e.
+/// drained the socket.
+///
+/// A short read is reported to tokio as "would block" from inside `try_io`, so its
+/// readiness is cleared against the state seen *before* the read: data that
+/// arrives afterwards raises readiness again and is not lost, and the read that
+/// would only have answered "would block" is saved. A FIN that came with the data
+/// stays visible as read-closed (tokio never clears that).
+fn read_some(src: &TcpStream, buffer: &mut [u8]) -> io::Result<(usize, bool)> {
+    let mut short = None;
+    let read = src.try_io(Interest::READABLE, || {
+        let n = (&*SockRef::from(src)).read(buffer)?;
+        if n > 0 && n < buffer.len() {
+            short = Some(n);
+            return Err(io::Error::from(ErrorKind::WouldBlock));
+        }
+        Ok(n)
+    });
+    match (read, short) {
+        (_, Some(n)) => Ok((n, true)),
+        (Ok(n), None) => Ok((n, false)),
+        (Err(e), None) => Err(e),
     }
 }
 
@@ -400,20 +419,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ending, Ending::IdleTimeout);
-    }
-}
-
-#[cfg(test)]
-mod bulk_tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (a.unwrap(), b.unwrap().0)
     }
 
     #[tokio::test]
