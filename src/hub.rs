@@ -252,12 +252,7 @@ impl Hub {
             .is_ok()
         {
             tracing::warn!("cluster store unreachable: serving the last known state");
-            let slots: Vec<Arc<ServiceSlot>> = self
-                .inner
-                .services
-                .iter()
-                .map(|s| Arc::clone(s.value()))
-                .collect();
+            let slots = self.all_slots();
             for slot in slots {
                 slot.apply(|t| t.reindex_all(at));
             }
@@ -269,6 +264,15 @@ impl Hub {
         if self.inner.frozen_at.swap(u64::MAX, Ordering::Relaxed) != u64::MAX {
             tracing::info!("cluster store reachable again");
         }
+    }
+
+    /// Every service's slot, taken out of the map so no map lock is held meanwhile.
+    fn all_slots(&self) -> Vec<Arc<ServiceSlot>> {
+        self.inner
+            .services
+            .iter()
+            .map(|s| Arc::clone(s.value()))
+            .collect()
     }
 
     fn slot(&self, service: &str) -> Option<Arc<ServiceSlot>> {
@@ -407,12 +411,7 @@ impl Hub {
         if full {
             // A full read is a snapshot: an instance missing from it may have been
             // registered here just after it was taken, so only one missing twice goes.
-            let slots: Vec<Arc<ServiceSlot>> = self
-                .inner
-                .services
-                .iter()
-                .map(|s| Arc::clone(s.value()))
-                .collect();
+            let slots = self.all_slots();
             let mut missing_once = lock(&self.inner.missing_once);
             let mut missing_now = HashSet::new();
             for slot in slots {
@@ -446,12 +445,7 @@ impl Hub {
         let Some(cluster) = self.inner.cluster.clone() else {
             return Ok(());
         };
-        let slots: Vec<Arc<ServiceSlot>> = self
-            .inner
-            .services
-            .iter()
-            .map(|s| Arc::clone(s.value()))
-            .collect();
+        let slots = self.all_slots();
         let mut mine: Vec<(String, u64)> = Vec::new();
         for slot in &slots {
             mine.extend(slot.lock().local_pending());
@@ -697,12 +691,7 @@ impl Hub {
     pub fn summaries(&self) -> Vec<ServiceSummary> {
         let now = self.now();
         self.slot_or_create("default");
-        let slots: Vec<Arc<ServiceSlot>> = self
-            .inner
-            .services
-            .iter()
-            .map(|s| Arc::clone(s.value()))
-            .collect();
+        let slots = self.all_slots();
         let mut summaries: Vec<ServiceSummary> =
             slots.iter().map(|s| s.lock().summary(now)).collect();
         summaries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -788,12 +777,7 @@ impl Hub {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
-        let slots: Vec<Arc<ServiceSlot>> = self
-            .inner
-            .services
-            .iter()
-            .map(|s| Arc::clone(s.value()))
-            .collect();
+        let slots = self.all_slots();
         for slot in slots {
             for beat in slot.lock().take_dirty() {
                 batch.insert(
