@@ -84,7 +84,7 @@ enum OneOrMany {
 }
 
 /// `[[forward]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileForward {
     listen: String,
@@ -398,13 +398,7 @@ fn parse_forward_flag(spec: &str) -> Result<FileForward, ConfigError> {
     Ok(FileForward {
         listen: listen.to_owned(),
         service: service.to_owned(),
-        proxy_protocol: None,
-        max_connections: None,
-        connect_timeout_ms: None,
-        idle_timeout_secs: None,
-        max_fails: None,
-        fail_timeout_secs: None,
-        hash: None,
+        ..FileForward::default()
     })
 }
 

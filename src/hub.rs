@@ -204,11 +204,6 @@ impl Hub {
         }
     }
 
-    /// The registry's clock.
-    pub fn clock(&self) -> Clock {
-        self.inner.clock
-    }
-
     /// Liveness time: the monotonic clock, held still while the cluster store is
     /// unreachable.
     fn now(&self) -> Millis {
@@ -557,7 +552,7 @@ impl Hub {
         let now = self.now();
         slot.apply(|t| {
             t.drain(id, now);
-            t.listing(now).into_iter().find(|v| v.instance.id == id)
+            t.view(id, now)
         })
         .ok_or_else(|| unknown(service, id))
     }
@@ -712,14 +707,6 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// Every instance of a service, all states.
-    pub fn listing(&self, service: &str) -> Vec<InstanceView> {
-        let now = self.now();
-        self.slot(service)
-            .map(|slot| slot.lock().listing(now))
-            .unwrap_or_default()
-    }
-
     /// Expires, removes and judges self-preservation in every service; removals are
     /// deleted from the store. Returns how many instances were removed.
     pub async fn sweep(&self) -> usize {
@@ -825,11 +812,6 @@ impl Hub {
     /// Closes the store after the last flush.
     pub async fn close(&self) {
         self.inner.store.close().await;
-    }
-
-    /// The rebalancing policy in force.
-    pub fn policy(&self) -> RebalancePolicy {
-        self.inner.policy
     }
 }
 

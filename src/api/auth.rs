@@ -2,8 +2,8 @@
 //! constant time. An unset token leaves its endpoints open (loopback default).
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderValue;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -31,17 +31,7 @@ pub enum Access {
     Admin,
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    bearer_of(headers.get(axum::http::header::AUTHORIZATION))
-}
-
-fn bearer_of(value: Option<&HeaderValue>) -> Option<&str> {
-    let value = value?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// The few headers the hot endpoints read, taken without cloning the header map.
+/// The headers the API reads, taken without cloning the header map.
 #[derive(Debug, Clone, Default)]
 pub struct Meta {
     /// `Authorization`.
@@ -56,6 +46,13 @@ impl Meta {
     /// The lease sent, if any.
     pub fn lease(&self) -> Option<&str> {
         self.lease.as_ref().and_then(|v| v.to_str().ok())
+    }
+
+    /// The token of `Authorization: Bearer <token>`, if any.
+    pub fn bearer(&self) -> Option<&str> {
+        let value = self.authorization.as_ref()?.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     }
 }
 
@@ -97,31 +94,20 @@ impl Tokens {
     }
 
     /// Whether the request's bearer token is the admin token.
-    pub fn bearer_is_admin(&self, headers: &HeaderMap) -> bool {
-        self.is_admin(bearer(headers))
+    pub fn bearer_is_admin(&self, meta: &Meta) -> bool {
+        self.is_admin(meta.bearer())
     }
 
     /// Checks the request's bearer token for `access`.
     ///
     /// # Errors
     /// [`ApiError::Unauthorized`] when a token is configured and not presented.
-    pub fn check(&self, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
-        self.check_bearer(bearer(headers), access)
-    }
-
-    /// [`Tokens::check`] on headers taken as [`Meta`].
-    ///
-    /// # Errors
-    /// [`ApiError::Unauthorized`] when a token is configured and not presented.
-    pub fn check_meta(&self, meta: &Meta, access: Access) -> Result<(), ApiError> {
-        self.check_bearer(bearer_of(meta.authorization.as_ref()), access)
-    }
-
-    fn check_bearer(&self, given: Option<&str>, access: Access) -> Result<(), ApiError> {
-        let expected: Vec<&str> = match access {
-            Access::Register => self.register.iter().map(String::as_str).collect(),
-            Access::Read => self.read.iter().map(String::as_str).collect(),
-            Access::Admin => self.admin.iter().map(String::as_str).collect(),
+    pub fn check(&self, meta: &Meta, access: Access) -> Result<(), ApiError> {
+        let given = meta.bearer();
+        let expected: &[String] = match access {
+            Access::Register => &self.register,
+            Access::Read => self.read.as_slice(),
+            Access::Admin => self.admin.as_slice(),
         };
         let open = expected.is_empty() && (access != Access::Admin || self.admin.is_none());
         if open || self.is_admin(given) {
@@ -145,12 +131,11 @@ impl Tokens {
 mod tests {
     use super::*;
 
-    fn headers(token: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        if let Some(t) = token {
-            h.insert("authorization", format!("Bearer {t}").parse().unwrap());
+    fn headers(token: Option<&str>) -> Meta {
+        Meta {
+            authorization: token.map(|t| format!("Bearer {t}").parse().unwrap()),
+            ..Meta::default()
         }
-        h
     }
 
     #[test]

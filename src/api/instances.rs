@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 
@@ -121,17 +121,13 @@ impl InstanceDto {
     }
 }
 
-fn lease_header(headers: &HeaderMap) -> Option<&str> {
-    headers.get("x-lease").and_then(|v| v.to_str().ok())
-}
-
 /// Who is asking for a drain or deregistration: the admin token wins, then the lease;
 /// with neither, only an open (no admin token) registry lets the request through.
-fn authority<'a>(state: &AppState, headers: &'a HeaderMap) -> Result<Authority<'a>, ApiError> {
-    if state.tokens.bearer_is_admin(headers) {
+fn authority<'a>(state: &AppState, meta: &'a Meta) -> Result<Authority<'a>, ApiError> {
+    if state.tokens.bearer_is_admin(meta) {
         return Ok(Authority::Admin);
     }
-    match lease_header(headers) {
+    match meta.lease() {
         Some(lease) => Ok(Authority::Lease(lease)),
         None if !state.tokens.admin_configured() => Ok(Authority::Admin),
         None => Err(ApiError::Unauthorized(
@@ -144,10 +140,10 @@ fn authority<'a>(state: &AppState, headers: &'a HeaderMap) -> Result<Authority<'
 pub async fn register(
     State(state): State<AppState>,
     Path(service): Path<String>,
-    headers: HeaderMap,
+    meta: Meta,
     ApiJson(body): ApiJson<RegisterBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.tokens.check(&headers, Access::Register)?;
+    state.tokens.check(&meta, Access::Register)?;
     validate::service_name(&service)?;
     let spec = body.into_spec()?;
     let done = state.hub.register(&service, spec).await?;
@@ -190,9 +186,9 @@ pub async fn heartbeat(
 pub async fn drain(
     State(state): State<AppState>,
     Path((service, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    meta: Meta,
 ) -> Result<Json<InstanceDto>, ApiError> {
-    let who = authority(&state, &headers)?;
+    let who = authority(&state, &meta)?;
     let view = state.hub.drain(&service, &id, who).await?;
     tracing::info!(%service, %id, "drained");
     Ok(Json(InstanceDto::new(&service, view)))
@@ -202,9 +198,9 @@ pub async fn drain(
 pub async fn deregister(
     State(state): State<AppState>,
     Path((service, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    meta: Meta,
 ) -> Result<StatusCode, ApiError> {
-    let who = authority(&state, &headers)?;
+    let who = authority(&state, &meta)?;
     state.hub.deregister(&service, &id, who).await?;
     tracing::info!(%service, %id, "deregistered");
     Ok(StatusCode::NO_CONTENT)
@@ -218,9 +214,9 @@ pub async fn deregister(
 pub async fn listing(
     State(state): State<AppState>,
     Path(service): Path<String>,
-    headers: HeaderMap,
+    meta: Meta,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.tokens.check(&headers, Access::Admin)?;
+    state.tokens.check(&meta, Access::Admin)?;
     validate::service_name(&service)?;
     let rows = state
         .hub

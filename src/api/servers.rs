@@ -71,7 +71,7 @@ pub async fn servers(
     meta: Meta,
     query: Result<Query<ServersParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    state.tokens.check_meta(&meta, Access::Read)?;
+    state.tokens.check(&meta, Access::Read)?;
     let Query(params) =
         query.map_err(|e| Invalid::new("invalid_query", format!("malformed query string: {e}")))?;
     let service = params.service.as_deref().unwrap_or("default");

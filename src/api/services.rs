@@ -3,11 +3,10 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use serde::Serialize;
 
 use super::AppState;
-use super::auth::Access;
+use super::auth::{Access, Meta};
 use super::error::ApiError;
 
 /// One service's counts.
@@ -32,9 +31,9 @@ pub struct ServicesAnswer {
 /// `GET /v1/services`.
 pub async fn services(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    meta: Meta,
 ) -> Result<Json<ServicesAnswer>, ApiError> {
-    state.tokens.check(&headers, Access::Admin)?;
+    state.tokens.check(&meta, Access::Admin)?;
     let services = state
         .hub
         .summaries()

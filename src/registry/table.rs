@@ -165,6 +165,17 @@ struct Order {
     stale: Vec<u32>,
 }
 
+impl InstanceView {
+    fn of(instance: &Instance, now: Millis) -> Self {
+        InstanceView {
+            instance: instance.clone(),
+            state: instance.state(now),
+            load: instance.load(),
+            last_heartbeat_ms_ago: instance.age(now),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     instance: Instance,
@@ -717,13 +728,13 @@ impl ServiceTable {
         self.slots
             .iter()
             .flatten()
-            .map(|entry| InstanceView {
-                instance: entry.instance.clone(),
-                state: entry.instance.state(now),
-                load: entry.instance.load(),
-                last_heartbeat_ms_ago: entry.instance.age(now),
-            })
+            .map(|entry| InstanceView::of(&entry.instance, now))
             .collect()
+    }
+
+    /// One instance as the listing shows it.
+    pub fn view(&self, id: &str, now: Millis) -> Option<InstanceView> {
+        self.get(id).map(|instance| InstanceView::of(instance, now))
     }
 
     /// The counts of `GET /v1/services`.
