@@ -160,6 +160,9 @@ struct Inner {
     tiebreak_seed: u64,
     /// When the cluster store last answered a sync (monotonic ms).
     last_sync_ok: AtomicU64,
+    /// The last write to the store failed: `/readyz` answers 503 until a write (or
+    /// its probe) succeeds again.
+    write_failing: AtomicBool,
 }
 
 impl std::fmt::Debug for Hub {
@@ -171,9 +174,16 @@ impl std::fmt::Debug for Hub {
 }
 
 async fn timed<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-    tokio::time::timeout(STORE_TIMEOUT, call)
+    within(STORE_TIMEOUT, call).await
+}
+
+async fn within<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call)
         .await
-        .map_err(|_| StoreError::Timeout(STORE_TIMEOUT))?
+        .map_err(|_| StoreError::Timeout(limit))?
 }
 
 impl Hub {
@@ -200,8 +210,27 @@ impl Hub {
                 sync_horizon: AtomicU64::new(0),
                 tiebreak_seed,
                 last_sync_ok: AtomicU64::new(0),
+                write_failing: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Runs a store write under [`STORE_TIMEOUT`] and records whether the store can
+    /// write, for `/readyz`.
+    async fn write<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = timed(call).await;
+        let failing = result.is_err();
+        if self.inner.write_failing.swap(failing, Ordering::Relaxed) != failing {
+            if failing {
+                tracing::warn!("store writes failing: not ready until they succeed again");
+            } else {
+                tracing::info!("store writes succeed again");
+            }
+        }
+        result
     }
 
     /// Liveness time: the monotonic clock, held still while the cluster store is
@@ -491,7 +520,7 @@ impl Hub {
             registered_at_ms: now_unix,
             last_heartbeat_ms: now_unix,
         };
-        let stored = timed(self.inner.store.upsert(&record)).await?;
+        let stored = self.write(self.inner.store.upsert(&record)).await?;
         let (ttl_secs, heartbeat_secs) = (spec.ttl_secs, spec.heartbeat_secs());
         let now = self.inner.clock.now();
         slot.apply(|t| {
@@ -546,7 +575,10 @@ impl Hub {
         let slot = self.slot(service).ok_or_else(|| unknown(service, id))?;
         let _writes = slot.writes.lock().await;
         self.authorize(&slot, service, id, who)?;
-        if !timed(self.inner.store.set_draining(service, id)).await? {
+        if !self
+            .write(self.inner.store.set_draining(service, id))
+            .await?
+        {
             return Err(unknown(service, id));
         }
         let now = self.now();
@@ -570,7 +602,8 @@ impl Hub {
         let slot = self.slot(service).ok_or_else(|| unknown(service, id))?;
         let _writes = slot.writes.lock().await;
         self.authorize(&slot, service, id, who)?;
-        timed(self.inner.store.delete(service, &[id.to_owned()])).await?;
+        self.write(self.inner.store.delete(service, &[id.to_owned()]))
+            .await?;
         slot.apply(|t| t.remove(id));
         Ok(())
     }
@@ -743,7 +776,10 @@ impl Hub {
             }
             removed += outcome.removed.len();
             tracing::info!(%service, count = outcome.removed.len(), "removed instances after 3 x ttl without heartbeat");
-            if let Err(err) = timed(self.inner.store.delete(&service, &outcome.removed)).await {
+            if let Err(err) = self
+                .write(self.inner.store.delete(&service, &outcome.removed))
+                .await
+            {
                 tracing::warn!(%service, %err, "could not delete removed instances from the store");
             }
         }
@@ -782,7 +818,7 @@ impl Hub {
             return Ok(0);
         }
         let beats: Vec<BeatRecord> = batch.values().cloned().collect();
-        match timed(self.inner.store.save_beats(&beats)).await {
+        match self.write(self.inner.store.save_beats(&beats)).await {
             Ok(()) => Ok(beats.len()),
             Err(err) => {
                 let mut unsaved = self
@@ -798,15 +834,20 @@ impl Hub {
         }
     }
 
-    /// Whether the store answers within a second.
+    /// Whether the store answers within a second and, after a failed write, can write.
     ///
     /// # Errors
     /// [`StoreError`] when it does not.
     pub async fn ready(&self) -> Result<(), StoreError> {
         let limit = Duration::from_secs(1);
-        tokio::time::timeout(limit, self.inner.store.ping())
-            .await
-            .map_err(|_| StoreError::Timeout(limit))?
+        within(limit, self.inner.store.ping()).await?;
+        if self.inner.write_failing.load(Ordering::Relaxed) {
+            // Reachable is not enough after a failed write (a full disk answers reads).
+            within(limit, self.inner.store.probe_write()).await?;
+            self.inner.write_failing.store(false, Ordering::Relaxed);
+            tracing::info!("store writes succeed again");
+        }
+        Ok(())
     }
 
     /// Closes the store after the last flush.

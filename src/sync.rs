@@ -65,12 +65,21 @@ pub async fn flush_loop(hub: Hub, cancel: CancellationToken) {
         FLUSH_EVERY
     };
     let mut tick = ticker(every);
+    let mut failing = false;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {
-                if let Err(err) = hub.flush_beats().await {
-                    tracing::warn!(%err, "heartbeat batch not persisted; will retry");
+                match hub.flush_beats().await {
+                    Ok(saved) if failing => {
+                        failing = false;
+                        tracing::info!(saved, "heartbeat batches persisted again");
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        failing = true;
+                        tracing::warn!(%err, "heartbeat batch not persisted; will retry");
+                    }
                 }
                 if let Err(err) = hub.exchange_pending().await {
                     tracing::debug!(%err, "pending hand-outs not exchanged");

@@ -1,5 +1,5 @@
 //! Operational endpoints: `/healthz` (the process answers) and `/readyz` (the store
-//! answers and the server is not shutting down).
+//! answers, can write after a failed write, and the server is not shutting down).
 
 use std::sync::atomic::Ordering;
 
@@ -24,6 +24,6 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .hub
         .ready()
         .await
-        .map_err(|err| ApiError::NotReady(format!("store unreachable: {err}")))?;
+        .map_err(|err| ApiError::NotReady(format!("store unavailable: {err}")))?;
     Ok(Json(json!({"status": "ready"})))
 }

@@ -205,6 +205,13 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError`] when it is not.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Rewrites one probe row and commits: whether the store can write right now
+    /// (after a failed write, a reachable database may still refuse writes).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the write or its commit fails.
+    async fn probe_write(&self) -> Result<(), StoreError>;
+
     /// Closes connections after the last write.
     async fn close(&self);
 }

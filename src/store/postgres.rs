@@ -128,7 +128,7 @@ impl Store for PgStore {
     async fn upsert(&self, r: &InstanceRecord) -> Result<Upserted, StoreError> {
         let mut tx = self.pool.begin().await?;
         // `xmax = 0` tells an inserted row from an updated one.
-        let row = sqlx::query(
+        let rows = sqlx::query(
             "INSERT INTO instances (id, service, address, weight, max_connections, zone, tags, \
              metadata, ttl_secs, lease_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (service, address) WHERE NOT deleted DO UPDATE SET \
@@ -149,10 +149,12 @@ impl Store for PgStore {
         .bind(&r.metadata_json)
         .bind(i32::try_from(r.ttl_secs).unwrap_or(i32::MAX))
         .bind(&r.lease_hash)
-        .fetch_one(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
         self.notify(&mut tx, &r.service).await?;
+        // The acknowledgement waits for the commit: an error there means nothing stored.
         tx.commit().await?;
+        let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
         Ok(Upserted {
             id: row.try_get("id")?,
             created: row.try_get("created")?,
@@ -231,6 +233,15 @@ impl Store for PgStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO write_probe (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET at = now()",
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -318,7 +329,7 @@ impl ClusterStore for PgStore {
     }
 
     async fn node_alive(&self, node: &str, within: Duration) -> Result<bool, StoreError> {
-        let others: bool = sqlx::query_scalar(
+        let others: Vec<bool> = sqlx::query_scalar(
             "WITH others AS (SELECT EXISTS (SELECT 1 FROM nodes WHERE node <> $1 \
                  AND last_seen > now() - make_interval(secs => $2)) AS alive), \
              me AS (INSERT INTO nodes (node) VALUES ($1) \
@@ -327,9 +338,10 @@ impl ClusterStore for PgStore {
         )
         .bind(node)
         .bind(within.as_secs_f64())
-        .fetch_one(&self.pool)
+        // Run to the end: a data-modifying statement's errors may follow its row.
+        .fetch_all(&self.pool)
         .await?;
-        Ok(others)
+        Ok(others.first().copied().unwrap_or(false))
     }
 
     async fn grant_grace(&self) -> Result<u64, StoreError> {

@@ -7,11 +7,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Row;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
+use sqlx::{Row, Sqlite};
 
 use super::{BeatRecord, InstanceRecord, Store, StoreError, Upserted};
 
@@ -59,6 +60,52 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// A pooled connection inside a fresh write transaction. Writes go through
+    /// [`finish`] so that the answer waits for `COMMIT` and sees its error.
+    ///
+    /// The transaction statements are plain SQL rather than sqlx's transaction type,
+    /// whose depth counter a failed `COMMIT` leaves behind (SQLite may already have
+    /// rolled back by itself): with it, on a full disk, writes after a failed commit
+    /// were acknowledged and then missing after kill -9 (`tests/disk_full.rs`).
+    /// Here `finish` always leaves the connection outside any transaction.
+    async fn begin(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        if sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .is_err()
+        {
+            // A request cancelled mid-write (its caller timed out and answered 503)
+            // can hand its connection back inside a transaction: end it, try again.
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        }
+        Ok(conn)
+    }
+}
+
+/// Commits the write transaction of `conn` if its statement succeeded, else rolls it
+/// back; either way the connection goes back to the pool outside any transaction.
+async fn finish<T>(
+    conn: &mut PoolConnection<Sqlite>,
+    outcome: Result<T, sqlx::Error>,
+) -> Result<T, StoreError> {
+    let committed = match outcome {
+        Ok(value) => sqlx::raw_sql("COMMIT")
+            .execute(&mut **conn)
+            .await
+            .map(|_| value),
+        Err(err) => Err(err),
+    };
+    if committed.is_err() {
+        // Also after a failed COMMIT, which may or may not have rolled back already;
+        // "no transaction is active" is then the expected answer.
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await;
+    }
+    Ok(committed?)
+}
+
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -98,9 +145,14 @@ fn record_from_row(row: &SqliteRow) -> Result<InstanceRecord, StoreError> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn upsert(&self, r: &InstanceRecord) -> Result<Upserted, StoreError> {
+        // An explicit transaction, run to its end, then committed: in autocommit mode
+        // SQLite commits when the statement finishes, after `RETURNING` has already
+        // produced its row, so a failed commit (disk full, I/O error) would go unseen
+        // and the registration be acknowledged but lost.
+        let mut conn = self.begin().await?;
         // One statement: the conflict target keeps the old id and registration time, so
         // a returned id equal to the proposed one means the row is new.
-        let row = sqlx::query(
+        let rows = sqlx::query(
             "INSERT INTO instances (id, service, address, weight, max_connections, zone, tags, \
              metadata, ttl_secs, lease_hash, draining, connections, registered_at_ms, \
              last_heartbeat_ms) \
@@ -125,8 +177,10 @@ impl Store for SqliteStore {
         .bind(to_i64(r.connections))
         .bind(to_i64(r.registered_at_ms))
         .bind(to_i64(r.last_heartbeat_ms))
-        .fetch_one(&self.pool)
-        .await?;
+        .fetch_all(&mut *conn)
+        .await;
+        let rows = finish(&mut conn, rows).await?;
+        let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
         let id: String = row.try_get("id")?;
         Ok(Upserted {
             created: id == r.id,
@@ -136,12 +190,13 @@ impl Store for SqliteStore {
     }
 
     async fn set_draining(&self, service: &str, id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.begin().await?;
         let done = sqlx::query("UPDATE instances SET draining = 1 WHERE service = ?1 AND id = ?2")
             .bind(service)
             .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+            .execute(&mut *conn)
+            .await;
+        Ok(finish(&mut conn, done).await?.rows_affected() > 0)
     }
 
     async fn delete(&self, service: &str, ids: &[String]) -> Result<u64, StoreError> {
@@ -149,14 +204,15 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         let ids = serde_json::to_string(ids).expect("a list of strings serializes");
+        let mut conn = self.begin().await?;
         let done = sqlx::query(
             "DELETE FROM instances WHERE service = ?1 AND id IN (SELECT value FROM json_each(?2))",
         )
         .bind(service)
         .bind(ids)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        .execute(&mut *conn)
+        .await;
+        Ok(finish(&mut conn, done).await?.rows_affected())
     }
 
     async fn save_beats(&self, beats: &[BeatRecord]) -> Result<(), StoreError> {
@@ -168,15 +224,17 @@ impl Store for SqliteStore {
             .map(|b| (b.id.as_str(), to_i64(b.connections), to_i64(b.at_ms)))
             .collect();
         let batch = serde_json::to_string(&batch).expect("tuples of str and i64 serialize");
-        sqlx::query(
+        let mut conn = self.begin().await?;
+        let done = sqlx::query(
             "UPDATE instances SET connections = b.c, last_heartbeat_ms = b.t \
              FROM (SELECT value ->> 0 AS id, value ->> 1 AS c, value ->> 2 AS t \
                    FROM json_each(?1)) AS b \
              WHERE instances.id = b.id",
         )
         .bind(batch)
-        .execute(&self.pool)
-        .await?;
+        .execute(&mut *conn)
+        .await;
+        finish(&mut conn, done).await?;
         Ok(())
     }
 
@@ -189,6 +247,19 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let mut conn = self.begin().await?;
+        let done = sqlx::query(
+            "INSERT INTO write_probe (id, at_ms) VALUES (1, ?1) \
+             ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+        )
+        .bind(to_i64(crate::clock::unix_ms(std::time::SystemTime::now())))
+        .execute(&mut *conn)
+        .await;
+        finish(&mut conn, done).await?;
         Ok(())
     }
 
