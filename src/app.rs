@@ -111,7 +111,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state: AppState = Arc::new(Shared {
         hub: hub.clone(),
-        tokens: Arc::new(config.tokens.clone()),
+        tokens: Arc::new(api::auth::Tokens::new(&config.tokens)),
         shutting_down: Arc::clone(&shutting_down),
         shutdown: shutdown.clone(),
     });

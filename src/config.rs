@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::api::auth::Tokens;
 use crate::cli::ServeArgs;
 use crate::registry::RebalancePolicy;
 use crate::registry::validate;
@@ -192,6 +191,29 @@ pub struct StaticConfig {
     pub max_connections: Option<u64>,
 }
 
+/// The tokens of SPEC section 6, as configured (plain data; `api::auth` builds its
+/// checker from them). `Debug` says which are set, never what they are.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TokenConfig {
+    /// Admin endpoints, and drain/deregister without a lease. Also valid everywhere.
+    pub admin: Option<String>,
+    /// Registration; any of these.
+    pub register: Vec<String>,
+    /// `GET /servers`.
+    pub read: Option<String>,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |t: &Option<String>| if t.is_some() { "<set>" } else { "<unset>" };
+        f.debug_struct("TokenConfig")
+            .field("admin", &set(&self.admin))
+            .field("register", &format_args!("<{} set>", self.register.len()))
+            .field("read", &set(&self.read))
+            .finish()
+    }
+}
+
 /// The validated configuration of `switchboard serve`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -204,7 +226,7 @@ pub struct Config {
     /// Shutdown drain deadline.
     pub drain_timeout: Duration,
     /// Tokens.
-    pub tokens: Tokens,
+    pub tokens: TokenConfig,
     /// Forward listeners.
     pub forwards: Vec<ForwardConfig>,
     /// Static instances.
@@ -287,7 +309,7 @@ impl Config {
                 Some(OneOrMany::Many(ts)) => ts,
             },
         };
-        let tokens = Tokens {
+        let tokens = TokenConfig {
             admin: env("SWITCHBOARD_ADMIN_TOKEN").or(file_tokens.admin),
             register,
             read: env("SWITCHBOARD_READ_TOKEN").or(file_tokens.read),

@@ -8,16 +8,21 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use crate::config::TokenConfig;
 
-/// The configured tokens.
+/// The token checker, built from the configured tokens. Holds only their SHA-256
+/// digests, so neither memory dumps of it nor `Debug` show a token.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
-    /// Admin endpoints, and drain/deregister without a lease. Also valid everywhere.
-    pub admin: Option<String>,
-    /// Registration; any of these.
-    pub register: Vec<String>,
-    /// `GET /servers`.
-    pub read: Option<String>,
+    admin: Option<Digest32>,
+    register: Vec<Digest32>,
+    read: Option<Digest32>,
+}
+
+type Digest32 = [u8; 32];
+
+fn digest(token: &str) -> Digest32 {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// What a request may do.
@@ -74,14 +79,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
 
 /// Compares in constant time. Both sides are hashed first so that not even the
 /// expected token's length shows in the timing.
-fn matches(given: &str, expected: &str) -> bool {
-    let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-    let expected: [u8; 32] = Sha256::digest(expected.as_bytes()).into();
-    bool::from(given.ct_eq(&expected))
+/// Compares digests in constant time: hashing first keeps a token's length secret.
+fn matches(given: &Digest32, expected: &Digest32) -> bool {
+    bool::from(given.ct_eq(expected))
 }
 
 impl Tokens {
-    fn is_admin(&self, given: Option<&str>) -> bool {
+    /// The checker for the configured tokens.
+    pub fn new(config: &TokenConfig) -> Self {
+        Tokens {
+            admin: config.admin.as_deref().map(digest),
+            register: config.register.iter().map(|t| digest(t)).collect(),
+            read: config.read.as_deref().map(digest),
+        }
+    }
+
+    fn is_admin(&self, given: Option<&Digest32>) -> bool {
         match (given, &self.admin) {
             (Some(given), Some(admin)) => matches(given, admin),
             _ => false,
@@ -95,7 +108,7 @@ impl Tokens {
 
     /// Whether the request's bearer token is the admin token.
     pub fn bearer_is_admin(&self, meta: &Meta) -> bool {
-        self.is_admin(meta.bearer())
+        self.is_admin(meta.bearer().map(digest).as_ref())
     }
 
     /// Checks the request's bearer token for `access`.
@@ -103,8 +116,9 @@ impl Tokens {
     /// # Errors
     /// [`ApiError::Unauthorized`] when a token is configured and not presented.
     pub fn check(&self, meta: &Meta, access: Access) -> Result<(), ApiError> {
-        let given = meta.bearer();
-        let expected: &[String] = match access {
+        let given = meta.bearer().map(digest);
+        let given = given.as_ref();
+        let expected: &[Digest32] = match access {
             Access::Register => &self.register,
             Access::Read => self.read.as_slice(),
             Access::Admin => self.admin.as_slice(),
@@ -143,11 +157,11 @@ mod tests {
         let open = Tokens::default();
         assert!(open.check(&headers(None), Access::Register).is_ok());
         assert!(open.check(&headers(None), Access::Admin).is_ok());
-        let set = Tokens {
+        let set = Tokens::new(&TokenConfig {
             admin: Some("adm".into()),
             register: vec!["r1".into(), "r2".into()],
             read: None,
-        };
+        });
         assert!(set.check(&headers(Some("r2")), Access::Register).is_ok());
         assert!(set.check(&headers(Some("adm")), Access::Register).is_ok());
         assert!(set.check(&headers(Some("x")), Access::Register).is_err());
