@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState, Shared};
 use crate::clock::Clock;
+use crate::cluster::{self, ClusterNode};
 use crate::config::{Config, ForwardConfig, StaticConfig};
 use crate::forwarder::listener::Listener;
 use crate::forwarder::{LiveCounts, health};
@@ -91,9 +92,26 @@ impl Running {
 /// [`AppError`] when the store cannot be opened or a listener cannot be bound.
 pub async fn start(config: Config) -> Result<Running, AppError> {
     let opened = store::open(&config.db).await?;
-    let cluster = opened.cluster.clone();
-    let hub = Hub::new(opened, Clock::start(), config.rebalance);
-    let restored = hub.restore().await?;
+    // Nodes of a cluster break equal-load ties each their own way, so that they do
+    // not all hand out the same instance at once.
+    let tiebreak_seed = if opened.cluster.is_some() {
+        rand::random()
+    } else {
+        0
+    };
+    let hub = Hub::new(
+        opened.store,
+        Clock::start(),
+        config.rebalance,
+        tiebreak_seed,
+    );
+    let node = opened
+        .cluster
+        .map(|shared| ClusterNode::new(hub.clone(), shared));
+    let restored = match &node {
+        Some(node) => node.restore().await?,
+        None => hub.restore().await?,
+    };
     tracing::info!(db = %redact(&config.db), restored, "store open");
 
     let listener = TcpListener::bind(config.http)
@@ -120,19 +138,16 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let loops = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(sync::sweep_loop(hub.clone(), loops.child_token()));
-    tracker.spawn(sync::flush_loop(hub.clone(), loops.child_token()));
-    if let Some(cluster) = cluster {
-        tracing::info!(node = %hub.node(), "cluster mode: sharing the store with other nodes");
-        tracker.spawn(sync::cluster_sync_loop(
-            hub.clone(),
-            Arc::clone(&cluster),
-            loops.child_token(),
-        ));
-        tracker.spawn(sync::cluster_node_loop(
-            hub.clone(),
-            cluster,
-            loops.child_token(),
-        ));
+    match node {
+        None => {
+            tracker.spawn(sync::flush_loop(hub.clone(), loops.child_token()));
+        }
+        Some(node) => {
+            tracing::info!(node = %node.name(), "cluster mode: sharing the store with other nodes");
+            tracker.spawn(cluster::flush_loop(node.clone(), loops.child_token()));
+            tracker.spawn(cluster::sync_loop(node.clone(), loops.child_token()));
+            tracker.spawn(cluster::node_loop(node, loops.child_token()));
+        }
     }
 
     let counts = Arc::new(LiveCounts::default());

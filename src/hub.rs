@@ -3,9 +3,12 @@
 //!
 //! Owns the locks (one table mutex and one write mutex per service) and the clock.
 //! Writes are durable in the store before they change memory; heartbeats and hand-outs
-//! stay in memory and reach the store in batches (`flush_beats`). Knows no HTTP.
+//! stay in memory and reach the store in batches (`flush_beats`). Knows no HTTP and no
+//! cluster protocol: `cluster/` drives a hub through the per-service primitives at the
+//! end of this file (apply a synced row, forget an id, hold liveness time, allow
+//! removal, pending hand-outs).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -21,21 +24,13 @@ use crate::registry::table::{
     ServiceSummary,
 };
 use crate::registry::{Instance, InstanceSpec, Origin, RebalancePolicy, ServiceTable};
-use crate::store::{
-    BeatRecord, ClusterStore, InstanceRecord, Opened, Store, StoreError, SyncedRow,
-};
-
-/// A node seen within this long is alive (for the cluster-wide restart grace).
-pub const CLUSTER_ALIVE_WITHIN: Duration = Duration::from_secs(10);
+use crate::store::{BeatRecord, InstanceRecord, Store, StoreError};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
-
-/// The longest a cluster sync may take before the store counts as unreachable.
-pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The longest a store call may take before the request fails with 503.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -137,29 +132,17 @@ pub struct Hub {
 struct Inner {
     services: DashMap<String, Arc<ServiceSlot>>,
     store: Arc<dyn Store>,
-    /// The same store when it is shared by a cluster of nodes.
-    cluster: Option<Arc<dyn ClusterStore>>,
-    /// This node's name in the cluster tables.
-    node: String,
-    /// While the cluster store is unreachable, liveness time stands still here, so
-    /// the last known state keeps being answered; `u64::MAX` otherwise.
-    frozen_at: AtomicU64,
-    /// Whether this node removes expired instances (always, without a cluster).
-    leading: AtomicBool,
-    /// Ids this node published a non-zero pending count for, last round.
-    published: Mutex<HashSet<String>>,
-    /// Ids missing from the previous full sync: removed if missing again.
-    missing_once: Mutex<HashSet<String>>,
+    /// While liveness time is held (a cluster node that lost its store), it stands
+    /// still here, so the last known state keeps being answered; `u64::MAX` otherwise.
+    held_at: AtomicU64,
+    /// Whether this hub removes expired instances (a cluster leaves it to one node).
+    may_remove: AtomicBool,
     clock: Clock,
     policy: RebalancePolicy,
     /// Heartbeats whose batch failed to persist, retried with the next batch.
     unsaved: Mutex<BTreeMap<String, BeatRecord>>,
-    /// Where the next incremental cluster sync starts (a transaction-id horizon).
-    sync_horizon: AtomicU64,
     /// Seed of equal-load tie-breaking: 0 alone, random per node in a cluster.
     tiebreak_seed: u64,
-    /// When the cluster store last answered a sync (monotonic ms).
-    last_sync_ok: AtomicU64,
     /// The last write to the store failed: `/readyz` answers 503 until a write (or
     /// its probe) succeeds again.
     write_failing: AtomicBool,
@@ -187,29 +170,25 @@ async fn within<T>(
 }
 
 impl Hub {
-    /// A registry over `store` with an empty memory; call [`Hub::restore`] next.
-    pub fn new(opened: Opened, clock: Clock, policy: RebalancePolicy) -> Self {
-        let tiebreak_seed = if opened.cluster.is_some() {
-            rand::random()
-        } else {
-            0
-        };
+    /// A registry over `store` with an empty memory; call [`Hub::restore`] next (or
+    /// let a cluster node restore it). `tiebreak_seed` orders equal loads: 0 for a
+    /// single node, random per node in a cluster so nodes do not all pick alike.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Clock,
+        policy: RebalancePolicy,
+        tiebreak_seed: u64,
+    ) -> Self {
         Hub {
             inner: Arc::new(Inner {
                 services: DashMap::new(),
-                leading: AtomicBool::new(opened.cluster.is_none()),
-                store: opened.store,
-                cluster: opened.cluster,
-                node: lease::new_id(),
-                frozen_at: AtomicU64::new(u64::MAX),
-                published: Mutex::new(HashSet::new()),
-                missing_once: Mutex::new(HashSet::new()),
+                store,
+                held_at: AtomicU64::new(u64::MAX),
+                may_remove: AtomicBool::new(true),
                 clock,
                 policy,
                 unsaved: Mutex::new(BTreeMap::new()),
-                sync_horizon: AtomicU64::new(0),
                 tiebreak_seed,
-                last_sync_ok: AtomicU64::new(0),
                 write_failing: AtomicBool::new(false),
             }),
         }
@@ -233,61 +212,17 @@ impl Hub {
         result
     }
 
-    /// Liveness time: the monotonic clock, held still while the cluster store is
-    /// unreachable.
+    /// Liveness time: the monotonic clock, or the instant it is held at.
     fn now(&self) -> Millis {
         self.inner
             .clock
             .now()
-            .min(self.inner.frozen_at.load(Ordering::Relaxed))
+            .min(self.inner.held_at.load(Ordering::Relaxed))
     }
 
-    /// The cluster store, in cluster mode.
-    pub fn cluster(&self) -> Option<&Arc<dyn ClusterStore>> {
-        self.inner.cluster.as_ref()
-    }
-
-    /// This node's name in the cluster tables.
-    pub fn node(&self) -> &str {
-        &self.inner.node
-    }
-
-    /// Whether this node removes expired instances.
+    /// Whether this hub removes expired instances.
     fn may_remove(&self) -> bool {
-        self.inner.leading.load(Ordering::Relaxed)
-    }
-
-    /// Sets whether this node leads removal (cluster mode).
-    pub fn set_leading(&self, leading: bool) {
-        if self.inner.leading.swap(leading, Ordering::Relaxed) != leading {
-            tracing::info!(node = %self.inner.node, leading, "removal leadership changed");
-        }
-    }
-
-    /// Stops liveness time at the last successful sync (the cluster store is
-    /// unreachable): answers keep the last known state instead of expiring everyone
-    /// this node no longer hears about. Instances that expired since are put back.
-    pub fn freeze(&self) {
-        let at = self.inner.last_sync_ok.load(Ordering::Relaxed);
-        if self
-            .inner
-            .frozen_at
-            .compare_exchange(u64::MAX, at, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            tracing::warn!("cluster store unreachable: serving the last known state");
-            let slots = self.all_slots();
-            for slot in slots {
-                slot.apply(|t| t.reindex_all(at));
-            }
-        }
-    }
-
-    /// Lets liveness time run again after the store came back.
-    pub fn unfreeze(&self) {
-        if self.inner.frozen_at.swap(u64::MAX, Ordering::Relaxed) != u64::MAX {
-            tracing::info!("cluster store reachable again");
-        }
+        self.inner.may_remove.load(Ordering::Relaxed)
     }
 
     /// Every service's slot, taken out of the map so no map lock is held meanwhile.
@@ -330,9 +265,6 @@ impl Hub {
     /// # Errors
     /// [`StoreError`] when the store cannot be read.
     pub async fn restore(&self) -> Result<usize, StoreError> {
-        if let Some(cluster) = self.inner.cluster.clone() {
-            return self.restore_cluster(&cluster).await;
-        }
         let records = timed(self.inner.store.load_all()).await?;
         let now = self.now();
         let mut restored = 0;
@@ -348,146 +280,6 @@ impl Hub {
             }
         }
         Ok(restored)
-    }
-
-    /// Cluster start: when no other node is alive the whole cluster restarted, and
-    /// every instance gets its grace period in the store; otherwise the store's
-    /// heartbeat ages stand. Then a full sync.
-    async fn restore_cluster(&self, cluster: &Arc<dyn ClusterStore>) -> Result<usize, StoreError> {
-        let others = timed(cluster.node_alive(&self.inner.node, CLUSTER_ALIVE_WITHIN)).await?;
-        if !others {
-            let n = timed(cluster.grant_grace()).await?;
-            tracing::info!(
-                instances = n,
-                "no other registry node alive: cluster restart grace granted"
-            );
-        }
-        let batch = timed(cluster.changes(None)).await?;
-        self.inner
-            .last_sync_ok
-            .store(self.inner.clock.now(), Ordering::Relaxed);
-        let count = batch.rows.len();
-        self.apply_batch(batch.rows, true);
-        self.inner
-            .sync_horizon
-            .store(batch.horizon, Ordering::Relaxed);
-        Ok(count)
-    }
-
-    /// Pulls the cluster store's changes since the last sync (or everything, with
-    /// `full`) into memory. Unreachable store: time freezes until it answers again.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store did not answer.
-    pub async fn sync(&self, full: bool) -> Result<usize, StoreError> {
-        let Some(cluster) = self.inner.cluster.clone() else {
-            return Ok(0);
-        };
-        let horizon = (!full).then(|| self.inner.sync_horizon.load(Ordering::Relaxed));
-        // A short limit: an unanswered sync is how a node learns the store is gone.
-        let answer = tokio::time::timeout(SYNC_TIMEOUT, cluster.changes(horizon))
-            .await
-            .unwrap_or(Err(StoreError::Timeout(SYNC_TIMEOUT)));
-        match answer {
-            Ok(batch) => {
-                self.inner
-                    .last_sync_ok
-                    .store(self.inner.clock.now(), Ordering::Relaxed);
-                self.unfreeze();
-                let count = batch.rows.len();
-                self.apply_batch(batch.rows, full);
-                self.inner
-                    .sync_horizon
-                    .store(batch.horizon, Ordering::Relaxed);
-                Ok(count)
-            }
-            Err(err) => {
-                self.freeze();
-                Err(err)
-            }
-        }
-    }
-
-    fn apply_batch(&self, rows: Vec<SyncedRow>, full: bool) {
-        let now = self.now();
-        let mut seen: HashSet<String> = HashSet::new();
-        for row in rows {
-            let service = row.record.service.clone();
-            if row.deleted {
-                if let Some(slot) = self.slot(&service) {
-                    slot.apply(|t| t.remove(&row.record.id));
-                }
-                continue;
-            }
-            let age = row.age_ms;
-            match instance_from_record(row.record, now) {
-                Ok(mut instance) => {
-                    instance.last_seen = now.saturating_sub(age);
-                    if full {
-                        seen.insert(instance.id.clone());
-                    }
-                    self.slot_or_create(&service)
-                        .apply(|t| t.apply_synced(instance, now));
-                }
-                Err(err) => tracing::error!(%err, "skipping unreadable synced instance"),
-            }
-        }
-        if full {
-            // A full read is a snapshot: an instance missing from it may have been
-            // registered here just after it was taken, so only one missing twice goes.
-            let slots = self.all_slots();
-            let mut missing_once = lock(&self.inner.missing_once);
-            let mut missing_now = HashSet::new();
-            for slot in slots {
-                let gone: Vec<String> = {
-                    let table = slot.lock();
-                    table
-                        .registered_ids()
-                        .filter(|id| !seen.contains(*id))
-                        .map(str::to_owned)
-                        .collect()
-                };
-                let (twice, once): (Vec<String>, Vec<String>) =
-                    gone.into_iter().partition(|id| missing_once.contains(id));
-                slot.apply(|t| {
-                    for id in &twice {
-                        t.remove(id);
-                    }
-                });
-                missing_now.extend(once);
-            }
-            *missing_once = missing_now;
-        }
-    }
-
-    /// Publishes this node's pending hand-outs and takes the other nodes' (cluster
-    /// mode; a no-op otherwise).
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store did not answer.
-    pub async fn exchange_pending(&self) -> Result<(), StoreError> {
-        let Some(cluster) = self.inner.cluster.clone() else {
-            return Ok(());
-        };
-        let slots = self.all_slots();
-        let mut mine: Vec<(String, u64)> = Vec::new();
-        for slot in &slots {
-            mine.extend(slot.lock().local_pending());
-        }
-        let now_ids: HashSet<String> = mine.iter().map(|(id, _)| id.clone()).collect();
-        {
-            let published = lock(&self.inner.published);
-            // Withdraw what went back to zero since the last round.
-            mine.extend(published.difference(&now_ids).map(|id| (id.clone(), 0)));
-        }
-        let remote = timed(cluster.exchange_pending(&self.inner.node, &mine)).await?;
-        *lock(&self.inner.published) = now_ids;
-        let remote: HashMap<String, u64> = remote.into_iter().collect();
-        let now = self.now();
-        for slot in slots {
-            slot.apply(|t| t.set_remote_pending(&remote, now));
-        }
-        Ok(())
     }
 
     /// Registers (or re-registers) an instance; durable before it returns.
@@ -793,13 +585,7 @@ impl Hub {
     pub async fn flush_beats(&self) -> Result<usize, StoreError> {
         let clock = self.inner.clock;
         let now = self.now();
-        let mut batch = std::mem::take(
-            &mut *self
-                .inner
-                .unsaved
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
+        let mut batch = std::mem::take(&mut *lock(&self.inner.unsaved));
         let slots = self.all_slots();
         for slot in slots {
             for beat in slot.lock().take_dirty() {
@@ -821,11 +607,7 @@ impl Hub {
         match self.write(self.inner.store.save_beats(&beats)).await {
             Ok(()) => Ok(beats.len()),
             Err(err) => {
-                let mut unsaved = self
-                    .inner
-                    .unsaved
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut unsaved = lock(&self.inner.unsaved);
                 for (id, beat) in batch {
                     unsaved.entry(id).or_insert(beat);
                 }
@@ -854,6 +636,88 @@ impl Hub {
     pub async fn close(&self) {
         self.inner.store.close().await;
     }
+
+    // Primitives for a cluster node (`cluster/`): memory-only changes that the
+    // node's sync decides, and the two switches a shared store needs.
+
+    /// The monotonic clock, not held: for what the node itself measures.
+    pub(crate) fn clock(&self) -> Clock {
+        self.inner.clock
+    }
+
+    /// Liveness time as the tables see it (held or not).
+    pub(crate) fn liveness_now(&self) -> Millis {
+        self.now()
+    }
+
+    /// Sets whether this hub removes expired instances; true when it changed.
+    pub(crate) fn set_may_remove(&self, allowed: bool) -> bool {
+        self.inner.may_remove.swap(allowed, Ordering::Relaxed) != allowed
+    }
+
+    /// Holds liveness time at `at` (the last moment the shared store was known) and
+    /// puts back what expired since; true when it was not held before.
+    pub(crate) fn hold_time(&self, at: Millis) -> bool {
+        let held = self
+            .inner
+            .held_at
+            .compare_exchange(u64::MAX, at, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if held {
+            for slot in self.all_slots() {
+                slot.apply(|t| t.reindex_all(at));
+            }
+        }
+        held
+    }
+
+    /// Lets liveness time run again; true when it was held.
+    pub(crate) fn release_time(&self) -> bool {
+        self.inner.held_at.swap(u64::MAX, Ordering::Relaxed) != u64::MAX
+    }
+
+    /// Applies an instance as another node stored it (memory only).
+    pub(crate) fn apply_synced(&self, service: &str, instance: Instance) {
+        let now = self.now();
+        self.slot_or_create(service)
+            .apply(|t| t.apply_synced(instance, now));
+    }
+
+    /// Forgets an instance that the shared store no longer has (memory only).
+    pub(crate) fn forget(&self, service: &str, id: &str) {
+        if let Some(slot) = self.slot(service) {
+            slot.apply(|t| t.remove(id));
+        }
+    }
+
+    /// The ids of every registered (not static) instance, by service.
+    pub(crate) fn registered_ids(&self) -> Vec<(String, Vec<String>)> {
+        self.all_slots()
+            .iter()
+            .map(|slot| {
+                let table = slot.lock();
+                let ids = table.registered_ids().map(str::to_owned).collect();
+                (table.name().to_owned(), ids)
+            })
+            .collect()
+    }
+
+    /// This hub's own pending hand-outs, per instance id.
+    pub(crate) fn local_pending(&self) -> Vec<(String, u64)> {
+        let mut mine = Vec::new();
+        for slot in self.all_slots() {
+            mine.extend(slot.lock().local_pending());
+        }
+        mine
+    }
+
+    /// Sets the pending hand-outs the other nodes counted, per instance id.
+    pub(crate) fn set_remote_pending(&self, remote: &HashMap<String, u64>) {
+        let now = self.now();
+        for slot in self.all_slots() {
+            slot.apply(|t| t.set_remote_pending(remote, now));
+        }
+    }
 }
 
 fn unknown(service: &str, id: &str) -> HubError {
@@ -870,7 +734,11 @@ fn lease_error(err: LeaseError, service: &str, id: &str) -> HubError {
     }
 }
 
-fn instance_from_record(
+/// The registry's instance for a stored record (a fresh lease of life from `now`).
+///
+/// # Errors
+/// [`StoreError::Corrupt`] when a stored field cannot be read back.
+pub(crate) fn instance_from_record(
     r: InstanceRecord,
     now: crate::registry::Millis,
 ) -> Result<crate::registry::Instance, StoreError> {

@@ -40,14 +40,21 @@ pub struct PgStore {
     pool: PgPool,
     options: PgConnectOptions,
     listener: Mutex<Option<PgListener>>,
-    /// The connection holding the leader lock, while this node leads.
-    leader: Mutex<Option<PgConnection>>,
+    /// The connection holding the leader lock, while this node leads. A std mutex:
+    /// it is only ever held to take or put the connection, never across a call.
+    leader: std::sync::Mutex<Option<PgConnection>>,
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore").finish_non_exhaustive()
     }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn to_i64(value: u64) -> i64 {
@@ -109,7 +116,7 @@ impl PgStore {
             pool,
             options,
             listener: Mutex::new(None),
-            leader: Mutex::new(None),
+            leader: std::sync::Mutex::new(None),
         })
     }
 
@@ -249,7 +256,8 @@ impl Store for PgStore {
         // The listener holds a pooled connection: drop it first, or closing the pool
         // would wait for it forever.
         drop(self.listener.lock().await.take());
-        if let Some(conn) = self.leader.lock().await.take() {
+        let leader = lock(&self.leader).take();
+        if let Some(conn) = leader {
             let _ = conn.close().await;
         }
         self.pool.close().await;
@@ -355,13 +363,16 @@ impl ClusterStore for PgStore {
     }
 
     async fn try_lead(&self) -> bool {
-        let mut leader = self.leader.lock().await;
-        if let Some(conn) = leader.as_mut() {
+        // The lock's connection is taken out of its slot for the round trips, so no
+        // mutex is held across the database (a hung server cannot pin `close`); a
+        // caller that gives up drops it, which ends the lock on the server.
+        let held = lock(&self.leader).take();
+        if let Some(mut conn) = held {
             // Still leading while the lock's connection answers.
             if conn.ping().await.is_ok() {
+                *lock(&self.leader) = Some(conn);
                 return true;
             }
-            *leader = None;
         }
         let Ok(mut conn) = PgConnection::connect_with(&self.options).await else {
             return false;
@@ -371,7 +382,7 @@ impl ClusterStore for PgStore {
             .fetch_one(&mut conn)
             .await;
         if matches!(locked, Ok(true)) {
-            *leader = Some(conn);
+            *lock(&self.leader) = Some(conn);
             true
         } else {
             let _ = conn.close().await;

@@ -1,0 +1,238 @@
+//! Cluster mode: one registry node among several that share a PostgreSQL store.
+//!
+//! Owns the cluster protocol: the sync by transaction-id horizon (and the periodic
+//! full read, where an instance missing twice goes), the exchange of pending
+//! hand-outs, the removal leadership, the cluster-wide restart grace, and holding
+//! liveness time while the store is unreachable. Drives the [`Hub`] through its
+//! memory-only primitives; every store call is bounded by a timeout and no lock is
+//! held across one. Knows no HTTP and no ranking math. The loops are in `loops.rs`.
+
+mod loops;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::hub::{self, Hub};
+use crate::lease;
+use crate::store::{ClusterStore, StoreError, SyncedRow};
+
+pub use loops::{flush_loop, node_loop, sync_loop};
+
+/// A node seen within this long is alive (for the cluster-wide restart grace).
+pub const ALIVE_WITHIN: Duration = Duration::from_secs(10);
+
+/// The longest a sync may take before the store counts as unreachable.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The longest any other cluster store call may take.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs a cluster store call under `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| StoreError::Timeout(limit))?
+}
+
+/// Cheap-to-clone handle on this node's cluster state.
+#[derive(Clone)]
+pub struct ClusterNode {
+    inner: Arc<NodeState>,
+}
+
+struct NodeState {
+    hub: Hub,
+    store: Arc<dyn ClusterStore>,
+    /// This node's name in the cluster tables.
+    name: String,
+    /// Where the next incremental sync starts (a transaction-id horizon).
+    horizon: AtomicU64,
+    /// When the store last answered a sync (monotonic ms).
+    last_sync_ok: AtomicU64,
+    /// Ids this node published a non-zero pending count for, last round.
+    published: Mutex<HashSet<String>>,
+    /// Ids missing from the previous full sync: removed if missing again.
+    missing_once: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterNode {
+    /// A node over `hub` and the shared `store`. The hub stops removing expired
+    /// instances until this node wins the removal leadership.
+    pub fn new(hub: Hub, store: Arc<dyn ClusterStore>) -> Self {
+        hub.set_may_remove(false);
+        ClusterNode {
+            inner: Arc::new(NodeState {
+                hub,
+                store,
+                name: lease::new_id(),
+                horizon: AtomicU64::new(0),
+                last_sync_ok: AtomicU64::new(0),
+                published: Mutex::new(HashSet::new()),
+                missing_once: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    /// This node's name in the cluster tables.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The hub this node keeps in sync.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// Start: when no other node is alive the whole cluster restarted, and every
+    /// instance gets its grace period in the store; otherwise the store's heartbeat
+    /// ages stand. Then a full sync. Returns how many instances were read.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    pub async fn restore(&self) -> Result<usize, StoreError> {
+        let store = &self.inner.store;
+        let others = bounded(
+            STORE_TIMEOUT,
+            store.node_alive(&self.inner.name, ALIVE_WITHIN),
+        )
+        .await?;
+        if !others {
+            let n = bounded(STORE_TIMEOUT, store.grant_grace()).await?;
+            tracing::info!(
+                instances = n,
+                "no other registry node alive: cluster restart grace granted"
+            );
+        }
+        let batch = bounded(STORE_TIMEOUT, store.changes(None)).await?;
+        self.synced_ok();
+        let count = batch.rows.len();
+        self.apply_batch(batch.rows, true);
+        self.inner.horizon.store(batch.horizon, Ordering::Relaxed);
+        Ok(count)
+    }
+
+    fn synced_ok(&self) {
+        let now = self.inner.hub.clock().now();
+        self.inner.last_sync_ok.store(now, Ordering::Relaxed);
+    }
+
+    /// Pulls the store's changes since the last sync (or everything, with `full`)
+    /// into memory. Unreachable store: liveness time is held until it answers again.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store did not answer within [`SYNC_TIMEOUT`].
+    pub async fn sync(&self, full: bool) -> Result<usize, StoreError> {
+        let horizon = (!full).then(|| self.inner.horizon.load(Ordering::Relaxed));
+        // A short limit: an unanswered sync is how a node learns the store is gone.
+        match bounded(SYNC_TIMEOUT, self.inner.store.changes(horizon)).await {
+            Ok(batch) => {
+                self.synced_ok();
+                if self.inner.hub.release_time() {
+                    tracing::info!("cluster store reachable again");
+                }
+                let count = batch.rows.len();
+                self.apply_batch(batch.rows, full);
+                self.inner.horizon.store(batch.horizon, Ordering::Relaxed);
+                Ok(count)
+            }
+            Err(err) => {
+                // Stop liveness time at the last good sync: answers keep the last
+                // known state instead of expiring everyone this node no longer hears
+                // about.
+                let at = self.inner.last_sync_ok.load(Ordering::Relaxed);
+                if self.inner.hub.hold_time(at) {
+                    tracing::warn!("cluster store unreachable: serving the last known state");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn apply_batch(&self, rows: Vec<SyncedRow>, full: bool) {
+        let hub = &self.inner.hub;
+        let now = hub.liveness_now();
+        let mut seen: HashSet<String> = HashSet::new();
+        for row in rows {
+            let service = row.record.service.clone();
+            if row.deleted {
+                hub.forget(&service, &row.record.id);
+                continue;
+            }
+            let age = row.age_ms;
+            match hub::instance_from_record(row.record, now) {
+                Ok(mut instance) => {
+                    instance.last_seen = now.saturating_sub(age);
+                    if full {
+                        seen.insert(instance.id.clone());
+                    }
+                    hub.apply_synced(&service, instance);
+                }
+                Err(err) => tracing::error!(%err, "skipping unreadable synced instance"),
+            }
+        }
+        if full {
+            self.forget_missing_twice(&seen);
+        }
+    }
+
+    /// A full read is a snapshot: an instance missing from it may have been
+    /// registered here just after it was taken, so only one missing twice goes.
+    fn forget_missing_twice(&self, seen: &HashSet<String>) {
+        let hub = &self.inner.hub;
+        let mut missing_once = lock(&self.inner.missing_once);
+        let mut missing_now = HashSet::new();
+        for (service, ids) in hub.registered_ids() {
+            for id in ids.into_iter().filter(|id| !seen.contains(id)) {
+                if missing_once.contains(&id) {
+                    hub.forget(&service, &id);
+                } else {
+                    missing_now.insert(id);
+                }
+            }
+        }
+        *missing_once = missing_now;
+    }
+
+    /// Publishes this node's pending hand-outs and takes the other nodes'.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store did not answer.
+    pub async fn exchange_pending(&self) -> Result<(), StoreError> {
+        let hub = &self.inner.hub;
+        let mut mine = hub.local_pending();
+        let now_ids: HashSet<String> = mine.iter().map(|(id, _)| id.clone()).collect();
+        {
+            let published = lock(&self.inner.published);
+            // Withdraw what went back to zero since the last round.
+            mine.extend(published.difference(&now_ids).map(|id| (id.clone(), 0)));
+        }
+        let remote = bounded(
+            STORE_TIMEOUT,
+            self.inner.store.exchange_pending(&self.inner.name, &mine),
+        )
+        .await?;
+        *lock(&self.inner.published) = now_ids;
+        let remote: HashMap<String, u64> = remote.into_iter().collect();
+        hub.set_remote_pending(&remote);
+        Ok(())
+    }
+}
