@@ -1,9 +1,11 @@
 //! Persistence of registrations behind one interface: the [`Store`] trait, its records
-//! and [`StoreError`]. All SQL lives in the backends (`sqlite.rs`; PostgreSQL later).
+//! and [`StoreError`]. All SQL lives in the backends (`sqlite.rs`, `postgres.rs`);
+//! `row.rs` is the one row decoder both use.
 //!
 //! Must not know about HTTP or ranking. Migrations are under `migrations/<backend>`.
 
 pub mod postgres;
+pub mod row;
 pub mod sqlite;
 
 use std::sync::Arc;

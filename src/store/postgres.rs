@@ -14,6 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::Mutex;
 
+use super::row::{record_from_row, to_i64, to_u64};
 use super::{
     BeatRecord, ClusterStore, InstanceRecord, Store, StoreError, SyncBatch, SyncedRow, Upserted,
 };
@@ -29,8 +30,8 @@ const LEADER_LOCK: i64 = 0x7377_6264;
 
 /// Columns of an instance row, with times as Unix milliseconds and the heartbeat's
 /// age by the database clock.
-const COLUMNS: &str = "id, service, address, weight, max_connections, zone, tags, metadata, \
-     ttl_secs, lease_hash, draining, connections, deleted, \
+const COLUMNS: &str = "id, service, address, weight::bigint AS weight, max_connections, zone, \
+     tags, metadata, ttl_secs::bigint AS ttl_secs, lease_hash, draining, connections, deleted, \
      (EXTRACT(EPOCH FROM registered_at) * 1000)::bigint AS registered_at_ms, \
      (EXTRACT(EPOCH FROM last_heartbeat) * 1000)::bigint AS last_heartbeat_ms, \
      GREATEST(0, EXTRACT(EPOCH FROM (now() - last_heartbeat)) * 1000)::bigint AS age_ms";
@@ -57,42 +58,9 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
 fn synced_from_row(row: &PgRow) -> Result<SyncedRow, StoreError> {
-    let id: String = row.try_get("id")?;
-    let corrupt = |reason: &str| StoreError::Corrupt {
-        id: id.clone(),
-        reason: reason.to_owned(),
-    };
-    let weight: i32 = row.try_get("weight")?;
-    let ttl: i32 = row.try_get("ttl_secs")?;
-    let record = InstanceRecord {
-        service: row.try_get("service")?,
-        address: row.try_get("address")?,
-        weight: u32::try_from(weight).map_err(|_| corrupt("weight out of range"))?,
-        max_connections: row
-            .try_get::<Option<i64>, _>("max_connections")?
-            .map(to_u64),
-        zone: row.try_get("zone")?,
-        tags_json: row.try_get("tags")?,
-        metadata_json: row.try_get("metadata")?,
-        ttl_secs: u32::try_from(ttl).map_err(|_| corrupt("ttl out of range"))?,
-        lease_hash: row.try_get("lease_hash")?,
-        draining: row.try_get("draining")?,
-        connections: to_u64(row.try_get("connections")?),
-        registered_at_ms: to_u64(row.try_get("registered_at_ms")?),
-        last_heartbeat_ms: to_u64(row.try_get("last_heartbeat_ms")?),
-        id,
-    };
     Ok(SyncedRow {
-        record,
+        record: record_from_row(row)?,
         age_ms: to_u64(row.try_get("age_ms")?),
         deleted: row.try_get("deleted")?,
     })

@@ -9,11 +9,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite};
 
+use super::row::{record_from_row, to_i64, to_u64};
 use super::{BeatRecord, InstanceRecord, Store, StoreError, Upserted};
 
 /// How long a statement waits for SQLite's write lock before failing.
@@ -104,42 +104,6 @@ async fn finish<T>(
         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await;
     }
     Ok(committed?)
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-fn record_from_row(row: &SqliteRow) -> Result<InstanceRecord, StoreError> {
-    let id: String = row.try_get("id")?;
-    let weight: i64 = row.try_get("weight")?;
-    let ttl: i64 = row.try_get("ttl_secs")?;
-    let corrupt = |reason: &str| StoreError::Corrupt {
-        id: id.clone(),
-        reason: reason.to_owned(),
-    };
-    Ok(InstanceRecord {
-        service: row.try_get("service")?,
-        address: row.try_get("address")?,
-        weight: u32::try_from(weight).map_err(|_| corrupt("weight out of range"))?,
-        max_connections: row
-            .try_get::<Option<i64>, _>("max_connections")?
-            .map(to_u64),
-        zone: row.try_get("zone")?,
-        tags_json: row.try_get("tags")?,
-        metadata_json: row.try_get("metadata")?,
-        ttl_secs: u32::try_from(ttl).map_err(|_| corrupt("ttl out of range"))?,
-        lease_hash: row.try_get("lease_hash")?,
-        draining: row.try_get::<i64, _>("draining")? != 0,
-        connections: to_u64(row.try_get("connections")?),
-        registered_at_ms: to_u64(row.try_get("registered_at_ms")?),
-        last_heartbeat_ms: to_u64(row.try_get("last_heartbeat_ms")?),
-        id,
-    })
 }
 
 #[async_trait]
