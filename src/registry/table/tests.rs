@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
+use crate::registry::model::State;
 use crate::registry::rank::Candidate;
 
 /// `ttl_secs` of every test instance, in milliseconds.

@@ -1,16 +1,25 @@
 //! In-memory state of one service: its instances, the ranking index, pending
-//! hand-outs, the version, the affinity ring and self-preservation.
+//! hand-outs, the version and the affinity ring. The sweep and its self-preservation
+//! episode are in `sweep.rs`, the admin listing and its card cache in `listing.rs`,
+//! what a cluster node's sync changes in `cluster.rs`.
 //!
 //! Pure and synchronous: the caller holds it under a lock, passes `now`, and does the
 //! I/O (store writes, waking blocking queries) around it.
+
+mod cluster;
+mod listing;
+mod sweep;
+
+pub use listing::{Card, CardRow, InstanceView, ServiceSummary};
+pub use sweep::{PreservationEvent, SweepOutcome};
 
 use std::collections::{BTreeSet, HashMap};
 
 use subtle::ConstantTimeEq;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use super::liveness::{self, Preservation};
-use super::model::{Instance, InstanceSpec, LeaseHash, Millis, Origin, State};
+use super::liveness::Preservation;
+use super::model::{Instance, InstanceSpec, LeaseHash, Millis, Origin};
 use super::rank::{self, BOUNDED_LOAD_FACTOR, RankKey, RebalancePolicy, Totals};
 use super::ring::{self, Ring};
 
@@ -82,98 +91,10 @@ pub struct DirtyBeat {
     pub last_seen: Millis,
 }
 
-/// Self-preservation changes reported by a sweep, for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PreservationEvent {
-    /// The service entered self-preservation with this many instances expiring.
-    Started {
-        /// Instances expired within the last TTL window.
-        expiring: usize,
-        /// Instances live or expired within the last TTL window.
-        population: usize,
-    },
-    /// The service left self-preservation.
-    Ended,
-}
-
-/// What a sweep did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SweepOutcome {
-    /// Ids removed after 3 × TTL without heartbeat.
-    pub removed: Vec<String>,
-    /// A self-preservation change, if any.
-    pub preservation: Option<PreservationEvent>,
-}
-
-/// Counts shown in `GET /v1/services`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceSummary {
-    /// Service name.
-    pub name: String,
-    /// Live, not draining.
-    pub up: u64,
-    /// Live, draining.
-    pub draining: u64,
-    /// Expired, not yet removed.
-    pub expired: u64,
-    /// Sum of reported connections of live instances.
-    pub connections: u64,
-    /// Whether the service is in self-preservation.
-    pub self_preservation: bool,
-    /// Current version.
-    pub version: u64,
-}
-
-/// A caller's cached rendering of an instance's fixed fields.
-pub type Card = std::sync::Arc<str>;
-
-/// One row of the admin listing: the cached card and the fields that move.
-#[derive(Debug, Clone)]
-pub struct CardRow {
-    /// The rendering of the fixed fields.
-    pub card: Card,
-    /// State now.
-    pub state: State,
-    /// Drained.
-    pub draining: bool,
-    /// Reported connections.
-    pub connections: u64,
-    /// Pending hand-outs (the cluster's).
-    pub pending: u64,
-    /// Load now.
-    pub load: f64,
-    /// Milliseconds since the last heartbeat.
-    pub last_heartbeat_ms_ago: Millis,
-}
-
-/// An instance as the admin listing shows it.
-#[derive(Debug, Clone)]
-pub struct InstanceView {
-    /// The instance.
-    pub instance: Instance,
-    /// Its state now.
-    pub state: State,
-    /// Its load now.
-    pub load: f64,
-    /// Milliseconds since its last heartbeat.
-    pub last_heartbeat_ms_ago: Millis,
-}
-
 /// Slots of one answer, and expired slots met while ordering.
 struct Order {
     slots: Vec<u32>,
     stale: Vec<u32>,
-}
-
-impl InstanceView {
-    fn of(instance: &Instance, now: Millis) -> Self {
-        InstanceView {
-            instance: instance.clone(),
-            state: instance.state(now),
-            load: instance.load(),
-            last_heartbeat_ms_ago: instance.age(now),
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -578,104 +499,6 @@ impl ServiceTable {
         in_zone.or_else(|| ring.pick(hash, |slot| fits(slot, false)))
     }
 
-    /// Sweeps expiry, removal and self-preservation at `now`. With `may_remove` false
-    /// (a cluster node that does not lead) expired instances stay until the store's
-    /// removal reaches this node.
-    pub fn sweep(&mut self, now: Millis, may_remove: bool) -> SweepOutcome {
-        let mut outcome = SweepOutcome::default();
-        let mut population = 0;
-        let mut expiring = 0;
-        // Static instances are judged by their health checks, not by heartbeats.
-        let registered = |e: &&Entry| e.instance.origin == Origin::Registered;
-        for entry in self.slots.iter().flatten().filter(registered) {
-            let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
-            if liveness::is_live(age, ttl) {
-                population += 1;
-            } else if liveness::expired_recently(age, ttl) {
-                population += 1;
-                expiring += 1;
-            }
-        }
-        match &self.preservation {
-            Some(p) => {
-                let (mut present, mut still_expired) = (0, 0);
-                for id in &p.frozen {
-                    if let Some(instance) = self.get(id) {
-                        present += 1;
-                        still_expired += usize::from(!instance.is_live(now));
-                    }
-                }
-                if p.should_end(now, still_expired, present) {
-                    self.preservation = None;
-                    for entry in self.slots.iter_mut().flatten() {
-                        entry.preserved = false;
-                    }
-                    outcome.preservation = Some(PreservationEvent::Ended);
-                }
-            }
-            None if liveness::looks_like_partition(expiring, population) => {
-                let mut frozen = Vec::new();
-                let mut frozen_slots = Vec::new();
-                let mut max_ttl = 0;
-                for (slot, entry) in self.slots.iter_mut().enumerate() {
-                    let Some(entry) = entry else { continue };
-                    if entry.instance.origin == Origin::Static {
-                        continue;
-                    }
-                    let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
-                    if liveness::is_live(age, ttl) || liveness::expired_recently(age, ttl) {
-                        entry.preserved = true;
-                        frozen.push(entry.instance.id.clone());
-                        frozen_slots.push(slot as u32);
-                        max_ttl = max_ttl.max(ttl);
-                    }
-                }
-                // Instances a sweep already took out just before the episode began
-                // belong to the last known set too: put them back.
-                for slot in frozen_slots {
-                    self.reindex(slot, now);
-                }
-                self.preservation = Some(Preservation {
-                    since: now,
-                    until: now + max_ttl * liveness::REMOVE_AFTER_TTLS,
-                    frozen,
-                });
-                outcome.preservation = Some(PreservationEvent::Started {
-                    expiring,
-                    population,
-                });
-            }
-            None => {}
-        }
-        // Self-preservation suspends removal, but an instance outside the frozen set
-        // that expires still leaves the answers, and the version (which wakes blocking
-        // queries) must say so now, not at the next `/servers` call.
-        let preserving = self.preservation.is_some();
-        let mut to_remove = Vec::new();
-        let mut to_reindex = Vec::new();
-        for (slot, entry) in self.slots.iter().enumerate() {
-            let Some(entry) = entry else { continue };
-            let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
-            let removable = entry.instance.origin == Origin::Registered
-                && may_remove
-                && !preserving
-                && liveness::is_removable(age, ttl);
-            if removable {
-                to_remove.push(entry.instance.id.clone());
-            } else if entry.indexed.is_some() && !entry.preserved && !entry.instance.is_live(now) {
-                to_reindex.push(slot as u32);
-            }
-        }
-        for slot in to_reindex {
-            self.reindex(slot, now);
-        }
-        for id in &to_remove {
-            self.remove(id);
-        }
-        outcome.removed = to_remove;
-        outcome
-    }
-
     /// Takes the heartbeats not yet persisted.
     pub fn take_dirty(&mut self) -> Vec<DirtyBeat> {
         let mut beats = Vec::with_capacity(self.dirty.len());
@@ -692,75 +515,6 @@ impl ServiceTable {
             }
         }
         beats
-    }
-
-    /// Every instance, all states, as cached cards and moving fields: the admin
-    /// listing without copying any instance. `render` fills a missing card.
-    pub fn listing_cards(
-        &mut self,
-        now: Millis,
-        render: &dyn Fn(&Instance) -> Card,
-    ) -> Vec<CardRow> {
-        self.slots
-            .iter_mut()
-            .flatten()
-            .map(|entry| {
-                let card = entry
-                    .card
-                    .get_or_insert_with(|| render(&entry.instance))
-                    .clone();
-                let i = &entry.instance;
-                CardRow {
-                    card,
-                    state: i.state(now),
-                    draining: i.draining,
-                    connections: i.connections,
-                    pending: i.pending(),
-                    load: i.load(),
-                    last_heartbeat_ms_ago: i.age(now),
-                }
-            })
-            .collect()
-    }
-
-    /// Every instance, all states, in registration order of their slots.
-    pub fn listing(&self, now: Millis) -> Vec<InstanceView> {
-        self.slots
-            .iter()
-            .flatten()
-            .map(|entry| InstanceView::of(&entry.instance, now))
-            .collect()
-    }
-
-    /// One instance as the listing shows it.
-    pub fn view(&self, id: &str, now: Millis) -> Option<InstanceView> {
-        self.get(id).map(|instance| InstanceView::of(instance, now))
-    }
-
-    /// The counts of `GET /v1/services`.
-    pub fn summary(&self, now: Millis) -> ServiceSummary {
-        let mut summary = ServiceSummary {
-            name: self.name.clone(),
-            up: 0,
-            draining: 0,
-            expired: 0,
-            connections: 0,
-            self_preservation: self.self_preservation(),
-            version: self.version,
-        };
-        for entry in self.slots.iter().flatten() {
-            match entry.instance.state(now) {
-                State::Up => summary.up += 1,
-                State::Draining => summary.draining += 1,
-                State::Expired => summary.expired += 1,
-            }
-            if entry.instance.is_live(now) {
-                summary.connections = summary
-                    .connections
-                    .saturating_add(entry.instance.connections);
-            }
-        }
-        summary
     }
 
     /// Whether an indexed entry may be handed out now: live, or frozen by
@@ -788,72 +542,6 @@ impl ServiceTable {
         }
         self.reindex(slot, now);
         true
-    }
-
-    /// Applies a row synced from the cluster's store: a new instance, changed fields,
-    /// or a newer heartbeat (by `last_seen`, derived from the database clock). A newer
-    /// count absorbs this node's pending hand-outs like a local heartbeat.
-    pub fn apply_synced(&mut self, synced: Instance, now: Millis) {
-        let Some(&slot) = self.by_id.get(&synced.id) else {
-            self.upsert(synced, now);
-            return;
-        };
-        let Some(entry) = self.slots[slot as usize].as_mut() else {
-            return;
-        };
-        if entry.instance.spec != synced.spec
-            || entry.instance.registered_at_unix_ms != synced.registered_at_unix_ms
-        {
-            entry.card = None;
-        }
-        let local = &mut entry.instance;
-        if local.spec.address != synced.spec.address {
-            self.upsert(synced, now);
-            return;
-        }
-        local.spec = synced.spec;
-        local.lease_hash = synced.lease_hash;
-        local.draining = synced.draining;
-        local.registered_at_unix_ms = synced.registered_at_unix_ms;
-        if synced.last_seen > local.last_seen {
-            local.absorb_heartbeat(Some(synced.connections), synced.last_seen);
-        }
-        self.reindex(slot, now);
-    }
-
-    /// Ids of registered instances (not static ones).
-    pub fn registered_ids(&self) -> impl Iterator<Item = &str> {
-        self.slots
-            .iter()
-            .flatten()
-            .filter(|e| e.instance.origin == Origin::Registered)
-            .map(|e| e.instance.id.as_str())
-    }
-
-    /// This node's pending hand-outs per instance, where there are any.
-    pub fn local_pending(&self) -> Vec<(String, u64)> {
-        self.slots
-            .iter()
-            .flatten()
-            .filter(|e| e.instance.local_pending() > 0)
-            .map(|e| (e.instance.id.clone(), e.instance.local_pending()))
-            .collect()
-    }
-
-    /// Sets the other nodes' pending hand-outs of every instance (absent ids: 0).
-    pub fn set_remote_pending(&mut self, remote: &HashMap<String, u64>, now: Millis) {
-        let mut changed = Vec::new();
-        for (slot, entry) in self.slots.iter_mut().enumerate() {
-            let Some(entry) = entry else { continue };
-            let value = remote.get(&entry.instance.id).copied().unwrap_or(0);
-            if entry.instance.remote_pending != value {
-                entry.instance.remote_pending = value;
-                changed.push(slot as u32);
-            }
-        }
-        for slot in changed {
-            self.reindex(slot, now);
-        }
     }
 
     /// Counts one hand-out for an instance chosen outside `rank` (the forwarder's

@@ -1,0 +1,131 @@
+//! The sweep of one service: expiry, removal after 3 × TTL, and the self-preservation
+//! episode (when most instances stop heartbeating at once, the last known set stays
+//! handed out until heartbeats return or the episode times out). Pure: `now` is an
+//! argument.
+
+use super::{Entry, ServiceTable};
+use crate::registry::liveness::{self, Preservation};
+use crate::registry::model::{Millis, Origin};
+
+/// Self-preservation changes reported by a sweep, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreservationEvent {
+    /// The service entered self-preservation with this many instances expiring.
+    Started {
+        /// Instances expired within the last TTL window.
+        expiring: usize,
+        /// Instances live or expired within the last TTL window.
+        population: usize,
+    },
+    /// The service left self-preservation.
+    Ended,
+}
+
+/// What a sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepOutcome {
+    /// Ids removed after 3 × TTL without heartbeat.
+    pub removed: Vec<String>,
+    /// A self-preservation change, if any.
+    pub preservation: Option<PreservationEvent>,
+}
+
+impl ServiceTable {
+    /// Sweeps expiry, removal and self-preservation at `now`. With `may_remove` false
+    /// (a cluster node that does not lead) expired instances stay until the store's
+    /// removal reaches this node.
+    pub fn sweep(&mut self, now: Millis, may_remove: bool) -> SweepOutcome {
+        let mut outcome = SweepOutcome::default();
+        let mut population = 0;
+        let mut expiring = 0;
+        // Static instances are judged by their health checks, not by heartbeats.
+        let registered = |e: &&Entry| e.instance.origin == Origin::Registered;
+        for entry in self.slots.iter().flatten().filter(registered) {
+            let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
+            if liveness::is_live(age, ttl) {
+                population += 1;
+            } else if liveness::expired_recently(age, ttl) {
+                population += 1;
+                expiring += 1;
+            }
+        }
+        match &self.preservation {
+            Some(p) => {
+                let (mut present, mut still_expired) = (0, 0);
+                for id in &p.frozen {
+                    if let Some(instance) = self.get(id) {
+                        present += 1;
+                        still_expired += usize::from(!instance.is_live(now));
+                    }
+                }
+                if p.should_end(now, still_expired, present) {
+                    self.preservation = None;
+                    for entry in self.slots.iter_mut().flatten() {
+                        entry.preserved = false;
+                    }
+                    outcome.preservation = Some(PreservationEvent::Ended);
+                }
+            }
+            None if liveness::looks_like_partition(expiring, population) => {
+                let mut frozen = Vec::new();
+                let mut frozen_slots = Vec::new();
+                let mut max_ttl = 0;
+                for (slot, entry) in self.slots.iter_mut().enumerate() {
+                    let Some(entry) = entry else { continue };
+                    if entry.instance.origin == Origin::Static {
+                        continue;
+                    }
+                    let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
+                    if liveness::is_live(age, ttl) || liveness::expired_recently(age, ttl) {
+                        entry.preserved = true;
+                        frozen.push(entry.instance.id.clone());
+                        frozen_slots.push(slot as u32);
+                        max_ttl = max_ttl.max(ttl);
+                    }
+                }
+                // Instances a sweep already took out just before the episode began
+                // belong to the last known set too: put them back.
+                for slot in frozen_slots {
+                    self.reindex(slot, now);
+                }
+                self.preservation = Some(Preservation {
+                    since: now,
+                    until: now + max_ttl * liveness::REMOVE_AFTER_TTLS,
+                    frozen,
+                });
+                outcome.preservation = Some(PreservationEvent::Started {
+                    expiring,
+                    population,
+                });
+            }
+            None => {}
+        }
+        // Self-preservation suspends removal, but an instance outside the frozen set
+        // that expires still leaves the answers, and the version (which wakes blocking
+        // queries) must say so now, not at the next `/servers` call.
+        let preserving = self.preservation.is_some();
+        let mut to_remove = Vec::new();
+        let mut to_reindex = Vec::new();
+        for (slot, entry) in self.slots.iter().enumerate() {
+            let Some(entry) = entry else { continue };
+            let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
+            let removable = entry.instance.origin == Origin::Registered
+                && may_remove
+                && !preserving
+                && liveness::is_removable(age, ttl);
+            if removable {
+                to_remove.push(entry.instance.id.clone());
+            } else if entry.indexed.is_some() && !entry.preserved && !entry.instance.is_live(now) {
+                to_reindex.push(slot as u32);
+            }
+        }
+        for slot in to_reindex {
+            self.reindex(slot, now);
+        }
+        for id in &to_remove {
+            self.remove(id);
+        }
+        outcome.removed = to_remove;
+        outcome
+    }
+}
