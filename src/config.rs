@@ -14,6 +14,9 @@ use crate::cli::ServeArgs;
 use crate::registry::RebalancePolicy;
 use crate::registry::validate;
 
+/// Largest `[rebalance] reconnect_jitter_ms`: one hour.
+const MAX_RECONNECT_JITTER_MS: u64 = 3_600_000;
+
 /// Default HTTP API address.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 /// Default store.
@@ -120,6 +123,7 @@ struct FileRebalance {
     enabled: Option<bool>,
     tolerance: Option<f64>,
     shed_max_ratio: Option<f64>,
+    reconnect_jitter_ms: Option<u64>,
 }
 
 /// The config file as written.
@@ -363,7 +367,16 @@ impl Config {
             enabled: r.enabled.unwrap_or(defaults.enabled),
             tolerance: r.tolerance.unwrap_or(defaults.tolerance),
             shed_max_ratio: r.shed_max_ratio.unwrap_or(defaults.shed_max_ratio),
+            reconnect_jitter_ms: r
+                .reconnect_jitter_ms
+                .unwrap_or(defaults.reconnect_jitter_ms),
         };
+        if rebalance.reconnect_jitter_ms > MAX_RECONNECT_JITTER_MS {
+            return Err(invalid(
+                "rebalance.reconnect_jitter_ms",
+                "must be within 0..=3600000 (one hour)",
+            ));
+        }
         if !(0.0..=10.0).contains(&rebalance.tolerance) {
             return Err(invalid(
                 "rebalance.tolerance",

@@ -308,6 +308,7 @@ impl Hub {
             ttl_secs: spec.ttl_secs,
             lease_hash: hex::encode(lease_hash),
             draining: false,
+            evacuate_per_sec: None,
             connections: 0,
             registered_at_ms: now_unix,
             last_heartbeat_ms: now_unix,
@@ -362,20 +363,19 @@ impl Hub {
         &self,
         service: &str,
         id: &str,
+        evacuate_per_sec: Option<u32>,
         who: Authority<'_>,
     ) -> Result<InstanceView, HubError> {
         let slot = self.slot(service).ok_or_else(|| unknown(service, id))?;
         let _writes = slot.writes.lock().await;
         self.authorize(&slot, service, id, who)?;
-        if !self
-            .write(self.inner.store.set_draining(service, id))
-            .await?
-        {
+        let stored = self.inner.store.set_draining(service, id, evacuate_per_sec);
+        if !self.write(stored).await? {
             return Err(unknown(service, id));
         }
         let now = self.now();
         slot.apply(|t| {
-            t.drain(id, now);
+            t.drain(id, evacuate_per_sec, now);
             t.view(id, now)
         })
         .ok_or_else(|| unknown(service, id))
@@ -417,6 +417,11 @@ impl Hub {
         }
     }
 
+    /// How long clients should spread their reconnects over, for `/servers` answers.
+    pub fn reconnect_jitter_ms(&self) -> u64 {
+        self.inner.policy.reconnect_jitter_ms
+    }
+
     /// Ranks a service for one answer, counting the hand-out of the first server.
     /// An unknown service answers an empty list.
     pub fn servers(&self, service: &str, query: &RankQuery<'_>) -> Ranked {
@@ -448,6 +453,7 @@ impl Hub {
             limit,
             zone: None,
             key,
+            tag: None,
         };
         let exclude = |i: &Instance| is_out(&i.spec.address);
         slot.apply(|t| t.rank_excluding(&query, now, &exclude))
@@ -760,6 +766,7 @@ pub(crate) fn instance_from_record(
     };
     let mut instance = table::new_instance(r.id.clone(), spec, lease_hash, now, r.registered_at_ms);
     instance.draining = r.draining;
+    instance.evacuate_per_sec = r.evacuate_per_sec;
     instance.connections = r.connections;
     Ok(instance)
 }

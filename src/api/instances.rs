@@ -32,6 +32,14 @@ pub struct RegisterBody {
     ttl_secs: Option<i64>,
 }
 
+/// Body of `POST /v1/services/{service}/instances/{id}/drain` (optional: an empty
+/// body drains without touching existing connections).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainBody {
+    evacuate_per_sec: Option<i64>,
+}
+
 impl RegisterBody {
     /// Validates every field into a spec.
     fn into_spec(self) -> Result<InstanceSpec, ApiError> {
@@ -187,10 +195,12 @@ pub async fn drain(
     State(state): State<AppState>,
     Path((service, id)): Path<(String, String)>,
     meta: Meta,
+    ApiJson(body): ApiJson<DrainBody>,
 ) -> Result<Json<InstanceDto>, ApiError> {
     let who = authority(&state, &meta)?;
-    let view = state.hub.drain(&service, &id, who).await?;
-    tracing::info!(%service, %id, "drained");
+    let evacuate = validate::evacuate_per_sec(body.evacuate_per_sec)?;
+    let view = state.hub.drain(&service, &id, evacuate, who).await?;
+    tracing::info!(%service, %id, evacuate_per_sec = ?evacuate, "drained");
     Ok(Json(InstanceDto::new(&service, view)))
 }
 

@@ -29,6 +29,7 @@ pub struct ServersParams {
     limit: Option<String>,
     key: Option<String>,
     zone: Option<String>,
+    tag: Option<String>,
     since: Option<String>,
     wait_secs: Option<String>,
 }
@@ -49,6 +50,7 @@ pub struct ServerDto {
 pub struct ServersAnswer {
     service: String,
     version: u64,
+    reconnect_jitter_ms: u64,
     self_preservation: bool,
     servers: Vec<ServerDto>,
 }
@@ -89,6 +91,7 @@ pub async fn servers(
         validate::affinity_key(key)?;
     }
     let zone = validate::zone(params.zone.as_deref())?;
+    let tag = validate::tag(params.tag.as_deref())?;
     let since = parse_number(params.since.as_deref(), "invalid_since", "since")?;
     let wait = match parse_number(params.wait_secs.as_deref(), "invalid_wait", "wait_secs")? {
         None => None,
@@ -109,14 +112,16 @@ pub async fn servers(
         limit,
         zone: zone.as_deref(),
         key: params.key.as_deref().map(str::as_bytes),
+        tag: tag.as_deref(),
     };
     let ranked = state.hub.servers(service, &rank_query);
     if meta.wants_text {
-        return Ok(text_answer(&ranked));
+        return Ok(text_answer(&ranked, state.hub.reconnect_jitter_ms()));
     }
     Ok(Json(ServersAnswer {
         service: service.to_owned(),
         version: ranked.version,
+        reconnect_jitter_ms: state.hub.reconnect_jitter_ms(),
         self_preservation: ranked.self_preservation,
         servers: ranked
             .servers
@@ -135,7 +140,7 @@ pub async fn servers(
 }
 
 /// One `host:port` per line, best first.
-fn text_answer(ranked: &Ranked) -> Response {
+fn text_answer(ranked: &Ranked, reconnect_jitter_ms: u64) -> Response {
     let mut body = String::with_capacity(ranked.servers.len() * 24);
     for server in &ranked.servers {
         body.push_str(&server.address);
@@ -147,6 +152,10 @@ fn text_answer(ranked: &Ranked) -> Response {
             (
                 header::HeaderName::from_static("x-switchboard-version"),
                 ranked.version.to_string(),
+            ),
+            (
+                header::HeaderName::from_static("x-reconnect-jitter-ms"),
+                reconnect_jitter_ms.to_string(),
             ),
         ],
         body,

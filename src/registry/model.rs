@@ -77,6 +77,9 @@ pub struct Instance {
     pub lease_hash: LeaseHash,
     /// Set by drain; cleared by re-registration.
     pub draining: bool,
+    /// Paced evacuation of a drained instance: connections per second it is asked to
+    /// close (SPEC section 3); cleared by re-registration.
+    pub evacuate_per_sec: Option<u32>,
     /// Live connections as last reported.
     pub connections: u64,
     /// Hand-outs since the last heartbeat.

@@ -103,6 +103,10 @@ pub struct RebalancePolicy {
     pub tolerance: f64,
     /// At most this fraction of the instance's connections per heartbeat.
     pub shed_max_ratio: f64,
+    /// Clients that lost their connection wait a random time below this before they
+    /// reconnect (told in every `/servers` answer), so a shed round or a server's
+    /// death does not become a reconnect storm.
+    pub reconnect_jitter_ms: u64,
 }
 
 impl Default for RebalancePolicy {
@@ -111,6 +115,7 @@ impl Default for RebalancePolicy {
             enabled: true,
             tolerance: 0.10,
             shed_max_ratio: 0.01,
+            reconnect_jitter_ms: 5_000,
         }
     }
 }
@@ -132,6 +137,15 @@ pub fn shed(connections: u64, weight: u32, mean_load: f64, policy: &RebalancePol
     let above_mean = (connections as f64 - fair_share).max(0.0);
     let per_beat = (connections as f64 * policy.shed_max_ratio).floor();
     above_mean.min(per_beat) as u64
+}
+
+/// How many connections a drained instance with a paced evacuation should close
+/// before its next heartbeat: `rate × heartbeat_secs`, at most what it reported, so a
+/// full server empties at a pace the rest of the fleet can absorb. Zero without one.
+pub fn evacuation_shed(connections: u64, rate: Option<u32>, heartbeat_secs: u32) -> u64 {
+    rate.map_or(0, |rate| {
+        (u64::from(rate) * u64::from(heartbeat_secs.max(1))).min(connections)
+    })
 }
 
 /// One instance as seen by [`rank`]: the reference ordering used by tests and by

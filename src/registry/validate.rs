@@ -201,6 +201,41 @@ pub fn zone(raw: Option<&str>) -> Result<Option<String>, Invalid> {
     }
 }
 
+/// Largest paced evacuation rate, connections per second.
+pub const EVACUATE_PER_SEC_MAX: i64 = 100_000;
+
+/// Checks a drain's `evacuate_per_sec`: 1..=100000 when given.
+///
+/// # Errors
+/// `invalid_evacuate_per_sec` when out of range.
+pub fn evacuate_per_sec(raw: Option<i64>) -> Result<Option<u32>, Invalid> {
+    match raw {
+        None => Ok(None),
+        Some(r) if (1..=EVACUATE_PER_SEC_MAX).contains(&r) => {
+            Ok(Some(u32::try_from(r).expect("at most 100000")))
+        }
+        Some(r) => Err(Invalid::new(
+            "invalid_evacuate_per_sec",
+            format!("evacuate_per_sec {r} is outside 1..={EVACUATE_PER_SEC_MAX}"),
+        )),
+    }
+}
+
+/// Checks the `tag` filter of `/servers`: one label, as in `tags`.
+///
+/// # Errors
+/// `invalid_tag` when it is not a label.
+pub fn tag(raw: Option<&str>) -> Result<Option<String>, Invalid> {
+    match raw {
+        None => Ok(None),
+        Some(t) if label(t) => Ok(Some(t.to_owned())),
+        Some(t) => Err(Invalid::new(
+            "invalid_tag",
+            format!("tag {t:?} must be 1..=64 letters, digits or . _ - : /"),
+        )),
+    }
+}
+
 /// Checks tags: at most 32 labels.
 ///
 /// # Errors

@@ -37,6 +37,8 @@ pub struct InstanceRecord {
     pub lease_hash: String,
     /// Drained.
     pub draining: bool,
+    /// Paced evacuation rate of a drained instance, connections per second.
+    pub evacuate_per_sec: Option<u32>,
     /// Last persisted connection count.
     pub connections: u64,
     /// First registration.
@@ -177,11 +179,17 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError`]; nothing was written.
     async fn upsert(&self, record: &InstanceRecord) -> Result<Upserted, StoreError>;
 
-    /// Marks an instance draining. Returns false when no such row exists.
+    /// Marks an instance draining, with an optional paced evacuation rate (which
+    /// replaces an earlier one). Returns false when no such row exists.
     ///
     /// # Errors
     /// [`StoreError`]; nothing was written.
-    async fn set_draining(&self, service: &str, id: &str) -> Result<bool, StoreError>;
+    async fn set_draining(
+        &self,
+        service: &str,
+        id: &str,
+        evacuate_per_sec: Option<u32>,
+    ) -> Result<bool, StoreError>;
 
     /// Deletes instances by id. Returns how many rows went.
     ///

@@ -31,7 +31,8 @@ const LEADER_LOCK: i64 = 0x7377_6264;
 /// Columns of an instance row, with times as Unix milliseconds and the heartbeat's
 /// age by the database clock.
 const COLUMNS: &str = "id, service, address, weight::bigint AS weight, max_connections, zone, \
-     tags, metadata, ttl_secs::bigint AS ttl_secs, lease_hash, draining, connections, deleted, \
+     tags, metadata, ttl_secs::bigint AS ttl_secs, lease_hash, draining, \
+     evacuate_per_sec::bigint AS evacuate_per_sec, connections, deleted, \
      (EXTRACT(EPOCH FROM registered_at) * 1000)::bigint AS registered_at_ms, \
      (EXTRACT(EPOCH FROM last_heartbeat) * 1000)::bigint AS last_heartbeat_ms, \
      GREATEST(0, EXTRACT(EPOCH FROM (now() - last_heartbeat)) * 1000)::bigint AS age_ms";
@@ -110,6 +111,7 @@ impl Store for PgStore {
              weight = excluded.weight, max_connections = excluded.max_connections, \
              zone = excluded.zone, tags = excluded.tags, metadata = excluded.metadata, \
              ttl_secs = excluded.ttl_secs, lease_hash = excluded.lease_hash, draining = false, \
+             evacuate_per_sec = NULL, \
              last_heartbeat = now(), txid = pg_current_xact_id() \
              RETURNING id, (xmax = 0) AS created, \
              (EXTRACT(EPOCH FROM registered_at) * 1000)::bigint AS registered_at_ms",
@@ -137,14 +139,20 @@ impl Store for PgStore {
         })
     }
 
-    async fn set_draining(&self, service: &str, id: &str) -> Result<bool, StoreError> {
+    async fn set_draining(
+        &self,
+        service: &str,
+        id: &str,
+        evacuate_per_sec: Option<u32>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "UPDATE instances SET draining = true, txid = pg_current_xact_id() \
-             WHERE service = $1 AND id = $2 AND NOT deleted",
+            "UPDATE instances SET draining = true, evacuate_per_sec = $3, \
+             txid = pg_current_xact_id() WHERE service = $1 AND id = $2 AND NOT deleted",
         )
         .bind(service)
         .bind(id)
+        .bind(evacuate_per_sec.map(i64::from))
         .execute(&mut *tx)
         .await?;
         self.notify(&mut tx, service).await?;

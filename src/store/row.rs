@@ -8,7 +8,8 @@ use super::{InstanceRecord, StoreError};
 
 /// Reads an [`InstanceRecord`] from a row with the columns `id`, `service`,
 /// `address`, `weight`, `max_connections`, `zone`, `tags`, `metadata`, `ttl_secs`,
-/// `lease_hash`, `draining`, `connections`, `registered_at_ms`, `last_heartbeat_ms`.
+/// `lease_hash`, `draining`, `evacuate_per_sec`, `connections`, `registered_at_ms`,
+/// `last_heartbeat_ms`.
 ///
 /// # Errors
 /// [`StoreError::Database`] for a missing column or type, [`StoreError::Corrupt`]
@@ -44,6 +45,10 @@ where
         ttl_secs: u32::try_from(ttl).map_err(|_| corrupt("ttl out of range"))?,
         lease_hash: row.try_get("lease_hash")?,
         draining: row.try_get("draining")?,
+        evacuate_per_sec: row
+            .try_get::<Option<i64>, _>("evacuate_per_sec")?
+            .map(|rate| u32::try_from(rate).map_err(|_| corrupt("evacuation rate out of range")))
+            .transpose()?,
         connections: to_u64(row.try_get("connections")?),
         registered_at_ms: to_u64(row.try_get("registered_at_ms")?),
         last_heartbeat_ms: to_u64(row.try_get("last_heartbeat_ms")?),

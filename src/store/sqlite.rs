@@ -124,7 +124,7 @@ impl Store for SqliteStore {
              ON CONFLICT (service, address) DO UPDATE SET weight = excluded.weight, \
              max_connections = excluded.max_connections, zone = excluded.zone, \
              tags = excluded.tags, metadata = excluded.metadata, ttl_secs = excluded.ttl_secs, \
-             lease_hash = excluded.lease_hash, draining = 0, \
+             lease_hash = excluded.lease_hash, draining = 0, evacuate_per_sec = NULL, \
              last_heartbeat_ms = excluded.last_heartbeat_ms \
              RETURNING id, registered_at_ms",
         )
@@ -153,13 +153,22 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn set_draining(&self, service: &str, id: &str) -> Result<bool, StoreError> {
+    async fn set_draining(
+        &self,
+        service: &str,
+        id: &str,
+        evacuate_per_sec: Option<u32>,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.begin().await?;
-        let done = sqlx::query("UPDATE instances SET draining = 1 WHERE service = ?1 AND id = ?2")
-            .bind(service)
-            .bind(id)
-            .execute(&mut *conn)
-            .await;
+        let done = sqlx::query(
+            "UPDATE instances SET draining = 1, evacuate_per_sec = ?3 \
+             WHERE service = ?1 AND id = ?2",
+        )
+        .bind(service)
+        .bind(id)
+        .bind(evacuate_per_sec.map(i64::from))
+        .execute(&mut *conn)
+        .await;
         Ok(finish(&mut conn, done).await?.rows_affected() > 0)
     }
 

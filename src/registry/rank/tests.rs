@@ -254,7 +254,7 @@ proptest! {
         tolerance in 0.0f64..0.5,
         shed_max_ratio in 0.0f64..=1.0,
     ) {
-        let policy = RebalancePolicy { enabled: true, tolerance, shed_max_ratio };
+        let policy = RebalancePolicy { enabled: true, tolerance, shed_max_ratio, ..RebalancePolicy::default() };
         let n = shed(connections, weight, mean_load, &policy);
         let w = f64::from(weight);
         let own_load = connections as f64 / w;
@@ -275,4 +275,21 @@ proptest! {
         let off = RebalancePolicy { enabled: false, ..policy };
         prop_assert_eq!(shed(connections, weight, mean_load, &off), 0);
     }
+}
+
+#[test]
+fn evacuation_sheds_rate_times_interval_up_to_what_is_left() {
+    assert_eq!(evacuation_shed(60_000, None, 5), 0, "no rate: left alone");
+    assert_eq!(evacuation_shed(60_000, Some(200), 5), 1_000);
+    assert_eq!(
+        evacuation_shed(700, Some(200), 5),
+        700,
+        "never more than reported"
+    );
+    assert_eq!(evacuation_shed(0, Some(200), 5), 0);
+    assert_eq!(
+        evacuation_shed(10, Some(3), 0),
+        3,
+        "an interval below 1 s counts as 1"
+    );
 }

@@ -32,6 +32,7 @@ impl ServiceTable {
         local.spec = synced.spec;
         local.lease_hash = synced.lease_hash;
         local.draining = synced.draining;
+        local.evacuate_per_sec = synced.evacuate_per_sec;
         local.registered_at_unix_ms = synced.registered_at_unix_ms;
         if synced.last_seen > local.last_seen {
             local.absorb_heartbeat(Some(synced.connections), synced.last_seen);

@@ -41,6 +41,8 @@ pub struct RankQuery<'a> {
     pub zone: Option<&'a str>,
     /// Affinity key.
     pub key: Option<&'a [u8]>,
+    /// Only instances whose tags contain this one (e.g. a canary `v2`).
+    pub tag: Option<&'a str>,
 }
 
 /// One server in a ranked answer.
@@ -328,7 +330,11 @@ impl ServiceTable {
         let entry = self.entry(slot).expect("still present");
         let instance = &entry.instance;
         let shed = if instance.draining {
-            0
+            rank::evacuation_shed(
+                instance.connections,
+                instance.evacuate_per_sec,
+                instance.spec.heartbeat_secs(),
+            )
         } else {
             rank::shed(
                 instance.connections,
@@ -345,12 +351,13 @@ impl ServiceTable {
 
     /// Marks an instance draining: never handed out again.
     /// Returns false when the id is unknown.
-    pub fn drain(&mut self, id: &str, now: Millis) -> bool {
+    pub fn drain(&mut self, id: &str, evacuate_per_sec: Option<u32>, now: Millis) -> bool {
         let Some(&slot) = self.by_id.get(id) else {
             return false;
         };
         if let Some(entry) = self.slots[slot as usize].as_mut() {
             entry.instance.draining = true;
+            entry.instance.evacuate_per_sec = evacuate_per_sec;
         }
         self.reindex(slot, now);
         true
@@ -382,6 +389,9 @@ impl ServiceTable {
         now: Millis,
         exclude: &dyn Fn(&Instance) -> bool,
     ) -> Ranked {
+        let tag = query.tag;
+        let exclude =
+            &|i: &Instance| exclude(i) || tag.is_some_and(|t| !i.spec.tags.iter().any(|x| x == t));
         let mut order = self.order(query, now, exclude);
         // An instance that expired since the last sweep was skipped: take it out of the
         // index now, so the answer's version already reflects the smaller set.
@@ -633,6 +643,7 @@ pub fn new_instance(
         spec,
         lease_hash,
         draining: false,
+        evacuate_per_sec: None,
         connections: 0,
         pending_recent: 0,
         pending_older: 0,

@@ -61,6 +61,7 @@ fn query(limit: usize) -> RankQuery<'static> {
         limit,
         zone: None,
         key: None,
+        tag: None,
     }
 }
 
@@ -264,9 +265,9 @@ fn version_tracks_the_handed_out_set() {
     heavier.weight = 5;
     assert!(!t.register("a".into(), heavier, lease_of("a"), 100, 0));
     step(&t, false, "re-register with new fields");
-    assert!(t.drain("a", 100));
+    assert!(t.drain("a", None, 100));
     step(&t, true, "drain");
-    assert!(t.drain("a", 100));
+    assert!(t.drain("a", None, 100));
     step(&t, false, "drain again");
     beat(&mut t, "a", 1, 200);
     step(&t, false, "heartbeat while draining");
@@ -286,7 +287,7 @@ fn version_tracks_the_handed_out_set() {
     step(&t, true, "revival by heartbeat");
     t.sweep(2_400, true);
     step(&t, false, "live through the sweep");
-    assert!(t.drain("a", 2_400));
+    assert!(t.drain("a", None, 2_400));
     step(&t, true, "drain");
     t.sweep(5_401, true);
     assert!(t.get("a").is_none());
@@ -527,7 +528,7 @@ fn reregistration_keeps_id_and_counts_and_replaces_lease() {
     add(&mut t, "a", 0);
     beat(&mut t, "a", 120, 10);
     first(&mut t, 11);
-    assert!(t.drain("a", 12));
+    assert!(t.drain("a", None, 12));
 
     let id = t
         .id_of_address("a.test:6666")
@@ -596,7 +597,7 @@ fn shed_in_heartbeat_answers() {
     };
     assert_eq!(beat_with(&mut t, "a", 2_000, 5, &off).shed, 0);
     // A draining instance's connections are left alone.
-    assert!(t.drain("a", 6));
+    assert!(t.drain("a", None, 6));
     assert_eq!(beat_with(&mut t, "a", 2_000, 7, &generous).shed, 0);
     // Weight counts: 2000 on weight 2 is load 1000, at the mean.
     let mut double = spec("e");
@@ -624,6 +625,7 @@ fn keyed_pick_prefers_the_zone_and_skips_the_capped() {
             limit: 4,
             zone,
             key: Some(key.as_bytes()),
+            tag: None,
         };
         t.clone().rank(&q, 2).servers.remove(0)
     };
@@ -665,6 +667,7 @@ fn keyed_pick_follows_membership() {
                 limit: 1,
                 zone: None,
                 key: Some(key.as_bytes()),
+                tag: None,
             };
             let head = ids(&t.rank(&q, 5)).remove(0);
             let owner = ring.owner(ring::key_hash(key.as_bytes())).expect("members");
@@ -682,7 +685,7 @@ fn keyed_pick_follows_membership() {
     assert_eq!(owners(&mut t, &["a", "b", "c", "d"]), 100);
     assert!(t.remove("b"));
     assert_eq!(owners(&mut t, &["a", "c", "d"]), 100);
-    assert!(t.drain("c", 3));
+    assert!(t.drain("c", None, 3));
     assert_eq!(owners(&mut t, &["a", "d"]), 100);
 }
 
@@ -727,7 +730,7 @@ fn summary_counts_states_and_live_connections() {
     }
     beat(&mut t, "a", 10, 1_500);
     beat(&mut t, "b", 20, 1_500);
-    assert!(t.drain("b", 1_500));
+    assert!(t.drain("b", None, 1_500));
     let s = t.summary(1_500);
     assert_eq!(
         (s.name.as_str(), s.up, s.draining, s.expired, s.connections),
@@ -773,7 +776,7 @@ fn build(shapes: &[Shape], warmup: usize, sweep: bool) -> ServiceTable {
         let at = if expired { 0 } else { NOW };
         beat(&mut t, &id, connections, at);
         if draining {
-            assert!(t.drain(&id, at));
+            assert!(t.drain(&id, None, at));
         }
     }
     if sweep {
@@ -807,7 +810,7 @@ proptest! {
         let mut t = build(&shapes, warmup, sweep);
         for (limit, zone, key) in queries {
             let key = key.map(|k| format!("device-{k}"));
-            let q = RankQuery { limit, zone, key: key.as_ref().map(String::as_bytes) };
+            let q = RankQuery { limit, zone, key: key.as_ref().map(String::as_bytes), tag: None };
             let before = t.clone();
             let expected = reference(&before, &q, NOW);
             let up = before.listing(NOW).iter().filter(|v| v.state == State::Up).count() as u64;
@@ -886,7 +889,7 @@ proptest! {
             let expected = ring
                 .pick(ring::key_hash(key.as_bytes()), fits)
                 .expect("the least loaded always fits");
-            let q = RankQuery { limit: 3, zone: None, key: Some(key.as_bytes()) };
+            let q = RankQuery { limit: 3, zone: None, key: Some(key.as_bytes()), tag: None };
             let head = ids(&t.rank(&q, 1)).remove(0);
             prop_assert_eq!(slot_of(&t, &head), expected);
             // After the hand-out, within the bound computed before it.
@@ -920,7 +923,7 @@ proptest! {
             for k in &keys {
                 let key = format!("device-{k}");
                 let owner = ring.owner(ring::key_hash(key.as_bytes())).expect("non-empty");
-                let q = RankQuery { limit: 1, zone: None, key: Some(key.as_bytes()) };
+                let q = RankQuery { limit: 1, zone: None, key: Some(key.as_bytes()), tag: None };
                 let head = ids(&t.rank(&q, 2 + round)).remove(0);
                 prop_assert_eq!(slot_of(&t, &head), owner, "round {}", round);
             }
@@ -940,7 +943,7 @@ proptest! {
         shed_max_ratio in 0.0f64..=0.2,
         enabled in prop::bool::weighted(0.9),
     ) {
-        let policy = RebalancePolicy { enabled, tolerance, shed_max_ratio };
+        let policy = RebalancePolicy { enabled, tolerance, shed_max_ratio, ..RebalancePolicy::default() };
         let mut t = ServiceTable::new("default");
         for (i, &(weight, _, draining)) in fleet.iter().enumerate() {
             let id = format!("i{i}");
@@ -948,7 +951,7 @@ proptest! {
             s.weight = weight;
             add_spec(&mut t, &id, s, 0);
             if draining {
-                t.drain(&id, 0);
+                t.drain(&id, None, 0);
             }
         }
         for (i, &(weight, c, draining)) in fleet.iter().enumerate() {
@@ -1029,7 +1032,7 @@ proptest! {
                 }
                 Op::Drain(i) => {
                     if let Some(id) = t.id_of_address(&format!("10.0.0.{i}:6666")).map(str::to_owned) {
-                        t.drain(&id, now);
+                        t.drain(&id, None, now);
                     }
                 }
                 Op::Remove(i) => {
@@ -1044,7 +1047,7 @@ proptest! {
                 }
                 Op::Rank(key) => {
                     let key = key.map(|k| format!("device-{k}"));
-                    let q = RankQuery { limit: 3, zone: None, key: key.as_ref().map(String::as_bytes) };
+                    let q = RankQuery { limit: 3, zone: None, key: key.as_ref().map(String::as_bytes), tag: None };
                     t.rank(&q, now);
                 }
                 Op::Advance(ms) => {
@@ -1077,4 +1080,55 @@ proptest! {
             seen = out;
         }
     }
+}
+
+#[test]
+fn a_tag_filter_ranks_only_the_tagged_instances() {
+    let mut t = ServiceTable::new("s");
+    add(&mut t, "plain", 0);
+    let mut canary = spec("canary");
+    canary.tags = vec!["v2".into()];
+    add_spec(&mut t, "canary", canary, 0);
+    beat(&mut t, "plain", 0, 1);
+    beat(&mut t, "canary", 500, 1);
+    let tagged = RankQuery {
+        tag: Some("v2"),
+        ..query(10)
+    };
+    assert_eq!(ids(&t.rank(&tagged, 2)), ["canary"]);
+    let keyed = RankQuery {
+        key: Some(b"device-1"),
+        ..tagged
+    };
+    assert_eq!(
+        ids(&t.rank(&keyed, 2)),
+        ["canary"],
+        "the ring respects the tag"
+    );
+    let none = RankQuery {
+        tag: Some("v3"),
+        ..query(10)
+    };
+    assert!(t.rank(&none, 2).servers.is_empty());
+    assert_eq!(ids(&t.rank(&query(1), 2)), ["plain"], "no tag: everyone");
+}
+
+#[test]
+fn a_paced_evacuation_sheds_its_rate_until_empty_and_re_registration_clears_it() {
+    let mut t = ServiceTable::new("s");
+    add(&mut t, "a", 0);
+    add(&mut t, "b", 0);
+    beat(&mut t, "a", 2_500, 1);
+    assert!(t.drain("a", Some(1_000), 2));
+    // ttl_secs 1, so heartbeat_secs is 1: 1000 per beat, then what is left.
+    assert_eq!(beat(&mut t, "a", 2_500, 3).shed, 1_000);
+    assert_eq!(beat(&mut t, "a", 1_500, 4).shed, 1_000);
+    assert_eq!(beat(&mut t, "a", 500, 5).shed, 500);
+    assert_eq!(beat(&mut t, "a", 0, 6).shed, 0);
+    assert!(t.drain("a", None, 7));
+    assert_eq!(beat(&mut t, "a", 900, 8).shed, 0, "drain without a rate");
+    // Re-registration (same id, new lease) keeps the counts and ends the drain.
+    assert!(!t.register("a".into(), spec("a"), lease_of("a"), 9, 1_700_000_000_000));
+    let again = t.get("a").expect("present");
+    assert_eq!((again.draining, again.evacuate_per_sec), (false, None));
 }
