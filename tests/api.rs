@@ -1,27 +1,17 @@
 //! Black-box tests of the HTTP API of SPEC section 2: every status code and error
-//! code, against the real binary on port 0.
+//! code, against the server on port 0 (in-process; the token test runs the binary, as
+//! it sets a token through the environment).
 
 mod common;
+
+use std::time::Duration;
 
 use common::{Options, Server, code};
 use serde_json::{Value, json};
 
-async fn post_raw(s: &Server, path: &str, body: &str) -> (u16, Value) {
-    let resp = s
-        .client
-        .post(s.url(path))
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn register_answers_201_then_200_with_the_same_id() {
-    let s = Server::start();
+    let s = Server::start().await;
     let first = s
         .register(
             "default",
@@ -52,7 +42,7 @@ async fn register_answers_201_then_200_with_the_same_id() {
 
 #[tokio::test]
 async fn ipv6_and_host_names_are_accepted_and_canonical() {
-    let s = Server::start();
+    let s = Server::start().await;
     let v6 = s.register_addr("default", "[0:0::1]:6666").await;
     assert_eq!(
         s.instance("default", &v6.id).await.unwrap()["address"],
@@ -73,7 +63,7 @@ async fn ipv6_and_host_names_are_accepted_and_canonical() {
 
 #[tokio::test]
 async fn invalid_fields_answer_400_with_their_code_and_change_nothing() {
-    let s = Server::start();
+    let s = Server::start().await;
     let path = "/v1/services/default/instances";
     let cases = [
         (r#"{}"#, "invalid_address"),
@@ -123,7 +113,7 @@ async fn invalid_fields_answer_400_with_their_code_and_change_nothing() {
         (r#"[1, 2]"#, "invalid_json"),
     ];
     for (body, expected) in cases {
-        let (status, answer) = post_raw(&s, path, body).await;
+        let (status, answer) = s.post_raw(path, body).await;
         assert_eq!(status, 400, "{body} -> {answer}");
         assert_eq!(code(&answer), expected, "{body} -> {answer}");
         assert!(
@@ -134,22 +124,22 @@ async fn invalid_fields_answer_400_with_their_code_and_change_nothing() {
     }
     let many: serde_json::Map<String, Value> =
         (0..33).map(|i| (format!("k{i}"), json!("v"))).collect();
-    let (status, answer) = post_raw(
-        &s,
-        path,
-        &json!({"address": "10.0.0.5:1", "metadata": many}).to_string(),
-    )
-    .await;
+    let (status, answer) = s
+        .post_raw(
+            path,
+            &json!({"address": "10.0.0.5:1", "metadata": many}).to_string(),
+        )
+        .await;
     assert_eq!((status, code(&answer)), (400, "invalid_metadata"));
     let big = json!({"address": "10.0.0.5:1", "metadata": {"k": "v".repeat(4100)}});
-    let (status, answer) = post_raw(&s, path, &big.to_string()).await;
+    let (status, answer) = s.post_raw(path, &big.to_string()).await;
     assert_eq!((status, code(&answer)), (400, "invalid_metadata"));
-    let (status, answer) = post_raw(
-        &s,
-        "/v1/services/Bad_Name/instances",
-        r#"{"address":"10.0.0.5:1"}"#,
-    )
-    .await;
+    let (status, answer) = s
+        .post_raw(
+            "/v1/services/Bad_Name/instances",
+            r#"{"address":"10.0.0.5:1"}"#,
+        )
+        .await;
     assert_eq!((status, code(&answer)), (400, "invalid_service"));
 
     let (_, listing) = s.get("/v1/services/default/instances").await;
@@ -162,19 +152,21 @@ async fn invalid_fields_answer_400_with_their_code_and_change_nothing() {
 
 #[tokio::test]
 async fn bodies_over_64_kib_answer_413() {
-    let s = Server::start();
+    let s = Server::start().await;
     let padding = " ".repeat(64 * 1024 + 1);
     let body = format!(r#"{{"address": "10.0.0.5:1"}}{padding}"#);
-    let (status, answer) = post_raw(&s, "/v1/services/default/instances", &body).await;
+    let (status, answer) = s.post_raw("/v1/services/default/instances", &body).await;
     assert_eq!((status, code(&answer)), (413, "payload_too_large"));
     let just_fits = format!(r#"{{"address": "10.0.0.5:1"}}{}"#, " ".repeat(60 * 1024));
-    let (status, _) = post_raw(&s, "/v1/services/default/instances", &just_fits).await;
+    let (status, _) = s
+        .post_raw("/v1/services/default/instances", &just_fits)
+        .await;
     assert_eq!(status, 201);
 }
 
 #[tokio::test]
 async fn heartbeat_answers_ttl_and_shed_and_refuses_bad_leases() {
-    let s = Server::start();
+    let s = Server::start().await;
     let r = s
         .register(
             "default",
@@ -225,7 +217,7 @@ async fn heartbeat_answers_ttl_and_shed_and_refuses_bad_leases() {
 
 #[tokio::test]
 async fn drain_keeps_the_instance_but_never_hands_it_out() {
-    let s = Server::start();
+    let s = Server::start().await;
     let a = s.register_addr("default", "127.0.0.1:7001").await;
     let b = s.register_addr("default", "127.0.0.1:7002").await;
     let (_, before) = s.get("/servers").await;
@@ -273,7 +265,7 @@ async fn drain_keeps_the_instance_but_never_hands_it_out() {
 
 #[tokio::test]
 async fn deregister_answers_204_and_the_instance_is_gone_at_once() {
-    let s = Server::start();
+    let s = Server::start().await;
     let a = s.register_addr("default", "127.0.0.1:7001").await;
     let path = format!("/v1/services/default/instances/{}", a.id);
     let resp = s
@@ -306,7 +298,7 @@ async fn deregister_answers_204_and_the_instance_is_gone_at_once() {
 
 #[tokio::test]
 async fn servers_answers_json_text_and_empty_for_unknown_services() {
-    let s = Server::start();
+    let s = Server::start().await;
     let (status, body) = s.get("/servers?service=nobody-here").await;
     assert_eq!(status, 200);
     assert_eq!(body["service"], "nobody-here");
@@ -358,7 +350,7 @@ async fn servers_answers_json_text_and_empty_for_unknown_services() {
 
 #[tokio::test]
 async fn blocking_query_waits_for_a_version_change() {
-    let s = Server::start();
+    let s = Server::start().await;
     s.register_addr("default", "127.0.0.1:7001").await;
     let (_, body) = s.get("/servers").await;
     let version = body["version"].as_u64().unwrap();
@@ -370,14 +362,16 @@ async fn blocking_query_waits_for_a_version_change() {
     assert_eq!(now["version"], version);
     // The same version waits until a registration changes it.
     let waiter = {
-        let client = s.client.clone();
-        let url = s.url(&format!("/servers?since={version}&wait_secs=30"));
-        tokio::spawn(async move {
-            let resp = client.get(url).send().await.unwrap();
-            resp.json::<Value>().await.unwrap()
-        })
+        let api = (*s).clone();
+        let path = format!("/servers?since={version}&wait_secs=30");
+        tokio::spawn(async move { api.get(&path).await.1 })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Five seconds of server time (well under wait_secs), each step after a round
+    // trip that lets the server take the waiting request in.
+    for _ in 0..10 {
+        assert_eq!(s.get("/healthz").await.0, 200);
+        common::jump(Duration::from_millis(500)).await;
+    }
     assert!(!waiter.is_finished(), "answered before anything changed");
     s.register_addr("default", "127.0.0.1:7002").await;
     let answer = tokio::time::timeout(common::PATIENCE, waiter)
@@ -386,19 +380,27 @@ async fn blocking_query_waits_for_a_version_change() {
         .unwrap();
     assert_ne!(answer["version"], version);
     assert_eq!(common::addresses(&answer).len(), 2);
-    // Without a change, the wait ends after wait_secs with the current list.
-    let started = std::time::Instant::now();
-    let (status, body) = s
-        .get(&format!("/servers?since={}&wait_secs=1", answer["version"]))
-        .await;
+    // Without a change, the wait ends after wait_secs with the current list (server
+    // time, which the test moves on in steps).
+    let started = tokio::time::Instant::now();
+    let waiter = {
+        let api = (*s).clone();
+        let path = format!("/servers?since={}&wait_secs=1", answer["version"]);
+        tokio::spawn(async move { api.get(&path).await })
+    };
+    common::as_time_passes("the wait to end", Duration::from_millis(100), || async {
+        waiter.is_finished().then_some(())
+    })
+    .await;
+    let (status, body) = waiter.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(body["version"], answer["version"]);
-    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert!(started.elapsed() >= Duration::from_millis(900));
 }
 
 #[tokio::test]
 async fn admin_listings_show_states_and_counts() {
-    let s = Server::start();
+    let s = Server::start().await;
     let a = s
         .register(
             "default",
@@ -447,7 +449,7 @@ async fn admin_listings_show_states_and_counts() {
 
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_in_the_error_shape() {
-    let s = Server::start();
+    let s = Server::start().await;
     let (status, body) = s.get("/nope").await;
     assert_eq!((status, code(&body)), (404, "not_found"));
     let resp = s.client.delete(s.url("/servers")).send().await.unwrap();
@@ -460,7 +462,9 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape() {
 
 #[tokio::test]
 async fn tokens_guard_their_endpoints() {
-    let s = Server::start_with(Options {
+    // A process: the read token comes from the environment, which an in-process
+    // server cannot be given without racing the other tests' threads.
+    let s = common::process::Server::start_with(Options {
         config: Some(
             "[tokens]\nadmin = \"adm-secret\"\nregister = [\"reg-one\", \"reg-two\"]\n".into(),
         ),

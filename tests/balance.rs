@@ -11,7 +11,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn a_burst_on_two_fresh_instances_is_spread_two_and_two() {
-    let s = Server::start();
+    let s = Server::start().await;
     s.register_addr("default", "127.0.0.1:7001").await;
     s.register_addr("default", "127.0.0.1:7002").await;
     let mut firsts: HashMap<String, u32> = HashMap::new();
@@ -26,7 +26,7 @@ async fn a_burst_on_two_fresh_instances_is_spread_two_and_two() {
 
 #[tokio::test]
 async fn a_heartbeat_absorbs_pending_hand_outs() {
-    let s = Server::start();
+    let s = Server::start().await;
     let a = s.register_addr("default", "127.0.0.1:7001").await;
     for _ in 0..3 {
         s.servers("?limit=1").await;
@@ -41,7 +41,7 @@ async fn a_heartbeat_absorbs_pending_hand_outs() {
 
 #[tokio::test]
 async fn lower_load_first_weight_counts_and_over_cap_last() {
-    let s = Server::start();
+    let s = Server::start().await;
     let busy = s.register_addr("default", "127.0.0.1:7001").await;
     let heavy = s
         .register("default", json!({"address": "127.0.0.1:7002", "weight": 4}))
@@ -66,7 +66,7 @@ async fn lower_load_first_weight_counts_and_over_cap_last() {
 
 #[tokio::test]
 async fn a_zone_comes_first_then_the_rest() {
-    let s = Server::start();
+    let s = Server::start().await;
     let eu = s
         .register(
             "default",
@@ -92,7 +92,7 @@ async fn a_zone_comes_first_then_the_rest() {
 
 #[tokio::test]
 async fn a_key_sticks_to_one_server_and_moves_when_it_drains() {
-    let s = Server::start();
+    let s = Server::start().await;
     let mut fleet = Vec::new();
     for port in 7001..7005 {
         let r = s
@@ -147,7 +147,7 @@ async fn a_key_sticks_to_one_server_and_moves_when_it_drains() {
 
 #[tokio::test]
 async fn an_overloaded_instance_is_asked_to_shed_a_little_at_a_time() {
-    let s = Server::start();
+    let s = Server::start().await;
     let old = s.register_addr("default", "127.0.0.1:7001").await;
     let new = s.register_addr("default", "127.0.0.1:7002").await;
     assert_eq!(s.heartbeat(&new, 0).await.1["shed"], 0);
@@ -164,7 +164,8 @@ async fn rebalancing_can_be_turned_off() {
     let s = Server::start_with(Options {
         config: Some("[rebalance]\nenabled = false\n".into()),
         ..Options::default()
-    });
+    })
+    .await;
     let old = s.register_addr("default", "127.0.0.1:7001").await;
     s.register_addr("default", "127.0.0.1:7002").await;
     assert_eq!(s.heartbeat(&old, 10_000).await.1["shed"], 0);

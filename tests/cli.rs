@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Server, binary};
+use common::process::{Server, binary};
 
 fn serve(args: &[&str]) -> (i32, String) {
     let out = Command::new(binary())

@@ -4,40 +4,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::pg::{DbProxy, TestDb};
-use common::{Options, Server, code, eventually};
+use common::process::Server;
+use common::{Options, code, converge, eventually};
 use serde_json::{Value, json};
 
 fn node(url: &str) -> Server {
-    Server::start_with(Options {
-        db: Some(url.to_owned()),
-        ..Options::default()
-    })
-}
-
-async fn version(s: &Server, service: &str) -> Value {
-    s.get(&format!("/servers?service={service}")).await.1["version"].clone()
-}
-
-/// Polls `s` until its `/servers` for `service` lists exactly `expected` (sorted),
-/// within `limit`; returns how long it took.
-async fn converge(s: &Server, service: &str, expected: &[&str], limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let mut got = s.servers(&format!("?service={service}&limit=100")).await;
-        got.sort();
-        if got == expected {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{} did not show {expected:?} within {limit:?}: {got:?}",
-            s.base
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    Server::start_with(Options::db_url(url))
 }
 
 #[tokio::test]
@@ -51,7 +26,7 @@ async fn writes_on_one_node_are_seen_on_the_other_within_two_seconds() {
     let r2 = b.register_addr("mqtt", "10.0.0.2:1883").await;
     converge(&b, "mqtt", &["10.0.0.1:1883", "10.0.0.2:1883"], limit).await;
     converge(&a, "mqtt", &["10.0.0.1:1883", "10.0.0.2:1883"], limit).await;
-    assert_eq!(version(&a, "mqtt").await, version(&b, "mqtt").await);
+    assert_eq!(a.version("mqtt").await, b.version("mqtt").await);
 
     // Re-registering the address on the other node keeps the id.
     let again = b.register_addr("mqtt", "10.0.0.1:1883").await;
@@ -80,7 +55,7 @@ async fn writes_on_one_node_are_seen_on_the_other_within_two_seconds() {
         .unwrap();
     assert_eq!(resp.status(), 204);
     converge(&b, "mqtt", &[], limit).await;
-    assert_eq!(version(&a, "mqtt").await, version(&b, "mqtt").await);
+    assert_eq!(a.version("mqtt").await, b.version("mqtt").await);
 }
 
 #[tokio::test]
@@ -219,7 +194,7 @@ async fn a_node_started_later_catches_up() {
         20,
         "B knows all at start"
     );
-    assert_eq!(version(&a, "late").await, version(&b, "late").await);
+    assert_eq!(a.version("late").await, b.version("late").await);
 }
 
 #[tokio::test]

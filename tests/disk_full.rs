@@ -10,7 +10,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Options, Server, eventually};
+use common::process::Server;
+use common::{Options, eventually};
 use serde_json::{Value, json};
 
 /// A tmpfs mounted for the test's lifetime, unmounted on drop.
@@ -65,15 +66,9 @@ fn fill(path: &Path) -> u64 {
 }
 
 async fn try_register(s: &Server, address: &str) -> (u16, Value) {
-    let resp = s
-        .client
-        .post(s.url("/v1/services/default/instances"))
-        .json(&json!({ "address": address, "ttl_secs": 300 }))
-        .send()
+    let body = json!({ "address": address, "ttl_secs": 300 });
+    s.post_raw("/v1/services/default/instances", &body.to_string())
         .await
-        .expect("register request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 async fn listed_addresses(s: &Server) -> BTreeSet<String> {
@@ -101,13 +96,11 @@ async fn a_full_disk_refuses_registrations_and_loses_nothing_acknowledged() {
         let address = format!("10.0.0.1:{port}");
         let (status, body) = try_register(&s, &address).await;
         assert_eq!(status, 201, "{body}");
-        first.get_or_insert(common::Registered {
-            service: "default".into(),
-            id: body["id"].as_str().expect("id").to_owned(),
-            lease: body["lease"].as_str().expect("lease").to_owned(),
+        first.get_or_insert(common::Registered::from_answer(
+            "default",
             status,
-            body: body.clone(),
-        });
+            body.clone(),
+        ));
         acknowledged.insert(address);
     }
     let first = first.expect("registered");

@@ -1,12 +1,14 @@
-//! Black-box tests of the fallback forwarder (SPEC section 4): the real binary, real
-//! tokio echo backends, real sockets on loopback.
+//! Black-box tests of the fallback forwarder (SPEC section 4): the server in-process
+//! (the drain on SIGTERM runs the binary), real tokio echo backends, real sockets on
+//! loopback. `fail_timeout` and the idle timeout are waited for by moving the tokio
+//! clock the forwarder's timers run on.
 
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Echo, Options, PATIENCE, Server, echo_through, eventually};
+use common::{Echo, Options, PATIENCE, Server, as_time_passes, echo_through, eventually};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -44,7 +46,7 @@ async fn read_until_closed(sock: &mut TcpStream) -> Vec<u8> {
 
 #[tokio::test]
 async fn four_devices_in_a_row_land_two_on_each_backend() {
-    let s = Server::start_with(default_forward());
+    let s = Server::start_with(default_forward()).await;
     let a = Echo::start().await;
     let b = Echo::start().await;
     s.register_addr("default", &a.addr.to_string()).await;
@@ -58,7 +60,7 @@ async fn four_devices_in_a_row_land_two_on_each_backend() {
 
 #[tokio::test]
 async fn random_payloads_come_back_byte_exact() {
-    let s = Server::start_with(default_forward());
+    let s = Server::start_with(default_forward()).await;
     let a = Echo::start().await;
     s.register_addr("default", &a.addr.to_string()).await;
     let fwd = s.forward_addrs[0];
@@ -81,7 +83,7 @@ async fn random_payloads_come_back_byte_exact() {
 
 #[tokio::test]
 async fn a_device_fin_reaches_the_backend_which_can_still_answer() {
-    let s = Server::start_with(default_forward());
+    let s = Server::start_with(default_forward()).await;
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
     s.register_addr("default", &backend.local_addr().unwrap().to_string())
         .await;
@@ -100,7 +102,7 @@ async fn a_device_fin_reaches_the_backend_which_can_still_answer() {
 
 #[tokio::test]
 async fn a_backend_fin_reaches_the_device_which_can_still_send() {
-    let s = Server::start_with(default_forward());
+    let s = Server::start_with(default_forward()).await;
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
     s.register_addr("default", &backend.local_addr().unwrap().to_string())
         .await;
@@ -119,7 +121,7 @@ async fn a_backend_fin_reaches_the_device_which_can_still_send() {
 
 #[tokio::test]
 async fn a_refused_backend_is_skipped_and_the_next_tried() {
-    let s = Server::start_with(default_forward());
+    let s = Server::start_with(default_forward()).await;
     let good = Echo::start().await;
     let dead = closed_port().await;
     s.register_addr("default", &dead.to_string()).await;
@@ -136,16 +138,17 @@ async fn a_refused_backend_is_skipped_and_the_next_tried() {
 async fn max_fails_takes_a_backend_out_for_fail_timeout() {
     let s = Server::start_with(forwarding(
         "[[forward]]\nlisten = \"127.0.0.1:0\"\nservice = \"default\"\nmax_fails = 1\nfail_timeout_secs = 3\n",
-    ));
+    )).await;
     let good = Echo::start().await;
     let flaky_addr = closed_port().await;
     s.register_addr("default", &flaky_addr.to_string()).await;
     let live = s.register_addr("default", &good.addr.to_string()).await;
     s.heartbeat(&live, 1000).await;
     let fwd = s.forward_addrs[0];
-    // One refusal is max_fails: the flaky backend is out for 3 s.
+    // One refusal is max_fails: the flaky backend is out for 3 s (of the forwarder's
+    // clock, which the test moves on).
     echo_through(fwd, b"first").await;
-    let marked_out = Instant::now();
+    let marked_out = tokio::time::Instant::now();
     let flaky = Echo::start_on(&flaky_addr.to_string()).await;
     for _ in 0..5 {
         echo_through(fwd, b"while out").await;
@@ -154,10 +157,14 @@ async fn max_fails_takes_a_backend_out_for_fail_timeout() {
         assert_eq!(flaky.accepted(), 0, "a backend in fail_timeout was chosen");
     }
     // After fail_timeout it is chosen again (it is the least loaded).
-    eventually("the backend to come back after fail_timeout", || async {
-        echo_through(fwd, b"again").await;
-        (flaky.accepted() > 0).then_some(())
-    })
+    as_time_passes(
+        "the backend to come back after fail_timeout",
+        Duration::from_millis(250),
+        || async {
+            echo_through(fwd, b"again").await;
+            (flaky.accepted() > 0).then_some(())
+        },
+    )
     .await;
     assert!(marked_out.elapsed() >= Duration::from_secs(3));
 }
@@ -165,7 +172,8 @@ async fn max_fails_takes_a_backend_out_for_fail_timeout() {
 async fn proxy_header_seen(version: &str) -> (Vec<u8>, SocketAddr, SocketAddr) {
     let s = Server::start_with(forwarding(&format!(
         "[[forward]]\nlisten = \"127.0.0.1:0\"\nproxy_protocol = \"{version}\"\n"
-    )));
+    )))
+    .await;
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
     s.register_addr("default", &backend.local_addr().unwrap().to_string())
         .await;
@@ -238,7 +246,8 @@ async fn connect_from(source: &str, fwd: SocketAddr, backends: &[Echo]) -> usize
 async fn hash_remote_addr_keeps_a_reconnecting_device_on_its_backend() {
     let s = Server::start_with(forwarding(
         "[[forward]]\nlisten = \"127.0.0.1:0\"\nhash = \"remote_addr\"\n",
-    ));
+    ))
+    .await;
     let backends = [
         Echo::start().await,
         Echo::start().await,
@@ -271,7 +280,8 @@ async fn hash_remote_addr_keeps_a_reconnecting_device_on_its_backend() {
 async fn max_connections_closes_connections_beyond_it() {
     let s = Server::start_with(forwarding(
         "[[forward]]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\n",
-    ));
+    ))
+    .await;
     let a = Echo::start().await;
     s.register_addr("default", &a.addr.to_string()).await;
     let fwd = s.forward_addrs[0];
@@ -311,34 +321,45 @@ async fn max_connections_closes_connections_beyond_it() {
 async fn an_idle_link_is_closed_after_idle_timeout() {
     let s = Server::start_with(forwarding(
         "[[forward]]\nlisten = \"127.0.0.1:0\"\nidle_timeout_secs = 1\n",
-    ));
+    ))
+    .await;
     let a = Echo::start().await;
     s.register_addr("default", &a.addr.to_string()).await;
     let mut sock = TcpStream::connect(s.forward_addrs[0]).await.unwrap();
     sock.write_all(b"ping").await.unwrap();
     let mut four = [0u8; 4];
     sock.read_exact(&mut four).await.unwrap();
-    let started = Instant::now();
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(PATIENCE, sock.read_to_end(&mut rest))
-        .await
-        .expect("idle link was not closed");
+    // The relay's idle timer runs on the tokio clock: move it on until the link closes.
+    let started = tokio::time::Instant::now();
+    let closed = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        let _ = sock.read_to_end(&mut rest).await;
+    });
+    as_time_passes(
+        "the idle link to close",
+        Duration::from_millis(100),
+        || async { closed.is_finished().then_some(()) },
+    )
+    .await;
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
 
 #[tokio::test]
 async fn a_static_instance_is_health_checked_down_and_up() {
+    // Checks run every second of the tokio clock; a quarter of it per step keeps a
+    // check's 1 s connect timeout from being jumped over.
+    const CHECK_STEP: Duration = Duration::from_millis(250);
     let backend = Echo::start().await;
     let addr = backend.addr;
     let s = Server::start_with(forwarding(&format!(
         "[[forward]]\nlisten = \"127.0.0.1:0\"\n\n[[static]]\nservice = \"default\"\naddress = \"{addr}\"\n"
-    )));
+    ))).await;
     let fwd = s.forward_addrs[0];
     let state = || async {
         let (_, body) = s.get("/v1/services/default/instances").await;
         body["instances"][0]["state"].as_str().map(str::to_owned)
     };
-    eventually("the static instance to be up", || async {
+    as_time_passes("the static instance to be up", CHECK_STEP, || async {
         (state().await.as_deref() == Some("up")).then_some(())
     })
     .await;
@@ -347,12 +368,12 @@ async fn a_static_instance_is_health_checked_down_and_up() {
     assert_eq!(listing["instances"][0]["address"], addr.to_string());
     assert_eq!(listing["instances"][0]["origin"], "static");
     backend.stop();
-    eventually("the static instance to go down", || async {
+    as_time_passes("the static instance to go down", CHECK_STEP, || async {
         (state().await.as_deref() == Some("expired")).then_some(())
     })
     .await;
     let _again = Echo::start_on(&addr.to_string()).await;
-    eventually("the static instance to come back", || async {
+    as_time_passes("the static instance to come back", CHECK_STEP, || async {
         (state().await.as_deref() == Some("up")).then_some(())
     })
     .await;
@@ -365,7 +386,8 @@ async fn ipv6_listeners_and_backends_work() {
         forward: vec!["[::1]:0=v6".into()],
         forwards: 1,
         ..Options::default()
-    });
+    })
+    .await;
     let a = Echo::start_on("[::1]:0").await;
     s.register("v6", json!({"address": a.addr.to_string()}))
         .await;
@@ -378,14 +400,15 @@ async fn ipv6_listeners_and_backends_work() {
 
 #[tokio::test]
 async fn no_backend_closes_the_device() {
-    let s = Server::start_with(default_forward());
+    let s = Server::start_with(default_forward()).await;
     let mut sock = TcpStream::connect(s.forward_addrs[0]).await.unwrap();
     assert_eq!(read_until_closed(&mut sock).await, b"");
 }
 
 #[tokio::test]
 async fn sigterm_lets_a_relayed_connection_finish() {
-    let mut s = Server::start_with(default_forward());
+    // A process: SIGTERM and the exit code are what is tested.
+    let mut s = common::process::Server::start_with(default_forward());
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
     s.register_addr("default", &backend.local_addr().unwrap().to_string())
         .await;

@@ -1,16 +1,22 @@
 //! Liveness of SPEC section 3 end to end: expiry after `ttl_secs`, removal after
 //! 3 × `ttl_secs`, self-preservation, and revival by heartbeat.
+//!
+//! The server runs in-process on the test's runtime, whose tokio clock is its
+//! liveness clock: instead of sleeping through TTLs, the tests move that clock on
+//! ([`common::jump`]), one sweep period per step ([`common::as_time_passes`]), and
+//! talk HTTP in between while it runs in real time.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Server, eventually};
+use common::{Server, as_time_passes, eventually, jump};
 use serde_json::json;
+use switchboard::sync::SWEEP_EVERY;
 
 #[tokio::test]
 async fn an_instance_expires_after_its_ttl_and_is_removed_after_three() {
-    let s = Server::start();
+    let s = Server::start().await;
     let steady = s
         .register(
             "default",
@@ -27,7 +33,7 @@ async fn an_instance_expires_after_its_ttl_and_is_removed_after_three() {
     let version = body["version"].clone();
     assert_eq!(common::addresses(&body).len(), 2);
 
-    eventually("the ttl_secs=1 instance to expire", || async {
+    as_time_passes("the ttl_secs=1 instance to expire", SWEEP_EVERY, || async {
         let servers = s.servers("").await;
         (servers == ["127.0.0.1:7001"]).then_some(())
     })
@@ -42,7 +48,7 @@ async fn an_instance_expires_after_its_ttl_and_is_removed_after_three() {
     let (_, services) = s.get("/v1/services").await;
     assert_eq!(services["services"][0]["expired"], 1);
 
-    eventually("removal after 3 x ttl", || async {
+    as_time_passes("removal after 3 x ttl", SWEEP_EVERY, || async {
         s.instance("default", &short.id)
             .await
             .is_none()
@@ -59,14 +65,14 @@ async fn an_instance_expires_after_its_ttl_and_is_removed_after_three() {
 
 #[tokio::test]
 async fn a_heartbeat_revives_an_expired_instance() {
-    let s = Server::start();
+    let s = Server::start().await;
     let r = s
         .register(
             "default",
             json!({"address": "127.0.0.1:7001", "ttl_secs": 2}),
         )
         .await;
-    eventually("expiry", || async {
+    as_time_passes("expiry", SWEEP_EVERY, || async {
         s.servers("").await.is_empty().then_some(())
     })
     .await;
@@ -78,7 +84,7 @@ async fn a_heartbeat_revives_an_expired_instance() {
 
 #[tokio::test]
 async fn heartbeats_keep_an_instance_live_past_its_ttl() {
-    let s = Server::start();
+    let s = Server::start().await;
     let r = s
         .register(
             "default",
@@ -89,13 +95,13 @@ async fn heartbeats_keep_an_instance_live_past_its_ttl() {
     for _ in 0..8 {
         assert_eq!(s.heartbeat(&r, 1).await.0, 200);
         assert_eq!(s.servers("").await, ["127.0.0.1:7001"]);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        jump(Duration::from_millis(300)).await;
     }
 }
 
 #[tokio::test]
 async fn mass_expiry_triggers_self_preservation_until_three_ttls_pass() {
-    let mut s = Server::start();
+    let s = Server::start().await;
     let mut fleet = Vec::new();
     for port in 7001..7005 {
         fleet.push(
@@ -107,7 +113,7 @@ async fn mass_expiry_triggers_self_preservation_until_three_ttls_pass() {
         );
     }
     // All four stop heartbeating at once: the registry suspects its own network.
-    let body = eventually("self-preservation", || async {
+    let body = as_time_passes("self-preservation", SWEEP_EVERY, || async {
         let (_, body) = s.get("/servers?service=iot&limit=10").await;
         (body["self_preservation"] == true).then_some(body)
     })
@@ -117,7 +123,7 @@ async fn mass_expiry_triggers_self_preservation_until_three_ttls_pass() {
         4,
         "the last known set is still handed out"
     );
-    s.wait_log("self-preservation on");
+    s.wait_log("self-preservation on").await;
     let (_, services) = s.get("/v1/services").await;
     let iot = services["services"]
         .as_array()
@@ -134,8 +140,9 @@ async fn mass_expiry_triggers_self_preservation_until_three_ttls_pass() {
     );
 
     // At the latest after 3 x ttl it clears, and expiry and removal go on.
-    eventually(
+    as_time_passes(
         "self-preservation to clear and the fleet to be removed",
+        SWEEP_EVERY,
         || async {
             let (_, body) = s.get("/servers?service=iot").await;
             let cleared = body["self_preservation"] == false && common::addresses(&body).is_empty();
@@ -143,8 +150,8 @@ async fn mass_expiry_triggers_self_preservation_until_three_ttls_pass() {
         },
     )
     .await;
-    s.wait_log("self-preservation off");
-    eventually("removal", || async {
+    s.wait_log("self-preservation off").await;
+    as_time_passes("removal", SWEEP_EVERY, || async {
         s.instance("iot", &fleet[0].id)
             .await
             .is_none()
@@ -155,7 +162,7 @@ async fn mass_expiry_triggers_self_preservation_until_three_ttls_pass() {
 
 #[tokio::test]
 async fn self_preservation_clears_when_heartbeats_return() {
-    let mut s = Server::start();
+    let s = Server::start().await;
     let mut fleet = Vec::new();
     for port in 7001..7004 {
         fleet.push(
@@ -166,7 +173,7 @@ async fn self_preservation_clears_when_heartbeats_return() {
             .await,
         );
     }
-    eventually("self-preservation", || async {
+    as_time_passes("self-preservation", SWEEP_EVERY, || async {
         let (_, body) = s.get("/servers?service=iot").await;
         (body["self_preservation"] == true).then_some(())
     })
@@ -179,13 +186,13 @@ async fn self_preservation_clears_when_heartbeats_return() {
         (body["self_preservation"] == false).then_some(())
     })
     .await;
-    s.wait_log("self-preservation off");
+    s.wait_log("self-preservation off").await;
     assert_eq!(s.servers("?service=iot").await.len(), 3);
 }
 
 #[tokio::test]
 async fn a_minority_expiring_is_ordinary_expiry() {
-    let s = Server::start();
+    let s = Server::start().await;
     let mut fleet = Vec::new();
     for port in 7001..7008 {
         fleet.push(
@@ -197,14 +204,14 @@ async fn a_minority_expiring_is_ordinary_expiry() {
         );
     }
     // Five of seven keep heartbeating; two go quiet: not a partition.
-    let deadline = std::time::Instant::now() + Duration::from_secs(4);
-    while std::time::Instant::now() < deadline {
+    // For 4 s, in steps of 400 ms.
+    for _ in 0..10 {
         for r in &fleet[..5] {
             s.heartbeat(r, 1).await;
         }
         let (_, body) = s.get("/servers?service=iot&limit=10").await;
         assert_eq!(body["self_preservation"], false);
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        jump(Duration::from_millis(400)).await;
     }
     assert_eq!(s.servers("?service=iot&limit=10").await.len(), 5);
 }

@@ -1,9 +1,11 @@
 //! Durability on the SQLite file: what was acknowledged survives a restart, with the
-//! grace period of SPEC section 3, and concurrent registrations all land.
+//! grace period of SPEC section 3, and concurrent registrations all land. Real
+//! processes: SIGTERM, kill -9 and a restart on the same file are what is tested.
 
 mod common;
 
-use common::{Options, Server};
+use common::Options;
+use common::process::Server;
 use serde_json::json;
 
 #[tokio::test]

@@ -1,231 +1,92 @@
-//! Test harness: starts the real `switchboard` binary on port 0 and talks to it over
-//! real HTTP. Each server is killed by PID when its handle drops.
+//! Test harness, one set of helpers for every test file.
+//!
+//! - [`Server`]: the server in the test's own process, started through
+//!   `switchboard::app::start` with a `Config` parsed by `Config::from_toml` (the
+//!   real config path), HTTP and forward listeners on `127.0.0.1:0`, `sqlite::memory:`.
+//!   Tests talk to it over real sockets only. It logs into a buffer of its own
+//!   ([`Server::wait_log`]) and stops when its handle drops (or [`Server::stop`]).
+//! - [`process::Server`]: the real binary as a child process, for what needs one
+//!   (command line, signals, kill -9, restarts, the environment, cluster nodes).
+//! - [`Api`]: the HTTP helpers both kinds of server offer (through `Deref`).
+//! - [`jump`] and [`as_time_passes`]: liveness without real sleeps, by moving the
+//!   tokio clock that an in-process server's registry runs on.
+//! - [`pg`]: a PostgreSQL database per test and a cuttable proxy; [`echo`]: echo
+//!   backends.
 
 #![allow(dead_code)]
 
+pub mod echo;
 pub mod pg;
+pub mod process;
 
-use std::io::{BufRead, BufReader};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use switchboard::app::{self, Running};
+use switchboard::cli::ServeArgs;
+use switchboard::config::Config;
 
-/// How long a test waits for a condition before failing.
+#[allow(unused_imports)] // Not every test file relays bytes.
+pub use echo::{Echo, echo_through};
+
+/// How long a test waits (in real time) for a condition before failing.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
-/// A running server process.
-pub struct Server {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    pub base: String,
-    /// Where each forward listener listens, in start order.
-    pub forward_addrs: Vec<std::net::SocketAddr>,
-    /// Every line the server logged so far is sent here.
-    logs: mpsc::Receiver<String>,
-    /// Lines already read from `logs`.
-    pub seen: Vec<String>,
-    pub client: reqwest::Client,
-}
-
-/// Arguments and environment for a server start.
+/// How a server is started (in-process or as a process).
 #[derive(Default, Clone)]
 pub struct Options {
+    /// Store URL; `sqlite::memory:` without it.
     pub db: Option<String>,
+    /// Config file text.
     pub config: Option<String>,
+    /// Environment of the process (process servers only).
     pub env: Vec<(String, String)>,
+    /// More command-line arguments (process servers only).
     pub extra: Vec<String>,
     /// `--forward` flags; with none (and `forwards == 0`), `--no-forward`.
     pub forward: Vec<String>,
-    /// Forward listeners to wait for (from `forward` or the config file).
+    /// Forward listeners expected (from `forward` or the config file).
     pub forwards: usize,
 }
 
 impl Options {
+    /// A SQLite file store.
     pub fn db(path: &Path) -> Self {
+        Options::db_url(&format!("sqlite://{}", path.display()))
+    }
+
+    /// Any store URL (e.g. a PostgreSQL test database).
+    pub fn db_url(url: &str) -> Self {
         Options {
-            db: Some(format!("sqlite://{}", path.display())),
+            db: Some(url.to_owned()),
             ..Options::default()
         }
     }
 }
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_switchboard")
+/// An HTTP client of one server, with the requests tests make.
+#[derive(Clone)]
+pub struct Api {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub client: reqwest::Client,
 }
 
-impl Server {
-    /// Starts a server with an in-memory store.
-    pub fn start() -> Server {
-        Server::start_with(Options::default())
-    }
-
-    /// Starts a server and waits for its HTTP listener.
-    pub fn start_with(options: Options) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut cmd = Command::new(binary());
-        cmd.arg("serve").arg("--http").arg("127.0.0.1:0");
-        if options.forwards == 0 {
-            cmd.arg("--no-forward");
-        }
-        for f in &options.forward {
-            cmd.arg("--forward").arg(f);
-        }
-        cmd.arg("--db")
-            .arg(options.db.unwrap_or_else(|| "sqlite::memory:".into()));
-        if let Some(config) = options.config {
-            let path = dir.path().join("switchboard.toml");
-            std::fs::write(&path, config).expect("write config");
-            cmd.arg("--config").arg(path);
-        }
-        cmd.args(&options.extra)
-            .env("RUST_LOG", "info")
-            .env_remove("SWITCHBOARD_ADMIN_TOKEN")
-            .env_remove("SWITCHBOARD_REGISTER_TOKEN")
-            .env_remove("SWITCHBOARD_READ_TOKEN")
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in options.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn switchboard");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _keep_dir_alive = dir;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut seen = Vec::new();
-        let deadline = Instant::now() + PATIENCE;
-        let port = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    let port = line
-                        .split("http listening on 127.0.0.1:")
-                        .nth(1)
-                        .and_then(|rest| rest.split_whitespace().next())
-                        .and_then(|p| p.parse::<u16>().ok());
-                    seen.push(line);
-                    if let Some(port) = port {
-                        break port;
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!(
-                        "server did not report its HTTP port; log:\n{}",
-                        seen.join("\n")
-                    );
-                }
-            }
-        };
-        let mut server = Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            forward_addrs: Vec::new(),
-            logs: rx,
-            seen,
+impl Api {
+    pub fn new(addr: SocketAddr) -> Api {
+        Api {
+            base: format!("http://{addr}"),
             client: reqwest::Client::new(),
-        };
-        while server.forward_addrs.len() < options.forwards {
-            let skip = server.forward_addrs.len();
-            let line = server.wait_log_nth("forward listening on ", skip);
-            let addr = line
-                .split("forward listening on ")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("unparsable forward line {line:?}"));
-            server.forward_addrs.push(addr);
         }
-        server
-    }
-
-    /// The `skip`-th (0-based) log line containing `needle`.
-    pub fn wait_log_nth(&mut self, needle: &str, skip: usize) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(line) = self.seen.iter().filter(|l| l.contains(needle)).nth(skip) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.logs.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "no log line with {needle:?}; log:\n{}",
-                    self.seen.join("\n")
-                )
-            });
-            self.seen.push(line);
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
-    }
-
-    /// Sends SIGTERM and waits for the exit code.
-    pub fn terminate(self) -> i32 {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        self.terminate_wait()
-    }
-
-    /// Waits for the process to exit (after a signal sent elsewhere); its exit code.
-    pub fn terminate_wait(mut self) -> i32 {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills the process at once (SIGKILL) and reaps it.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Waits until a log line contains `needle`.
-    pub fn wait_log(&mut self, needle: &str) -> String {
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.logs.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "no log line with {needle:?}; log:\n{}",
-                    self.seen.join("\n")
-                )
-            });
-            self.seen.push(line.clone());
-            if line.contains(needle) {
-                return line;
-            }
-        }
     }
 
     pub async fn register(&self, service: &str, body: Value) -> Registered {
@@ -242,13 +103,7 @@ impl Server {
             status == 201 || status == 200,
             "register answered {status}: {body}"
         );
-        Registered {
-            service: service.to_owned(),
-            id: body["id"].as_str().expect("id").to_owned(),
-            lease: body["lease"].as_str().expect("lease").to_owned(),
-            status,
-            body,
-        }
+        Registered::from_answer(service, status, body)
     }
 
     pub async fn register_addr(&self, service: &str, address: &str) -> Registered {
@@ -279,11 +134,30 @@ impl Server {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST` a raw JSON body (possibly malformed); returns (status, JSON body or Null).
+    pub async fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("POST");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// The addresses of a `/servers` answer, best first.
     pub async fn servers(&self, query: &str) -> Vec<String> {
         let (status, body) = self.get(&format!("/servers{query}")).await;
         assert_eq!(status, 200, "{body}");
         addresses(&body)
+    }
+
+    /// The `version` of a service's `/servers` answer.
+    pub async fn version(&self, service: &str) -> Value {
+        self.get(&format!("/servers?service={service}")).await.1["version"].clone()
     }
 
     /// The admin listing's instance with this id.
@@ -297,13 +171,6 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A registration answer.
 #[derive(Debug, Clone)]
 pub struct Registered {
@@ -312,6 +179,19 @@ pub struct Registered {
     pub lease: String,
     pub status: u16,
     pub body: Value,
+}
+
+impl Registered {
+    /// From a successful registration answer.
+    pub fn from_answer(service: &str, status: u16, body: Value) -> Registered {
+        Registered {
+            service: service.to_owned(),
+            id: body["id"].as_str().expect("id").to_owned(),
+            lease: body["lease"].as_str().expect("lease").to_owned(),
+            status,
+            body,
+        }
+    }
 }
 
 pub fn addresses(body: &Value) -> Vec<String> {
@@ -323,6 +203,11 @@ pub fn addresses(body: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The error code of an error answer.
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error code>")
 }
 
 /// Polls `check` every 50 ms until it returns Some, or fails after [`PATIENCE`].
@@ -341,87 +226,207 @@ where
     }
 }
 
-/// The error code of an error answer.
-pub fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("<no error code>")
+/// Polls `s` until its `/servers` for `service` lists exactly `expected` (sorted),
+/// within `limit`; returns how long it took.
+pub async fn converge(s: &Api, service: &str, expected: &[&str], limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut got = s.servers(&format!("?service={service}&limit=100")).await;
+        got.sort();
+        if got == expected {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{} did not show {expected:?} within {limit:?}: {got:?}",
+            s.base
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
-/// A tokio echo backend on loopback that counts the connections it accepted.
-pub struct Echo {
-    pub addr: std::net::SocketAddr,
-    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
+/// Moves the tokio clock of the test's runtime forward by `by` in one jump, and lets
+/// it run on in real time again.
+///
+/// An in-process server's liveness clock, its sweep and flush tickers, the
+/// forwarder's `fail_timeout` and idle timers all run on this clock, so a jump is
+/// what `by` of waiting would be, without the wait. Time is paused only for the jump
+/// itself: a runtime that stays paused advances on its own whenever it idles, also
+/// while it waits for the SQLite worker thread or a socket, which would fire store
+/// and HTTP timeouts that real time never would. Keep `by` well under the shortest
+/// timeout that may be running meanwhile (the 1 s `/readyz` and cluster sync limits,
+/// the 5 s store limit): jump in steps, as [`as_time_passes`] does.
+///
+/// Needs a current-thread runtime (`#[tokio::test]`) whose clock is not paused.
+pub async fn jump(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
 }
 
-impl Echo {
-    /// An echo server on `127.0.0.1:0`.
-    pub async fn start() -> Echo {
-        Echo::start_on("127.0.0.1:0").await
+/// Like [`eventually`], but moves the clock forward by `step` (see [`jump`]) between
+/// two polls instead of sleeping: a condition that takes seconds of server time is
+/// met in milliseconds. Gives up after 10 minutes of server time or [`PATIENCE`].
+pub async fn as_time_passes<T, F, Fut>(what: &str, step: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    assert!(
+        step > Duration::ZERO && step <= Duration::from_millis(500),
+        "steps of at most 500 ms keep store and HTTP timeouts from firing"
+    );
+    let max_steps = Duration::from_secs(600).as_millis() / step.as_millis().max(1);
+    let deadline = Instant::now() + PATIENCE;
+    for _ in 0..max_steps {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        jump(step).await;
+        // Let the timers that came due run (the sweep, a relay's idle timer).
+        tokio::task::yield_now().await;
+    }
+    panic!("{what} did not happen within 10 minutes of server time")
+}
+
+/// Log lines of an in-process server, tee'd to the test's captured output.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<String>>);
+
+impl LogBuffer {
+    fn find(&self, needle: &str) -> Option<String> {
+        let text = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        text.lines().find(|l| l.contains(needle)).map(str::to_owned)
     }
 
-    /// An echo server on `addr`.
-    pub async fn start_on(addr: &str) -> Echo {
-        let listener = tokio::net::TcpListener::bind(addr)
+    fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        // Shown with the test's output when it fails.
+        print!("{text}");
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_str(&text);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+
+    fn make_writer(&'a self) -> LogBuffer {
+        self.clone()
+    }
+}
+
+/// The server running inside the test process; its HTTP helpers come from [`Api`].
+///
+/// Started within a current-thread runtime (`#[tokio::test]`), all its tasks run on
+/// the test's thread, so its log goes to this handle's buffer (a thread-local
+/// subscriber): one in-process server per test.
+pub struct Server {
+    api: Api,
+    /// Where each forward listener listens, in configuration order.
+    pub forward_addrs: Vec<SocketAddr>,
+    running: Option<Running>,
+    logs: LogBuffer,
+    _log: tracing::subscriber::DefaultGuard,
+}
+
+impl Deref for Server {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Server {
+    /// Starts a server with an in-memory store and no forward listener.
+    pub async fn start() -> Server {
+        Server::start_with(Options::default()).await
+    }
+
+    /// Starts a server as `switchboard serve --http 127.0.0.1:0 --db ...` with the
+    /// config file text of `options` would.
+    pub async fn start_with(options: Options) -> Server {
+        assert!(
+            options.env.is_empty() && options.extra.is_empty(),
+            "environment and extra arguments need a process server (common::process)"
+        );
+        let logs = LogBuffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        let args = ServeArgs {
+            http: Some("127.0.0.1:0".into()),
+            db: Some(options.db.unwrap_or_else(|| "sqlite::memory:".into())),
+            forward: options.forward,
+            no_forward: options.forwards == 0,
+            ..ServeArgs::default()
+        };
+        let config = Config::from_toml(options.config.as_deref().unwrap_or(""), &args)
+            .unwrap_or_else(|err| panic!("test configuration: {err}"));
+        let running = app::start(config)
             .await
-            .expect("bind echo");
-        let addr = listener.local_addr().unwrap();
-        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = accepted.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
-                    return;
-                };
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let (mut r, mut w) = sock.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
-                });
-            }
-        });
-        Echo {
-            addr,
-            accepted,
-            task,
+            .unwrap_or_else(|err| panic!("server did not start: {err}; log:\n{}", logs.text()));
+        assert_eq!(
+            running.forward_addrs.len(),
+            options.forwards,
+            "forward listeners started"
+        );
+        Server {
+            api: Api::new(running.http_addr),
+            forward_addrs: running.forward_addrs.clone(),
+            running: Some(running),
+            logs,
+            _log: guard,
         }
     }
 
-    pub fn accepted(&self) -> usize {
-        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    /// Waits (in real time) until a log line contains `needle`.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.logs.find(needle) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}; log:\n{}",
+                self.logs.text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
-    /// Stops accepting (existing connections end with their tasks' sockets).
-    pub fn stop(self) {
-        self.task.abort();
+    /// Shuts down gracefully and waits for it, as SIGTERM would.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("clean shutdown");
+        }
     }
 }
 
-impl Drop for Echo {
+impl Drop for Server {
     fn drop(&mut self) {
-        self.task.abort();
+        // Starts the shutdown; what is left of it ends with the test's runtime.
+        if let Some(running) = self.running.take() {
+            running.shutdown_token().cancel();
+        }
     }
-}
-
-/// Connects, writes `payload`, and reads the echo back (with a deadline).
-pub async fn echo_through(addr: std::net::SocketAddr, payload: &[u8]) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect forwarder");
-    let mut got = vec![0u8; payload.len()];
-    let io = async {
-        let (mut r, mut w) = sock.split();
-        let write = async {
-            w.write_all(payload).await.expect("write");
-        };
-        let read = async { r.read_exact(&mut got).await.map(|_| ()) };
-        let (_, read) = tokio::join!(write, read);
-        read
-    };
-    tokio::time::timeout(PATIENCE, io)
-        .await
-        .expect("echo timed out")
-        .expect("echo read failed");
-    got
 }
