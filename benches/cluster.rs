@@ -55,12 +55,12 @@
 //!
 //! Nothing here asserts numbers: it measures and prints.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,10 +68,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use support::http::{self, Answer, Conn, JSON};
+use support::procs::{self, LogInfo, Server};
+use support::report::{Tally, join, micros};
+use support::{knobs, sample};
 
 /// Service of the heartbeating fleet.
 const SERVICE: &str = "bench";
@@ -85,6 +88,8 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(TTL_SECS / 3);
 const PROBE_TTL_SECS: u64 = 300;
 /// The PostgreSQL server (trust auth), without a database.
 const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+/// The `Host` of every request.
+const HOST: &str = "127.0.0.1";
 /// Longest wait for one request (connect, or write plus the full answer).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for one probe to show on the other node.
@@ -95,8 +100,6 @@ const PROBE_POLL: Duration = Duration::from_millis(5);
 const REGISTER_DEADLINE: Duration = Duration::from_secs(300);
 /// Longest wait for every node to list the whole fleet.
 const CONVERGE_DEADLINE: Duration = Duration::from_secs(60);
-/// Longest wait for a node to log its `http listening on` line.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for a node to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often `GET /v1/services` is sampled on each node during the window.
@@ -105,35 +108,14 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 const SERIES_EVERY: Duration = Duration::from_secs(5);
 /// A heartbeat sent this much later than planned counts as late.
 const LATE: Duration = Duration::from_secs(1);
-/// Largest response head accepted.
-const MAX_HEAD: usize = 64 * 1024;
-/// Largest response body accepted.
-const MAX_BODY: usize = 64 * 1024 * 1024;
 /// Lines of node warnings/errors kept for the report.
 const MAX_LOG_LINES: usize = 6;
 /// Processes whose presence means another benchmark may be loading the machine.
 const BUSY_NAMES: [&str; 5] = ["iperf3", "nginx", "haproxy", "rnacos", "switchboard"];
 
 fn main() {
-    // `cargo test --all-targets` also runs bench targets, without `--bench`: stay quick.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("cluster bench: skipped (run it with `cargo bench --bench cluster`)");
-        return;
-    }
-    let cfg = Config::from_env();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("cluster bench: cannot start the tokio runtime: {err}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(err) = runtime.block_on(run(cfg)) {
-        eprintln!("cluster bench failed: {err:#}");
-        std::process::exit(1);
+    if knobs::asked_for("cluster") {
+        knobs::block_on("cluster", 1, run(Config::from_env()));
     }
 }
 
@@ -151,12 +133,12 @@ struct Config {
 impl Config {
     fn from_env() -> Self {
         Config {
-            nodes: env_num("SB_BENCH_NODES", 3, 2, 5) as usize,
-            instances: env_num("SB_BENCH_INSTANCES", 10_000, 1, 200_000) as usize,
-            window: Duration::from_secs(env_num("SB_BENCH_SECS", 30, 1, 600)),
-            warmup: Duration::from_secs(env_num("SB_BENCH_WARMUP_SECS", 12, 0, 600)),
-            probes: env_num("SB_BENCH_PROBES", 100, 0, 1000) as usize,
-            conns: env_num("SB_BENCH_CONNS", 8, 1, 128) as usize,
+            nodes: knobs::count("SB_BENCH_NODES", 3, 2, 5),
+            instances: knobs::count("SB_BENCH_INSTANCES", 10_000, 1, 200_000),
+            window: Duration::from_secs(knobs::num("SB_BENCH_SECS", 30, 1, 600)),
+            warmup: Duration::from_secs(knobs::num("SB_BENCH_WARMUP_SECS", 12, 0, 600)),
+            probes: knobs::count("SB_BENCH_PROBES", 100, 0, 1000),
+            conns: knobs::count("SB_BENCH_CONNS", 8, 1, 128),
         }
     }
 
@@ -173,13 +155,6 @@ impl Config {
             self.conns
         )
     }
-}
-
-fn env_num(name: &str, default: u64, min: u64, max: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(default, |v| v.clamp(min, max))
 }
 
 // ---------------------------------------------------------------------------------
@@ -275,7 +250,7 @@ struct NodeReport {
 async fn measure(cfg: &Config, db: &str) -> anyhow::Result<Report> {
     let bin = Path::new(env!("CARGO_BIN_EXE_switchboard"));
     let url = format!("{PG_BASE}/{db}");
-    let clk_tck = clock_ticks();
+    let clk_tck = sample::clock_ticks();
     let mut nodes = Vec::with_capacity(cfg.nodes);
     for i in 0..cfg.nodes {
         let node = start_node(bin, &url).with_context(|| format!("starting node {i}"))?;
@@ -283,12 +258,13 @@ async fn measure(cfg: &Config, db: &str) -> anyhow::Result<Report> {
         nodes.push(node);
     }
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let readyz = request("GET", "/readyz", &[], b"");
     for &addr in &addrs {
-        wait_ready(addr).await?;
+        http::wait_ready(addr, &readyz, Duration::from_millis(50)).await?;
     }
     let rss_idle: Vec<u64> = nodes
         .iter()
-        .map(|n| proc_rss_kib(n.pid).unwrap_or(0))
+        .map(|n| sample::rss_kib(n.pid).unwrap_or(0))
         .collect();
 
     // Register the fleet.
@@ -369,14 +345,16 @@ async fn measure(cfg: &Config, db: &str) -> anyhow::Result<Report> {
     // Window start.
     let table_before = table_stats(&mut bench_db).await.ok();
     let pg_before = pg_window_counters(&mut admin, db).await?;
-    let backend_cpu_before: Vec<Option<u64>> =
-        backends.iter().map(|&p| proc_cpu_ticks(p).ok()).collect();
+    let backend_cpu_before: Vec<Option<u64>> = backends
+        .iter()
+        .map(|&p| sample::cpu_ticks(p).ok())
+        .collect();
     let cpu_before: Vec<u64> = pids
         .iter()
-        .map(|&p| proc_cpu_ticks(p).unwrap_or(0))
+        .map(|&p| sample::cpu_ticks(p).unwrap_or(0))
         .collect();
-    let self_before = proc_cpu_ticks(std::process::id()).unwrap_or(0);
-    let machine_before = machine_busy_ticks().unwrap_or(0);
+    let self_before = sample::cpu_ticks(std::process::id()).unwrap_or(0);
+    let machine_before = sample::machine().map_or(0, sample::Machine::busy);
     let procs_before = all_proc_ticks();
     let window_start = tokio::time::Instant::now();
     measuring.store(true, Ordering::Relaxed);
@@ -397,16 +375,21 @@ async fn measure(cfg: &Config, db: &str) -> anyhow::Result<Report> {
     let window_secs = window_start.elapsed().as_secs_f64();
     let cpu_after: Vec<u64> = pids
         .iter()
-        .map(|&p| proc_cpu_ticks(p).unwrap_or(0))
+        .map(|&p| sample::cpu_ticks(p).unwrap_or(0))
         .collect();
-    let self_after = proc_cpu_ticks(std::process::id()).unwrap_or(0);
-    let machine_after = machine_busy_ticks().unwrap_or(0);
+    let self_after = sample::cpu_ticks(std::process::id()).unwrap_or(0);
+    let machine_after = sample::machine().map_or(0, sample::Machine::busy);
     let procs_after = all_proc_ticks();
-    let backend_cpu_after: Vec<Option<u64>> =
-        backends.iter().map(|&p| proc_cpu_ticks(p).ok()).collect();
+    let backend_cpu_after: Vec<Option<u64>> = backends
+        .iter()
+        .map(|&p| sample::cpu_ticks(p).ok())
+        .collect();
     let pg_after = pg_window_counters(&mut admin, db).await?;
     let table_after = table_stats(&mut bench_db).await.ok();
-    let rss_end: Vec<u64> = pids.iter().map(|&p| proc_rss_kib(p).unwrap_or(0)).collect();
+    let rss_end: Vec<u64> = pids
+        .iter()
+        .map(|&p| sample::rss_kib(p).unwrap_or(0))
+        .collect();
     let _ = admin.close().await;
 
     let samples = sampler.await.unwrap_or_default();
@@ -422,8 +405,8 @@ async fn measure(cfg: &Config, db: &str) -> anyhow::Result<Report> {
     let _ = bench_db.close().await;
     let table = table_before.zip(table_after);
 
-    for n in &nodes {
-        n.load_stopped.store(true, Ordering::Relaxed);
+    for n in &mut nodes {
+        n.mark_load_stopped();
     }
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), dispatcher).await;
@@ -462,7 +445,8 @@ async fn measure(cfg: &Config, db: &str) -> anyhow::Result<Report> {
         .map(|(t, name)| (name.clone(), pct(*t)))
         .collect();
 
-    let stop_notes = stop_all(&mut nodes).await;
+    let mut children: Vec<&mut Child> = nodes.iter_mut().map(|n| &mut n.child).collect();
+    let stop_notes = procs::stop_all(&mut children, STOP_TIMEOUT);
     let mut node_reports = Vec::with_capacity(nodes.len());
     for (i, node) in nodes.iter().enumerate() {
         let window = stats[i]
@@ -472,9 +456,9 @@ async fn measure(cfg: &Config, db: &str) -> anyhow::Result<Report> {
             .unwrap_or_default();
         let total = stats[i].total.lock().map(|t| t.clone()).unwrap_or_default();
         let cpu = cpu_after[i].saturating_sub(cpu_before[i]);
-        let answered = window.answered();
+        let answered = window.tally.answered;
         let stop_note = stop_notes.get(i).cloned().unwrap_or_default();
-        let log = node.log.lock().map(|l| l.clone()).unwrap_or_default();
+        let log = node.log_info(MAX_LOG_LINES);
         let end_view = end_views[i].as_ref();
         node_reports.push(NodeReport {
             addr: node.addr,
@@ -572,17 +556,13 @@ async fn register_fleet(cfg: &Config, addrs: &[SocketAddr]) -> anyhow::Result<Re
                         "{{\"address\":\"{}\",\"ttl_secs\":{TTL_SECS}}}",
                         fleet_address(i)
                     );
-                    let req = http_request(
-                        "POST",
-                        &format!("/v1/services/{SERVICE}/instances"),
-                        &[],
-                        body.as_bytes(),
-                    );
+                    let path = format!("/v1/services/{SERVICE}/instances");
+                    let req = request("POST", &path, &[], body.as_bytes());
                     let mut outcome = Err("not tried".to_owned());
                     for _ in 0..3 {
                         outcome = call(&mut conn, addr, &req).await.and_then(|a| {
                             if a.status == 200 || a.status == 201 {
-                                parse_registration(&a.body)
+                                http::parse_registration(&a.body)
                             } else {
                                 Err(format!(
                                     "status {}: {}",
@@ -631,17 +611,6 @@ async fn register_fleet(cfg: &Config, addrs: &[SocketAddr]) -> anyhow::Result<Re
     })
 }
 
-fn parse_registration(body: &[u8]) -> Result<(String, String), String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
-    let field = |name: &str| {
-        v.get(name)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| format!("no {name} in {v}"))
-    };
-    Ok((field("id")?, field("lease")?))
-}
-
 /// Seconds until every node lists `expected` live instances of the fleet.
 async fn converge(addrs: &[SocketAddr], expected: u64) -> Option<f64> {
     let started = Instant::now();
@@ -677,39 +646,20 @@ struct Job {
 /// Heartbeat answers of one node.
 #[derive(Debug, Default, Clone)]
 struct BeatTally {
-    ok: u64,
-    /// Non-200 answers by status.
-    statuses: BTreeMap<u16, u64>,
-    /// Connect/IO errors and timeouts.
-    io_errors: u64,
-    first_error: Option<String>,
-    /// Answer latencies in microseconds.
-    latencies_us: Vec<u32>,
+    /// 200 answers count as ok; latencies in microseconds.
+    tally: Tally,
     max_lag: Duration,
     late: u64,
 }
 
 impl BeatTally {
-    fn answered(&self) -> u64 {
-        self.ok + self.statuses.values().sum::<u64>()
-    }
-
-    fn non_200(&self) -> u64 {
-        self.statuses.values().sum()
-    }
-
     fn record(&mut self, outcome: &Result<u16, String>, latency: Duration, lag: Duration) {
         match outcome {
-            Ok(200) => self.ok += 1,
-            Ok(status) => *self.statuses.entry(*status).or_insert(0) += 1,
-            Err(err) => {
-                self.io_errors += 1;
-                self.first_error.get_or_insert_with(|| err.clone());
+            Ok(status) => {
+                self.tally
+                    .note_answer(*status, *status == 200, micros(latency), usize::MAX)
             }
-        }
-        if outcome.is_ok() {
-            self.latencies_us
-                .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+            Err(err) => self.tally.note_error(err.clone()),
         }
         self.max_lag = self.max_lag.max(lag);
         if lag > LATE {
@@ -784,7 +734,7 @@ async fn beat_worker(
         };
         let connections = (job.member as u64 * 37 + job.round as u64 * 11) % 500;
         let body = format!("{{\"connections\":{connections}}}");
-        let req = http_request(
+        let req = request(
             "PUT",
             &member.path,
             &[("X-Lease", &member.lease)],
@@ -836,7 +786,7 @@ async fn run_probes(
     let n = addrs.len();
     let mut conns: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
     let spacing = (end - start) / probes as u32;
-    let poll = http_request(
+    let poll = request(
         "GET",
         &format!("/servers?service={PROBE_SERVICE}&limit=100"),
         &[],
@@ -850,7 +800,7 @@ async fn run_probes(
         tokio::time::sleep_until(at).await;
         let address = format!("10.250.{}.{}:7000", j / 200, j % 200 + 1);
         let body = format!("{{\"address\":\"{address}\",\"ttl_secs\":{PROBE_TTL_SECS}}}");
-        let req = http_request(
+        let req = request(
             "POST",
             &format!("/v1/services/{PROBE_SERVICE}/instances"),
             &[],
@@ -883,7 +833,7 @@ async fn run_probes(
         while acked.elapsed() < PROBE_TIMEOUT {
             if let Ok(a) = call(&mut conns[seen_on], addrs[seen_on], &poll).await
                 && a.status == 200
-                && find(&a.body, needle.as_bytes()).is_some()
+                && http::find(&a.body, needle.as_bytes()).is_some()
             {
                 result
                     .delays_us
@@ -913,13 +863,9 @@ struct ServiceView {
 
 async fn services_view(addr: SocketAddr) -> anyhow::Result<BTreeMap<String, ServiceView>> {
     let mut conn = None;
-    let a = call(
-        &mut conn,
-        addr,
-        &http_request("GET", "/v1/services", &[], b""),
-    )
-    .await
-    .map_err(|e| anyhow!(e))?;
+    let a = call(&mut conn, addr, &request("GET", "/v1/services", &[], b""))
+        .await
+        .map_err(|e| anyhow!(e))?;
     parse_services(&a.body)
 }
 
@@ -963,7 +909,7 @@ struct Samples {
 async fn sample_services(addrs: Vec<SocketAddr>, end: tokio::time::Instant) -> Vec<Samples> {
     let mut out = vec![Samples::default(); addrs.len()];
     let mut conns: Vec<Option<Conn>> = (0..addrs.len()).map(|_| None).collect();
-    let req = http_request("GET", "/v1/services", &[], b"");
+    let req = request("GET", "/v1/services", &[], b"");
     let mut next = tokio::time::Instant::now() + SAMPLE_EVERY / 2;
     while next < end {
         tokio::time::sleep_until(next).await;
@@ -1177,371 +1123,29 @@ async fn db_ages(conn: &mut PgConnection) -> anyhow::Result<DbAges> {
 }
 
 // ---------------------------------------------------------------------------------
-// Minimal HTTP/1.1 keep-alive client
+// HTTP and node processes
 // ---------------------------------------------------------------------------------
 
-fn http_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
-    for (name, value) in headers {
-        let _ = write!(head, "{name}: {value}\r\n");
-    }
+/// A request to a node; JSON bodies.
+fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut all = headers.to_vec();
     if method != "GET" {
-        let _ = write!(
-            head,
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        );
+        all.push(JSON);
     }
-    head.push_str("\r\n");
-    let mut req = head.into_bytes();
-    req.extend_from_slice(body);
-    req
+    http::request(method, path, HOST, &all, body)
 }
 
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-struct Answer {
-    status: u16,
-    body: Vec<u8>,
-    close: bool,
-}
-
-fn bad(msg: impl Into<String>) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// One request on `conn` (connected first when `None`), bounded by
-/// [`REQUEST_TIMEOUT`]; the connection is dropped after an error or a close.
+/// One request on `conn`, body kept, bounded by [`REQUEST_TIMEOUT`].
 async fn call(conn: &mut Option<Conn>, addr: SocketAddr, req: &[u8]) -> Result<Answer, String> {
-    let fut = async {
-        if conn.is_none() {
-            *conn = Some(Conn::connect(addr).await?);
-        }
-        match conn.as_mut() {
-            Some(c) => c.request(req).await,
-            None => Err(bad("no connection")),
-        }
-    };
-    let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
-        Ok(Ok(a)) => Ok(a),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
-    };
-    if !matches!(&outcome, Ok(a) if !a.close) {
-        *conn = None;
-    }
-    outcome
+    http::call(conn, addr, req, true, REQUEST_TIMEOUT).await
 }
 
-impl Conn {
-    async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(Conn {
-            stream,
-            buf: Vec::with_capacity(16 * 1024),
-        })
-    }
-
-    async fn read_more(&mut self) -> std::io::Result<()> {
-        if self.buf.capacity() - self.buf.len() < 8 * 1024 {
-            self.buf.reserve(64 * 1024);
-        }
-        if self.stream.read_buf(&mut self.buf).await? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed by the server",
-            ));
-        }
-        Ok(())
-    }
-
-    async fn fill_to(&mut self, len: usize) -> std::io::Result<()> {
-        while self.buf.len() < len {
-            self.read_more().await?;
-        }
-        Ok(())
-    }
-
-    async fn request(&mut self, req: &[u8]) -> std::io::Result<Answer> {
-        self.stream.write_all(req).await?;
-        self.buf.clear();
-        let head_end = loop {
-            if let Some(p) = find(&self.buf, b"\r\n\r\n") {
-                break p + 4;
-            }
-            if self.buf.len() > MAX_HEAD {
-                return Err(bad("response head too large"));
-            }
-            self.read_more().await?;
-        };
-        let head = std::str::from_utf8(&self.buf[..head_end]).map_err(|_| bad("non-UTF-8 head"))?;
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
-        let mut length = None;
-        let mut chunked = false;
-        let mut close = false;
-        for line in lines {
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = Some(
-                    value
-                        .parse::<usize>()
-                        .map_err(|_| bad("bad Content-Length"))?,
-                );
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.to_ascii_lowercase().contains("chunked");
-            } else if name.eq_ignore_ascii_case("connection") {
-                close = value.to_ascii_lowercase().contains("close");
-            }
-        }
-        let mut body = Vec::new();
-        if status == 204 || status == 304 || (100..200).contains(&status) {
-            // No body.
-        } else if chunked {
-            let mut pos = head_end;
-            for _ in 0..1_000_000 {
-                let line_end = loop {
-                    if let Some(p) = find(&self.buf[pos..], b"\r\n") {
-                        break pos + p;
-                    }
-                    if self.buf.len() - pos > 1024 {
-                        return Err(bad("chunk size line too long"));
-                    }
-                    self.read_more().await?;
-                };
-                let text = std::str::from_utf8(&self.buf[pos..line_end])
-                    .map_err(|_| bad("bad chunk size"))?;
-                let text = text.split(';').next().unwrap_or_default().trim();
-                let size = usize::from_str_radix(text, 16).map_err(|_| bad("bad chunk size"))?;
-                let data = line_end + 2;
-                if size == 0 {
-                    self.fill_to(data + 2).await?;
-                    return Ok(Answer {
-                        status,
-                        body,
-                        close,
-                    });
-                }
-                if body.len() + size > MAX_BODY {
-                    return Err(bad("body too large"));
-                }
-                self.fill_to(data + size + 2).await?;
-                body.extend_from_slice(&self.buf[data..data + size]);
-                pos = data + size + 2;
-            }
-            return Err(bad("too many chunks"));
-        } else if let Some(len) = length {
-            if len > MAX_BODY {
-                return Err(bad("body too large"));
-            }
-            self.fill_to(head_end + len).await?;
-            body.extend_from_slice(&self.buf[head_end..head_end + len]);
-        } else {
-            return Err(bad("answer without a length"));
-        }
-        Ok(Answer {
-            status,
-            body,
-            close,
-        })
-    }
-}
-
-async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let req = http_request("GET", "/readyz", &[], b"");
-    let mut last = String::new();
-    while started.elapsed() < START_TIMEOUT {
-        let mut conn = None;
-        match call(&mut conn, addr, &req).await {
-            Ok(a) if a.status == 200 => return Ok(()),
-            Ok(a) => last = format!("status {}", a.status),
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{addr} not ready within {START_TIMEOUT:?}: {last}")
-}
-
-// ---------------------------------------------------------------------------------
-// Node processes
-// ---------------------------------------------------------------------------------
-
-#[derive(Debug, Default, Clone)]
-struct LogInfo {
-    warnings: u64,
-    errors: u64,
-    /// Warnings and errors logged after the measured window and its checks, while the
-    /// heartbeats stop and the nodes shut down.
-    after_load: u64,
-    lines: Vec<String>,
-}
-
-struct NodeProc {
-    /// Set when the load stops: later log lines are tagged as such.
-    load_stopped: Arc<AtomicBool>,
-    child: Child,
-    pid: u32,
-    addr: SocketAddr,
-    log: Arc<Mutex<LogInfo>>,
-}
-
-impl NodeProc {
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => bail!("node pid {} exited: {status}", self.pid),
-            Err(err) => bail!("node pid {}: {err}", self.pid),
-        }
-    }
-}
-
-/// SIGTERM to every node by PID at once, then waits (bounded) for all, then SIGKILL
-/// to those left. Says how each ended.
-async fn stop_all(nodes: &mut [NodeProc]) -> Vec<String> {
-    let mut notes: Vec<Option<String>> = vec![None; nodes.len()];
-    for (i, node) in nodes.iter_mut().enumerate() {
-        if let Ok(Some(status)) = node.child.try_wait() {
-            notes[i] = Some(format!("had already exited ({status})"));
-            continue;
-        }
-        let sent = Command::new("kill")
-            .args(["-TERM", &node.pid.to_string()])
-            .status();
-        if !matches!(sent, Ok(s) if s.success()) {
-            let _ = node.child.kill();
-            let _ = node.child.wait();
-            notes[i] = Some("SIGTERM could not be sent; killed".to_owned());
-        }
-    }
-    let started = Instant::now();
-    while started.elapsed() < STOP_TIMEOUT && notes.iter().any(Option::is_none) {
-        for (i, node) in nodes.iter_mut().enumerate() {
-            if notes[i].is_none()
-                && let Ok(Some(status)) = node.child.try_wait()
-            {
-                notes[i] = Some(format!(
-                    "stopped by SIGTERM in {:.2} s ({status})",
-                    started.elapsed().as_secs_f64()
-                ));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for (i, node) in nodes.iter_mut().enumerate() {
-        if notes[i].is_none() {
-            let _ = node.child.kill();
-            let _ = node.child.wait();
-            notes[i] = Some(format!(
-                "did NOT exit within {STOP_TIMEOUT:?} of SIGTERM; killed (SIGKILL by pid)"
-            ));
-        }
-    }
-    notes.into_iter().map(Option::unwrap_or_default).collect()
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // Child::kill signals this child's own PID.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn start_node(bin: &Path, db_url: &str) -> anyhow::Result<NodeProc> {
-    let mut child = Command::new(bin)
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--no-forward",
-            "--db",
-            db_url,
-        ])
-        .env("RUST_LOG", "info")
-        .env_remove("SWITCHBOARD_ADMIN_TOKEN")
-        .env_remove("SWITCHBOARD_REGISTER_TOKEN")
-        .env_remove("SWITCHBOARD_READ_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let pid = child.id();
-    let stderr = child.stderr.take().context("node stderr")?;
-    let log = Arc::new(Mutex::new(LogInfo::default()));
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    let log_for_thread = Arc::clone(&log);
-    let load_stopped = Arc::new(AtomicBool::new(false));
-    let stopped_for_thread = Arc::clone(&load_stopped);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.split("http listening on ").nth(1)
-                && let Some(addr) = rest
-                    .split_whitespace()
-                    .next()
-                    .and_then(|t| t.parse::<SocketAddr>().ok())
-            {
-                let _ = tx.send(addr);
-            }
-            let warn = line.contains(" WARN ");
-            let error = line.contains(" ERROR ") || line.contains("panicked");
-            if (warn || error)
-                && let Ok(mut l) = log_for_thread.lock()
-            {
-                if error {
-                    l.errors += 1;
-                } else {
-                    l.warnings += 1;
-                }
-                let after = stopped_for_thread.load(Ordering::Relaxed);
-                if after {
-                    l.after_load += 1;
-                }
-                if l.lines.len() < MAX_LOG_LINES {
-                    let tag = if after { "[after load stopped] " } else { "" };
-                    l.lines.push(format!("{tag}{line}"));
-                }
-            }
-        }
-    });
-    let mut node = NodeProc {
-        load_stopped,
-        child,
-        pid,
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        log,
-    };
-    match rx.recv_timeout(START_TIMEOUT) {
-        Ok(addr) if addr.ip().is_loopback() => node.addr = addr,
-        Ok(addr) => bail!("node listens on {addr}, not loopback"),
-        Err(_) => {
-            let alive = node.check_alive();
-            let lines = node.log.lock().map(|l| l.lines.clone()).unwrap_or_default();
-            bail!(
-                "no `http listening on` line within {START_TIMEOUT:?} ({alive:?}); log: {lines:?}"
-            );
-        }
-    }
+fn start_node(bin: &Path, db_url: &str) -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let args = ["--no-forward", "--db", db_url];
+    let (mut node, _) =
+        procs::start_switchboard(Command::new(bin), dir, &args, &[], http::START_TIMEOUT)?;
+    node.name = "node";
     Ok(node)
 }
 
@@ -1549,20 +1153,7 @@ fn start_node(bin: &Path, db_url: &str) -> anyhow::Result<NodeProc> {
 fn other_load() -> String {
     let me = std::process::id();
     let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return String::new();
-    };
-    for entry in dir.flatten().take(100_000) {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
+    for pid in sample::pids().into_iter().filter(|&p| p != me) {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
@@ -1583,94 +1174,12 @@ fn other_load() -> String {
     found.join(", ")
 }
 
-// ---------------------------------------------------------------------------------
-// /proc readings
-// ---------------------------------------------------------------------------------
-
-/// utime + stime of the process (all its threads), in clock ticks.
-fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    let rest = stat
-        .rfind(')')
-        .map(|p| &stat[p + 1..])
-        .context("malformed /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .context("utime/stime")
-    };
-    Ok(field(11)? + field(12)?)
-}
-
 /// CPU ticks and name of every process, to see who else used the machine.
 fn all_proc_ticks() -> BTreeMap<u32, (String, u64)> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten().take(100_000) {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let name = match (stat.find('('), stat.rfind(')')) {
-            (Some(a), Some(b)) if b > a => stat[a + 1..b].to_owned(),
-            _ => continue,
-        };
-        if let Ok(ticks) = proc_cpu_ticks(pid) {
-            out.insert(pid, (name, ticks));
-        }
-    }
-    out
-}
-
-/// Busy ticks of all cores (`/proc/stat` line `cpu`: everything but idle and iowait).
-fn machine_busy_ticks() -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let line = stat
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .context("no cpu line in /proc/stat")?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let total: u64 = fields.iter().take(8).sum();
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    Ok(total.saturating_sub(idle))
-}
-
-/// Resident set size in KiB.
-fn proc_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc status")
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`), 100 when it cannot be read.
-fn clock_ticks() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .filter(|&t| t > 0)
-        .unwrap_or(100)
+    let stats = sample::pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, sample::stat(pid)?)));
+    stats.map(|(pid, s)| (pid, (s.name, s.ticks))).collect()
 }
 
 // ---------------------------------------------------------------------------------
@@ -1737,9 +1246,9 @@ fn print_report(cfg: &Config, db: &str, r: &Report) {
     let mut total_answered = 0;
     let mut total_cpu = 0.0;
     for (i, n) in r.nodes.iter().enumerate() {
-        let mut lat = n.window.latencies_us.clone();
+        let mut lat = n.window.tally.latencies.clone();
         lat.sort_unstable();
-        let answered = n.window.answered();
+        let answered = n.window.tally.answered;
         total_answered += answered;
         total_cpu += n.cpu_pct;
         let view = n
@@ -1753,11 +1262,11 @@ fn print_report(cfg: &Config, db: &str, r: &Report) {
             n.addr.to_string(),
             answered as f64 / w,
             answered,
-            n.window.non_200(),
-            n.window.io_errors,
-            ms(quantile(&lat, 0.5).map(u64::from)),
-            ms(quantile(&lat, 0.99).map(u64::from)),
-            ms(lat.last().copied().map(u64::from)),
+            n.window.tally.non_ok(),
+            n.window.tally.errors,
+            ms(quantile(&lat, 0.5)),
+            ms(quantile(&lat, 0.99)),
+            ms(lat.last().copied()),
             n.cpu_pct,
             n.us_per_beat
                 .map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
@@ -1772,8 +1281,8 @@ fn print_report(cfg: &Config, db: &str, r: &Report) {
         "",
         total_answered as f64 / w,
         total_answered,
-        r.nodes.iter().map(|n| n.window.non_200()).sum::<u64>(),
-        r.nodes.iter().map(|n| n.window.io_errors).sum::<u64>(),
+        r.nodes.iter().map(|n| n.window.tally.non_ok()).sum::<u64>(),
+        r.nodes.iter().map(|n| n.window.tally.errors).sum::<u64>(),
         "",
         "",
         "",
@@ -1802,11 +1311,7 @@ fn print_report(cfg: &Config, db: &str, r: &Report) {
     println!(
         "  transactions/s per {} s slice: {}",
         SERIES_EVERY.as_secs(),
-        r.tps_series
-            .iter()
-            .map(|t| format!("{t:.0}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        join(&r.tps_series, " ", |t| format!("{t:.0}"))
     );
     println!(
         "  rows updated/s      {:>10.0}   (inserted {}, returned {})",
@@ -1930,23 +1435,19 @@ fn print_report(cfg: &Config, db: &str, r: &Report) {
     );
     println!(
         "other processes by CPU in the window (% of one core): {}",
-        r.top_processes
-            .iter()
-            .map(|(name, p)| format!("{name} {p:.1}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        join(&r.top_processes, ", ", |(name, p)| format!("{name} {p:.1}"))
     );
     for (i, n) in r.nodes.iter().enumerate() {
         let t = &n.total;
         let mut odd = Vec::new();
-        if !t.statuses.is_empty() {
-            odd.push(format!("non-200 over the whole run {:?}", t.statuses));
+        if !t.tally.statuses.is_empty() {
+            odd.push(format!("non-200 over the whole run {:?}", t.tally.statuses));
         }
-        if t.io_errors > 0 {
+        if t.tally.errors > 0 {
             odd.push(format!(
                 "{} IO errors ({})",
-                t.io_errors,
-                t.first_error.as_deref().unwrap_or("?")
+                t.tally.errors,
+                t.tally.first_error.as_deref().unwrap_or("?")
             ));
         }
         if n.log.warnings + n.log.errors > 0 {

@@ -61,20 +61,25 @@
 //!
 //! Nothing here asserts numbers: the goals are printed, met or missed.
 
-use std::collections::HashMap;
+mod support;
+
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{Read, Write as _};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+
+use support::http::{self, JSON};
+use support::procs::{self, Server, free_port};
+use support::report::{join, loadavg};
+use support::{knobs, sample};
 
 /// Bytes each connection echoes in the rate and memory tests.
 const MSG: [u8; 16] = *b"switchboard-16b!";
@@ -84,6 +89,8 @@ const BURST: usize = 64 * 1024;
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a proxy to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for a proxy to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections opened (or bursts run) at once when filling the memory test.
 const FILL_CONCURRENCY: usize = 100;
 /// File-descriptor limit asked for the bench process and the proxies (the hard limit
@@ -105,10 +112,7 @@ reference (this machine, a quiet day): one-stream throughput nginx 0.66x direct,
   memory per idle connection nginx 9.6 KiB (33.7 KiB after 64 KiB burst), HAProxy 3.5 KiB (3.9 KiB).";
 
 fn main() {
-    if let Err(err) = run() {
-        eprintln!("forwarder bench failed: {err:#}");
-        std::process::exit(1);
-    }
+    knobs::exit_on_error("forwarder", run());
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,47 +166,27 @@ struct Config {
     nginx_stream_module: Option<PathBuf>,
 }
 
-fn env_num(name: &str, default: u64, min: u64, max: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-        .clamp(min, max)
-}
-
-fn env_list(name: &str) -> Option<Vec<String>> {
-    std::env::var(name).ok().map(|v| {
-        v.split(',')
-            .map(|s| s.trim().to_ascii_lowercase())
-            .filter(|s| !s.is_empty())
-            .collect()
-    })
-}
-
 fn run() -> Result<()> {
     raise_nofile()?;
-    let secs = env_num("SB_BENCH_SECS", 5, 1, 60);
-    let conns = usize::try_from(env_num("SB_BENCH_CONNS", 5000, 1, 20_000))?;
-    let workers = usize::try_from(env_num("SB_BENCH_WORKERS", 16, 1, 256))?;
-    let setups = match env_list("SB_BENCH_SETUPS") {
+    let secs = knobs::num("SB_BENCH_SECS", 5, 1, 60);
+    let conns = knobs::count("SB_BENCH_CONNS", 5000, 1, 20_000);
+    let workers = knobs::count("SB_BENCH_WORKERS", 16, 1, 256);
+    let setups = match knobs::list("SB_BENCH_SETUPS") {
         None => Setup::ALL.to_vec(),
         Some(keys) => Setup::ALL
             .into_iter()
             .filter(|s| keys.iter().any(|k| k == s.key()))
             .collect(),
     };
-    let phases = env_list("SB_BENCH_PHASES")
+    let phases = knobs::list("SB_BENCH_PHASES")
         .unwrap_or_else(|| ["throughput", "rate", "memory"].map(str::to_owned).to_vec());
     ensure_tools(&setups)?;
-    let clk_tck = command_output("getconf", &["CLK_TCK"])?
-        .trim()
-        .parse::<u64>()
-        .context("getconf CLK_TCK")?;
+    let clk_tck = sample::clock_ticks();
     let cfg = Config {
         secs,
         conns,
         workers,
-        rounds: usize::try_from(env_num("SB_BENCH_ROUNDS", 2, 1, 9))?,
+        rounds: knobs::count("SB_BENCH_ROUNDS", 2, 1, 9),
         setups,
         phases,
         switchboard: PathBuf::from(env!("CARGO_BIN_EXE_switchboard")),
@@ -234,10 +218,9 @@ fn run() -> Result<()> {
         let iperf = IperfServer::start()?;
         println!(
             "iperf3 server: 127.0.0.1:{} (pid {})",
-            iperf.port,
-            iperf.child.id()
+            iperf.port, iperf.server.pid
         );
-        let table = phase_throughput(&cfg, iperf.addr(), iperf.child.id(), &mut summary);
+        let table = phase_throughput(&cfg, iperf.addr(), iperf.server.pid, &mut summary);
         println!("{table}");
         drop(iperf);
         max_rustc = max_rustc.max(count_rustc());
@@ -275,9 +258,7 @@ fn run() -> Result<()> {
         "run took {:.0} s; loadavg at the end {}; rustc processes seen at phase boundaries: \
          max {max_rustc}{}",
         started.elapsed().as_secs_f64(),
-        fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim(),
+        loadavg(),
         if max_rustc > 0 {
             " (other compiles competed for the 2 cores: numbers are noisier)"
         } else {
@@ -298,7 +279,7 @@ fn run() -> Result<()> {
 fn raise_nofile() -> Result<()> {
     let soft = nofile_soft_limit().unwrap_or(0);
     // The held client sockets plus the echo backend's sockets, and some spare.
-    let need = 2 * env_num("SB_BENCH_CONNS", 5000, 1, 20_000) + 1024;
+    let need = 2 * knobs::num("SB_BENCH_CONNS", 5000, 1, 20_000) + 1024;
     if soft >= need {
         return Ok(());
     }
@@ -379,7 +360,7 @@ fn ensure_tools(setups: &[Setup]) -> Result<()> {
     if packages.is_empty() {
         return Ok(());
     }
-    if std::env::var_os("SB_BENCH_NO_INSTALL").is_some() {
+    if knobs::is_set("SB_BENCH_NO_INSTALL") {
         bail!("missing packages {packages:?} and SB_BENCH_NO_INSTALL is set");
     }
     println!("installing {packages:?} with apt-get");
@@ -445,9 +426,7 @@ fn print_environment(cfg: &Config) {
         cfg.clk_tck,
         nofile_soft_limit().unwrap_or(0),
         cfg.nofile,
-        fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
+        loadavg()
     );
     println!(
         "settings: {} s per measurement, {} rate workers, {} held connections; setups {:?}",
@@ -465,55 +444,25 @@ fn print_environment(cfg: &Config) {
 
 /// How many `rustc` processes are running (others compiling on this machine).
 fn count_rustc() -> usize {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return 0;
-    };
-    dir.filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter(|e| fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "rustc"))
-        .count()
+    let stats = sample::pids().into_iter().filter_map(sample::stat);
+    stats.filter(|s| s.name == "rustc").count()
 }
 
 // ---------------------------------------------------------------------------------
 // /proc accounting.
 // ---------------------------------------------------------------------------------
 
-/// `(ppid, utime + stime, starttime)` of a process.
-fn proc_stat(pid: u32) -> Option<(u32, u64, u64)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] is field 3 (state) of proc(5).
-    let ppid = fields.get(1)?.parse().ok()?;
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((ppid, utime + stime, start))
-}
-
 /// `root` and all its descendants.
 fn process_tree(root: u32) -> Vec<u32> {
-    let mut parent = HashMap::new();
-    if let Ok(dir) = fs::read_dir("/proc") {
-        for entry in dir.filter_map(Result::ok) {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            if let Some((ppid, _, _)) = proc_stat(pid) {
-                parent.insert(pid, ppid);
-            }
-        }
-    }
+    let parent: Vec<(u32, u32)> = sample::pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, sample::stat(pid)?.ppid)))
+        .collect();
     let mut tree = vec![root];
     // Bounded: at most one pass per process found.
     for _ in 0..parent.len() {
         let before = tree.len();
-        for (&pid, &ppid) in &parent {
+        for &(pid, ppid) in &parent {
             if tree.contains(&ppid) && !tree.contains(&pid) {
                 tree.push(pid);
             }
@@ -527,53 +476,19 @@ fn process_tree(root: u32) -> Vec<u32> {
 
 /// Busy ticks of all CPUs (`/proc/stat`: everything but idle and iowait).
 fn machine_busy_ticks() -> u64 {
-    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0;
-    };
-    line.split_whitespace()
-        .skip(1)
-        .take(8)
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .filter_map(|(_, v)| v.parse::<u64>().ok())
-        .sum()
-}
-
-/// cutime + cstime of a process: CPU of its children that it has reaped.
-fn children_ticks(pid: u32) -> u64 {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    let Some(close) = stat.rfind(')') else {
-        return 0;
-    };
-    // Fields 16 and 17 of proc(5); the slice starts at field 3.
-    stat[close + 1..]
-        .split_whitespace()
-        .skip(13)
-        .take(2)
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum()
+    sample::machine().map_or(0, sample::Machine::busy)
 }
 
 fn cpu_ticks(pids: &[u32]) -> u64 {
-    pids.iter().filter_map(|&p| proc_stat(p)).map(|s| s.1).sum()
-}
-
-fn status_field(pid: u32, field: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn rss_kib(pids: &[u32]) -> u64 {
-    pids.iter().filter_map(|&p| status_field(p, "VmRSS:")).sum()
-}
-
-fn threads(pids: &[u32]) -> u64 {
     pids.iter()
-        .filter_map(|&p| status_field(p, "Threads:"))
+        .filter_map(|&p| sample::stat(p))
+        .map(|s| s.ticks)
+        .sum()
+}
+
+fn status_sum(pids: &[u32], field: &str) -> u64 {
+    pids.iter()
+        .filter_map(|&p| sample::status_field(p, field))
         .sum()
 }
 
@@ -590,36 +505,6 @@ fn is_listening(port: u16) -> bool {
     })
 }
 
-fn free_port() -> Result<u16> {
-    let listener = StdListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// Sends `signal` to `pid` with kill(1).
-fn signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Stops a child we started: SIGTERM, up to 5 s, then SIGKILL.
-fn stop_child(child: &mut Child) {
-    if matches!(child.try_wait(), Ok(None)) {
-        signal(child.id(), "TERM");
-        for _ in 0..100 {
-            if !matches!(child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-}
-
 // ---------------------------------------------------------------------------------
 // Proxies.
 // ---------------------------------------------------------------------------------
@@ -627,11 +512,10 @@ fn stop_child(child: &mut Child) {
 /// One running setup: the address clients connect to and the proxy's processes.
 struct Proxy {
     listen: SocketAddr,
-    child: Option<Child>,
+    server: Option<Server>,
     /// Descendants seen after start (nginx workers), with their start times, so that
     /// only those very processes are killed if they outlive their master.
     extra: Vec<(u32, u64)>,
-    _dir: Option<tempfile::TempDir>,
 }
 
 impl Proxy {
@@ -639,9 +523,8 @@ impl Proxy {
         match setup {
             Setup::Direct => Ok(Proxy {
                 listen: backend,
-                child: None,
+                server: None,
                 extra: Vec::new(),
-                _dir: None,
             }),
             Setup::Nginx => start_nginx(backend, cfg),
             Setup::Haproxy => start_haproxy(backend, cfg),
@@ -649,41 +532,46 @@ impl Proxy {
         }
     }
 
+    /// A started proxy listening on `listen`, its workers remembered.
+    fn started(listen: SocketAddr, server: Server) -> Proxy {
+        let root = server.pid;
+        let extra = process_tree(root)
+            .into_iter()
+            .filter(|&p| p != root)
+            .filter_map(|p| sample::stat(p).map(|s| (p, s.start)))
+            .collect();
+        Proxy {
+            listen,
+            server: Some(server),
+            extra,
+        }
+    }
+
     /// The proxy's processes now (empty for `direct`).
     fn pids(&self) -> Vec<u32> {
-        self.child
+        self.server
             .as_ref()
-            .map(|c| process_tree(c.id()))
+            .map(|s| process_tree(s.pid))
             .unwrap_or_default()
     }
 
     fn cpu(&self) -> Option<u64> {
-        self.child.as_ref().map(|_| cpu_ticks(&self.pids()))
+        self.server.as_ref().map(|_| cpu_ticks(&self.pids()))
     }
 
     fn rss(&self) -> Option<u64> {
-        self.child.as_ref().map(|_| rss_kib(&self.pids()))
-    }
-
-    fn remember_children(&mut self) {
-        let Some(child) = self.child.as_ref() else {
-            return;
-        };
-        let root = child.id();
-        self.extra = process_tree(root)
-            .into_iter()
-            .filter(|&p| p != root)
-            .filter_map(|p| proc_stat(p).map(|s| (p, s.2)))
-            .collect();
+        self.server
+            .as_ref()
+            .map(|_| status_sum(&self.pids(), "VmRSS:"))
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop_child(&mut child);
+        if let Some(mut server) = self.server.take() {
+            server.stop(STOP_TIMEOUT);
         }
         for (pid, start) in self.extra.drain(..) {
-            if proc_stat(pid).is_some_and(|s| s.2 == start) {
-                signal(pid, "KILL");
+            if sample::stat(pid).is_some_and(|s| s.start == start) {
+                procs::signal(pid, "KILL");
             }
         }
     }
@@ -695,48 +583,44 @@ impl Drop for Proxy {
     }
 }
 
-/// Spawns `program args` through the `ulimit -n` wrapper; the child's PID is the
-/// program's.
-fn spawn_wrapped(program: &Path, args: &[String], dir: &Path, stderr: &Path) -> Result<Child> {
-    let err_file = fs::File::create(stderr)?;
-    let out_file = err_file.try_clone()?;
-    Command::new("sh")
-        .arg("-c")
-        .arg(ULIMIT_WRAPPER)
-        .arg("sh")
-        .arg(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out_file))
-        .stderr(Stdio::from(err_file))
-        .spawn()
-        .with_context(|| format!("spawning {}", program.display()))
+/// `program` run through the `ulimit -n` wrapper (the PID stays the program's).
+fn wrapped(program: &Path) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(ULIMIT_WRAPPER).arg("sh").arg(program);
+    cmd
 }
 
-/// Waits until the proxy listens on `port`, or fails with its log.
-fn wait_listening(child: &mut Child, port: u16, log: &Path) -> Result<()> {
+/// Starts `program args` through the wrapper in `dir`, output to its log, and waits
+/// until it listens on `port`; stopped again when that fails.
+fn spawn_listening(
+    name: &'static str,
+    program: &str,
+    args: &[String],
+    dir: tempfile::TempDir,
+    port: u16,
+) -> Result<Server> {
+    let mut cmd = wrapped(Path::new(program));
+    cmd.args(args);
+    let mut server = Server::spawn(name, cmd, dir, true)?;
     let deadline = Instant::now() + START_TIMEOUT;
     for _ in 0..10_000 {
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "exited with {status}: {}",
-                fs::read_to_string(log).unwrap_or_default().trim()
-            );
+        if let Some(status) = server.child.try_wait()? {
+            bail!("exited with {status}: {}", server.log_text().trim());
         }
         if is_listening(port) {
             // Let a master fork its workers.
             std::thread::sleep(Duration::from_millis(300));
-            return Ok(());
+            return Ok(server);
         }
         if Instant::now() >= deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    server.stop(STOP_TIMEOUT);
     bail!(
         "not listening on 127.0.0.1:{port} after {START_TIMEOUT:?}: {}",
-        fs::read_to_string(log).unwrap_or_default().trim()
+        server.log_text().trim()
     )
 }
 
@@ -776,7 +660,6 @@ stream {{
     );
     let conf_path = dir.path().join("nginx.conf");
     fs::write(&conf_path, conf)?;
-    let log = dir.path().join("stderr.log");
     let args = [
         "-p".to_owned(),
         format!("{d}/"),
@@ -785,20 +668,15 @@ stream {{
         "-c".to_owned(),
         conf_path.display().to_string(),
     ];
-    let mut child = spawn_wrapped(Path::new("nginx"), &args, dir.path(), &log)?;
-    if let Err(err) = wait_listening(&mut child, port, &log) {
-        stop_child(&mut child);
-        let errors = fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-        return Err(err.context(format!("nginx: {}", errors.trim())));
-    }
-    let mut proxy = Proxy {
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        child: Some(child),
-        extra: Vec::new(),
-        _dir: Some(dir),
-    };
-    proxy.remember_children();
-    Ok(proxy)
+    let error_log = dir.path().join("error.log");
+    let server = spawn_listening("nginx", "nginx", &args, dir, port).map_err(|err| {
+        let errors = fs::read_to_string(&error_log).unwrap_or_default();
+        err.context(format!("nginx: {}", errors.trim()))
+    })?;
+    Ok(Proxy::started(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        server,
+    ))
 }
 
 fn start_haproxy(backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
@@ -825,126 +703,38 @@ backend be
     );
     let conf_path = dir.path().join("haproxy.cfg");
     fs::write(&conf_path, conf)?;
-    let log = dir.path().join("stderr.log");
     let args = [
         "-db".to_owned(),
         "-f".to_owned(),
         conf_path.display().to_string(),
     ];
-    let mut child = spawn_wrapped(Path::new("haproxy"), &args, dir.path(), &log)?;
-    if let Err(err) = wait_listening(&mut child, port, &log) {
-        stop_child(&mut child);
-        return Err(err.context("haproxy"));
-    }
-    let mut proxy = Proxy {
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        child: Some(child),
-        extra: Vec::new(),
-        _dir: Some(dir),
-    };
-    proxy.remember_children();
-    Ok(proxy)
-}
-
-/// The address after `marker` in a log, if logged yet.
-fn logged_addr(log: &str, marker: &str) -> Option<SocketAddr> {
-    let at = log.find(marker)? + marker.len();
-    log[at..].split_whitespace().next()?.parse().ok()
+    let server = spawn_listening("haproxy", "haproxy", &args, dir, port).context("haproxy")?;
+    Ok(Proxy::started(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        server,
+    ))
 }
 
 fn start_switchboard(backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
-    let dir = tempfile::tempdir()?;
-    let log = dir.path().join("stderr.log");
-    let args = [
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--db",
-        "sqlite::memory:",
-        "--forward",
-        "127.0.0.1:0=bench",
-    ]
-    .map(str::to_owned);
-    let err_file = fs::File::create(&log)?;
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(ULIMIT_WRAPPER)
-        .arg("sh")
-        .arg(&cfg.switchboard)
-        .args(args)
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(err_file))
-        .spawn()
-        .context("spawning switchboard")?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    let mut addrs = None;
-    for _ in 0..10_000 {
-        let text = fs::read_to_string(&log).unwrap_or_default();
-        if let (Some(http), Some(fwd)) = (
-            logged_addr(&text, "http listening on "),
-            logged_addr(&text, "forward listening on "),
-        ) {
-            addrs = Some((http, fwd));
-            break;
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("switchboard exited with {status}: {}", text.trim());
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut proxy = Proxy {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        child: Some(child),
-        extra: Vec::new(),
-        _dir: None,
-    };
-    let (http, fwd) = addrs.ok_or_else(|| {
-        anyhow!(
-            "switchboard did not log its addresses: {}",
-            fs::read_to_string(&log).unwrap_or_default().trim()
-        )
-    })?;
-    proxy.listen = fwd;
-    let body = format!(r#"{{"address":"{backend}","ttl_secs":300}}"#);
-    let (status, answer) = http_post(http, "/v1/services/bench/instances", &body)?;
-    if status != 201 && status != 200 {
-        bail!("registering the backend: HTTP {status}: {answer}");
-    }
-    proxy._dir = Some(dir);
-    proxy.remember_children();
-    Ok(proxy)
-}
-
-/// A minimal HTTP/1.1 POST with a JSON body; returns the status and the body.
-fn http_post(addr: SocketAddr, path: &str, body: &str) -> Result<(u16, String)> {
-    let mut s = StdStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let args = ["--db", "sqlite::memory:", "--forward", "127.0.0.1:0=bench"];
+    let (server, addrs) = procs::start_switchboard(
+        wrapped(&cfg.switchboard),
+        tempfile::tempdir()?,
+        &args,
+        &["forward listening on "],
+        START_TIMEOUT,
     )?;
-    let mut answer = Vec::new();
-    s.take(1 << 20).read_to_end(&mut answer)?;
-    let text = String::from_utf8_lossy(&answer);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("bad HTTP answer: {text}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    let proxy = Proxy::started(addrs[1], server);
+    let body = format!(r#"{{"address":"{backend}","ttl_secs":300}}"#);
+    let path = "/v1/services/bench/instances";
+    let headers = [JSON, ("Connection", "close")];
+    let req = http::request("POST", path, addrs[0], &headers, body.as_bytes());
+    let answer = http::one_shot_blocking(addrs[0], &req, Duration::from_secs(10))?;
+    if answer.status != 201 && answer.status != 200 {
+        let text = String::from_utf8_lossy(&answer.body);
+        bail!("registering the backend: HTTP {}: {text}", answer.status);
+    }
+    Ok(proxy)
 }
 
 // ---------------------------------------------------------------------------------
@@ -984,34 +774,19 @@ async fn echo_server(listener: TcpListener, close_after: Option<usize>) {
     }
 }
 
+/// `iperf3 -s` on a free loopback port.
 struct IperfServer {
-    child: Child,
+    server: Server,
     port: u16,
-    _dir: tempfile::TempDir,
 }
 
 impl IperfServer {
     fn start() -> Result<IperfServer> {
-        let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let log = dir.path().join("iperf3-server.log");
-        let args = [
-            "-s".to_owned(),
-            "-B".to_owned(),
-            "127.0.0.1".to_owned(),
-            "-p".to_owned(),
-            port.to_string(),
-        ];
-        let mut child = spawn_wrapped(Path::new("iperf3"), &args, dir.path(), &log)?;
-        if let Err(err) = wait_listening(&mut child, port, &log) {
-            stop_child(&mut child);
-            return Err(err.context("iperf3 -s"));
-        }
-        Ok(IperfServer {
-            child,
-            port,
-            _dir: dir,
-        })
+        let args = ["-s", "-B", "127.0.0.1", "-p", &port.to_string()].map(str::to_owned);
+        let server = spawn_listening("iperf3", "iperf3", &args, tempfile::tempdir()?, port)
+            .context("iperf3 -s")?;
+        Ok(IperfServer { server, port })
     }
 
     fn addr(&self) -> SocketAddr {
@@ -1021,7 +796,7 @@ impl IperfServer {
 
 impl Drop for IperfServer {
     fn drop(&mut self) {
-        stop_child(&mut self.child);
+        self.server.stop(STOP_TIMEOUT);
     }
 }
 
@@ -1068,7 +843,7 @@ fn run_iperf(target: SocketAddr, streams: u32, secs: u64) -> Result<(f64, f64)> 
         std::thread::sleep(Duration::from_millis(50));
     }
     if status.is_none() {
-        stop_child(&mut child);
+        procs::stop_all(&mut [&mut child], STOP_TIMEOUT);
         bail!("iperf3 -c did not finish in {} s", secs + 30);
     }
     let text = fs::read_to_string(&out_path)?;
@@ -1103,7 +878,7 @@ fn measure_transfers(
     // server; the proxy is counted apart.
     let ours = || {
         let me = std::process::id();
-        cpu_ticks(&[me, iperf_pid]) + children_ticks(me)
+        cpu_ticks(&[me, iperf_pid]) + sample::stat(me).map_or(0, |s| s.child_ticks)
     };
     for (slot, streams) in out.iter_mut().zip([1, 8]) {
         let before = proxy.cpu();
@@ -1236,13 +1011,7 @@ fn phase_throughput(
         t.row(&format!("-P {streams}: rounds Gbit/s"), &results, |r| {
             r.map_or_else(
                 || "-".to_owned(),
-                |r| {
-                    r.rounds[i]
-                        .iter()
-                        .map(|v| format!("{:.1}", v / 1e9))
-                        .collect::<Vec<_>>()
-                        .join("/")
-                },
+                |r| join(&r.rounds[i], "/", |v| format!("{:.1}", v / 1e9)),
             )
         });
         t.row(&format!("-P {streams}: x direct"), &results, |r| {
@@ -1509,13 +1278,7 @@ fn phase_rate(
     t.row("rounds conn/s", &results, |r| {
         r.map_or_else(
             || "-".to_owned(),
-            |r| {
-                r.rounds
-                    .iter()
-                    .map(|v| format!("{v:.0}"))
-                    .collect::<Vec<_>>()
-                    .join("/")
-            },
+            |r| join(&r.rounds, "/", |v| format!("{v:.0}")),
         )
     });
     t.row("x direct", &results, |r| {
@@ -1673,7 +1436,7 @@ fn measure_memory(
         idle_kib: idle,
         burst_kib: burst,
         processes: pids.len(),
-        threads: threads(&pids),
+        threads: status_sum(&pids, "Threads:"),
     };
     drop(held);
     // Let the proxy see the closes before it is stopped.

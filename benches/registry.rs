@@ -37,19 +37,22 @@
 //!
 //! Nothing here asserts wall-clock numbers: the targets are printed, met or missed.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write as _};
-use std::net::{SocketAddr, TcpListener};
+mod support;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use anyhow::{Context, bail};
+
+use support::http::{self, Conn, JSON};
+use support::procs::{self, LogInfo, Server};
+use support::report::{Tally, join, nanos};
+use support::{knobs, sample};
 
 /// Service every instance is registered in.
 const SERVICE: &str = "bench";
@@ -64,14 +67,8 @@ const MAX_REQUESTS_PER_CONN: u64 = 20_000_000;
 const MAX_SAMPLES_PER_CONN: usize = 4_000_000;
 /// Longest registration of all N instances.
 const REGISTER_DEADLINE: Duration = Duration::from_secs(300);
-/// Longest wait for a server to start answering.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for a server to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// Largest response head accepted.
-const MAX_HEAD: usize = 64 * 1024;
-/// Largest response body accepted.
-const MAX_BODY: usize = 512 * 1024 * 1024;
 /// Quiet time after each phase that still counts toward its server CPU, so deferred
 /// work is charged to the phase that caused it (switchboard writes heartbeats to its
 /// store in a batch every second).
@@ -80,33 +77,11 @@ const SETTLE: Duration = Duration::from_millis(1500);
 const MAX_LOG_LINES: usize = 8;
 
 fn main() {
-    // `cargo test --all-targets` also runs bench targets, without `--bench`: stay quick.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("registry bench: skipped (run it with `cargo bench --bench registry`)");
+    if !knobs::asked_for("registry") {
         return;
     }
     let cfg = BenchConfig::from_env();
-    let runtime = if cfg.client_threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cfg.client_threads)
-            .enable_all()
-            .build()
-    };
-    let runtime = match runtime {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("registry bench: cannot start the tokio runtime: {err}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(err) = runtime.block_on(run(cfg)) {
-        eprintln!("registry bench failed: {err:#}");
-        std::process::exit(1);
-    }
+    knobs::block_on("registry", cfg.client_threads, run(cfg));
 }
 
 /// Settings from the environment.
@@ -121,36 +96,14 @@ struct BenchConfig {
 
 impl BenchConfig {
     fn from_env() -> Self {
-        let sizes = std::env::var("SB_BENCH_SIZES")
-            .ok()
-            .map(|s| {
-                s.split(',')
-                    .filter_map(|p| p.trim().parse::<usize>().ok())
-                    .filter(|n| (1..=1_000_000).contains(n))
-                    .take(8)
-                    .collect::<Vec<_>>()
-            })
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| vec![1_000, 10_000]);
         BenchConfig {
-            phase: Duration::from_secs(env_num("SB_BENCH_SECS", 10, 1, 600)),
-            sizes,
-            conns: env_num("SB_BENCH_CONNS", 32, 1, 1024) as usize,
-            list_conns: env_num("SB_BENCH_LIST_CONNS", 4, 1, 1024) as usize,
-            client_threads: env_num("SB_BENCH_CLIENT_THREADS", 1, 1, 64) as usize,
+            phase: Duration::from_secs(knobs::num("SB_BENCH_SECS", 10, 1, 600)),
+            sizes: knobs::sizes("SB_BENCH_SIZES", &[1_000, 10_000], 1_000_000),
+            conns: knobs::count("SB_BENCH_CONNS", 32, 1, 1024),
+            list_conns: knobs::count("SB_BENCH_LIST_CONNS", 4, 1, 1024),
+            client_threads: knobs::count("SB_BENCH_CLIENT_THREADS", 1, 1, 64),
         }
     }
-}
-
-fn env_num(name: &str, default: u64, min: u64, max: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(default, |v| v.clamp(min, max))
-}
-
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
 }
 
 // ---------------------------------------------------------------------------------
@@ -195,9 +148,9 @@ impl SystemRun {
 }
 
 async fn run(cfg: BenchConfig) -> anyhow::Result<()> {
-    let clk_tck = clock_ticks();
+    let clk_tck = sample::clock_ticks();
     let sb_bin = PathBuf::from(env!("CARGO_BIN_EXE_switchboard"));
-    let rnacos = if env_flag("SB_BENCH_SKIP_RNACOS") {
+    let rnacos = if knobs::flag("SB_BENCH_SKIP_RNACOS") {
         println!("r-nacos: skipped (SB_BENCH_SKIP_RNACOS is set); its column stays empty");
         None
     } else {
@@ -256,7 +209,7 @@ async fn run_system(
     let addr = server.addr;
     let pid = server.pid;
     let work = Workload::new(kind, addr, n);
-    wait_ready(addr, &work.listing).await?;
+    http::wait_ready(addr, &work.listing, Duration::from_millis(100)).await?;
     println!(
         "{}: pid {pid} listening on {addr}, data in {}",
         kind.name(),
@@ -264,7 +217,7 @@ async fn run_system(
     );
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_idle_kib = proc_rss_kib(pid)?;
+    let rss_idle_kib = sample::rss_kib(pid)?;
 
     // Register N instances.
     let (leases, register) = register_all(kind, addr, cfg.conns, Arc::clone(&work.register))
@@ -272,7 +225,7 @@ async fn run_system(
         .context("registering")?;
     let registered = leases.iter().filter(|l| l.is_some()).count();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_loaded_kib = proc_rss_kib(pid)?;
+    let rss_loaded_kib = sample::rss_kib(pid)?;
     let listed_before = count_listed(kind, addr, &work.listing).await;
     println!(
         "{}: registered {registered}/{n} in {:.2} s ({:.0}/s); listing shows {}; RSS idle {} KiB, loaded {} KiB",
@@ -286,61 +239,40 @@ async fn run_system(
     if registered == 0 {
         bail!(
             "no instance registered; first error: {:?}",
-            register.first_error
+            register.tally.first_error
         );
     }
     server.check_alive()?;
 
-    // (a) ranked list.
-    let servers_req = Arc::new(work.servers.clone());
-    let servers = run_phase(
-        pid,
-        clk_tck,
-        addr,
-        cfg.conns,
-        cfg.phase,
-        Arc::new(move |_seq: u64, out: &mut Vec<u8>| out.extend_from_slice(&servers_req)),
-    )
-    .await?;
-    print_phase(kind, "servers", &servers);
-    server.check_alive()?;
-
-    // (b) heartbeats, cycling over every registered instance.
-    let beat = Arc::new(HeartbeatBuilder::new(kind, addr, &work.addresses, &leases));
-    let beats = run_phase(
-        pid,
-        clk_tck,
-        addr,
-        cfg.conns,
-        cfg.phase,
-        Arc::new(move |seq: u64, out: &mut Vec<u8>| beat.build(seq, out)),
-    )
-    .await?;
-    print_phase(kind, "heartbeat", &beats);
-    server.check_alive()?;
-
-    // (c) full listing.
-    let listing_req = Arc::new(work.listing.clone());
-    let listing = run_phase(
-        pid,
-        clk_tck,
-        addr,
-        cfg.list_conns,
-        cfg.phase,
-        Arc::new(move |_seq: u64, out: &mut Vec<u8>| out.extend_from_slice(&listing_req)),
-    )
-    .await?;
-    print_phase(kind, "listing", &listing);
-    server.check_alive()?;
+    // (a) ranked list, (b) heartbeats cycling over every registered instance, (c) full
+    // listing.
+    let fixed = |req: &Vec<u8>| -> Arc<MakeRequest> {
+        let req = req.clone();
+        Arc::new(move |_seq: u64, out: &mut Vec<u8>| out.extend_from_slice(&req))
+    };
+    let beat = HeartbeatBuilder::new(kind, addr, &work.addresses, &leases);
+    let beat: Arc<MakeRequest> = Arc::new(move |seq: u64, out: &mut Vec<u8>| beat.build(seq, out));
+    let mut phases = Vec::with_capacity(3);
+    for (name, conns, make) in [
+        ("servers", cfg.conns, fixed(&work.servers)),
+        ("heartbeat", cfg.conns, beat),
+        ("listing", cfg.list_conns, fixed(&work.listing)),
+    ] {
+        let result = run_phase(pid, clk_tck, addr, conns, cfg.phase, make).await?;
+        print_phase(kind, name, &result);
+        server.check_alive()?;
+        phases.push(result);
+    }
+    let [servers, beats, listing] =
+        <[PhaseResult; 3]>::try_from(phases).map_err(|_| anyhow::anyhow!("three phases"))?;
 
     let listed_after = count_listed(kind, addr, &work.listing).await;
-    let stop_note = server.stop();
+    let stop_note = server.stop(STOP_TIMEOUT);
     println!(
         "{}: listing shows {} at the end; {stop_note}",
         kind.name(),
         fmt_opt_count(listed_after)
     );
-    let log = server.log.lock().map(|l| l.clone()).unwrap_or_default();
     Ok(SystemRun {
         register,
         rss_idle_kib,
@@ -352,7 +284,7 @@ async fn run_system(
         beats,
         listing,
         stop_note,
-        log,
+        log: server.log_info(MAX_LOG_LINES),
     })
 }
 
@@ -370,62 +302,32 @@ struct Workload {
 impl Workload {
     fn new(kind: Kind, addr: SocketAddr, n: usize) -> Self {
         let addresses: Vec<(String, u16)> = (0..n).map(instance_address).collect();
+        let get = |path: String| http::request("GET", &path, addr, &[], b"");
         let register = addresses
             .iter()
             .map(|(ip, port)| match kind {
                 Kind::Switchboard => {
                     let body = format!(r#"{{"address":"{ip}:{port}","ttl_secs":{TTL_SECS}}}"#);
-                    http_request(
-                        "POST",
-                        &format!("/v1/services/{SERVICE}/instances"),
-                        addr,
-                        &[("Content-Type", "application/json")],
-                        body.as_bytes(),
-                    )
+                    let path = format!("/v1/services/{SERVICE}/instances");
+                    http::request("POST", &path, addr, &[JSON], body.as_bytes())
                 }
-                Kind::RNacos => http_request(
-                    "POST",
-                    &format!(
+                Kind::RNacos => {
+                    let path = format!(
                         "/nacos/v1/ns/instance?serviceName={SERVICE}&ip={ip}&port={port}&ephemeral=true"
-                    ),
-                    addr,
-                    &[],
-                    b"",
-                ),
+                    );
+                    http::request("POST", &path, addr, &[], b"")
+                }
             })
             .collect();
+        let list = "/nacos/v1/ns/instance/list";
         let (servers, listing) = match kind {
             Kind::Switchboard => (
-                http_request(
-                    "GET",
-                    &format!("/servers?service={SERVICE}"),
-                    addr,
-                    &[],
-                    b"",
-                ),
-                http_request(
-                    "GET",
-                    &format!("/v1/services/{SERVICE}/instances"),
-                    addr,
-                    &[],
-                    b"",
-                ),
+                get(format!("/servers?service={SERVICE}")),
+                get(format!("/v1/services/{SERVICE}/instances")),
             ),
             Kind::RNacos => (
-                http_request(
-                    "GET",
-                    &format!("/nacos/v1/ns/instance/list?serviceName={SERVICE}&healthyOnly=true"),
-                    addr,
-                    &[],
-                    b"",
-                ),
-                http_request(
-                    "GET",
-                    &format!("/nacos/v1/ns/instance/list?serviceName={SERVICE}&healthyOnly=false"),
-                    addr,
-                    &[],
-                    b"",
-                ),
+                get(format!("{list}?serviceName={SERVICE}&healthyOnly=true")),
+                get(format!("{list}?serviceName={SERVICE}&healthyOnly=false")),
             ),
         };
         Workload {
@@ -483,16 +385,11 @@ impl HeartbeatBuilder {
                         let beat = format!(
                             r#"{{"serviceName":"{SERVICE}","ip":"{ip}","port":{port},"cluster":"DEFAULT"}}"#
                         );
-                        http_request(
-                            "PUT",
-                            &format!(
-                                "/nacos/v1/ns/instance/beat?serviceName={SERVICE}&beat={}",
-                                percent_encode(&beat)
-                            ),
-                            addr,
-                            &[],
-                            b"",
-                        )
+                        let path = format!(
+                            "/nacos/v1/ns/instance/beat?serviceName={SERVICE}&beat={}",
+                            http::percent_encode(&beat)
+                        );
+                        http::request("PUT", &path, addr, &[], b"")
                     })
                     .collect(),
             ),
@@ -519,224 +416,6 @@ impl HeartbeatBuilder {
     }
 }
 
-fn http_request(
-    method: &str,
-    path: &str,
-    host: SocketAddr,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Vec<u8> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
-    for (name, value) in headers {
-        let _ = write!(head, "{name}: {value}\r\n");
-    }
-    if !body.is_empty() || method != "GET" {
-        let _ = write!(head, "Content-Length: {}\r\n", body.len());
-    }
-    head.push_str("\r\n");
-    let mut req = head.into_bytes();
-    req.extend_from_slice(body);
-    req
-}
-
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 3);
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
-// ---------------------------------------------------------------------------------
-// Minimal HTTP/1.1 keep-alive client
-// ---------------------------------------------------------------------------------
-
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-struct Answer {
-    status: u16,
-    /// Body bytes, only when asked for.
-    body: Vec<u8>,
-    /// The server said `Connection: close` (or gave no length): do not reuse.
-    close: bool,
-}
-
-fn bad(msg: impl Into<String>) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-impl Conn {
-    async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(Conn {
-            stream,
-            buf: Vec::with_capacity(16 * 1024),
-        })
-    }
-
-    async fn read_more(&mut self) -> std::io::Result<()> {
-        if self.buf.capacity() - self.buf.len() < 8 * 1024 {
-            self.buf.reserve(64 * 1024);
-        }
-        let n = self.stream.read_buf(&mut self.buf).await?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed by the server",
-            ));
-        }
-        Ok(())
-    }
-
-    async fn fill_to(&mut self, len: usize) -> std::io::Result<()> {
-        if len > self.buf.capacity() {
-            self.buf.reserve(len - self.buf.len());
-        }
-        while self.buf.len() < len {
-            self.read_more().await?;
-        }
-        Ok(())
-    }
-
-    /// Sends one request and reads its whole answer. Callers bound it with a timeout.
-    async fn request(&mut self, req: &[u8], keep_body: bool) -> std::io::Result<Answer> {
-        self.stream.write_all(req).await?;
-        self.buf.clear();
-        let head_end = loop {
-            if let Some(p) = find(&self.buf, b"\r\n\r\n") {
-                break p + 4;
-            }
-            if self.buf.len() > MAX_HEAD {
-                return Err(bad("response head too large"));
-            }
-            self.read_more().await?;
-        };
-        let head = std::str::from_utf8(&self.buf[..head_end]).map_err(|_| bad("non-UTF-8 head"))?;
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
-        let mut content_length = None;
-        let mut chunked = false;
-        let mut close = status_line.starts_with("HTTP/1.0");
-        for line in lines {
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                content_length = Some(
-                    value
-                        .parse::<usize>()
-                        .map_err(|_| bad("bad Content-Length"))?,
-                );
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.to_ascii_lowercase().contains("chunked");
-            } else if name.eq_ignore_ascii_case("connection") {
-                let v = value.to_ascii_lowercase();
-                if v.contains("close") {
-                    close = true;
-                } else if v.contains("keep-alive") {
-                    close = false;
-                }
-            }
-        }
-        let mut body = Vec::new();
-        if status == 204 || status == 304 || (100..200).contains(&status) {
-            // No body.
-        } else if chunked {
-            let mut pos = head_end;
-            let mut total = 0usize;
-            loop {
-                let line_end = loop {
-                    if let Some(p) = find(&self.buf[pos..], b"\r\n") {
-                        break pos + p;
-                    }
-                    if self.buf.len() - pos > 1024 {
-                        return Err(bad("chunk size line too long"));
-                    }
-                    self.read_more().await?;
-                };
-                let size_text = std::str::from_utf8(&self.buf[pos..line_end])
-                    .map_err(|_| bad("bad chunk size"))?;
-                let size_text = size_text.split(';').next().unwrap_or_default().trim();
-                let size = usize::from_str_radix(size_text, 16)
-                    .map_err(|_| bad(format!("bad chunk size {size_text:?}")))?;
-                let data = line_end + 2;
-                if size == 0 {
-                    // No trailers expected: the final CRLF.
-                    self.fill_to(data + 2).await?;
-                    break;
-                }
-                total += size;
-                if total > MAX_BODY {
-                    return Err(bad("body too large"));
-                }
-                self.fill_to(data + size + 2).await?;
-                if keep_body {
-                    body.extend_from_slice(&self.buf[data..data + size]);
-                }
-                pos = data + size + 2;
-            }
-        } else if let Some(len) = content_length {
-            if len > MAX_BODY {
-                return Err(bad("body too large"));
-            }
-            self.fill_to(head_end + len).await?;
-            if keep_body {
-                body.extend_from_slice(&self.buf[head_end..head_end + len]);
-            }
-        } else {
-            // Length given by the end of the connection.
-            close = true;
-            loop {
-                if self.buf.len() - head_end > MAX_BODY {
-                    return Err(bad("body too large"));
-                }
-                match self.read_more().await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                    Err(e) => return Err(e),
-                }
-            }
-            if keep_body {
-                body.extend_from_slice(&self.buf[head_end..]);
-            }
-        }
-        Ok(Answer {
-            status,
-            body,
-            close,
-        })
-    }
-}
-
-/// One request on a fresh connection, for set-up and checks.
-async fn one_shot(addr: SocketAddr, req: &[u8]) -> anyhow::Result<Answer> {
-    let fut = async {
-        let mut conn = Conn::connect(addr).await?;
-        conn.request(req, true).await
-    };
-    Ok(tokio::time::timeout(REQUEST_TIMEOUT, fut)
-        .await
-        .map_err(|_| anyhow!("timed out"))??)
-}
-
 // ---------------------------------------------------------------------------------
 // Phases
 // ---------------------------------------------------------------------------------
@@ -744,17 +423,8 @@ async fn one_shot(addr: SocketAddr, req: &[u8]) -> anyhow::Result<Answer> {
 /// Counts of one phase, merged over its connections.
 #[derive(Debug, Default, Clone)]
 struct PhaseResult {
-    /// 2xx answers.
-    ok: u64,
-    /// Answers of any status.
-    answered: u64,
-    /// Non-2xx answers by status.
-    statuses: BTreeMap<u16, u64>,
-    /// Connect/IO errors and timeouts.
-    errors: u64,
-    first_error: Option<String>,
-    /// Answer latencies in nanoseconds (sorted after merge).
-    latencies: Vec<u64>,
+    /// 2xx answers count as ok; latencies in nanoseconds (sorted after merge).
+    tally: Tally,
     elapsed: Duration,
     /// The CPU reading window: the phase plus [`SETTLE`].
     cpu_window: Duration,
@@ -772,55 +442,30 @@ struct PhaseResult {
 }
 
 impl PhaseResult {
-    fn note_error(&mut self, err: String) {
-        self.errors += 1;
-        if self.first_error.is_none() {
-            self.first_error = Some(err);
-        }
-    }
-
     fn note_answer(&mut self, status: u16, latency: Duration) {
-        self.answered += 1;
-        if (200..300).contains(&status) {
-            self.ok += 1;
-        } else {
-            *self.statuses.entry(status).or_default() += 1;
-        }
-        if self.latencies.len() < MAX_SAMPLES_PER_CONN {
-            self.latencies
-                .push(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
-        }
-    }
-
-    fn merge(&mut self, other: PhaseResult) {
-        self.ok += other.ok;
-        self.answered += other.answered;
-        for (status, count) in other.statuses {
-            *self.statuses.entry(status).or_default() += count;
-        }
-        self.errors += other.errors;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-        self.latencies.extend(other.latencies);
+        let ok = (200..300).contains(&status);
+        let latency = nanos(latency);
+        self.tally
+            .note_answer(status, ok, latency, MAX_SAMPLES_PER_CONN);
     }
 
     /// 2xx answers per second.
     fn rps(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 {
-            self.ok as f64 / secs
+            self.tally.ok as f64 / secs
         } else {
             0.0
         }
     }
 
     fn percentile_us(&self, p: usize) -> Option<f64> {
-        if self.latencies.is_empty() {
+        let lat = &self.tally.latencies;
+        if lat.is_empty() {
             return None;
         }
-        let idx = (self.latencies.len() * p / 100).min(self.latencies.len() - 1);
-        Some(self.latencies[idx] as f64 / 1_000.0)
+        let idx = (lat.len() * p / 100).min(lat.len() - 1);
+        Some(lat[idx] as f64 / 1_000.0)
     }
 
     /// Server CPU per answered request, in microseconds.
@@ -834,10 +479,10 @@ impl PhaseResult {
     }
 
     fn per_req_us(&self, ticks: u64) -> Option<f64> {
-        if self.answered == 0 || self.clk_tck == 0 {
+        if self.tally.answered == 0 || self.clk_tck == 0 {
             return None;
         }
-        Some(ticks as f64 * 1e6 / self.clk_tck as f64 / self.answered as f64)
+        Some(ticks as f64 * 1e6 / self.clk_tck as f64 / self.tally.answered as f64)
     }
 
     /// CPU used by other processes during the phase, in % of one core.
@@ -872,9 +517,9 @@ async fn run_phase(
     make: Arc<MakeRequest>,
 ) -> anyhow::Result<PhaseResult> {
     let next = Arc::new(AtomicU64::new(0));
-    let cpu_before = proc_cpu_ticks(pid)?;
-    let client_before = proc_cpu_ticks(std::process::id())?;
-    let busy_before = machine_busy_ticks()?;
+    let cpu_before = sample::cpu_ticks(pid)?;
+    let client_before = sample::cpu_ticks(std::process::id())?;
+    let busy_before = sample::machine()?;
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::with_capacity(conns);
@@ -886,27 +531,42 @@ async fn run_phase(
     let mut result = PhaseResult::default();
     for task in tasks {
         match task.await {
-            Ok(part) => result.merge(part),
-            Err(err) => result.note_error(format!("worker task failed: {err}")),
+            Ok(part) => result.tally.merge(part.tally),
+            Err(err) => result
+                .tally
+                .note_error(format!("worker task failed: {err}")),
         }
     }
     result.elapsed = started.elapsed();
     tokio::time::sleep(SETTLE).await;
     result.cpu_window = started.elapsed();
-    let cpu_after = proc_cpu_ticks(pid)?;
-    let client_after = proc_cpu_ticks(std::process::id())?;
-    let busy_after = machine_busy_ticks()?;
+    let cpu_after = sample::cpu_ticks(pid)?;
+    let client_after = sample::cpu_ticks(std::process::id())?;
+    let busy_after = sample::machine()?;
     result.cpu_ticks = cpu_after.saturating_sub(cpu_before);
     result.client_ticks = client_after.saturating_sub(client_before);
     result.other_ticks = busy_after
-        .0
-        .saturating_sub(busy_before.0)
+        .procs
+        .saturating_sub(busy_before.procs)
         .saturating_sub(result.cpu_ticks)
         .saturating_sub(result.client_ticks);
-    result.irq_ticks = busy_after.1.saturating_sub(busy_before.1);
+    result.irq_ticks = busy_after.irq.saturating_sub(busy_before.irq);
     result.clk_tck = clk_tck;
-    result.latencies.sort_unstable();
+    result.tally.latencies.sort_unstable();
     Ok(result)
+}
+
+/// Connects `conn` when it is `None`; false (the error noted) when that failed.
+async fn connect(conn: &mut Option<Conn>, addr: SocketAddr, stats: &mut PhaseResult) -> bool {
+    if conn.is_some() {
+        return true;
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, Conn::connect(addr)).await {
+        Ok(Ok(c)) => *conn = Some(c),
+        Ok(Err(err)) => stats.tally.note_error(format!("connect: {err}")),
+        Err(_) => stats.tally.note_error("connect: timed out"),
+    }
+    conn.is_some()
 }
 
 async fn phase_worker(
@@ -922,40 +582,17 @@ async fn phase_worker(
         if Instant::now() >= deadline {
             break;
         }
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match tokio::time::timeout(REQUEST_TIMEOUT, Conn::connect(addr)).await {
-                Ok(Ok(c)) => conn.insert(c),
-                Ok(Err(err)) => {
-                    stats.note_error(format!("connect: {err}"));
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-                Err(_) => {
-                    stats.note_error("connect: timed out".to_owned());
-                    continue;
-                }
-            },
-        };
+        if !connect(&mut conn, addr, &mut stats).await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
         let seq = next.fetch_add(1, Ordering::Relaxed);
         req.clear();
         make(seq, &mut req);
         let t0 = Instant::now();
-        match tokio::time::timeout(REQUEST_TIMEOUT, c.request(&req, false)).await {
-            Ok(Ok(answer)) => {
-                stats.note_answer(answer.status, t0.elapsed());
-                if answer.close {
-                    conn = None;
-                }
-            }
-            Ok(Err(err)) => {
-                stats.note_error(err.to_string());
-                conn = None;
-            }
-            Err(_) => {
-                stats.note_error("request timed out".to_owned());
-                conn = None;
-            }
+        match http::call(&mut conn, addr, &req, false, REQUEST_TIMEOUT).await {
+            Ok(answer) => stats.note_answer(answer.status, t0.elapsed()),
+            Err(err) => stats.tally.note_error(err),
         }
     }
     stats
@@ -987,42 +624,21 @@ async fn register_all(
                 if i >= reqs.len() || Instant::now() >= deadline {
                     break;
                 }
-                if conn.is_none() {
-                    match tokio::time::timeout(REQUEST_TIMEOUT, Conn::connect(addr)).await {
-                        Ok(Ok(c)) => conn = Some(c),
-                        Ok(Err(err)) => {
-                            stats.note_error(format!("connect: {err}"));
-                            continue;
-                        }
-                        Err(_) => {
-                            stats.note_error("connect: timed out".to_owned());
-                            continue;
-                        }
-                    }
+                if !connect(&mut conn, addr, &mut stats).await {
+                    continue;
                 }
-                let Some(c) = conn.as_mut() else { continue };
                 let t0 = Instant::now();
-                match tokio::time::timeout(REQUEST_TIMEOUT, c.request(&reqs[i], true)).await {
-                    Ok(Ok(answer)) => {
+                match http::call(&mut conn, addr, &reqs[i], true, REQUEST_TIMEOUT).await {
+                    Ok(answer) => {
                         stats.note_answer(answer.status, t0.elapsed());
                         if (200..300).contains(&answer.status) {
                             match parse_registration(kind, &answer.body) {
                                 Ok(lease) => got.push((i, lease)),
-                                Err(err) => stats.note_error(err),
+                                Err(err) => stats.tally.note_error(err),
                             }
                         }
-                        if answer.close {
-                            conn = None;
-                        }
                     }
-                    Ok(Err(err)) => {
-                        stats.note_error(err.to_string());
-                        conn = None;
-                    }
-                    Err(_) => {
-                        stats.note_error("request timed out".to_owned());
-                        conn = None;
-                    }
+                    Err(err) => stats.tally.note_error(err),
                 }
             }
             (stats, got)
@@ -1032,47 +648,30 @@ async fn register_all(
     let mut leases = vec![None; n];
     for task in tasks {
         let (part, got) = task.await.context("registration worker")?;
-        stats.merge(part);
+        stats.tally.merge(part.tally);
         for (i, lease) in got {
             leases[i] = Some(lease);
         }
     }
     stats.elapsed = started.elapsed();
-    stats.latencies.sort_unstable();
+    stats.tally.latencies.sort_unstable();
     Ok((leases, stats))
 }
 
 fn parse_registration(kind: Kind, body: &[u8]) -> Result<(String, String), String> {
     match kind {
-        Kind::Switchboard => {
-            let v: serde_json::Value = serde_json::from_slice(body)
-                .map_err(|e| format!("registration answer is not JSON: {e}"))?;
-            let id = v.get("id").and_then(|x| x.as_str());
-            let lease = v.get("lease").and_then(|x| x.as_str());
-            match (id, lease) {
-                (Some(id), Some(lease)) => Ok((id.to_owned(), lease.to_owned())),
-                _ => Err(format!(
-                    "registration answer without id/lease: {}",
-                    String::from_utf8_lossy(body)
-                )),
-            }
-        }
-        Kind::RNacos => {
-            if body == b"ok" {
-                Ok((String::new(), String::new()))
-            } else {
-                Err(format!(
-                    "r-nacos registration answer: {}",
-                    String::from_utf8_lossy(body)
-                ))
-            }
-        }
+        Kind::Switchboard => http::parse_registration(body),
+        Kind::RNacos if body == b"ok" => Ok((String::new(), String::new())),
+        Kind::RNacos => Err(format!(
+            "r-nacos registration answer: {}",
+            String::from_utf8_lossy(body)
+        )),
     }
 }
 
 /// How many instances the full listing shows right now.
 async fn count_listed(kind: Kind, addr: SocketAddr, listing: &[u8]) -> Option<usize> {
-    let answer = one_shot(addr, listing).await.ok()?;
+    let answer = http::one_shot(addr, listing, REQUEST_TIMEOUT).await.ok()?;
     if answer.status != 200 {
         return None;
     }
@@ -1084,199 +683,25 @@ async fn count_listed(kind: Kind, addr: SocketAddr, listing: &[u8]) -> Option<us
     v.get(key).and_then(|a| a.as_array()).map(Vec::len)
 }
 
-async fn wait_ready(addr: SocketAddr, probe: &[u8]) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let mut last = String::new();
-    for _ in 0..1_000 {
-        if started.elapsed() > START_TIMEOUT {
-            break;
-        }
-        match one_shot(addr, probe).await {
-            Ok(a) if a.status == 200 => return Ok(()),
-            Ok(a) => last = format!("status {}", a.status),
-            Err(err) => last = err.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("server at {addr} not ready within {START_TIMEOUT:?}: {last}")
-}
-
 // ---------------------------------------------------------------------------------
 // Server processes
 // ---------------------------------------------------------------------------------
 
-#[derive(Debug, Default, Clone)]
-struct LogInfo {
-    warnings: u64,
-    errors: u64,
-    lines: Vec<String>,
-}
-
-struct ServerProc {
-    name: &'static str,
-    child: Child,
-    pid: u32,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-    log: Arc<Mutex<LogInfo>>,
-}
-
-impl ServerProc {
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => bail!("{} (pid {}) exited: {status}", self.name, self.pid),
-            Err(err) => bail!("{} (pid {}): {err}", self.name, self.pid),
-        }
-    }
-
-    /// SIGTERM by PID, wait (bounded), then SIGKILL. Says how it ended.
-    fn stop(&mut self) -> String {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return format!("had already exited ({status})");
-        }
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        if !matches!(sent, Ok(s) if s.success()) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            return "SIGTERM could not be sent; killed".to_owned();
-        }
-        let started = Instant::now();
-        for _ in 0..10_000 {
-            match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    return format!(
-                        "stopped by SIGTERM in {:.2} s ({status})",
-                        started.elapsed().as_secs_f64()
-                    );
-                }
-                Ok(None) if started.elapsed() < STOP_TIMEOUT => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                _ => break,
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        format!("did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed")
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // Child::kill signals this child's own PID.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Reads a server's log stream until it ends, counting warnings and errors and
-/// passing lines to `on_line`.
-fn drain_log<R: std::io::Read + Send + 'static>(
-    stream: R,
-    log: Arc<Mutex<LogInfo>>,
-    mut on_line: impl FnMut(&str) + Send + 'static,
-) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            on_line(&line);
-            let warn = line.contains(" WARN ") || line.contains("[WARN");
-            let error =
-                line.contains(" ERROR ") || line.contains("[ERROR") || line.contains("panicked");
-            if (warn || error)
-                && let Ok(mut l) = log.lock()
-            {
-                if warn {
-                    l.warnings += 1;
-                } else {
-                    l.errors += 1;
-                }
-                if l.lines.len() < MAX_LOG_LINES {
-                    l.lines.push(line.clone());
-                }
-            }
-        }
-    });
-}
-
-fn start_switchboard(bin: &Path) -> anyhow::Result<ServerProc> {
+fn start_switchboard(bin: &Path) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let db = format!("sqlite://{}/bench.db", dir.path().display());
-    let mut child = Command::new(bin)
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--db",
-            &db,
-            "--no-forward",
-        ])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info")
-        .env_remove("SWITCHBOARD_ADMIN_TOKEN")
-        .env_remove("SWITCHBOARD_REGISTER_TOKEN")
-        .env_remove("SWITCHBOARD_READ_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let pid = child.id();
-    let stderr = child.stderr.take().context("server stderr")?;
-    let log = Arc::new(Mutex::new(LogInfo::default()));
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    drain_log(stderr, Arc::clone(&log), move |line| {
-        if let Some(rest) = line.split("http listening on ").nth(1) {
-            let token = rest.split_whitespace().next().unwrap_or_default();
-            if let Ok(addr) = token.parse::<SocketAddr>() {
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let mut server = ServerProc {
-        name: "switchboard",
-        child,
-        pid,
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        dir,
-        log,
-    };
-    match rx.recv_timeout(START_TIMEOUT) {
-        Ok(addr) => server.addr = addr,
-        Err(_) => {
-            let alive = server.check_alive();
-            bail!(
-                "switchboard logged no `http listening on` line within {START_TIMEOUT:?} ({alive:?}); log: {:?}",
-                server
-                    .log
-                    .lock()
-                    .map(|l| l.lines.clone())
-                    .unwrap_or_default()
-            );
-        }
-    }
-    if !server.addr.ip().is_loopback() {
-        bail!("switchboard listens on {}, not loopback", server.addr);
-    }
+    let args = ["--db", &db, "--no-forward"];
+    let (server, _) =
+        procs::start_switchboard(Command::new(bin), dir, &args, &[], http::START_TIMEOUT)?;
     Ok(server)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-fn start_rnacos(bin: &Path) -> anyhow::Result<ServerProc> {
+fn start_rnacos(bin: &Path) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let data = dir.path().join("nacos_db");
     let mut ports = Vec::new();
     for _ in 0..50 {
-        let p = free_port()?;
+        let p = procs::free_port()?;
         if !ports.contains(&p) {
             ports.push(p);
         }
@@ -1288,10 +713,9 @@ fn start_rnacos(bin: &Path) -> anyhow::Result<ServerProc> {
         bail!("could not find three free ports");
     };
     let out = std::fs::File::create(dir.path().join("rnacos.stdout.log"))?;
-    let mut child = Command::new(bin)
-        // r-nacos reads `.env` from its working directory: use the empty temp dir.
-        .current_dir(dir.path())
-        .env("RNACOS_HTTP_PORT", http.to_string())
+    let mut cmd = Command::new(bin);
+    // r-nacos reads `.env` from its working directory: the empty temp dir.
+    cmd.env("RNACOS_HTTP_PORT", http.to_string())
         .env("RNACOS_GRPC_PORT", grpc.to_string())
         .env("RNACOS_HTTP_CONSOLE_PORT", console.to_string())
         .env("RNACOS_SDK_HOST", "127.0.0.1")
@@ -1307,31 +731,10 @@ fn start_rnacos(bin: &Path) -> anyhow::Result<ServerProc> {
         )
         // No per-request access log (switchboard logs none at its default level).
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let pid = child.id();
-    let stderr = child.stderr.take().context("r-nacos stderr")?;
-    let log = Arc::new(Mutex::new(LogInfo::default()));
-    drain_log(stderr, Arc::clone(&log), |_| {});
-    Ok(ServerProc {
-        name: "r-nacos",
-        child,
-        pid,
-        addr: SocketAddr::from(([127, 0, 0, 1], http)),
-        dir,
-        log,
-    })
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .take(256)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+        .stdout(Stdio::from(out));
+    let mut server = Server::spawn("r-nacos", cmd, dir, false)?;
+    server.addr = SocketAddr::from(([127, 0, 0, 1], http));
+    Ok(server)
 }
 
 fn find_rnacos() -> Option<PathBuf> {
@@ -1344,7 +747,13 @@ fn find_rnacos() -> Option<PathBuf> {
             p.display()
         );
     }
-    find_on_path("rnacos").or_else(|| {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .take(256)
+            .map(|d| d.join("rnacos"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
         let home = std::env::var_os("CARGO_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
@@ -1357,7 +766,7 @@ fn find_or_install_rnacos() -> Option<PathBuf> {
     if let Some(p) = find_rnacos() {
         return Some(p);
     }
-    if env_flag("SB_BENCH_INSTALL_RNACOS") {
+    if knobs::flag("SB_BENCH_INSTALL_RNACOS") {
         println!("r-nacos: not found; running `cargo install rnacos --locked` (a long build)");
         let status = Command::new("cargo")
             .args(["install", "rnacos", "--locked"])
@@ -1392,76 +801,8 @@ fn rnacos_version(bin: &Path) -> String {
 }
 
 // ---------------------------------------------------------------------------------
-// /proc readings
-// ---------------------------------------------------------------------------------
-
-/// utime + stime of the process (all its threads), in clock ticks.
-fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces:
-    // state(3) ppid(4) ... utime(14) stime(15).
-    let rest = stat
-        .rfind(')')
-        .map(|p| &stat[p + 1..])
-        .context("malformed /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields
-        .get(11)
-        .and_then(|f| f.parse().ok())
-        .context("utime")?;
-    let stime: u64 = fields
-        .get(12)
-        .and_then(|f| f.parse().ok())
-        .context("stime")?;
-    Ok(utime + stime)
-}
-
-/// Ticks of all cores from `/proc/stat` line `cpu`: (user + nice + system + steal,
-/// irq + softirq). Guest time is inside user.
-fn machine_busy_ticks() -> anyhow::Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let line = stat
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .context("no cpu line in /proc/stat")?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal ...
-    let f = |i: usize| fields.get(i).copied().unwrap_or(0);
-    Ok((f(0) + f(1) + f(2) + f(7), f(5) + f(6)))
-}
-
-/// Resident set size in KiB.
-fn proc_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc status")
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`), 100 when it cannot be read.
-fn clock_ticks() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .filter(|&t| t > 0)
-        .unwrap_or(100)
-}
-
-// ---------------------------------------------------------------------------------
 // Report
 // ---------------------------------------------------------------------------------
-
 fn fmt_opt_count(n: Option<usize>) -> String {
     n.map_or_else(|| "?".to_owned(), |n| n.to_string())
 }
@@ -1478,9 +819,9 @@ fn print_phase(kind: Kind, phase: &str, r: &PhaseResult) {
         r.client_us_per_req().unwrap_or(f64::NAN),
         r.other_core_pct(),
         r.irq_core_pct(),
-        r.answered,
-        r.answered - r.ok,
-        r.errors
+        r.tally.answered,
+        r.tally.non_ok(),
+        r.tally.errors
     );
 }
 
@@ -1615,16 +956,13 @@ fn print_report(
                 ("heartbeat", &run.beats),
                 ("listing", &run.listing),
             ] {
-                let non2xx = if r.statuses.is_empty() {
+                let t = &r.tally;
+                let non2xx = if t.statuses.is_empty() {
                     "none".to_owned()
                 } else {
-                    r.statuses
-                        .iter()
-                        .map(|(s, c)| format!("{s}x{c}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
+                    join(&t.statuses, " ", |(s, c)| format!("{s}x{c}"))
                 };
-                let first = r
+                let first = t
                     .first_error
                     .as_deref()
                     .map(|e| format!(" first: {e}"))
@@ -1632,9 +970,9 @@ fn print_report(
                 println!(
                     "  N={n:<6} {:<11} {phase:<9} answered {:>8}  2xx {:>8}  non-2xx {non2xx}  errors {}{first}",
                     kind.name(),
-                    r.answered,
-                    r.ok,
-                    r.errors
+                    t.answered,
+                    t.ok,
+                    t.errors
                 );
             }
             println!(
@@ -1694,11 +1032,7 @@ fn print_report(
     println!(
         "  SB_BENCH_SECS={} SB_BENCH_SIZES={} SB_BENCH_CONNS={} SB_BENCH_LIST_CONNS={} SB_BENCH_CLIENT_THREADS={} cargo bench --bench registry",
         cfg.phase.as_secs(),
-        cfg.sizes
-            .iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
+        join(&cfg.sizes, ",", usize::to_string),
         cfg.conns,
         cfg.list_conns,
         cfg.client_threads

@@ -1,0 +1,115 @@
+//! `/proc` readings: CPU ticks and RSS of processes, busy ticks of the machine.
+
+use std::fs;
+use std::process::Command;
+
+use anyhow::Context;
+
+/// What the benches read from `/proc/PID/stat`.
+#[derive(Debug, Clone)]
+pub struct Stat {
+    /// The command name (`comm`).
+    pub name: String,
+    pub ppid: u32,
+    /// utime + stime of the process (all its threads), in clock ticks.
+    pub ticks: u64,
+    /// cutime + cstime: CPU of the children it has reaped.
+    pub child_ticks: u64,
+    /// Start time after boot, in clock ticks (tells a reused PID apart).
+    pub start: u64,
+}
+
+/// `/proc/PID/stat` of a process, if it is there.
+pub fn stat(pid: u32) -> Option<Stat> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces; `f[0]` is field 3
+    // (state) of proc(5): ppid(4) ... utime(14) stime(15) cutime(16) cstime(17)
+    // ... starttime(22).
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let f: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some(Stat {
+        name: stat.get(open + 1..close)?.to_owned(),
+        ppid: f.get(1)?.parse().ok()?,
+        ticks: n(11)? + n(12)?,
+        child_ticks: n(13).unwrap_or(0) + n(14).unwrap_or(0),
+        start: n(19)?,
+    })
+}
+
+/// utime + stime of the process (all its threads), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    stat(pid)
+        .map(|s| s.ticks)
+        .with_context(|| format!("reading /proc/{pid}/stat"))
+}
+
+/// A `Name:  value ...` field of `/proc/PID/status` as a number.
+pub fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resident set size in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_field(pid, "VmRSS:").with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The PIDs in `/proc` now.
+pub fn pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .take(100_000)
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Ticks of all cores from the `cpu` line of `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Machine {
+    /// user + nice + system + steal (guest time is inside user).
+    pub procs: u64,
+    /// irq + softirq (mostly the loopback network stack; charged to no process).
+    pub irq: u64,
+}
+
+impl Machine {
+    /// Everything but idle and iowait.
+    pub fn busy(self) -> u64 {
+        self.procs + self.irq
+    }
+}
+
+/// The machine's ticks now.
+pub fn machine() -> anyhow::Result<Machine> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let f = |i: usize| fields.get(i).copied().unwrap_or(0);
+    Ok(Machine {
+        procs: f(0) + f(1) + f(2) + f(7),
+        irq: f(5) + f(6),
+    })
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`), 100 when it cannot be read.
+pub fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
