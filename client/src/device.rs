@@ -1,0 +1,102 @@
+//! The device side: resolve, connect to the first server that answers within a
+//! connect timeout (trying the next ones), keep the last good list for when the
+//! registry is unreachable, and wait a random jitter before reconnecting.
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::error::{Error, Result};
+use crate::registry::{Query, Registry, Server};
+
+/// How long one connect attempt may take by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A device of one query: connects to the best server that answers, and reconnects
+/// after a jitter when its connection is lost.
+///
+/// ```
+/// # async fn doc_server() -> Result<(switchboard::app::Running, String), Box<dyn std::error::Error>> {
+/// #     let args = switchboard::cli::ServeArgs { no_forward: true, ..Default::default() };
+/// #     let toml = "http = \"127.0.0.1:0\"\ndb = \"sqlite::memory:\"";
+/// #     let config = switchboard::config::Config::from_toml(toml, &args)?;
+/// #     let server = switchboard::app::start(config).await?;
+/// #     let url = format!("http://{}", server.http_addr);
+/// #     Ok((server, url))
+/// # }
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (server, url) = doc_server().await?;
+/// # let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let backend = echo.local_addr()?.to_string();
+/// # let registry = switchboard_client::Registry::builder([url.clone()]).build()?;
+/// # registry.register("default", &switchboard_client::Registration::new(backend.clone())).await?;
+/// use switchboard_client::{Device, Query, Registry};
+/// let registry = Registry::builder([url]).build()?;
+/// let device = Device::new(registry, Query::new("default").key("device-42"));
+/// let (stream, chosen) = device.connect().await?;
+/// assert_eq!(chosen.address, backend);
+/// drop(stream); // the connection was lost:
+/// let (_again, _) = device.reconnect().await?; // waits 0..reconnect_jitter_ms first
+/// # server.stop().await?; Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Device {
+    registry: Registry,
+    query: Query,
+    connect_timeout: Duration,
+}
+
+impl Device {
+    /// A device resolving `query` with [`DEFAULT_CONNECT_TIMEOUT`].
+    pub fn new(registry: Registry, query: Query) -> Self {
+        Device {
+            registry,
+            query,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// Sets how long one connect attempt may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Resolves and connects to the first server that answers, trying the next ones
+    /// in order. Uses the last good list while the registry is unreachable.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when no server answered; the registry's error when there
+    /// was no list at all.
+    pub async fn connect(&self) -> Result<(TcpStream, Server)> {
+        let list = self.registry.resolve(&self.query).await?;
+        let mut failures = Vec::new();
+        for server in list.servers {
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&server.address))
+                .await
+            {
+                Ok(Ok(stream)) => return Ok((stream, server)),
+                Ok(Err(err)) => failures.push(format!("{}: {err}", server.address)),
+                Err(_) => failures.push(format!(
+                    "{}: no answer within {:?}",
+                    server.address, self.connect_timeout
+                )),
+            }
+        }
+        Err(Error::Connect(if failures.is_empty() {
+            format!("service {} has no live server", self.query.service)
+        } else {
+            failures.join("; ")
+        }))
+    }
+
+    /// After a lost connection: waits a random time in `0..reconnect_jitter_ms` of the
+    /// last answer (so a fleet does not reconnect all at once), then connects.
+    ///
+    /// # Errors
+    /// As [`Device::connect`].
+    pub async fn reconnect(&self) -> Result<(TcpStream, Server)> {
+        tokio::time::sleep(self.registry.reconnect_delay()).await;
+        self.connect().await
+    }
+}
