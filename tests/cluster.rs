@@ -4,7 +4,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use common::pg::{DbProxy, TestDb};
 use common::process::Server;
@@ -115,10 +117,12 @@ async fn kill_9_under_a_registration_burst_loses_nothing_acknowledged() {
     let a = node(&db.url());
     let b = node(&db.url());
     let c = node(&db.url());
+    let answered = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..400u32 {
         let client = a.client.clone();
         let url = a.url("/v1/services/fleet/instances");
+        let answered = Arc::clone(&answered);
         tasks.push(tokio::spawn(async move {
             let body = json!({"address": format!("10.1.{}.{}:6666", i / 200, i % 200 + 1)});
             let resp = client.post(url).json(&body).send().await.ok()?;
@@ -126,11 +130,18 @@ async fn kill_9_under_a_registration_burst_loses_nothing_acknowledged() {
                 return None;
             }
             let body: Value = resp.json().await.ok()?;
-            Some(body["id"].as_str()?.to_owned())
+            let id = body["id"].as_str()?.to_owned();
+            answered.fetch_add(1, Ordering::SeqCst);
+            Some(id)
         }));
     }
-    // Kill A while the burst is in flight.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Kill A while the burst is in flight, once some registrations were acknowledged
+    // (a fixed delay could kill it before the first, or after the last).
+    let deadline = Instant::now() + common::PATIENCE;
+    while answered.load(Ordering::SeqCst) < 20 {
+        assert!(Instant::now() < deadline, "no registration acknowledged");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     a.kill();
     let mut acknowledged = Vec::new();
     for t in tasks {
