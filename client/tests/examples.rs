@@ -1,0 +1,131 @@
+//! The Rust SDK examples (`sdk-examples/rust`, built by `cargo test` as this crate's
+//! examples) end to end against the real server: the backend registers and serves,
+//! the device gets an echo through it, and the backend's reported count reaches the
+//! registry.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use switchboard::app;
+use switchboard::cli::ServeArgs;
+use switchboard::config::Config;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let debug = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    debug.join("examples").join(name)
+}
+
+/// A child process whose stdout lines arrive on a channel; killed on drop.
+struct Program {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Program {
+    fn start(name: &str, args: &[&str], url: &str, env: &[(&str, &str)]) -> Program {
+        let mut cmd = Command::new(example(name));
+        cmd.args(args)
+            .env("SWITCHBOARD_URL", url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Program {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first line containing `needle`, waiting up to [`PATIENCE`].
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no line with {needle:?}; output:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// Multi-threaded: the test thread blocks reading the programs' output while the
+// in-process server goes on answering on the other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_backend_and_device_work_end_to_end() {
+    let args = ServeArgs {
+        no_forward: true,
+        ..ServeArgs::default()
+    };
+    let config =
+        Config::from_toml("http = \"127.0.0.1:0\"\ndb = \"sqlite::memory:\"", &args).unwrap();
+    let server = app::start(config).await.unwrap();
+    let url = format!("http://{}", server.http_addr);
+
+    let mut backend = Program::start("backend", &["127.0.0.1:0"], &url, &[]);
+    let address = backend
+        .wait_for("listening on ")
+        .trim_start_matches("listening on ")
+        .to_owned();
+    backend.wait_for("registered ");
+
+    let mut device = Program::start("device", &["device-1"], &url, &[("ROUNDS", "20")]);
+    assert_eq!(
+        device.wait_for("connected to "),
+        format!("connected to {address}")
+    );
+    device.wait_for("echo ok");
+    // The backend's heartbeat carries its live count to the registry.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let body: serde_json::Value = reqwest::get(format!("{url}/v1/services/default/instances"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["instances"][0]["connections"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "count never reached the registry: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(device);
+    drop(backend);
+    server.stop().await.unwrap();
+}
