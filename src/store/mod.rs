@@ -235,6 +235,14 @@ pub struct Opened {
     pub cluster: Option<Arc<dyn ClusterStore>>,
 }
 
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("cluster", &self.cluster.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Opens the store named by a `--db` URL and runs its migrations.
 ///
 /// # Errors
