@@ -345,17 +345,7 @@ async fn measure(cfg: &Config, db: &str) -> anyhow::Result<Report> {
     // Window start.
     let table_before = table_stats(&mut bench_db).await.ok();
     let pg_before = pg_window_counters(&mut admin, db).await?;
-    let backend_cpu_before: Vec<Option<u64>> = backends
-        .iter()
-        .map(|&p| sample::cpu_ticks(p).ok())
-        .collect();
-    let cpu_before: Vec<u64> = pids
-        .iter()
-        .map(|&p| sample::cpu_ticks(p).unwrap_or(0))
-        .collect();
-    let self_before = sample::cpu_ticks(std::process::id()).unwrap_or(0);
-    let machine_before = sample::machine().map_or(0, sample::Machine::busy);
-    let procs_before = all_proc_ticks();
+    let before = Ticks::now(&pids);
     let window_start = tokio::time::Instant::now();
     measuring.store(true, Ordering::Relaxed);
     let window_end = window_start + cfg.window;
@@ -373,17 +363,7 @@ async fn measure(cfg: &Config, db: &str) -> anyhow::Result<Report> {
     // Window end.
     measuring.store(false, Ordering::Relaxed);
     let window_secs = window_start.elapsed().as_secs_f64();
-    let cpu_after: Vec<u64> = pids
-        .iter()
-        .map(|&p| sample::cpu_ticks(p).unwrap_or(0))
-        .collect();
-    let self_after = sample::cpu_ticks(std::process::id()).unwrap_or(0);
-    let machine_after = sample::machine().map_or(0, sample::Machine::busy);
-    let procs_after = all_proc_ticks();
-    let backend_cpu_after: Vec<Option<u64>> = backends
-        .iter()
-        .map(|&p| sample::cpu_ticks(p).ok())
-        .collect();
+    let after = Ticks::now(&pids);
     let pg_after = pg_window_counters(&mut admin, db).await?;
     let table_after = table_stats(&mut bench_db).await.ok();
     let rss_end: Vec<u64> = pids
@@ -416,20 +396,25 @@ async fn measure(cfg: &Config, db: &str) -> anyhow::Result<Report> {
 
     let ticks_to_us = 1_000_000.0 / clk_tck as f64;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pg_cpu_ticks: u64 = backend_cpu_before
-        .iter()
-        .zip(&backend_cpu_after)
-        .filter_map(|(b, a)| Some(a.as_ref()?.saturating_sub(*b.as_ref()?)))
-        .sum();
+    let used = |pid: &u32| {
+        Some(
+            after
+                .procs
+                .get(pid)?
+                .1
+                .saturating_sub(before.procs.get(pid)?.1),
+        )
+    };
+    let pg_cpu_ticks: u64 = backends.iter().filter_map(used).sum();
     let pct = |ticks: u64| ticks as f64 * ticks_to_us / 1e6 / window_secs * 100.0;
 
     // Who used the CPU during the window, apart from the nodes and this process.
-    let mut others: Vec<(u64, String)> = procs_after
+    let mut others: Vec<(u64, String)> = after
+        .procs
         .iter()
         .filter(|(pid, _)| !pids.contains(pid) && **pid != std::process::id())
-        .filter_map(|(pid, (name, after))| {
-            let before = procs_before.get(pid).map_or(0, |(_, t)| *t);
-            let used = after.saturating_sub(before);
+        .filter_map(|(pid, (name, ticks))| {
+            let used = ticks.saturating_sub(before.procs.get(pid).map_or(0, |(_, t)| *t));
             let role = if backends.contains(pid) {
                 " (backend of the bench db)"
             } else {
@@ -455,7 +440,7 @@ async fn measure(cfg: &Config, db: &str) -> anyhow::Result<Report> {
             .map(|t| t.clone())
             .unwrap_or_default();
         let total = stats[i].total.lock().map(|t| t.clone()).unwrap_or_default();
-        let cpu = cpu_after[i].saturating_sub(cpu_before[i]);
+        let cpu = after.nodes[i].saturating_sub(before.nodes[i]);
         let answered = window.tally.answered;
         let stop_note = stop_notes.get(i).cloned().unwrap_or_default();
         let log = node.log_info(MAX_LOG_LINES);
@@ -501,8 +486,8 @@ async fn measure(cfg: &Config, db: &str) -> anyhow::Result<Report> {
         table,
         db_ages,
         probes,
-        loadgen_cpu_pct: pct(self_after.saturating_sub(self_before)),
-        machine_busy_pct: pct(machine_after.saturating_sub(machine_before)) / cores as f64,
+        loadgen_cpu_pct: pct(after.me.saturating_sub(before.me)),
+        machine_busy_pct: pct(after.machine.saturating_sub(before.machine)) / cores as f64,
         top_processes,
         cores,
         beats_planned_window: planned,
@@ -1172,6 +1157,28 @@ fn other_load() -> String {
         }
     }
     found.join(", ")
+}
+
+/// CPU ticks at one end of the window.
+struct Ticks {
+    nodes: Vec<u64>,
+    me: u64,
+    /// Busy ticks of all cores.
+    machine: u64,
+    /// Every process (the database's backends among them), to see who used the CPU.
+    procs: BTreeMap<u32, (String, u64)>,
+}
+
+impl Ticks {
+    fn now(nodes: &[u32]) -> Ticks {
+        let ticks = |p: u32| sample::cpu_ticks(p).unwrap_or(0);
+        Ticks {
+            nodes: nodes.iter().map(|&p| ticks(p)).collect(),
+            me: ticks(std::process::id()),
+            machine: sample::machine().map_or(0, sample::Machine::busy),
+            procs: all_proc_ticks(),
+        }
+    }
 }
 
 /// CPU ticks and name of every process, to see who else used the machine.
