@@ -1,0 +1,689 @@
+//! The programs of `sdk-examples/`, run end to end against the real `switchboard` binary
+//! (`serve --db sqlite::memory:`, HTTP and forward listeners on port 0).
+//!
+//! For each language the backend registers through its own code, the device resolves
+//! and gets an echo through it, and the registry's listing shows the backend's reported
+//! connection count reaching it. Backends are also made to register again after the
+//! registry forgot them (404), to close a connection when told to `shed` (a paced drain),
+//! and to deregister on SIGTERM. `seed_scenario_*` is the setup our first users describe:
+//! two Netty servers behind the forwarder, four devices landing 2 / 2.
+//!
+//! A missing toolchain (java, javac, Debian's libnetty-java, node, python3, gcc, curl,
+//! ss) fails the test where `CI` is set, and prints `SKIPPED` otherwise. Self-contained
+//! on purpose: std sockets, child processes killed by PID, every wait under a deadline.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// How long any one condition may take to become true.
+const PATIENCE: Duration = Duration::from_secs(20);
+/// Registration TTL for every backend: heartbeats every second.
+const TTL_SECS: &str = "3";
+/// The parts of Debian's libnetty-java a Netty echo server needs (`netty-all.jar` is
+/// manifest-only).
+const NETTY_JARS: [&str; 6] = [
+    "/usr/share/java/netty-common.jar",
+    "/usr/share/java/netty-buffer.jar",
+    "/usr/share/java/netty-transport.jar",
+    "/usr/share/java/netty-resolver.jar",
+    "/usr/share/java/netty-codec.jar",
+    "/usr/share/java/netty-handler.jar",
+];
+
+// ---------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk-examples")
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .any(|dir| std::fs::metadata(dir.join(tool)).is_ok_and(|m| m.is_file() && m.len() > 0))
+    })
+}
+
+/// Whether the tools and files are there. Missing ones fail the test in CI and skip it
+/// (with a `SKIPPED` line) elsewhere.
+fn toolchain(test: &str, tools: &[&str], files: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| !on_path(t))
+        .chain(files.iter().copied().filter(|f| !Path::new(f).is_file()))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    assert!(!ci, "{test}: missing {missing:?} (CI is set; see .ci/run)");
+    // Straight to stderr, past the test harness's capture, so that the skip shows.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: missing {}",
+        missing.join(", ")
+    );
+    false
+}
+
+/// Polls `probe` until it gives a value, for at most [`PATIENCE`].
+fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process whose stdout and stderr lines are collected; killed by PID on drop
+/// (its output is printed then if the test is failing).
+struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let outputs: [Box<dyn Read + Send>; 2] = [Box::new(stdout), Box::new(stderr)];
+        for output in outputs {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(output).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Proc {
+            name: name.to_owned(),
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Takes in the lines printed so far.
+    fn pump(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
+    /// The `skip`-th (0-based) line containing `needle`, waiting for it.
+    fn wait_nth(&mut self, needle: &str, skip: usize) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.seen.iter().filter(|l| l.contains(needle)).nth(skip) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "{}: no line #{} with {needle:?}; output:\n{}",
+                    self.name,
+                    skip + 1,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn wait_for(&mut self, needle: &str) -> String {
+        self.wait_nth(needle, 0)
+    }
+
+    /// Lines so far that contain `needle`.
+    fn count(&mut self, needle: &str) -> usize {
+        self.pump();
+        self.seen.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Sends SIGTERM (by PID) and waits for the exit.
+    fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {}", self.name);
+        let name = self.name.clone();
+        eventually(&format!("{name} to exit after SIGTERM"), || {
+            self.child.try_wait().ok().flatten()
+        });
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            self.pump();
+            eprintln!("--- {} output:\n{}", self.name, self.seen.join("\n"));
+        }
+    }
+}
+
+/// What follows `needle` in `line`, up to the first character that is not part of an
+/// address or id.
+fn after<'a>(line: &'a str, needle: &str) -> &'a str {
+    let rest = line
+        .split(needle)
+        .nth(1)
+        .unwrap_or_else(|| panic!("{needle:?} not in {line:?}"));
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || ".:[]-_".contains(c)))
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// The real server: `serve` with one forward listener for `default`.
+struct Server {
+    /// Killed (by PID) when the server drops.
+    _proc: Proc,
+    http: SocketAddr,
+    forward: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.args(["serve", "--http", "127.0.0.1:0", "--db", "sqlite::memory:"])
+            .args(["--forward", "127.0.0.1:0=default"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("SWITCHBOARD_ADMIN_TOKEN")
+            .env_remove("SWITCHBOARD_REGISTER_TOKEN")
+            .env_remove("SWITCHBOARD_READ_TOKEN")
+            .current_dir(dir.path());
+        let mut proc = Proc::spawn("switchboard", &mut cmd);
+        let http = after(&proc.wait_for("http listening on "), "http listening on ")
+            .parse()
+            .expect("http address");
+        let forward = after(
+            &proc.wait_for("forward listening on "),
+            "forward listening on ",
+        )
+        .parse()
+        .expect("forward address");
+        Server {
+            _proc: proc,
+            http,
+            forward,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// One HTTP/1.0 request (as the C device makes them): status and body.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+        self.call_with(method, path, "", body)
+    }
+
+    /// [`Server::call`] with extra header lines (each ending in `\r\n`).
+    fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: Option<Value>,
+    ) -> (u16, String) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut conn = TcpStream::connect_timeout(&self.http, Duration::from_secs(5))
+            .expect("connect to the registry");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let request = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             {headers}Content-Length: {}\r\n\r\n{body}",
+            self.http,
+            body.len()
+        );
+        conn.write_all(request.as_bytes()).expect("send request");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).expect("read answer");
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad answer to {method} {path}: {answer:?}"));
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, body.to_owned())
+    }
+
+    fn json(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, text) = self.call(method, path, body);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {text}"
+        );
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    }
+
+    /// The admin listing of `default`.
+    fn instances(&self) -> Vec<Value> {
+        let listing = self.json("GET", "/v1/services/default/instances", None);
+        listing["instances"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn instance(&self, id: &str) -> Option<Value> {
+        self.instances().into_iter().find(|i| i["id"] == id)
+    }
+
+    /// Waits until instance `id` is listed with a reported count satisfying `ok`.
+    fn wait_connections(&self, id: &str, what: &str, ok: impl Fn(u64) -> bool) -> u64 {
+        eventually(&format!("instance {id}: connections {what}"), || {
+            let n = self.instance(id)?["connections"].as_u64()?;
+            ok(n).then_some(n)
+        })
+    }
+
+    /// Waits until instance `id` is listed `up` at `address`.
+    fn wait_up(&self, id: &str, address: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let listing = self.instances();
+            let up = listing
+                .iter()
+                .any(|i| i["id"] == id && i["state"] == "up" && i["address"] == address);
+            if up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance {id} not up at {address}; listing: {listing:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A std echo server that counts the connections it accepted.
+struct EchoServer {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl EchoServer {
+    fn start() -> EchoServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+        let addr = listener.local_addr().expect("echo address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    if let Ok(mut reader) = conn.try_clone() {
+                        let _ = std::io::copy(&mut reader, &mut conn);
+                    }
+                });
+            }
+        });
+        EchoServer { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// `program args...` with the environment every example reads, pointed at `server`.
+fn example(server: &Server, program: &str, args: &[&dyn AsRef<OsStr>]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env("SWITCHBOARD_SERVER", server.url())
+        .env("SWITCHBOARD_SERVICE", "default")
+        .env("SWITCHBOARD_FORWARDER", server.forward.to_string())
+        .env("TTL_SECS", TTL_SECS)
+        .env("PING_SECS", "1")
+        .env("ADVERTISE_HOST", "127.0.0.1")
+        .env_remove("PORT");
+    cmd
+}
+
+/// A backend and its device, through the whole life of a registration: registered,
+/// serving the device (count reported >= 1), registered again after the registry forgot
+/// it, shedding the device's connection when drained with `evacuate_per_sec` (count back
+/// to 0; skipped for backends that do not own their connections), deregistered on SIGTERM.
+fn backend_life(
+    lang: &str,
+    server: &Server,
+    mut backend: Command,
+    known_address: Option<String>,
+    mut device: Command,
+    sheds: bool,
+) {
+    let mut backend = Proc::spawn(&format!("{lang} backend"), &mut backend);
+    let address = known_address
+        .unwrap_or_else(|| after(&backend.wait_for("listening on "), "listening on ").to_owned());
+    let id = after(&backend.wait_for("registered id="), "registered id=").to_owned();
+    server.wait_up(&id, &address);
+
+    let mut device = Proc::spawn(&format!("{lang} device"), &mut device);
+    device.wait_for(&format!("connected to {address}"));
+    device.wait_for("echo ok");
+    server.wait_connections(&id, ">= 1", |n| n >= 1);
+
+    // The registry forgets the instance: the next heartbeat answers 404.
+    let (status, text) = server.call(
+        "DELETE",
+        &format!("/v1/services/default/instances/{id}"),
+        None,
+    );
+    assert_eq!(status, 204, "admin deregistration: {text}");
+    backend.wait_for("unknown instance; registering again");
+    let id = after(&backend.wait_nth("registered id=", 1), "registered id=").to_owned();
+    server.wait_up(&id, &address);
+    server.wait_connections(&id, ">= 1 after registering again", |n| n >= 1);
+
+    if sheds {
+        // A paced drain: shed = 1 per heartbeat until the backend reports 0.
+        let drained = server.json(
+            "POST",
+            &format!("/v1/services/default/instances/{id}/drain"),
+            Some(json!({"evacuate_per_sec": 1})),
+        );
+        assert_eq!(drained["draining"], true, "{drained}");
+        backend.wait_for("shed 1");
+        device.wait_for("connection lost");
+        server.wait_connections(&id, "back to 0 after shedding", |n| n == 0);
+    }
+
+    backend.terminate();
+    backend.wait_for(&format!("deregistered id={id}"));
+    assert!(
+        server
+            .instances()
+            .iter()
+            .all(|i| i["address"] != address.as_str()),
+        "{lang}: still listed after SIGTERM: {:?}",
+        server.instances()
+    );
+}
+
+/// The Java examples compiled once (`javac`, into the target dir) for every test.
+fn java_classes() -> &'static Path {
+    static CLASSES: OnceLock<PathBuf> = OnceLock::new();
+    CLASSES.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-examples-java");
+        let java = examples().join("java");
+        let output = Command::new("javac")
+            .arg("-Xlint:all")
+            .arg("-cp")
+            .arg(NETTY_JARS.join(":"))
+            .arg("-d")
+            .arg(&out)
+            .arg(java.join("NettyBackend.java"))
+            .arg(java.join("Device.java"))
+            .output()
+            .expect("run javac");
+        assert!(
+            output.status.success(),
+            "javac failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        out
+    })
+}
+
+/// A compiled Java example with `args`, as [`example`] sets it up.
+fn java(server: &Server, class: &str, args: &[&dyn AsRef<OsStr>]) -> Command {
+    let classpath = format!("{}:{}", java_classes().display(), NETTY_JARS.join(":"));
+    let mut cmd = example(server, "java", &[&"-cp", &classpath, &class]);
+    cmd.args(args);
+    cmd
+}
+
+fn java_ready(test: &str) -> bool {
+    toolchain(test, &["java", "javac"], &NETTY_JARS)
+}
+
+// ---------------------------------------------------------------------------------------
+// One test per language
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn python_backend_and_device() {
+    if !toolchain("python_backend_and_device", &["python3"], &[]) {
+        return;
+    }
+    let server = Server::start();
+    let dir = examples().join("python");
+    let backend = example(&server, "python3", &[&dir.join("backend.py"), &"0"]);
+    let device = example(&server, "python3", &[&dir.join("device.py")]);
+    backend_life("python", &server, backend, None, device, true);
+}
+
+#[test]
+fn node_backend_and_device() {
+    if !toolchain("node_backend_and_device", &["node"], &[]) {
+        return;
+    }
+    let server = Server::start();
+    let dir = examples().join("node");
+    let backend = example(&server, "node", &[&dir.join("backend.js"), &"0"]);
+    let device = example(&server, "node", &[&dir.join("device.js")]);
+    backend_life("node", &server, backend, None, device, true);
+}
+
+#[test]
+fn java_netty_backend_and_device() {
+    if !java_ready("java_netty_backend_and_device") {
+        return;
+    }
+    let server = Server::start();
+    let backend = java(&server, "NettyBackend", &[&"0"]);
+    let device = java(&server, "Device", &[]);
+    backend_life("java", &server, backend, None, device, true);
+}
+
+/// The sidecar registers a server that cannot register itself (here a std echo server)
+/// and reports its established connections from `ss`; JSON is read with sed (`JQ=`), the
+/// fallback where jq is not installed. It cannot close another process's connections,
+/// so shedding is not exercised.
+#[test]
+fn shell_sidecar_and_device() {
+    if !toolchain(
+        "shell_sidecar_and_device",
+        &["bash", "curl", "ss", "timeout"],
+        &[],
+    ) {
+        return;
+    }
+    let server = Server::start();
+    let echo = EchoServer::start();
+    let dir = examples().join("shell");
+    let port = echo.addr.port().to_string();
+    let mut sidecar = example(&server, "bash", &[&dir.join("sidecar.sh"), &port]);
+    sidecar.env("JQ", "");
+    let device = example(&server, "bash", &[&dir.join("device.sh")]);
+    backend_life(
+        "shell",
+        &server,
+        sidecar,
+        Some(echo.addr.to_string()),
+        device,
+        false,
+    );
+    assert!(echo.accepted() >= 1, "the echo server saw no connection");
+}
+
+/// The firmware-style C device: `Accept: text/plain`, the first line that answers
+/// (a dead server ranked first is skipped), and the forwarder when the registry is
+/// unreachable.
+#[test]
+fn c_device_falls_back_to_the_next_server_and_to_the_forwarder() {
+    if !toolchain("c_device_falls_back", &["gcc"], &[]) {
+        return;
+    }
+    let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-examples-c-device");
+    let gcc = Command::new("gcc")
+        .args(["-O2", "-Wall", "-Wextra", "-o"])
+        .arg(&binary)
+        .arg(examples().join("c").join("device.c"))
+        .output()
+        .expect("run gcc");
+    assert!(
+        gcc.status.success() && gcc.stderr.is_empty(),
+        "gcc:\n{}",
+        String::from_utf8_lossy(&gcc.stderr)
+    );
+
+    let server = Server::start();
+    let echo = EchoServer::start();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let register = |address: &str| {
+        let body = json!({"address": address, "ttl_secs": 300});
+        server.json("POST", "/v1/services/default/instances", Some(body))
+    };
+    let alive = register(&echo.addr.to_string());
+    register(&dead);
+    // The live one reports load, so the dead one is ranked first.
+    let (status, text) = server.call_with(
+        "PUT",
+        &format!(
+            "/v1/services/default/instances/{}/heartbeat",
+            alive["id"].as_str().expect("id")
+        ),
+        &format!("X-Lease: {}\r\n", alive["lease"].as_str().expect("lease")),
+        Some(json!({"connections": 5})),
+    );
+    assert_eq!(status, 200, "heartbeat: {text}");
+
+    let mut device = Command::new(&binary);
+    device
+        .arg(server.http.to_string())
+        .arg(server.forward.to_string())
+        .arg("default")
+        .env("PING_SECS", "1");
+    let mut device = Proc::spawn("C device", &mut device);
+    device.wait_for(&format!("servers {dead} {}", echo.addr));
+    device.wait_for(&format!("cannot connect to {dead}"));
+    device.wait_for(&format!("connected to {}", echo.addr));
+    device.wait_nth("echo ok", 1);
+    assert!(echo.accepted() >= 1);
+    drop(device);
+
+    // The registry is unreachable: the forwarder relays to the live backend.
+    let before = echo.accepted();
+    let mut device = Command::new(&binary);
+    device
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(server.forward.to_string())
+        .env("PING_SECS", "1");
+    let mut device = Proc::spawn("C device (no registry)", &mut device);
+    device.wait_for(&format!(
+        "registry unreachable; using the forwarder {}",
+        server.forward
+    ));
+    device.wait_for(&format!("connected to {}", server.forward));
+    device.wait_nth("echo ok", 1);
+    assert!(
+        echo.accepted() > before,
+        "the forwarder did not reach the echo server"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The seed scenario
+// ---------------------------------------------------------------------------------------
+
+/// Two Netty backends (on 6666 and 6667 when free) registered through their own code;
+/// four legacy Java devices that only know the forwarder's address land 2 / 2, as the
+/// backends' own logs and their reported counts in the registry show. (The Rust device
+/// of this scenario, on the client crate, lives with that crate's tests.)
+#[test]
+fn seed_scenario_two_netty_backends_behind_the_forwarder_get_two_devices_each() {
+    if !java_ready("seed_scenario") {
+        return;
+    }
+    let server = Server::start();
+    let ports = match (
+        TcpListener::bind("127.0.0.1:6666"),
+        TcpListener::bind("127.0.0.1:6667"),
+    ) {
+        (Ok(_), Ok(_)) => [6666, 6667],
+        _ => [0, 0],
+    };
+    let mut backends: Vec<(Proc, String)> = ports
+        .iter()
+        .map(|port| {
+            let mut cmd = java(&server, "NettyBackend", &[&port.to_string()]);
+            (
+                Proc::spawn(&format!("netty backend :{port}"), &mut cmd),
+                String::new(),
+            )
+        })
+        .collect();
+    for (backend, address) in &mut backends {
+        *address = after(&backend.wait_for("listening on "), "listening on ").to_owned();
+    }
+    let mut ids = Vec::new();
+    for (backend, address) in &mut backends {
+        let id = after(&backend.wait_for("registered id="), "registered id=").to_owned();
+        server.wait_up(&id, address);
+        ids.push(id);
+    }
+
+    let mut devices: Vec<Proc> = (0..4)
+        .map(|n| {
+            let mut cmd = java(&server, "Device", &[&server.forward.to_string()]);
+            Proc::spawn(&format!("device {n}"), &mut cmd)
+        })
+        .collect();
+    for device in &mut devices {
+        device.wait_for(&format!("connected to {}", server.forward));
+        device.wait_for("echo ok");
+    }
+
+    let accepted = eventually("4 channels accepted by the backends", || {
+        let counts: Vec<usize> = backends
+            .iter_mut()
+            .map(|(b, _)| b.count("accepted "))
+            .collect();
+        (counts.iter().sum::<usize>() >= 4).then_some(counts)
+    });
+    assert_eq!(accepted, [2, 2], "channels accepted per backend");
+    for id in &ids {
+        server.wait_connections(id, "== 2", |n| n == 2);
+    }
+}
