@@ -4,13 +4,15 @@
  * `Accept: text/plain` (one host:port per line, best first), connects to the first line
  * that answers, falling back to the next, and uses the forwarder address when the
  * registry is unreachable or has no server. Then it sends a line every PING_SECS and
- * checks its echo; after a lost connection it waits a random 0..5 s and starts over.
+ * checks its echo; after a lost connection it waits a random 0..reconnect_jitter_ms
+ * (the X-Reconnect-Jitter-Ms header of the answer; 5000 before any) and starts over.
  *
  *   gcc -O2 -Wall -o device device.c
  *   ./device [registry host:port] [forwarder host:port] [service]
  *
  * Defaults: 127.0.0.1:8080 127.0.0.1:6665 default. Env: PING_SECS (5).
  */
+#define _GNU_SOURCE /* strcasestr */
 #include <netdb.h>
 #include <poll.h>
 #include <stdio.h>
@@ -24,7 +26,6 @@
 #define MAX_SERVERS 8
 #define ADDR_LEN 128
 #define TIMEOUT_SECS 2
-#define JITTER_MS 5000 /* text/plain carries no reconnect_jitter_ms: the default */
 
 /* Connects to "host:port" (or "[v6]:port") with send/receive/connect timeouts; -1 on failure. */
 static int dial(const char *address)
@@ -71,8 +72,10 @@ static int send_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
-/* Fills `servers` from the registry; the count, or -1 when it cannot be asked. */
-static int lookup(const char *registry, const char *service, char servers[][ADDR_LEN])
+/* Fills `servers` (and `jitter_ms`, when answered) from the registry; the count, or -1
+ * when it cannot be asked. */
+static int lookup(const char *registry, const char *service, char servers[][ADDR_LEN],
+                  long *jitter_ms)
 {
     char buf[4096];
     int fd = dial(registry);
@@ -91,6 +94,11 @@ static int lookup(const char *registry, const char *service, char servers[][ADDR
     char *body = strstr(buf, "\r\n\r\n");
     if (n < 0 || strncmp(buf, "HTTP/1.", 7) != 0 || strncmp(buf + 8, " 200", 4) != 0 || body == NULL)
         return -1;
+    *body = '\0'; /* the headers end here */
+    static const char header[] = "\r\nX-Reconnect-Jitter-Ms:";
+    const char *jitter = strcasestr(buf, header);
+    if (jitter != NULL)
+        *jitter_ms = strtol(jitter + sizeof header - 1, NULL, 10);
     int count = 0;
     for (char *line = strtok(body + 4, "\r\n"); line != NULL && count < MAX_SERVERS;
          line = strtok(NULL, "\r\n"))
@@ -131,11 +139,12 @@ int main(int argc, char **argv)
     const char *ping = getenv("PING_SECS");
     int ping_secs = ping != NULL && atoi(ping) > 0 ? atoi(ping) : 5;
     char servers[MAX_SERVERS][ADDR_LEN];
+    long jitter_ms = 5000;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     srand((unsigned)time(NULL) ^ (unsigned)getpid());
     for (;;) {
-        int count = lookup(registry, service, servers);
+        int count = lookup(registry, service, servers, &jitter_ms);
         if (count <= 0) {
             printf("%s; using the forwarder %s\n", count < 0 ? "registry unreachable" : "no servers",
                    forwarder);
@@ -159,8 +168,8 @@ int main(int argc, char **argv)
             printf("connection lost\n");
             break;
         }
-        int wait_ms = rand() % JITTER_MS;
-        printf("reconnecting in %d ms\n", wait_ms);
+        long wait_ms = jitter_ms > 0 ? rand() % jitter_ms : 0;
+        printf("reconnecting in %ld ms\n", wait_ms);
         struct timespec ts = {.tv_sec = wait_ms / 1000, .tv_nsec = (wait_ms % 1000) * 1000000L};
         nanosleep(&ts, NULL);
     }
