@@ -18,7 +18,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -27,6 +27,9 @@ use serde_json::{Value, json};
 const PATIENCE: Duration = Duration::from_secs(20);
 /// Registration TTL for every backend: heartbeats every second.
 const TTL_SECS: &str = "3";
+/// The server's `[rebalance] reconnect_jitter_ms`: devices wait less than this (their
+/// default is 5000) before reconnecting.
+const JITTER_MS: u64 = 100;
 /// The parts of Debian's libnetty-java a Netty echo server needs (`netty-all.jar` is
 /// manifest-only).
 const NETTY_JARS: [&str; 6] = [
@@ -203,7 +206,8 @@ fn after<'a>(line: &'a str, needle: &str) -> &'a str {
     &rest[..end]
 }
 
-/// The real server: `serve` with one forward listener for `default`.
+/// The real server: `serve` with one forward listener for `default`, and a short
+/// reconnect jitter.
 struct Server {
     /// Killed (by PID) when the server drops.
     _proc: Proc,
@@ -215,8 +219,14 @@ struct Server {
 impl Server {
     fn start() -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("switchboard.toml");
+        let toml = format!("[rebalance]\nreconnect_jitter_ms = {JITTER_MS}\n");
+        std::fs::write(&config, toml).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-        cmd.args(["serve", "--http", "127.0.0.1:0", "--db", "sqlite::memory:"])
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--http", "127.0.0.1:0", "--db", "sqlite::memory:"])
             .args(["--forward", "127.0.0.1:0=default"])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -339,6 +349,7 @@ fn free_port() -> u16 {
 struct EchoServer {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl EchoServer {
@@ -346,11 +357,15 @@ impl EchoServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
         let addr = listener.local_addr().expect("echo address");
         let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (counter, opened) = (Arc::clone(&accepted), Arc::clone(&open));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
                 counter.fetch_add(1, Ordering::SeqCst);
+                if let Ok(handle) = conn.try_clone() {
+                    opened.lock().expect("echo lock").push(handle);
+                }
                 std::thread::spawn(move || {
                     if let Ok(mut reader) = conn.try_clone() {
                         let _ = std::io::copy(&mut reader, &mut conn);
@@ -358,7 +373,18 @@ impl EchoServer {
                 });
             }
         });
-        EchoServer { addr, accepted }
+        EchoServer {
+            addr,
+            accepted,
+            open,
+        }
+    }
+
+    /// Closes every connection it accepted so far.
+    fn close_all(&self) {
+        for conn in self.open.lock().expect("echo lock").drain(..) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     fn accepted(&self) -> usize {
@@ -426,6 +452,13 @@ fn backend_life(
         backend.wait_for("shed 1");
         device.wait_for("connection lost");
         server.wait_connections(&id, "back to 0 after shedding", |n| n == 0);
+        // The device waits less than the registry's jitter, and finds nothing to hand
+        // out but the forwarder.
+        assert_jitter(&mut device);
+        device.wait_for(&format!(
+            "no servers; using the forwarder {}",
+            server.forward
+        ));
     }
 
     backend.terminate();
@@ -438,6 +471,15 @@ fn backend_life(
         "{lang}: still listed after SIGTERM: {:?}",
         server.instances()
     );
+}
+
+/// The device's first reconnect wait is below the registry's `reconnect_jitter_ms`.
+fn assert_jitter(device: &mut Proc) {
+    let line = device.wait_for("reconnecting in ");
+    let wait: u64 = after(&line, "reconnecting in ")
+        .parse()
+        .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    assert!(wait < JITTER_MS, "{}: {line:?}", device.name);
 }
 
 /// The Java examples compiled once (`javac`, into the target dir) for every test.
@@ -601,6 +643,12 @@ fn c_device_falls_back_to_the_next_server_and_to_the_forwarder() {
     device.wait_for(&format!("connected to {}", echo.addr));
     device.wait_nth("echo ok", 1);
     assert!(echo.accepted() >= 1);
+    // A lost connection: a short wait (the jitter from the answer's header), then the
+    // same ranking again.
+    echo.close_all();
+    device.wait_for("connection lost");
+    assert_jitter(&mut device);
+    device.wait_nth(&format!("connected to {}", echo.addr), 1);
     drop(device);
 
     // The registry is unreachable: the forwarder relays to the live backend.
