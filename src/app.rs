@@ -19,6 +19,7 @@ use crate::clock::Clock;
 use crate::cluster::{self, ClusterNode};
 use crate::config::{Config, ForwardConfig, StaticConfig};
 use crate::forwarder::listener::Listener;
+use crate::forwarder::stats::{ForwardBoard, ListenerStats};
 use crate::forwarder::{LiveCounts, health};
 use crate::hub::Hub;
 use crate::registry::InstanceSpec;
@@ -91,6 +92,8 @@ impl Running {
 /// # Errors
 /// [`AppError`] when the store cannot be opened or a listener cannot be bound.
 pub async fn start(config: Config) -> Result<Running, AppError> {
+    // Before anything takes a metric handle: a handle taken earlier records nowhere.
+    crate::metrics::handle();
     let opened = store::open(&config.db).await?;
     // Nodes of a cluster break equal-load ties each their own way, so that they do
     // not all hand out the same instance at once.
@@ -127,8 +130,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     tracing::info!(addr = %http_addr, "http listening on {http_addr}");
     let shutdown = CancellationToken::new();
     let shutting_down = Arc::new(AtomicBool::new(false));
+    let forwarders = Arc::new(ForwardBoard::default());
     let state: AppState = Arc::new(Shared {
         hub: hub.clone(),
+        cluster: node.clone(),
+        forwarders: Arc::clone(&forwarders),
         tokens: Arc::new(api::auth::Tokens::new(&config.tokens)),
         shutting_down: Arc::clone(&shutting_down),
         shutdown: shutdown.clone(),
@@ -181,6 +187,8 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         })?;
         tracing::info!(service = %forward.service, "forward listening on {addr}");
         forward_addrs.push(addr);
+        let stats = Arc::new(ListenerStats::new(addr, &forward.service));
+        forwarders.add(Arc::clone(&stats));
         let listener = Arc::new(Listener::new(
             ForwardConfig {
                 listen: addr,
@@ -189,6 +197,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             hub.clone(),
             Arc::clone(&counts),
             stop_relays.clone(),
+            stats,
         ));
         relays.spawn(listener.serve(bound, stop_accepting.clone(), relays.clone()));
     }

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::lease;
+use crate::metrics as names;
 use crate::registry::Millis;
 use crate::registry::table::{
     self, HeartbeatAnswer, InstanceView, LeaseError, PreservationEvent, RankQuery, Ranked,
@@ -31,6 +32,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// The `service` label of `/servers` answers for a service that has no instances.
+pub const UNKNOWN_SERVICE: &str = "_unknown";
 
 /// The longest a store call may take before the request fails with 503.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -198,10 +202,18 @@ impl Hub {
     /// write, for `/readyz`.
     async fn write<T>(
         &self,
+        op: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let started = std::time::Instant::now();
         let result = timed(call).await;
         let failing = result.is_err();
+        metrics::histogram!(
+            names::STORE_WRITE_DURATION,
+            "op" => op,
+            "outcome" => if failing { "error" } else { "ok" },
+        )
+        .record(started.elapsed().as_secs_f64());
         if self.inner.write_failing.swap(failing, Ordering::Relaxed) != failing {
             if failing {
                 tracing::warn!("store writes failing: not ready until they succeed again");
@@ -313,7 +325,9 @@ impl Hub {
             registered_at_ms: now_unix,
             last_heartbeat_ms: now_unix,
         };
-        let stored = self.write(self.inner.store.upsert(&record)).await?;
+        let stored = self
+            .write("register", self.inner.store.upsert(&record))
+            .await?;
         let (ttl_secs, heartbeat_secs) = (spec.ttl_secs, spec.heartbeat_secs());
         let now = self.inner.clock.now();
         slot.apply(|t| {
@@ -325,6 +339,13 @@ impl Hub {
                 stored.registered_at_ms,
             )
         });
+        let outcome = if stored.created {
+            "created"
+        } else {
+            "replaced"
+        };
+        metrics::counter!(names::REGISTRATIONS, "service" => service.to_owned(), "outcome" => outcome)
+            .increment(1);
         Ok(Registered {
             id: stored.id,
             service: service.to_owned(),
@@ -351,8 +372,16 @@ impl Hub {
         // The real time, even while liveness time is frozen: this heartbeat is news.
         let now = self.inner.clock.now();
         let policy = self.inner.policy;
-        slot.apply(|t| t.heartbeat(id, &lease_hash, connections, now, &policy))
-            .map_err(|e| lease_error(e, service, id))
+        let answer = slot
+            .apply(|t| t.heartbeat(id, &lease_hash, connections, now, &policy))
+            .map_err(|e| lease_error(e, service, id))?;
+        metrics::counter!(names::HEARTBEATS, "service" => service.to_owned()).increment(1);
+        if answer.shed > 0 {
+            metrics::counter!(names::SHED_HINTS, "service" => service.to_owned()).increment(1);
+            metrics::counter!(names::SHED_CONNECTIONS, "service" => service.to_owned())
+                .increment(answer.shed);
+        }
+        Ok(answer)
     }
 
     /// Drains an instance: it stays registered but is never handed out again.
@@ -370,7 +399,7 @@ impl Hub {
         let _writes = slot.writes.lock().await;
         self.authorize(&slot, service, id, who)?;
         let stored = self.inner.store.set_draining(service, id, evacuate_per_sec);
-        if !self.write(stored).await? {
+        if !self.write("drain", stored).await? {
             return Err(unknown(service, id));
         }
         let now = self.now();
@@ -394,9 +423,14 @@ impl Hub {
         let slot = self.slot(service).ok_or_else(|| unknown(service, id))?;
         let _writes = slot.writes.lock().await;
         self.authorize(&slot, service, id, who)?;
-        self.write(self.inner.store.delete(service, &[id.to_owned()]))
-            .await?;
+        self.write(
+            "deregister",
+            self.inner.store.delete(service, &[id.to_owned()]),
+        )
+        .await?;
         slot.apply(|t| t.remove(id));
+        metrics::counter!(names::REMOVALS, "service" => service.to_owned(), "reason" => "deregistered")
+            .increment(1);
         Ok(())
     }
 
@@ -427,12 +461,22 @@ impl Hub {
     pub fn servers(&self, service: &str, query: &RankQuery<'_>) -> Ranked {
         let now = self.now();
         match self.slot(service) {
-            Some(slot) => slot.apply(|t| t.rank(query, now)),
-            None => Ranked {
-                version: 0,
-                servers: Vec::new(),
-                self_preservation: false,
-            },
+            Some(slot) => {
+                metrics::counter!(names::SERVERS_ANSWERS, "service" => service.to_owned())
+                    .increment(1);
+                slot.apply(|t| t.rank(query, now))
+            }
+            // Not labelled by the asked name: anyone may ask for any name, and label
+            // values must stay bounded.
+            None => {
+                metrics::counter!(names::SERVERS_ANSWERS, "service" => UNKNOWN_SERVICE)
+                    .increment(1);
+                Ranked {
+                    version: 0,
+                    servers: Vec::new(),
+                    self_preservation: false,
+                }
+            }
         }
     }
 
@@ -554,7 +598,7 @@ impl Hub {
             let _writes = slot.writes.lock().await;
             let now = self.now();
             let may_remove = self.may_remove();
-            let outcome = slot.apply(|t| t.sweep(now, may_remove));
+            let (outcome, expired) = slot.apply(|t| (t.sweep(now, may_remove), t.take_expiries()));
             match outcome.preservation {
                 Some(PreservationEvent::Started {
                     expiring,
@@ -569,13 +613,21 @@ impl Hub {
                 }
                 None => {}
             }
+            if expired > 0 {
+                metrics::counter!(names::EXPIRIES, "service" => service.clone()).increment(expired);
+            }
             if outcome.removed.is_empty() {
                 continue;
             }
+            metrics::counter!(names::REMOVALS, "service" => service.clone(), "reason" => "expired")
+                .increment(outcome.removed.len() as u64);
             removed += outcome.removed.len();
             tracing::info!(%service, count = outcome.removed.len(), "removed instances after 3 x ttl without heartbeat");
             if let Err(err) = self
-                .write(self.inner.store.delete(&service, &outcome.removed))
+                .write(
+                    "remove",
+                    self.inner.store.delete(&service, &outcome.removed),
+                )
                 .await
             {
                 tracing::warn!(%service, %err, "could not delete removed instances from the store");
@@ -610,7 +662,11 @@ impl Hub {
             return Ok(0);
         }
         let beats: Vec<BeatRecord> = batch.values().cloned().collect();
-        match self.write(self.inner.store.save_beats(&beats)).await {
+        metrics::histogram!(names::HEARTBEAT_BATCH_SIZE).record(beats.len() as f64);
+        match self
+            .write("heartbeats", self.inner.store.save_beats(&beats))
+            .await
+        {
             Ok(()) => Ok(beats.len()),
             Err(err) => {
                 let mut unsaved = lock(&self.inner.unsaved);

@@ -15,6 +15,7 @@ pub mod config;
 pub mod forwarder;
 pub mod hub;
 pub mod lease;
+pub mod metrics;
 pub mod registry;
 pub mod store;
 pub mod sync;

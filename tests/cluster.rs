@@ -317,3 +317,23 @@ async fn a_node_exits_cleanly_on_sigterm() {
     );
     assert_eq!(b.terminate(), 0);
 }
+
+#[tokio::test]
+async fn a_node_reports_its_sync_lag_in_metrics() {
+    let db = TestDb::create().await;
+    let a = node(&db.url());
+    let lag = eventually("a sync lag sample", || async {
+        let text = reqwest::get(a.url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("switchboard_cluster_sync_lag_seconds "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    })
+    .await;
+    // Syncs run every 250 ms: a lag of seconds would mean the loop stalled.
+    assert!((0.0..2.0).contains(&lag), "lag {lag}");
+}

@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::cluster::ClusterNode;
+use crate::forwarder::stats::ForwardBoard;
 use crate::hub::Hub;
 use auth::Tokens;
 use error::ApiError;
@@ -40,12 +42,39 @@ pub type AppState = Arc<Shared>;
 pub struct Shared {
     /// The registry.
     pub hub: Hub,
+    /// This node's cluster state, in cluster mode (for the sync lag metric).
+    pub cluster: Option<ClusterNode>,
+    /// The forward listeners' live figures.
+    pub forwarders: Arc<ForwardBoard>,
     /// Configured tokens.
     pub tokens: Arc<Tokens>,
     /// Set when shutdown begins, so `/readyz` fails first.
     pub shutting_down: Arc<AtomicBool>,
     /// Fires at shutdown; blocking queries answer at once instead of holding it up.
     pub shutdown: CancellationToken,
+}
+
+/// Records each request's duration by route (the matched pattern, never the raw
+/// path: label values stay bounded), method and status.
+async fn record_duration(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics::histogram!(
+        crate::metrics::HTTP_DURATION,
+        "route" => route,
+        "method" => method,
+        "status" => response.status().as_u16().to_string(),
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
 }
 
 /// The router with every endpoint and layer.
@@ -71,6 +100,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/forwarders", get(ops::forwarders))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -79,5 +110,6 @@ pub fn router(state: AppState) -> Router {
             REQUEST_TIMEOUT,
         ))
         .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(record_duration))
         .with_state(state)
 }

@@ -130,6 +130,13 @@ impl ClusterNode {
         Ok(count)
     }
 
+    /// How long ago the store last answered a sync.
+    pub fn since_last_sync(&self) -> Duration {
+        let now = self.inner.hub.clock().now();
+        let at = self.inner.last_sync_ok.load(Ordering::Relaxed);
+        Duration::from_millis(now.saturating_sub(at))
+    }
+
     fn synced_ok(&self) {
         let now = self.inner.hub.clock().now();
         self.inner.last_sync_ok.store(now, Ordering::Relaxed);

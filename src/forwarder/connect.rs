@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::stats::ListenerStats;
 use crate::hub::{ForwardTarget, Hub};
 
 /// Tries per device connection, each on the next candidate (nginx
@@ -118,6 +119,7 @@ pub async fn connect(
     key: Option<&[u8]>,
     timeout: Duration,
     fails: &FailTracker,
+    stats: &ListenerStats,
 ) -> Result<(TcpStream, ForwardTarget), ConnectError> {
     let now = Instant::now();
     let mut candidates = hub.forward_candidates(service, key, MAX_TRIES, &|address| {
@@ -136,6 +138,7 @@ pub async fn connect(
         if try_index > 0 {
             // The first candidate's hand-out was counted by the ranking.
             hub.count_hand_out(service, &target.id);
+            stats.retried();
         }
         let reason = match tokio::time::timeout(timeout, TcpStream::connect(&target.address)).await
         {
@@ -146,6 +149,7 @@ pub async fn connect(
             Ok(Err(err)) => err.to_string(),
             Err(_) => format!("connect timed out after {timeout:?}"),
         };
+        stats.connect_failed();
         if fails.failed(&target.address, Instant::now()) {
             tracing::warn!(
                 %service, address = %target.address, ?timeout,

@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::connect::{self, FailTracker};
 use super::relay::{self, Ending};
+use super::stats::ListenerStats;
 use super::{LiveCounts, proxy_protocol};
 use crate::config::{ForwardConfig, ForwardHash};
 use crate::hub::Hub;
@@ -32,6 +33,7 @@ pub struct Listener {
     slots: Option<Arc<Semaphore>>,
     /// Fires when relayed connections must stop (the drain deadline passed).
     stop_relays: CancellationToken,
+    stats: Arc<ListenerStats>,
 }
 
 impl Listener {
@@ -41,6 +43,7 @@ impl Listener {
         hub: Hub,
         counts: Arc<LiveCounts>,
         stop_relays: CancellationToken,
+        stats: Arc<ListenerStats>,
     ) -> Self {
         let slots = config.max_connections.map(|max| {
             let max = usize::try_from(max).unwrap_or(Semaphore::MAX_PERMITS);
@@ -53,6 +56,7 @@ impl Listener {
             counts,
             slots,
             stop_relays,
+            stats,
         }
     }
 
@@ -86,6 +90,7 @@ impl Listener {
                 Some(slots) => match Arc::clone(slots).try_acquire_owned() {
                     Ok(permit) => Some(permit),
                     Err(_) => {
+                        self.stats.refused();
                         tracing::debug!(%peer, "max_connections reached: closing the new connection");
                         drop(device);
                         continue;
@@ -105,6 +110,7 @@ impl Listener {
         peer: SocketAddr,
         _permit: Option<OwnedSemaphorePermit>,
     ) {
+        let _active = self.stats.opened();
         let _ = device.set_nodelay(true);
         let key = match self.config.hash {
             ForwardHash::RemoteAddr => Some(peer.ip().to_string()),
@@ -117,6 +123,7 @@ impl Listener {
             key.as_deref().map(str::as_bytes),
             self.config.connect_timeout,
             &self.fails,
+            &self.stats,
         ))
         .await;
         let (mut backend, target) = match connected {
@@ -144,6 +151,9 @@ impl Listener {
         )
         .await;
         self.counts.close(&target.id);
+        if let Ok((_, carried)) = &outcome {
+            self.stats.carried(carried.up, carried.down);
+        }
         match outcome {
             Ok((Ending::Closed, carried)) => {
                 tracing::debug!(backend = %target.address, up = carried.up, down = carried.down, "closed");

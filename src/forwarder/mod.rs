@@ -11,6 +11,7 @@ pub mod health;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

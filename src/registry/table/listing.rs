@@ -18,6 +18,8 @@ pub struct ServiceSummary {
     pub expired: u64,
     /// Sum of reported connections of live instances.
     pub connections: u64,
+    /// Sum of pending hand-outs of live instances (the cluster's).
+    pub pending: u64,
     /// Whether the service is in self-preservation.
     pub self_preservation: bool,
     /// Current version.
@@ -122,6 +124,7 @@ impl ServiceTable {
             draining: 0,
             expired: 0,
             connections: 0,
+            pending: 0,
             self_preservation: self.self_preservation(),
             version: self.version,
         };
@@ -135,6 +138,7 @@ impl ServiceTable {
                 summary.connections = summary
                     .connections
                     .saturating_add(entry.instance.connections);
+                summary.pending = summary.pending.saturating_add(entry.instance.pending());
             }
         }
         summary

@@ -118,6 +118,8 @@ struct Entry {
     /// The caller's rendering of the instance's fixed fields (the admin listing's
     /// JSON), kept until they change.
     card: Option<Card>,
+    /// Live at the last sweep: a sweep that finds it expired counts one expiry.
+    live_at_sweep: bool,
 }
 
 /// One service's instances and everything derived from them.
@@ -135,6 +137,8 @@ pub struct ServiceTable {
     preservation: Option<Preservation>,
     dirty: Vec<u32>,
     tiebreak_seed: u64,
+    /// Registered instances sweeps found expired, not yet taken (for metrics).
+    expiries: u64,
 }
 
 impl ServiceTable {
@@ -159,6 +163,7 @@ impl ServiceTable {
             preservation: None,
             dirty: Vec::new(),
             tiebreak_seed: seed,
+            expiries: 0,
         }
     }
 
@@ -241,6 +246,7 @@ impl ServiceTable {
                 dirty: false,
                 preserved: false,
                 card: None,
+                live_at_sweep: true,
             };
             let slot = match self.free.pop() {
                 Some(slot) => {

@@ -31,6 +31,11 @@ pub struct SweepOutcome {
 }
 
 impl ServiceTable {
+    /// How many registered instances sweeps found expired since the last call.
+    pub fn take_expiries(&mut self) -> u64 {
+        std::mem::take(&mut self.expiries)
+    }
+
     /// Sweeps expiry, removal and self-preservation at `now`. With `may_remove` false
     /// (a cluster node that does not lead) expired instances stay until the store's
     /// removal reaches this node.
@@ -106,8 +111,13 @@ impl ServiceTable {
         let preserving = self.preservation.is_some();
         let mut to_remove = Vec::new();
         let mut to_reindex = Vec::new();
-        for (slot, entry) in self.slots.iter().enumerate() {
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
             let Some(entry) = entry else { continue };
+            let live = entry.instance.is_live(now);
+            if entry.instance.origin == Origin::Registered && entry.live_at_sweep && !live {
+                self.expiries += 1;
+            }
+            entry.live_at_sweep = live;
             let (age, ttl) = (entry.instance.age(now), entry.instance.spec.ttl_ms());
             let removable = entry.instance.origin == Origin::Registered
                 && may_remove

@@ -1,0 +1,115 @@
+//! Every metric's name (as a constant, so names live in one place), the process's
+//! Prometheus recorder, and the gauges computed when `/metrics` is scraped.
+//!
+//! Label values stay bounded: services, states, routes, listeners and directions;
+//! never an instance id or a client address. Must not touch HTTP types or the store.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::hub::Hub;
+
+/// Gauge: instances by `service` and `state` (`up`, `draining`, `expired`).
+pub const INSTANCES: &str = "switchboard_instances";
+/// Gauge: reported connections of live instances, by `service`.
+pub const CONNECTIONS: &str = "switchboard_connections";
+/// Gauge: pending hand-outs of live instances, by `service`.
+pub const PENDING: &str = "switchboard_pending_handouts";
+/// Gauge: 1 while a `service` is in self-preservation.
+pub const SELF_PRESERVATION: &str = "switchboard_self_preservation";
+/// Counter: registrations by `service` and `outcome` (`created`, `replaced`).
+pub const REGISTRATIONS: &str = "switchboard_registrations_total";
+/// Counter: heartbeats answered, by `service`.
+pub const HEARTBEATS: &str = "switchboard_heartbeats_total";
+/// Counter: instances that expired (no heartbeat within their TTL), by `service`.
+pub const EXPIRIES: &str = "switchboard_expiries_total";
+/// Counter: instances removed, by `service` and `reason` (`expired`, `deregistered`).
+pub const REMOVALS: &str = "switchboard_removals_total";
+/// Counter: `/servers` answers, by `service`.
+pub const SERVERS_ANSWERS: &str = "switchboard_servers_answers_total";
+/// Counter: heartbeat answers with `shed` > 0, by `service`.
+pub const SHED_HINTS: &str = "switchboard_shed_hints_total";
+/// Counter: connections asked to close by those hints, by `service`.
+pub const SHED_CONNECTIONS: &str = "switchboard_shed_connections_total";
+/// Histogram: HTTP request duration in seconds, by `route`, `method`, `status`.
+pub const HTTP_DURATION: &str = "switchboard_http_request_duration_seconds";
+/// Histogram: store write duration in seconds, by `op` and `outcome`.
+pub const STORE_WRITE_DURATION: &str = "switchboard_store_write_duration_seconds";
+/// Histogram: heartbeat batch size (instances per persisted batch).
+pub const HEARTBEAT_BATCH_SIZE: &str = "switchboard_heartbeat_batch_size";
+/// Gauge: seconds since this cluster node's last successful sync.
+pub const CLUSTER_SYNC_LAG: &str = "switchboard_cluster_sync_lag_seconds";
+/// Gauge: relayed connections open now, by forward `listener`.
+pub const FORWARD_ACTIVE: &str = "switchboard_forward_connections_active";
+/// Counter: connections accepted, by forward `listener`.
+pub const FORWARD_TOTAL: &str = "switchboard_forward_connections_total";
+/// Counter: connect attempts to a backend that failed, by forward `listener`.
+pub const FORWARD_CONNECT_FAILURES: &str = "switchboard_forward_connect_failures_total";
+/// Counter: connects retried on the next candidate, by forward `listener`.
+pub const FORWARD_RETRIES: &str = "switchboard_forward_retries_total";
+/// Counter: connections refused at `max_connections`, by forward `listener`.
+pub const FORWARD_REFUSED: &str = "switchboard_forward_refused_total";
+/// Counter: bytes relayed, by forward `listener` and `direction` (`up`: device to
+/// backend, `down`: backend to device).
+pub const FORWARD_BYTES: &str = "switchboard_forward_bytes_total";
+
+/// Buckets for latencies, in seconds: 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets for batch sizes.
+const SIZE_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0];
+
+/// The process's Prometheus handle. The recorder is global to the process, so every
+/// server started in it (tests start several) reports into the same registry.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(HEARTBEAT_BATCH_SIZE.into()),
+                    SIZE_BUCKETS,
+                )
+            })
+            .expect("bucket lists are non-empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only when another recorder is installed (an embedder's): then
+        // `/metrics` renders ours, which nothing feeds.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        handle
+    })
+}
+
+/// Sets the gauges that are read off the registry (instances, connections, pending,
+/// self-preservation, sync lag), then renders everything in Prometheus text format.
+pub fn render(hub: &Hub, cluster_sync_age: Option<Duration>) -> String {
+    let handle = handle();
+    for s in hub.summaries() {
+        let service = s.name;
+        for (state, n) in [
+            ("up", s.up),
+            ("draining", s.draining),
+            ("expired", s.expired),
+        ] {
+            metrics::gauge!(INSTANCES, "service" => service.clone(), "state" => state)
+                .set(n as f64);
+        }
+        metrics::gauge!(CONNECTIONS, "service" => service.clone()).set(s.connections as f64);
+        metrics::gauge!(PENDING, "service" => service.clone()).set(s.pending as f64);
+        metrics::gauge!(SELF_PRESERVATION, "service" => service)
+            .set(f64::from(u8::from(s.self_preservation)));
+    }
+    if let Some(age) = cluster_sync_age {
+        metrics::gauge!(CLUSTER_SYNC_LAG).set(age.as_secs_f64());
+    }
+    handle.run_upkeep();
+    handle.render()
+}
