@@ -4,6 +4,7 @@
 //! Must not hold SQL or ranking math.
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod instances;
 pub mod ops;
@@ -80,6 +81,7 @@ async fn record_duration(
 /// The router with every endpoint and layer.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(dashboard::page))
         .route("/servers", get(servers::servers))
         .route("/v1/services", get(services::services))
         .route(
