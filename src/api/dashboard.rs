@@ -8,6 +8,8 @@ use axum::response::IntoResponse;
 const PAGE: &str = include_str!("dashboard.html");
 
 /// `GET /`.
+#[utoipa::path(get, path = "/", tag = "ops",
+    responses((status = 200, description = "The dashboard page", content_type = "text/html", body = String)))]
 pub async fn page() -> impl IntoResponse {
     (
         [

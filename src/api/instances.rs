@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::{Access, Meta};
@@ -18,25 +19,40 @@ use crate::registry::table::{Card, InstanceView};
 use crate::registry::{InstanceSpec, Origin, State as InstanceState, validate};
 
 /// Body of `POST /v1/services/{service}/instances`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
+    /// `host:port` (IPv6 as `[::1]:6666`), port 1..=65535. Required.
+    #[schema(required, example = "10.0.0.5:6666")]
     address: Option<String>,
+    /// 1..=1000 (default 1).
+    #[schema(minimum = 1, maximum = 1000)]
     weight: Option<i64>,
+    /// Handed out last at or above this count.
+    #[schema(minimum = 1)]
     max_connections: Option<i64>,
+    /// Zone label.
+    #[schema(pattern = "^[A-Za-z0-9._:/-]{1,64}$")]
     zone: Option<String>,
+    /// At most 32 tags.
     #[serde(default)]
+    #[schema(max_items = 32, value_type = Vec<crate::api::openapi::Label>)]
     tags: Vec<String>,
+    /// At most 32 entries, 4 KiB in all.
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    /// 1..=300 (default 15).
+    #[schema(minimum = 1, maximum = 300)]
     ttl_secs: Option<i64>,
 }
 
 /// Body of `POST /v1/services/{service}/instances/{id}/drain` (optional: an empty
 /// body drains without touching existing connections).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainBody {
+    /// Paced evacuation: connections per second the instance is asked to close.
+    #[schema(minimum = 1, maximum = 100000)]
     evacuate_per_sec: Option<i64>,
 }
 
@@ -59,7 +75,7 @@ impl RegisterBody {
 }
 
 /// Answer of a registration.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RegisterAnswer {
     id: String,
     service: String,
@@ -69,21 +85,21 @@ pub struct RegisterAnswer {
 }
 
 /// Body of a heartbeat.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatBody {
     connections: Option<u64>,
 }
 
 /// Answer of a heartbeat.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HeartbeatAnswer {
     ttl_secs: u32,
     shed: u64,
 }
 
 /// One instance in the admin listing and the drain answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct InstanceDto {
     id: String,
     service: String,
@@ -94,7 +110,11 @@ pub struct InstanceDto {
     tags: Vec<String>,
     metadata: BTreeMap<String, String>,
     ttl_secs: u32,
+    /// `up`, `draining` or `expired`.
+    #[schema(value_type = String, example = "up")]
     state: InstanceState,
+    /// `registered` or `static` (from the config file).
+    #[schema(value_type = String, example = "registered")]
     origin: Origin,
     draining: bool,
     connections: u64,
@@ -144,7 +164,30 @@ fn authority<'a>(state: &AppState, meta: &'a Meta) -> Result<Authority<'a>, ApiE
     }
 }
 
+/// The admin listing: `{"service", "instances"}` (rendered from cached cards).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstanceListing {
+    service: String,
+    instances: Vec<InstanceDto>,
+}
+
 /// `POST /v1/services/{service}/instances`.
+#[utoipa::path(
+    post,
+    path = "/v1/services/{service}/instances",
+    tag = "instances",
+    params(("service" = String, Path, description = "Service name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
+    request_body = RegisterBody,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 201, description = "Registered", body = RegisterAnswer),
+        (status = 200, description = "The address was registered: fields and lease replaced, id kept", body = RegisterAnswer),
+        (status = 400, description = "Invalid field or JSON", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "A register token is configured and was not given", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "The store could not commit; nothing changed", body = crate::api::openapi::ErrorBody)
+    )
+)]
 pub async fn register(
     State(state): State<AppState>,
     Path(service): Path<String>,
@@ -174,6 +217,20 @@ pub async fn register(
 }
 
 /// `PUT /v1/services/{service}/instances/{id}/heartbeat`.
+#[utoipa::path(
+    put,
+    path = "/v1/services/{service}/instances/{id}/heartbeat",
+    tag = "instances",
+    params(("service" = String, Path, description = "Service name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"), ("id" = String, Path, description = "Instance id"), ("X-Lease" = String, Header, description = "The instance's lease")),
+    request_body = HeartbeatBody,
+    responses(
+        (status = 200, description = "Alive; `shed` asks the backend to close that many connections", body = HeartbeatAnswer),
+        (status = 400, description = "Invalid JSON", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "Wrong lease", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown instance: register again", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorBody)
+    )
+)]
 pub async fn heartbeat(
     State(state): State<AppState>,
     Path((service, id)): Path<(String, String)>,
@@ -191,12 +248,31 @@ pub async fn heartbeat(
 }
 
 /// `POST /v1/services/{service}/instances/{id}/drain`.
+#[utoipa::path(
+    post,
+    path = "/v1/services/{service}/instances/{id}/drain",
+    tag = "instances",
+    params(("service" = String, Path, description = "Service name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"), ("id" = String, Path, description = "Instance id"), ("X-Lease" = Option<String>, Header, description = "The instance's lease (or use the admin token)")),
+    request_body(content = Option<DrainBody>, description = "Optional paced evacuation"),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Drained: never handed out again", body = InstanceDto),
+        (status = 400, description = "Invalid body", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Neither lease nor admin token", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "Wrong lease", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown instance", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "The store could not commit; nothing changed", body = crate::api::openapi::ErrorBody)
+    )
+)]
 pub async fn drain(
     State(state): State<AppState>,
     Path((service, id)): Path<(String, String)>,
     meta: Meta,
-    ApiJson(body): ApiJson<DrainBody>,
+    ApiJson(body): ApiJson<Option<DrainBody>>,
 ) -> Result<Json<InstanceDto>, ApiError> {
+    // No body, `{}` and `null` all drain without an evacuation.
+    let body = body.unwrap_or_default();
     let who = authority(&state, &meta)?;
     let evacuate = validate::evacuate_per_sec(body.evacuate_per_sec)?;
     let view = state.hub.drain(&service, &id, evacuate, who).await?;
@@ -205,6 +281,20 @@ pub async fn drain(
 }
 
 /// `DELETE /v1/services/{service}/instances/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{service}/instances/{id}",
+    tag = "instances",
+    params(("service" = String, Path, description = "Service name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"), ("id" = String, Path, description = "Instance id"), ("X-Lease" = Option<String>, Header, description = "The instance's lease (or use the admin token)")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 204, description = "Gone from every answer"),
+        (status = 401, description = "Neither lease nor admin token", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "Wrong lease", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown instance", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "The store could not commit; nothing changed", body = crate::api::openapi::ErrorBody)
+    )
+)]
 pub async fn deregister(
     State(state): State<AppState>,
     Path((service, id)): Path<(String, String)>,
@@ -221,6 +311,18 @@ pub async fn deregister(
 /// The hottest admin answer (thousands of instances): each instance's fixed fields
 /// are rendered once into a cached card, and only the moving fields are written per
 /// request. The answer is `{"service": ..., "instances": [InstanceDto, ...]}`.
+#[utoipa::path(
+    get,
+    path = "/v1/services/{service}/instances",
+    tag = "admin",
+    params(("service" = String, Path, description = "Service name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Every instance, all states", body = InstanceListing),
+        (status = 400, description = "Invalid service name", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "An admin token is configured and was not given", body = crate::api::openapi::ErrorBody)
+    )
+)]
 pub async fn listing(
     State(state): State<AppState>,
     Path(service): Path<String>,

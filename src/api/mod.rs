@@ -7,6 +7,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod instances;
+pub mod openapi;
 pub mod ops;
 pub mod servers;
 pub mod services;
@@ -18,10 +19,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::cluster::ClusterNode;
 use crate::forwarder::stats::ForwardBoard;
@@ -78,32 +81,25 @@ async fn record_duration(
     response
 }
 
-/// The router with every endpoint and layer.
+/// The router with every endpoint and layer. Routes are registered through
+/// utoipa-axum, so each one is in `/openapi.json` by construction.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(dashboard::page))
-        .route("/servers", get(servers::servers))
-        .route("/v1/services", get(services::services))
-        .route(
-            "/v1/services/{service}/instances",
-            post(instances::register).get(instances::listing),
-        )
-        .route(
-            "/v1/services/{service}/instances/{id}",
-            axum::routing::delete(instances::deregister),
-        )
-        .route(
-            "/v1/services/{service}/instances/{id}/heartbeat",
-            put(instances::heartbeat),
-        )
-        .route(
-            "/v1/services/{service}/instances/{id}/drain",
-            post(instances::drain),
-        )
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/v1/forwarders", get(ops::forwarders))
+    let (routes, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(dashboard::page))
+        .routes(routes!(servers::servers))
+        .routes(routes!(services::services))
+        .routes(routes!(instances::register, instances::listing))
+        .routes(routes!(instances::deregister))
+        .routes(routes!(instances::heartbeat))
+        .routes(routes!(instances::drain))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::forwarders))
+        .routes(routes!(openapi::openapi))
+        .split_for_parts();
+    openapi::publish(&document);
+    routes
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

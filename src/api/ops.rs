@@ -9,6 +9,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::auth::{Access, Meta};
 use crate::cluster::ClusterNode;
@@ -17,11 +18,19 @@ use super::AppState;
 use super::error::ApiError;
 
 /// `GET /healthz`.
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "The process answers", body = Object)))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// `GET /metrics`: Prometheus text format (admin token when one is configured).
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 401, description = "An admin token is configured and was not given", body = crate::api::openapi::ErrorBody)
+    ))]
 pub async fn metrics(
     State(state): State<AppState>,
     meta: Meta,
@@ -39,7 +48,7 @@ pub async fn metrics(
 }
 
 /// One forward listener in `GET /v1/forwarders`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ForwarderDto {
     listen: String,
     service: String,
@@ -48,11 +57,23 @@ pub struct ForwarderDto {
     refused: u64,
 }
 
+/// Answer of `GET /v1/forwarders`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ForwardersAnswer {
+    forwarders: Vec<ForwarderDto>,
+}
+
 /// `GET /v1/forwarders`: every forward listener with its live counts (admin).
+#[utoipa::path(get, path = "/v1/forwarders", tag = "admin",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Forward listeners with their live counts", body = ForwardersAnswer),
+        (status = 401, description = "An admin token is configured and was not given", body = crate::api::openapi::ErrorBody)
+    ))]
 pub async fn forwarders(
     State(state): State<AppState>,
     meta: Meta,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ForwardersAnswer>, ApiError> {
     state.tokens.check(&meta, Access::Admin)?;
     let listeners: Vec<ForwarderDto> = state
         .forwarders
@@ -66,10 +87,17 @@ pub async fn forwarders(
             refused: s.refused,
         })
         .collect();
-    Ok(Json(json!({ "forwarders": listeners })))
+    Ok(Json(ForwardersAnswer {
+        forwarders: listeners,
+    }))
 }
 
 /// `GET /readyz`.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "The store answers and can write", body = Object),
+        (status = 503, description = "Not ready (store unavailable, or shutting down)", body = crate::api::openapi::ErrorBody)
+    ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::NotReady("shutting down".into()));

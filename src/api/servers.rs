@@ -8,6 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::{Access, Meta};
@@ -19,23 +20,41 @@ use crate::registry::validate::{self, Invalid};
 pub const DEFAULT_LIMIT: usize = 5;
 /// Largest `limit`.
 pub const MAX_LIMIT: usize = 100;
+/// Largest version: versions are 53-bit (exact in JSON numbers).
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
 /// Largest `wait_secs`.
 pub const MAX_WAIT_SECS: u64 = 60;
 
 /// Query string, taken as text so each field gets its own error code.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ServersParams {
+    /// Service name (default `default`).
+    #[param(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     service: Option<String>,
+    /// How many servers, 1..=100 (default 5).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// Affinity key (a device id): the first server is its owner on the ring.
+    /// 1..=256 bytes.
+    #[param(min_length = 1, max_length = 64)]
     key: Option<String>,
+    /// Preferred zone: its live instances come first.
+    #[param(pattern = "^[A-Za-z0-9._:/-]{1,64}$")]
     zone: Option<String>,
+    /// Only instances whose tags contain this one.
+    #[param(pattern = "^[A-Za-z0-9._:/-]{1,64}$")]
     tag: Option<String>,
+    /// Blocking query: hold the answer until the version differs from this.
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 9_007_199_254_740_991_f64)]
     since: Option<String>,
+    /// Blocking query: hold it at most this long, 1..=60 seconds.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 60)]
     wait_secs: Option<String>,
 }
 
 /// One server in the answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ServerDto {
     id: String,
     address: String,
@@ -46,7 +65,7 @@ pub struct ServerDto {
 }
 
 /// The JSON answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ServersAnswer {
     service: String,
     version: u64,
@@ -68,6 +87,22 @@ fn parse_number(raw: Option<&str>, code: &'static str, name: &str) -> Result<Opt
 }
 
 /// `GET /servers`.
+#[utoipa::path(
+    get,
+    path = "/servers",
+    tag = "servers",
+    params(ServersParams),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Live instances, best first (JSON, or one `host:port` per line with `Accept: text/plain`)",
+            content(
+                (ServersAnswer = "application/json"),
+                (String = "text/plain")
+            )),
+        (status = 400, description = "A bad parameter", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "A read token is configured and was not given", body = crate::api::openapi::ErrorBody)
+    )
+)]
 pub async fn servers(
     State(state): State<AppState>,
     meta: Meta,
@@ -93,6 +128,13 @@ pub async fn servers(
     let zone = validate::zone(params.zone.as_deref())?;
     let tag = validate::tag(params.tag.as_deref())?;
     let since = parse_number(params.since.as_deref(), "invalid_since", "since")?;
+    if since.is_some_and(|v| v > MAX_VERSION) {
+        return Err(Invalid::new(
+            "invalid_since",
+            format!("since is above {MAX_VERSION}: versions are 53-bit"),
+        )
+        .into());
+    }
     let wait = match parse_number(params.wait_secs.as_deref(), "invalid_wait", "wait_secs")? {
         None => None,
         Some(n) if (1..=MAX_WAIT_SECS).contains(&n) => Some(Duration::from_secs(n)),

@@ -4,13 +4,14 @@
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::{Access, Meta};
 use super::error::ApiError;
 
 /// One service's counts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ServiceDto {
     name: String,
     /// Live, not draining: handed out.
@@ -23,12 +24,22 @@ pub struct ServiceDto {
 }
 
 /// The answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ServicesAnswer {
     services: Vec<ServiceDto>,
 }
 
 /// `GET /v1/services`.
+#[utoipa::path(
+    get,
+    path = "/v1/services",
+    tag = "admin",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Every service with its counts", body = ServicesAnswer),
+        (status = 401, description = "An admin token is configured and was not given", body = crate::api::openapi::ErrorBody)
+    )
+)]
 pub async fn services(
     State(state): State<AppState>,
     meta: Meta,
