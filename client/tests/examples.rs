@@ -129,3 +129,66 @@ async fn the_rust_backend_and_device_work_end_to_end() {
     drop(backend);
     server.stop().await.unwrap();
 }
+
+/// The seed scenario's last step: after one backend has reported more connections,
+/// a device on the client crate lands on the other, less loaded one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_device_lands_on_the_less_loaded_backend() {
+    let args = ServeArgs {
+        no_forward: true,
+        ..ServeArgs::default()
+    };
+    let config =
+        Config::from_toml("http = \"127.0.0.1:0\"\ndb = \"sqlite::memory:\"", &args).unwrap();
+    let server = app::start(config).await.unwrap();
+    let url = format!("http://{}", server.http_addr);
+
+    let mut busy = Program::start("backend", &["127.0.0.1:0"], &url, &[]);
+    let busy_addr = busy
+        .wait_for("listening on ")
+        .trim_start_matches("listening on ")
+        .to_owned();
+    busy.wait_for("registered ");
+    let mut idle = Program::start("backend", &["127.0.0.1:0"], &url, &[]);
+    let idle_addr = idle
+        .wait_for("listening on ")
+        .trim_start_matches("listening on ")
+        .to_owned();
+    idle.wait_for("registered ");
+
+    // Three devices hold connections to the busy one, which reports them.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(&busy_addr).await.unwrap());
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let body: serde_json::Value = reqwest::get(format!("{url}/v1/services/default/instances"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let reported = body["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["address"] == busy_addr.as_str())
+            .map(|i| i["connections"].clone());
+        if reported == Some(serde_json::json!(3)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "3 connections never reported: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut device = Program::start("device", &["device-9"], &url, &[("ROUNDS", "1")]);
+    assert_eq!(
+        device.wait_for("connected to "),
+        format!("connected to {idle_addr}")
+    );
+    device.wait_for("echo ok");
+    drop(held);
+    drop((device, busy, idle));
+    server.stop().await.unwrap();
+}
