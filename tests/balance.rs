@@ -170,3 +170,94 @@ async fn rebalancing_can_be_turned_off() {
     s.register_addr("default", "127.0.0.1:7002").await;
     assert_eq!(s.heartbeat(&old, 10_000).await.1["shed"], 0);
 }
+
+#[tokio::test]
+async fn a_tag_filter_answers_only_tagged_instances() {
+    let s = Server::start().await;
+    s.register_addr("default", "127.0.0.1:7001").await;
+    s.register(
+        "default",
+        json!({"address": "127.0.0.1:7002", "tags": ["v2", "canary"]}),
+    )
+    .await;
+    assert_eq!(s.servers("?tag=v2").await, ["127.0.0.1:7002"]);
+    assert_eq!(s.servers("?tag=v2&key=device-1").await, ["127.0.0.1:7002"]);
+    assert!(s.servers("?tag=v3").await.is_empty());
+    assert_eq!(s.servers("?limit=10").await.len(), 2, "no tag: everyone");
+    let (status, body) = s.get("/servers?tag=bad%20tag").await;
+    assert_eq!((status, common::code(&body)), (400, "invalid_tag"));
+}
+
+#[tokio::test]
+async fn servers_answers_carry_the_reconnect_jitter() {
+    let s = Server::start().await;
+    let (_, body) = s.get("/servers").await;
+    assert_eq!(body["reconnect_jitter_ms"], 5000, "the SPEC default");
+    let s = Server::start_with(Options {
+        config: Some("[rebalance]\nreconnect_jitter_ms = 750\n".into()),
+        ..Options::default()
+    })
+    .await;
+    let (_, body) = s.get("/servers").await;
+    assert_eq!(body["reconnect_jitter_ms"], 750);
+    let resp = s
+        .client
+        .get(s.url("/servers"))
+        .header("Accept", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-reconnect-jitter-ms"], "750");
+}
+
+#[tokio::test]
+async fn a_paced_evacuation_sheds_its_rate_per_heartbeat_interval() {
+    let s = Server::start().await;
+    let full = s
+        .register(
+            "default",
+            json!({"address": "127.0.0.1:7001", "ttl_secs": 15}),
+        )
+        .await;
+    s.register_addr("default", "127.0.0.1:7002").await;
+    assert_eq!(s.heartbeat(&full, 60_000).await.0, 200);
+    let drain = s.url(&format!("/v1/services/default/instances/{}/drain", full.id));
+    for (body, code) in [
+        (r#"{"evacuate_per_sec": 0}"#, "invalid_evacuate_per_sec"),
+        (
+            r#"{"evacuate_per_sec": 100001}"#,
+            "invalid_evacuate_per_sec",
+        ),
+        (r#"{"evacuate_per_sec": 5, "extra": 1}"#, "unknown_field"),
+    ] {
+        let resp = s
+            .client
+            .post(&drain)
+            .header("X-Lease", &full.lease)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{body}");
+        let answer: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(common::code(&answer), code, "{body}");
+    }
+    assert_eq!(
+        s.instance("default", &full.id).await.unwrap()["state"],
+        "up",
+        "a refused drain changes nothing"
+    );
+    let resp = s
+        .client
+        .post(&drain)
+        .header("X-Lease", &full.lease)
+        .body(r#"{"evacuate_per_sec": 200}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // heartbeat_secs is 5: 200/s asks for 1000 per heartbeat, then what is left.
+    assert_eq!(s.heartbeat(&full, 60_000).await.1["shed"], 1_000);
+    assert_eq!(s.heartbeat(&full, 700).await.1["shed"], 700);
+    assert_eq!(s.heartbeat(&full, 0).await.1["shed"], 0);
+}

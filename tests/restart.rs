@@ -151,3 +151,30 @@ async fn hundreds_of_concurrent_registrations_all_survive_a_restart() {
     assert_eq!(listed, ids);
     assert_eq!(s.servers("?service=fleet&limit=100").await.len(), 100);
 }
+
+#[tokio::test]
+async fn a_paced_evacuation_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("switchboard.db");
+    let s = Server::start_with(Options::db(&db));
+    let r = s
+        .register(
+            "default",
+            json!({"address": "127.0.0.1:7001", "ttl_secs": 3}),
+        )
+        .await;
+    let drain = s.url(&format!("/v1/services/default/instances/{}/drain", r.id));
+    let resp = s
+        .client
+        .post(drain)
+        .header("X-Lease", &r.lease)
+        .body(r#"{"evacuate_per_sec": 40}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    s.kill();
+    let s = Server::start_with(Options::db(&db));
+    // heartbeat_secs is 1: still 40 per heartbeat after the restart.
+    assert_eq!(s.heartbeat(&r, 500).await.1["shed"], 40);
+}
