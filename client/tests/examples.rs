@@ -178,7 +178,10 @@ async fn the_rust_device_lands_on_the_less_loaded_backend() {
         if reported == Some(serde_json::json!(3)) {
             break;
         }
-        assert!(Instant::now() < deadline, "3 connections never reported: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "3 connections never reported: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
