@@ -16,6 +16,7 @@ pub mod forwarder;
 pub mod hub;
 pub mod lease;
 pub mod metrics;
+pub mod operator;
 pub mod registry;
 pub mod store;
 pub mod sync;
