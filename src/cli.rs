@@ -1,5 +1,6 @@
 //! Command-line types (clap). Defaults live in `config`, so that a flag left out
-//! falls back to the config file and then to the built-in default.
+//! falls back to the config file and then to the built-in default; the operator
+//! commands' defaults and exit codes live in `operator`.
 
 use std::path::PathBuf;
 
@@ -7,7 +8,13 @@ use clap::{Args, Parser, Subcommand};
 
 /// Switchboard: balance long-lived TCP connections across a fleet of servers.
 #[derive(Debug, Parser)]
-#[command(name = "switchboard", version, about, long_about = None)]
+#[command(
+    name = "switchboard",
+    version,
+    about,
+    long_about = None,
+    after_help = crate::operator::EXIT_CODES_HELP
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -19,6 +26,21 @@ pub struct Cli {
 pub enum Command {
     /// Run the registry HTTP API (and the forward listeners of the configuration).
     Serve(ServeArgs),
+    /// List every service of a running server: live, draining and expired instance
+    /// counts, total connections, self-preservation.
+    #[command(after_help = crate::operator::EXIT_CODES_HELP)]
+    Services(ServicesArgs),
+    /// List every instance of a service, in all states (up, draining, expired), with
+    /// its connections, pending hand-outs, load and heartbeat age.
+    #[command(after_help = crate::operator::EXIT_CODES_HELP)]
+    Instances(InstancesArgs),
+    /// Drain an instance: it stays registered but is never handed out again; with
+    /// --evacuate-per-sec, it is also asked to close that many connections per second.
+    #[command(after_help = crate::operator::EXIT_CODES_HELP)]
+    Drain(DrainArgs),
+    /// Deregister an instance: it disappears from every answer at once.
+    #[command(after_help = crate::operator::EXIT_CODES_HELP)]
+    Deregister(DeregisterArgs),
 }
 
 /// Flags of `switchboard serve`. Each is also a key of the TOML config file; a flag
@@ -48,4 +70,87 @@ pub struct ServeArgs {
     /// before the process exits [default: 30].
     #[arg(long, value_name = "SECS")]
     pub drain_timeout_secs: Option<u64>,
+}
+
+/// How the operator commands reach a running server.
+#[derive(Clone, Args)]
+pub struct ServerArgs {
+    /// The server's HTTP API, http://HOST:PORT (HOST:PORT alone means http://).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SWITCHBOARD_SERVER",
+        default_value = crate::operator::DEFAULT_SERVER
+    )]
+    pub server: String,
+    /// The admin token, sent as `Authorization: Bearer <TOKEN>`. Prefer the
+    /// environment variable: a flag is visible to other users in `ps`.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SWITCHBOARD_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print the server's JSON answer (pretty-printed) instead of a table, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl std::fmt::Debug for ServerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("ServerArgs")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("json", &self.json)
+            .finish()
+    }
+}
+
+/// Arguments of `switchboard services`.
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    /// The server to ask.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Arguments of `switchboard instances`.
+#[derive(Debug, Args)]
+pub struct InstancesArgs {
+    /// The service whose instances to list (e.g. `default`).
+    pub service: String,
+    /// The server to ask.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Arguments of `switchboard drain`.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The instance's service.
+    pub service: String,
+    /// The instance's id (the ID column of `switchboard instances`).
+    pub id: String,
+    /// Paced evacuation: ask the instance to close R connections per second
+    /// (1..=100000) until it has none, so the rest of the fleet absorbs them gradually.
+    /// Without it, existing connections are left alone.
+    #[arg(long, value_name = "R")]
+    pub evacuate_per_sec: Option<u64>,
+    /// The server to ask.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Arguments of `switchboard deregister`.
+#[derive(Debug, Args)]
+pub struct DeregisterArgs {
+    /// The instance's service.
+    pub service: String,
+    /// The instance's id (the ID column of `switchboard instances`).
+    pub id: String,
+    /// The server to ask.
+    #[command(flatten)]
+    pub server: ServerArgs,
 }

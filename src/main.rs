@@ -1,14 +1,80 @@
-//! The `switchboard` binary: parse the command line, set up logging, run.
+//! The `switchboard` binary: parse the command line, set up logging, run the server
+//! or one operator command.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use switchboard::cli::{Cli, Command};
+use switchboard::cli::{Cli, Command, ServerArgs};
 use switchboard::config::Config;
+use switchboard::operator::{self, Operation};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    let (op, server) = match cli.command {
+        Command::Serve(args) => {
+            init_tracing();
+            let config = Config::load(&args).context("configuration")?;
+            // One worker per core; TOKIO_WORKER_THREADS overrides it.
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(switchboard::app::run(config))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Services(a) => (Operation::Services, a.server),
+        Command::Instances(a) => (Operation::Instances { service: a.service }, a.server),
+        Command::Drain(a) => (
+            Operation::Drain {
+                service: a.service,
+                id: a.id,
+                evacuate_per_sec: a.evacuate_per_sec,
+            },
+            a.server,
+        ),
+        Command::Deregister(a) => (
+            Operation::Deregister {
+                service: a.service,
+                id: a.id,
+            },
+            a.server,
+        ),
+    };
+    operate(&op, &server)
+}
+
+/// Runs one operator command: its output on stdout, or one line on stderr and the
+/// error's exit code. No logging: stderr is for that one line.
+fn operate(op: &Operation, server: &ServerArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let result = runtime.block_on(operator::run(
+        op,
+        &server.server,
+        server.token.as_deref(),
+        server.json,
+    ));
+    match result {
+        Ok(text) => {
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                // A closed pipe (`| head`) is the reader's choice, not a failure.
+                Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("error: writing the output: {err}");
+                    Ok(ExitCode::from(operator::EXIT_REFUSED))
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            Ok(ExitCode::from(err.exit_code()))
+        }
+    }
+}
+
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -17,13 +83,4 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match cli.command {
-        Command::Serve(args) => {
-            let config = Config::load(&args).context("configuration")?;
-            // One worker per core; TOKIO_WORKER_THREADS overrides it.
-            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            runtime.block_on(switchboard::app::run(config))?;
-        }
-    }
-    Ok(())
 }
