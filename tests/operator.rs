@@ -192,6 +192,12 @@ async fn services_and_instances_print_aligned_tables_and_json() {
     let run = ok(cli(&s, &["instances", "default", "--json"]).await);
     let answer = run.json();
     assert_eq!(answer["service"], "default");
+    assert!(
+        run.stdout
+            .starts_with("{\n  \"service\": \"default\",\n  \"instances\": [\n"),
+        "the server's own field order, indented: {}",
+        run.stdout
+    );
     assert_eq!(
         answer["instances"].as_array().map(Vec::len),
         Some(2),

@@ -9,6 +9,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+/// An answer's body: JSON text as the server sent it (empty for `204`).
+pub type Body = String;
+
 use super::OperatorError;
 
 /// How long a TCP connect to the server may take.
@@ -81,7 +84,7 @@ impl Client {
     ///
     /// # Errors
     /// See [`OperatorError`].
-    pub async fn services(&self) -> Result<Value, OperatorError> {
+    pub async fn services(&self) -> Result<Body, OperatorError> {
         let url = self.url(&["v1", "services"]);
         self.call(Method::GET, url, None).await
     }
@@ -90,7 +93,7 @@ impl Client {
     ///
     /// # Errors
     /// See [`OperatorError`].
-    pub async fn instances(&self, service: &str) -> Result<Value, OperatorError> {
+    pub async fn instances(&self, service: &str) -> Result<Body, OperatorError> {
         let url = self.url(&["v1", "services", service, "instances"]);
         self.call(Method::GET, url, None).await
     }
@@ -105,7 +108,7 @@ impl Client {
         service: &str,
         id: &str,
         evacuate_per_sec: Option<u64>,
-    ) -> Result<Value, OperatorError> {
+    ) -> Result<Body, OperatorError> {
         let url = self.url(&["v1", "services", service, "instances", id, "drain"]);
         let body = evacuate_per_sec.map(|rate| json!({ "evacuate_per_sec": rate }));
         self.call(Method::POST, url, body).await
@@ -124,8 +127,8 @@ impl Client {
     ///
     /// # Errors
     /// [`OperatorError::Unexpected`] when the answer lacks what the tables need.
-    pub fn decode<T: DeserializeOwned>(&self, answer: Value) -> Result<T, OperatorError> {
-        serde_json::from_value(answer).map_err(|err| OperatorError::Unexpected {
+    pub fn decode<T: DeserializeOwned>(&self, answer: &str) -> Result<T, OperatorError> {
+        serde_json::from_str(answer).map_err(|err| OperatorError::Unexpected {
             url: self.server().to_owned(),
             status: 200,
             detail: format!("an answer of an unexpected shape ({err})"),
@@ -142,13 +145,14 @@ impl Client {
         url
     }
 
-    /// Sends one request; the answer's JSON (`Null` for an empty body, as 204 has).
+    /// Sends one request; the answer's JSON text, checked to be JSON (empty for an
+    /// empty body, as 204 has).
     async fn call(
         &self,
         method: Method,
         url: Url,
         body: Option<Value>,
-    ) -> Result<Value, OperatorError> {
+    ) -> Result<Body, OperatorError> {
         let mut request = self.http.request(method, url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -161,13 +165,16 @@ impl Client {
         let bytes = response.bytes().await.map_err(|err| self.transport(&err))?;
         if status.is_success() {
             if bytes.is_empty() {
-                return Ok(Value::Null);
+                return Ok(Body::new());
             }
-            return serde_json::from_slice(&bytes).map_err(|err| OperatorError::Unexpected {
-                url: self.server().to_owned(),
-                status: status.as_u16(),
-                detail: format!("a body that is not JSON ({err})"),
-            });
+            return serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+                .ok()
+                .and_then(|_| String::from_utf8(bytes.to_vec()).ok())
+                .ok_or_else(|| OperatorError::Unexpected {
+                    url: self.server().to_owned(),
+                    status: status.as_u16(),
+                    detail: "a body that is not JSON".to_owned(),
+                });
         }
         match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(ErrorBody { error }) => Err(OperatorError::Refused {

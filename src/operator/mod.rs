@@ -10,7 +10,7 @@
 pub mod client;
 pub mod table;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use self::client::Client;
 
@@ -131,8 +131,9 @@ impl OperatorError {
 }
 
 /// Runs one command against `server` and returns what to print on stdout: aligned
-/// tables, or with `json` the server's JSON, pretty-printed (for `deregister`, which
-/// answers no body, `{"service", "id", "deregistered": true}`).
+/// tables, or with `json` the server's JSON, indented, its fields in the server's
+/// order (for `deregister`, which answers no body, `{"service", "id", "deregistered":
+/// true}`).
 ///
 /// `token` is sent as `Authorization: Bearer <token>` when given.
 ///
@@ -150,18 +151,18 @@ pub async fn run(
         Operation::Services => {
             let answer = client.services().await?;
             if json {
-                pretty(&answer)
+                indent(&answer)
             } else {
-                let parsed = client.decode::<table::ServicesAnswer>(answer)?;
+                let parsed = client.decode::<table::ServicesAnswer>(&answer)?;
                 table::services(&parsed.services)
             }
         }
         Operation::Instances { service } => {
             let answer = client.instances(service).await?;
             if json {
-                pretty(&answer)
+                indent(&answer)
             } else {
-                let parsed = client.decode::<table::InstancesAnswer>(answer)?;
+                let parsed = client.decode::<table::InstancesAnswer>(&answer)?;
                 table::instances(&parsed.instances)
             }
         }
@@ -172,16 +173,16 @@ pub async fn run(
         } => {
             let answer = client.drain(service, id, *evacuate_per_sec).await?;
             if json {
-                pretty(&answer)
+                indent(&answer)
             } else {
-                let instance = client.decode::<table::InstanceRow>(answer)?;
+                let instance = client.decode::<table::InstanceRow>(&answer)?;
                 table::drained(service, &instance, *evacuate_per_sec)
             }
         }
         Operation::Deregister { service, id } => {
             client.deregister(service, id).await?;
             if json {
-                pretty(&json!({"service": service, "id": id, "deregistered": true}))
+                indent(&json!({"service": service, "id": id, "deregistered": true}).to_string())
             } else {
                 format!("deregistered {id} from service {service}\n")
             }
@@ -190,8 +191,95 @@ pub async fn run(
     Ok(text)
 }
 
-fn pretty(value: &Value) -> String {
-    let mut text = serde_json::to_string_pretty(value).expect("a JSON value serializes");
-    text.push('\n');
-    text
+/// Indents JSON text two spaces a level, keeping its fields in their order (a
+/// `serde_json::Value` would sort them). `text` is valid JSON: the client checked.
+fn indent(text: &str) -> String {
+    fn newline(out: &mut String, depth: usize) {
+        out.push('\n');
+        out.extend(std::iter::repeat_n("  ", depth));
+    }
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.peek().is_some_and(|n| n.is_ascii_whitespace()) {
+                    chars.next();
+                }
+                if let Some(&close @ ('}' | ']')) = chars.peek() {
+                    // An empty object or array stays on its line.
+                    out.push(close);
+                    chars.next();
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_ascii_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::indent;
+
+    #[test]
+    fn json_is_indented_in_its_own_order() {
+        let text = r#"{"z":1,"a":[],"m":{"k":"a \"q\" {x}, [y]: z","e":{}},"l":[1,{"b":null}]}"#;
+        let expected = r#"{
+  "z": 1,
+  "a": [],
+  "m": {
+    "k": "a \"q\" {x}, [y]: z",
+    "e": {}
+  },
+  "l": [
+    1,
+    {
+      "b": null
+    }
+  ]
+}
+"#;
+        assert_eq!(indent(text), expected);
+        let round: serde_json::Value = serde_json::from_str(&indent(text)).unwrap();
+        assert_eq!(
+            round,
+            serde_json::from_str::<serde_json::Value>(text).unwrap()
+        );
+        assert_eq!(indent("{ }"), "{}\n");
+    }
 }
