@@ -33,6 +33,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Rounds of a blocking query on a name with no service (each ends on a creation).
+const MAX_WAIT_ROUNDS: usize = 10_000;
+
 /// The `service` label of `/servers` answers for a service that has no instances.
 pub const UNKNOWN_SERVICE: &str = "_unknown";
 
@@ -147,6 +150,9 @@ struct Inner {
     unsaved: Mutex<BTreeMap<String, BeatRecord>>,
     /// Seed of equal-load tie-breaking: 0 alone, random per node in a cluster.
     tiebreak_seed: u64,
+    /// Counts service creations: wakes blocking queries on names that had no
+    /// service yet (they hold no state of their own while they wait).
+    created: watch::Sender<u64>,
     /// The last write to the store failed: `/readyz` answers 503 until a write (or
     /// its probe) succeeds again.
     write_failing: AtomicBool,
@@ -193,6 +199,7 @@ impl Hub {
                 policy,
                 unsaved: Mutex::new(BTreeMap::new()),
                 tiebreak_seed,
+                created: watch::Sender::new(0),
                 write_failing: AtomicBool::new(false),
             }),
         }
@@ -259,6 +266,7 @@ impl Hub {
             .services
             .entry(service.to_owned())
             .or_insert_with(|| {
+                self.inner.created.send_modify(|n| *n = n.wrapping_add(1));
                 Arc::new(ServiceSlot {
                     table: Mutex::new(ServiceTable::with_tiebreak_seed(
                         service,
@@ -269,6 +277,16 @@ impl Hub {
                 })
             });
         Arc::clone(&entry)
+    }
+
+    /// Drops a service that has no instance left and that nobody is using (no
+    /// request or sweep holds its slot): reads of unknown names, failed
+    /// registrations and removals leave nothing behind. Its blocking queries wake
+    /// (their watch closes) and answer the empty list.
+    fn drop_if_unused(&self, service: &str) {
+        self.inner.services.remove_if(service, |_, slot| {
+            Arc::strong_count(slot) == 1 && slot.lock().is_empty()
+        });
     }
 
     /// Loads every stored instance. Each gets a fresh grace period of one TTL to
@@ -306,7 +324,7 @@ impl Hub {
         let slot = self.slot_or_create(service);
         let lease = lease::new_lease();
         let lease_hash = lease::hash(&lease);
-        let _writes = slot.writes.lock().await;
+        let writes = slot.writes.lock().await;
         let now_unix = self.inner.clock.unix_now_ms();
         let record = InstanceRecord {
             id: lease::new_id(),
@@ -325,9 +343,19 @@ impl Hub {
             registered_at_ms: now_unix,
             last_heartbeat_ms: now_unix,
         };
-        let stored = self
+        let stored = match self
             .write("register", self.inner.store.upsert(&record))
-            .await?;
+            .await
+        {
+            Ok(stored) => stored,
+            Err(err) => {
+                // Nothing stored, nothing in memory: not even a new, empty service.
+                drop(writes);
+                drop(slot);
+                self.drop_if_unused(service);
+                return Err(err.into());
+            }
+        };
         let (ttl_secs, heartbeat_secs) = (spec.ttl_secs, spec.heartbeat_secs());
         let now = self.inner.clock.now();
         slot.apply(|t| {
@@ -431,6 +459,9 @@ impl Hub {
         slot.apply(|t| t.remove(id));
         metrics::counter!(names::REMOVALS, "service" => service.to_owned(), "reason" => "deregistered")
             .increment(1);
+        drop(_writes);
+        drop(slot);
+        self.drop_if_unused(service);
         Ok(())
     }
 
@@ -551,19 +582,49 @@ impl Hub {
 
     /// Waits until the service's version differs from `since`, or `wait` passes.
     /// Costs a watch receiver, not a thread.
+    ///
+    /// A name with no service creates nothing: its version is 0, so the wait ends at
+    /// once unless `since` is 0; then it waits for the service to appear.
     pub async fn wait_for_change(&self, service: &str, since: u64, wait: Duration) {
-        let mut versions = self.slot_or_create(service).version.subscribe();
-        let changed = versions.wait_for(|v| *v != since);
-        let _ = tokio::time::timeout(wait, changed).await;
+        let deadline = tokio::time::Instant::now() + wait;
+        // Bounded: each round ends at the deadline or on a service creation, and a
+        // round that finds the service ends the wait.
+        for _ in 0..MAX_WAIT_ROUNDS {
+            if let Some(slot) = self.slot(service) {
+                // The receiver alone, not the slot: a service dropped meanwhile
+                // closes the watch and ends the wait.
+                let mut versions = slot.version.subscribe();
+                drop(slot);
+                let changed = versions.wait_for(|v| *v != since);
+                let _ = tokio::time::timeout_at(deadline, changed).await;
+                return;
+            }
+            if since != 0 {
+                return;
+            }
+            let mut created = self.inner.created.subscribe();
+            if self.slot(service).is_some() {
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, created.changed())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 
     /// The summary of every service (`default` always included), sorted by name.
     pub fn summaries(&self) -> Vec<ServiceSummary> {
         let now = self.now();
-        self.slot_or_create("default");
         let slots = self.all_slots();
         let mut summaries: Vec<ServiceSummary> =
             slots.iter().map(|s| s.lock().summary(now)).collect();
+        if !summaries.iter().any(|s| s.name == "default") {
+            // `default` exists implicitly, with nothing in it.
+            summaries.push(ServiceTable::new("default").summary(now));
+        }
         summaries.sort_by(|a, b| a.name.cmp(&b.name));
         summaries
     }
@@ -632,6 +693,17 @@ impl Hub {
             {
                 tracing::warn!(%service, %err, "could not delete removed instances from the store");
             }
+        }
+        // Services left with no instance go (none is held by the loop any more).
+        let empty: Vec<String> = self
+            .inner
+            .services
+            .iter()
+            .filter(|s| s.value().lock().is_empty())
+            .map(|s| s.key().clone())
+            .collect();
+        for service in empty {
+            self.drop_if_unused(&service);
         }
         removed
     }
