@@ -1,0 +1,182 @@
+// Drives the dashboard page (GET /) in Debian's chromium through playwright-core, for
+// tests/dashboard.rs. The plan (what the registry holds, what to drain) comes as JSON
+// in argv[2]. Prints one `ok ...` line per check passed, then `PASS`; on the first
+// failure prints `FAIL: <why>` and exits 1. With `screenshot` in the plan it also
+// saves a full-page screenshot, 1280 wide, there once every check passed.
+//
+// Every wait has a deadline; the browser is closed and its profile removed at the end.
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const plan = JSON.parse(process.argv[2] ?? '{}');
+const CHROMIUM = plan.chromium ?? '/usr/bin/chromium';
+// How long the page may take to show a drain it did not reload for.
+const LIVE_UPDATE_MS = plan.live_update_ms ?? 5000;
+const STEP_MS = 10000;
+
+const ok = (what) => console.log(`ok ${what}`);
+class Failure extends Error {}
+const fail = (why) => { throw new Failure(why); };
+
+const profile = mkdtempSync(join(tmpdir(), 'switchboard-dashboard-'));
+let context;
+const pageErrors = [];
+const foreign = [];
+const serversRequests = [];
+let navigations = 0;
+
+const row = (service, id) => `section[data-service="${service}"] tr[data-id="${id}"]`;
+
+async function waitState(page, service, id, state, timeout) {
+  try {
+    await page.waitForFunction(
+      ([sel, want]) => document.querySelector(sel)?.dataset.state === want,
+      [row(service, id), state],
+      { timeout, polling: 50 },
+    );
+  } catch (_) {
+    const got = await page.evaluate((sel) => document.querySelector(sel)?.dataset.state ?? 'no row', row(service, id));
+    fail(`instance ${id} of ${service}: wanted state ${state} within ${timeout} ms, page shows ${got}`);
+  }
+}
+
+async function cell(page, selector) {
+  return page.evaluate((sel) => {
+    const node = document.querySelector(sel);
+    return node ? { text: node.textContent.trim(), value: node.dataset.value ?? null } : null;
+  }, selector);
+}
+
+async function main() {
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    ],
+    viewport: { width: 1280, height: 900 },
+    locale: 'en-US',
+    timezoneId: 'UTC',
+  });
+  const page = context.pages()[0] ?? await context.newPage();
+  page.setDefaultTimeout(STEP_MS);
+  page.on('pageerror', (err) => pageErrors.push(String(err)));
+  page.on('console', (msg) => {
+    // The browser logs each 401 the page gets before the token is entered.
+    if (msg.type() === 'error' && !/status of 401/.test(msg.text())) pageErrors.push(`console: ${msg.text()}`);
+  });
+  page.on('framenavigated', (frame) => { if (frame === page.mainFrame()) navigations += 1; });
+  page.on('request', (req) => {
+    const url = req.url();
+    if (!url.startsWith(`${plan.base}/`) && !url.startsWith('data:')) foreign.push(url);
+    if (url.startsWith(`${plan.base}/servers`)) {
+      serversRequests.push({ url, authorization: req.headers().authorization ?? null });
+    }
+  });
+
+  await page.goto(`${plan.base}/`);
+  ok('page loaded');
+
+  // The registry has an admin token: the page asks for it (a form, not a prompt).
+  await page.locator('#login').waitFor({ state: 'visible' });
+  if (await page.getByLabel('Admin token', { exact: true }).count() !== 1) fail('no input labelled "Admin token"');
+  ok('asks for the admin token');
+  await page.getByLabel('Admin token', { exact: true }).fill('not-the-token');
+  await page.getByRole('button', { name: 'Open dashboard' }).click();
+  await page.locator('#login-error').waitFor({ state: 'visible' });
+  ok('a wrong token is refused and asked again');
+  await page.getByLabel('Admin token', { exact: true }).fill(plan.token);
+  await page.getByRole('button', { name: 'Open dashboard' }).click();
+  await page.locator('#login').waitFor({ state: 'hidden' });
+  const stored = await page.evaluate(() => sessionStorage.getItem('switchboard.adminToken'));
+  if (stored !== plan.token) fail(`sessionStorage holds ${JSON.stringify(stored)}, not the token`);
+  ok('token kept in sessionStorage');
+
+  // Every instance with its state and figures.
+  for (const inst of plan.instances) {
+    await waitState(page, inst.service, inst.id, inst.state, STEP_MS);
+    const address = await cell(page, `${row(inst.service, inst.id)} [data-field="address"]`);
+    if (address?.text !== inst.address) fail(`instance ${inst.id}: address ${JSON.stringify(address)}, wanted ${inst.address}`);
+    const conns = await cell(page, `${row(inst.service, inst.id)} [data-field="connections"]`);
+    if (conns?.value !== String(inst.connections)) fail(`instance ${inst.id}: connections ${JSON.stringify(conns)}, wanted ${inst.connections}`);
+    const zone = await cell(page, `${row(inst.service, inst.id)} [data-field="zone"]`);
+    if (inst.zone && zone?.text !== inst.zone) fail(`instance ${inst.id}: zone ${JSON.stringify(zone)}, wanted ${inst.zone}`);
+  }
+  ok(`${plan.instances.length} instances shown with address, zone, connections and state`);
+
+  // The busiest instance of a service has the full load bar.
+  for (const service of new Set(plan.instances.map((i) => i.service))) {
+    const widths = await page.evaluate((svc) => Array.from(
+      document.querySelectorAll(`section[data-service="${svc}"] tbody .fill`), (f) => f.style.width), service);
+    if (!widths.includes('100%')) fail(`service ${service}: no full load bar among ${widths}`);
+  }
+  ok('load bars relative to each service\'s busiest instance');
+
+  for (const s of plan.services) {
+    const sel = `#services-table tr[data-service="${s.name}"]`;
+    const conns = await cell(page, `${sel} [data-field="connections"]`);
+    if (conns?.value !== String(s.connections)) fail(`service ${s.name}: connections ${JSON.stringify(conns)}, wanted ${s.connections}`);
+    const banner = page.locator(`section[data-service="${s.name}"] .banner`);
+    if (await banner.isVisible() !== s.self_preservation) {
+      fail(`service ${s.name}: self-preservation banner visible=${!s.self_preservation}, wanted ${s.self_preservation}`);
+    }
+  }
+  ok('services table and self-preservation banners');
+
+  for (const f of plan.forwarders) {
+    const sel = `#forwarders-table tr[data-listen="${f.listen}"]`;
+    const active = await cell(page, `${sel} [data-field="active"]`);
+    if (active?.value !== String(f.active)) fail(`forwarder ${f.listen}: active ${JSON.stringify(active)}, wanted ${f.active}`);
+  }
+  ok('forward listeners with their live counts');
+
+  // Drain one instance through the API; the page must show it without a reload.
+  await page.evaluate(() => { window.switchboardSameDocument = true; });
+  const drain = plan.drain;
+  const started = Date.now();
+  const resp = await fetch(`${plan.base}/v1/services/${drain.service}/instances/${drain.id}/drain`, {
+    method: 'POST', headers: { Authorization: `Bearer ${plan.token}` },
+  });
+  if (resp.status !== 200) fail(`drain answered ${resp.status}`);
+  await waitState(page, drain.service, drain.id, 'draining', LIVE_UPDATE_MS);
+  const tookMs = Date.now() - started;
+  if (!await page.evaluate(() => window.switchboardSameDocument === true) || navigations !== 1) {
+    fail(`the page reloaded (${navigations} navigations)`);
+  }
+  ok(`drained instance shown draining after ${tookMs} ms without a reload`);
+
+  // The updates came from blocking queries, with the token, and nothing else.
+  const blocking = serversRequests.filter((r) => /[?&]since=\d+/.test(r.url) && /[?&]wait_secs=30\b/.test(r.url));
+  if (blocking.length === 0) fail('no blocking query on /servers');
+  const unauthenticated = blocking.filter((r) => r.authorization !== `Bearer ${plan.token}`);
+  if (unauthenticated.length > 0) fail(`blocking queries without the token: ${unauthenticated.map((r) => r.url)}`);
+  if (serversRequests.length > 6 * plan.services.length) fail(`${serversRequests.length} /servers requests: polling too fast`);
+  ok(`${serversRequests.length} blocking /servers requests, all with the token`);
+  if (foreign.length > 0) fail(`requests outside the registry: ${foreign.join(', ')}`);
+  ok('no request outside the registry');
+  if (pageErrors.length > 0) fail(`page errors: ${pageErrors.join('; ')}`);
+  ok('no page errors');
+
+  if (plan.screenshot) {
+    await page.mouse.move(0, 0);
+    await page.screenshot({ path: plan.screenshot, fullPage: true });
+    ok(`screenshot saved to ${plan.screenshot}`);
+  }
+}
+
+let code = 0;
+try {
+  await main();
+  console.log('PASS');
+} catch (err) {
+  console.log(`FAIL: ${err instanceof Failure ? err.message : (err && err.stack) || err}`);
+  code = 1;
+} finally {
+  if (context) await context.close().catch(() => {});
+  rmSync(profile, { recursive: true, force: true });
+}
+process.exit(code);
