@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::serve::HttpLimits;
 use crate::api::{self, AppState, Shared};
 use crate::clock::Clock;
 use crate::cluster::{self, ClusterNode};
@@ -24,7 +25,7 @@ use crate::forwarder::{LiveCounts, health};
 use crate::hub::Hub;
 use crate::registry::InstanceSpec;
 use crate::store::{self, StoreError};
-use crate::sync;
+use crate::{rlimit, sync};
 
 /// The longest the store may take to close at shutdown.
 const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -203,17 +204,17 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     }
 
     let drain_timeout = config.drain_timeout;
+    let limits = HttpLimits {
+        header_timeout: config.http_header_timeout,
+        idle_timeout: config.http_idle_timeout,
+        max_connections: config.http_max_connections,
+    };
     let stop = shutdown.clone();
+    let server = tokio::spawn(api::serve::serve(listener, router, limits, stop.clone()));
     let done = tokio::spawn(async move {
-        let serve_stop = stop.clone();
-        let flag = Arc::clone(&shutting_down);
-        let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
-            serve_stop.cancelled().await;
-            flag.store(true, Ordering::Relaxed);
-            tracing::info!("shutting down: no new connections, finishing in-flight requests");
-        });
-        let server = tokio::spawn(async move { serving.await });
         stop.cancelled().await;
+        shutting_down.store(true, Ordering::Relaxed);
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
         let deadline = tokio::time::Instant::now() + drain_timeout;
         stop_accepting.cancel();
         relays.close();
@@ -269,14 +270,10 @@ fn static_spec(s: &StaticConfig) -> InstanceSpec {
     }
 }
 
-async fn finish_within(
-    server: JoinHandle<std::io::Result<()>>,
-    limit: Duration,
-) -> Result<(), AppError> {
+async fn finish_within(server: JoinHandle<()>, limit: Duration) -> Result<(), AppError> {
     let abort = server.abort_handle();
     match tokio::time::timeout(limit, server).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(err))) => Err(AppError::Serve(err)),
+        Ok(Ok(())) => Ok(()),
         Ok(Err(join)) => Err(AppError::Serve(std::io::Error::other(join))),
         Err(_) => {
             tracing::warn!(
@@ -297,6 +294,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     // Installed before anything listens: a SIGTERM that arrives as soon as the
     // listeners answer must start the graceful shutdown, not kill the process.
     let signals = Signals::install();
+    let caps: Vec<Option<u64>> = config.forwards.iter().map(|f| f.max_connections).collect();
+    rlimit::raise_and_report(rlimit::needed(&caps, config.http_max_connections as u64));
     let running = start(config).await?;
     let token = running.shutdown_token();
     tokio::spawn(async move {

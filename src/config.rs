@@ -14,6 +14,11 @@ use crate::cli::ServeArgs;
 use crate::registry::RebalancePolicy;
 use crate::registry::validate;
 
+/// Default TCP keepalive idle time on relayed sockets (SPEC section 4).
+pub const DEFAULT_TCP_KEEPALIVE_SECS: u64 = 60;
+/// Largest `tcp_keepalive_secs`: the kernel's TCP_KEEPIDLE limit is 32767.
+const MAX_TCP_KEEPALIVE_SECS: u64 = 32_767;
+
 /// Largest `[rebalance] reconnect_jitter_ms`: one hour.
 const MAX_RECONNECT_JITTER_MS: u64 = 3_600_000;
 
@@ -99,6 +104,7 @@ struct FileForward {
     max_fails: Option<u32>,
     fail_timeout_secs: Option<u64>,
     hash: Option<String>,
+    tcp_keepalive_secs: Option<u64>,
 }
 
 fn default_service() -> String {
@@ -134,6 +140,9 @@ struct FileConfig {
     db: Option<String>,
     insecure: Option<bool>,
     drain_timeout_secs: Option<u64>,
+    http_header_timeout_secs: Option<u64>,
+    http_idle_timeout_secs: Option<u64>,
+    http_max_connections: Option<u64>,
     tokens: Option<FileTokens>,
     forward: Option<Vec<FileForward>>,
     #[serde(rename = "static")]
@@ -180,6 +189,8 @@ pub struct ForwardConfig {
     pub fail_timeout: Duration,
     /// Affinity hashing.
     pub hash: ForwardHash,
+    /// TCP keepalive idle time on both sockets of a relayed connection; `None` off.
+    pub tcp_keepalive: Option<Duration>,
 }
 
 /// One validated static instance.
@@ -229,6 +240,12 @@ pub struct Config {
     pub insecure: bool,
     /// Shutdown drain deadline.
     pub drain_timeout: Duration,
+    /// Request headers must arrive within this (`http_header_timeout_secs`).
+    pub http_header_timeout: Duration,
+    /// Idle keep-alive HTTP connections close after this (`http_idle_timeout_secs`).
+    pub http_idle_timeout: Duration,
+    /// Open HTTP connections at most (`http_max_connections`).
+    pub http_max_connections: usize,
     /// Tokens.
     pub tokens: TokenConfig,
     /// Forward listeners.
@@ -303,6 +320,29 @@ impl Config {
             .drain_timeout_secs
             .or(file.drain_timeout_secs)
             .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_secs);
+        let within = |key: &str, value: Option<u64>, default: u64, max: u64| match value {
+            None => Ok(default),
+            Some(v) if (1..=max).contains(&v) => Ok(v),
+            Some(_) => Err(invalid(key, format!("must be within 1..={max}"))),
+        };
+        let http_header_timeout = Duration::from_secs(within(
+            "http_header_timeout_secs",
+            file.http_header_timeout_secs,
+            10,
+            3_600,
+        )?);
+        let http_idle_timeout = Duration::from_secs(within(
+            "http_idle_timeout_secs",
+            file.http_idle_timeout_secs,
+            60,
+            86_400,
+        )?);
+        let http_max_connections = within(
+            "http_max_connections",
+            file.http_max_connections,
+            10_000,
+            1_000_000,
+        )? as usize;
 
         let file_tokens = file.tokens.unwrap_or_default();
         let register = match env("SWITCHBOARD_REGISTER_TOKEN") {
@@ -395,6 +435,9 @@ impl Config {
             db,
             insecure,
             drain_timeout,
+            http_header_timeout,
+            http_idle_timeout,
+            http_max_connections,
             tokens,
             forwards,
             statics,
@@ -490,6 +533,17 @@ fn validate_forward(key: &str, f: FileForward) -> Result<ForwardConfig, ConfigEr
             positive("fail_timeout_secs", f.fail_timeout_secs)?.unwrap_or(10),
         ),
         hash,
+        // 0 turns it off; 7200 s is the kernel's own default idle time.
+        tcp_keepalive: match f.tcp_keepalive_secs.unwrap_or(DEFAULT_TCP_KEEPALIVE_SECS) {
+            0 => None,
+            secs if secs <= MAX_TCP_KEEPALIVE_SECS => Some(Duration::from_secs(secs)),
+            _ => {
+                return Err(invalid(
+                    format!("{key}.tcp_keepalive_secs"),
+                    format!("must be within 0..={MAX_TCP_KEEPALIVE_SECS} (0 turns it off)"),
+                ));
+            }
+        },
     })
 }
 

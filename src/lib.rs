@@ -18,5 +18,6 @@ pub mod lease;
 pub mod metrics;
 pub mod operator;
 pub mod registry;
+pub mod rlimit;
 pub mod store;
 pub mod sync;

@@ -4,11 +4,13 @@
 //! Label values stay bounded: services, states, routes, listeners and directions;
 //! never an instance id or a client address. Must not touch HTTP types or the store.
 
-use std::sync::OnceLock;
+use std::collections::BTreeSet;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::forwarder::stats::ListenerSnapshot;
 use crate::hub::Hub;
 
 /// Gauge: instances by `service` and `state` (`up`, `draining`, `expired`).
@@ -55,6 +57,9 @@ pub const FORWARD_REFUSED: &str = "switchboard_forward_refused_total";
 /// backend, `down`: backend to device).
 pub const FORWARD_BYTES: &str = "switchboard_forward_bytes_total";
 
+/// A gauge series not set for this long leaves the output.
+const FORGET_GAUGES_AFTER: Duration = Duration::from_secs(600);
+
 /// Buckets for latencies, in seconds: 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -69,6 +74,12 @@ pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
+            // A service's gauges are zeroed when it goes and forgotten after this,
+            // so churning service names cannot grow the registry without bound.
+            .idle_timeout(
+                metrics_util::MetricKindMask::GAUGE,
+                Some(FORGET_GAUGES_AFTER),
+            )
             .set_buckets(LATENCY_BUCKETS)
             .and_then(|b| {
                 b.set_buckets_for_metric(
@@ -88,11 +99,31 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// Sets the gauges that are read off the registry (instances, connections, pending,
-/// self-preservation, sync lag), then renders everything in Prometheus text format.
-pub fn render(hub: &Hub, cluster_sync_age: Option<Duration>) -> String {
+/// Sets the gauges that are read off the registry and the listeners (instances,
+/// connections, pending, self-preservation, active relays, sync lag), then renders everything in Prometheus text format.
+pub fn render(
+    hub: &Hub,
+    forwarders: &[ListenerSnapshot],
+    cluster_sync_age: Option<Duration>,
+) -> String {
+    static LAST_SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     let handle = handle();
-    for s in hub.summaries() {
+    let summaries = hub.summaries();
+    let now: BTreeSet<String> = summaries.iter().map(|s| s.name.clone()).collect();
+    {
+        let mut seen = LAST_SEEN.lock().unwrap_or_else(|p| p.into_inner());
+        // A service that went (its last instance left) reads 0, not its last value.
+        for gone in seen.difference(&now) {
+            for state in ["up", "draining", "expired"] {
+                metrics::gauge!(INSTANCES, "service" => gone.clone(), "state" => state).set(0.0);
+            }
+            metrics::gauge!(CONNECTIONS, "service" => gone.clone()).set(0.0);
+            metrics::gauge!(PENDING, "service" => gone.clone()).set(0.0);
+            metrics::gauge!(SELF_PRESERVATION, "service" => gone.clone()).set(0.0);
+        }
+        *seen = now;
+    }
+    for s in summaries {
         let service = s.name;
         for (state, n) in [
             ("up", s.up),
@@ -106,6 +137,10 @@ pub fn render(hub: &Hub, cluster_sync_age: Option<Duration>) -> String {
         metrics::gauge!(PENDING, "service" => service.clone()).set(s.pending as f64);
         metrics::gauge!(SELF_PRESERVATION, "service" => service)
             .set(f64::from(u8::from(s.self_preservation)));
+    }
+    // Set at each scrape too, so a listener whose count holds still is not forgotten.
+    for f in forwarders {
+        metrics::gauge!(FORWARD_ACTIVE, "listener" => f.listen.to_string()).set(f.active as f64);
     }
     if let Some(age) = cluster_sync_age {
         metrics::gauge!(CLUSTER_SYNC_LAG).set(age.as_secs_f64());

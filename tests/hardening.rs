@@ -1,5 +1,7 @@
-//! Hostile and careless clients (SPEC section 6): reads of names that have no service
-//! leave nothing behind.
+//! Hostile and careless clients (SPEC sections 4 and 6): reads of names that have no
+//! service leave nothing behind, half-sent and idle HTTP connections are closed, a
+//! connection cap and a low descriptor limit do not take the API down, and relayed
+//! sockets carry TCP keepalive.
 
 mod common;
 
@@ -112,4 +114,173 @@ async fn a_service_whose_last_instance_left_is_dropped() {
         .map(|x| x["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["default"], "brief is gone, default stays implicit");
+}
+
+/// Opens `n` connections that send half a request line and stop.
+async fn half_requests(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /servers HT")
+            .await
+            .expect("half a request line");
+        held.push(s);
+    }
+    held
+}
+
+/// Whether the server closed `stream` (EOF or reset) within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + within;
+    // Bounded: at most a few reads of a 408/400 answer before the EOF.
+    for _ in 0..16 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn http_addr(s: &Server) -> std::net::SocketAddr {
+    s.url("")
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr")
+}
+
+#[tokio::test]
+async fn half_sent_requests_are_closed_after_the_header_timeout() {
+    let s = Server::start_with(Options {
+        config: Some("http_header_timeout_secs = 1\n".into()),
+        ..Options::default()
+    });
+    let mut held = half_requests(http_addr(&s), 200).await;
+    // Meanwhile everyone else is served.
+    assert_eq!(s.get("/servers").await.0, 200);
+    for stream in &mut held {
+        assert!(
+            closed_within(stream, common::PATIENCE).await,
+            "a half-sent request was kept open"
+        );
+    }
+    assert_eq!(s.get("/healthz").await.0, 200);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start_with(Options {
+        config: Some("http_idle_timeout_secs = 1\n".into()),
+        ..Options::default()
+    });
+    let mut conn = tokio::net::TcpStream::connect(http_addr(&s)).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "served first");
+    assert!(
+        closed_within(&mut conn, common::PATIENCE).await,
+        "the idle keep-alive connection stayed open"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_cap_and_a_low_descriptor_limit_do_not_take_the_api_down() {
+    let s = Server::start_with(Options {
+        config: Some("http_header_timeout_secs = 1\nhttp_max_connections = 20\n".into()),
+        ..Options::default()
+    });
+    // Squeeze the process: 64 descriptors, fewer than the connections thrown at it.
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &s.pid().to_string(), "--nofile=64:64"])
+        .status()
+        .is_ok_and(|st| st.success());
+    assert!(limited, "prlimit (util-linux) could not lower the limit");
+    let held = half_requests(http_addr(&s), 100).await;
+    // Beyond the cap new connections wait in the backlog; once the header timeout
+    // has closed the stalled ones, they are served.
+    let (status, _) = tokio::time::timeout(common::PATIENCE, s.get("/healthz"))
+        .await
+        .expect("/healthz answered while 100 stalled connections were open");
+    assert_eq!(status, 200);
+    drop(held);
+    for _ in 0..20 {
+        assert_eq!(s.get("/servers").await.0, 200);
+    }
+}
+
+/// Keepalive timers of established TCP sockets matching an `ss` filter.
+fn keepalive_timers(filter: &str) -> Vec<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established", filter])
+        .output()
+        .expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("timer:(keepalive,").nth(1))
+        .map(|t| t.split(',').next().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn relayed_sockets_have_tcp_keepalive_on_both_sides() {
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
+    for (secs, expect_on) in [(37u64, true), (0, false)] {
+        let s = Server::start_with(Options {
+            config: Some(format!(
+                "[[forward]]\nlisten = \"127.0.0.1:0\"\nservice = \"default\"\ntcp_keepalive_secs = {secs}\n"
+            )),
+            forwards: 1,
+            ..Options::default()
+        });
+        s.register_addr("default", &format!("127.0.0.1:{backend_port}"))
+            .await;
+        let forward = s.forward_addrs[0];
+        let _device = tokio::net::TcpStream::connect(forward).await.unwrap();
+        let (_upstream, _) = tokio::time::timeout(common::PATIENCE, backend.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        // The server's two sockets: the device's (source port = the listener) and
+        // the backend's (destination port = the backend).
+        let filter = format!(
+            "( sport = :{} or ( dport = :{backend_port} and sport != :{} ) )",
+            forward.port(),
+            forward.port()
+        );
+        let timers = eventually("both relayed sockets listed", || async {
+            let timers = keepalive_timers(&filter);
+            let listed = std::process::Command::new("ss")
+                .args(["-tnH", "state", "established", &filter])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+                .unwrap_or(0);
+            (listed >= 2).then_some(timers)
+        })
+        .await;
+        if expect_on {
+            assert_eq!(timers.len(), 2, "keepalive on both sockets: {timers:?}");
+            for t in &timers {
+                let secs: f64 = t
+                    .trim_end_matches("sec")
+                    .trim_end_matches("ms")
+                    .parse()
+                    .unwrap_or(99.0);
+                assert!(secs <= 37.0, "idle time {t} is the configured 37 s or less");
+            }
+        } else {
+            assert!(
+                timers.is_empty(),
+                "tcp_keepalive_secs = 0 turns it off: {timers:?}"
+            );
+        }
+    }
 }

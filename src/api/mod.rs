@@ -9,6 +9,7 @@ pub mod error;
 pub mod instances;
 pub mod openapi;
 pub mod ops;
+pub mod serve;
 pub mod servers;
 pub mod services;
 

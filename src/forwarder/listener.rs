@@ -22,6 +22,20 @@ use crate::hub::Hub;
 /// Longest pause after a failed `accept` (file descriptors exhausted, say).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// Turns on TCP keepalive (idle `time`, then probes every `time / 4`, 4 of them), so
+/// a dead cellular peer or a NAT that dropped the mapping is noticed.
+fn keepalive(stream: &TcpStream, time: Option<Duration>) {
+    let Some(time) = time else { return };
+    let interval = (time / 4).max(Duration::from_secs(1));
+    let params = socket2::TcpKeepalive::new()
+        .with_time(time)
+        .with_interval(interval)
+        .with_retries(4);
+    if let Err(err) = socket2::SockRef::from(stream).set_tcp_keepalive(&params) {
+        tracing::debug!(%err, "could not set TCP keepalive");
+    }
+}
+
 /// What every connection of one listener shares.
 #[derive(Debug)]
 pub struct Listener {
@@ -101,6 +115,9 @@ impl Listener {
             let me = Arc::clone(&self);
             tracker.spawn(Box::pin(me.handle(device, peer, permit)).instrument(span));
         }
+        // Closed before it is said to be: a device connecting after the log line
+        // must be refused.
+        drop(listener);
         tracing::info!(listen = %self.config.listen, "forward listener closed");
     }
 
@@ -112,6 +129,7 @@ impl Listener {
     ) {
         let _active = self.stats.opened();
         let _ = device.set_nodelay(true);
+        keepalive(&device, self.config.tcp_keepalive);
         let key = match self.config.hash {
             ForwardHash::RemoteAddr => Some(peer.ip().to_string()),
             ForwardHash::None => None,
@@ -134,11 +152,16 @@ impl Listener {
             }
         };
         let _ = backend.set_nodelay(true);
+        keepalive(&backend, self.config.tcp_keepalive);
         if let Some(version) = self.config.proxy_protocol {
             let local = device.local_addr().unwrap_or(self.config.listen);
             let header = proxy_protocol::header(version, peer, local);
-            if let Err(err) = backend.write_all(&header).await {
-                tracing::debug!(%err, backend = %target.address, "could not send the PROXY header");
+            // A backend that accepts but never reads must not hold the device: the
+            // header gets the connect timeout too.
+            let sent =
+                tokio::time::timeout(self.config.connect_timeout, backend.write_all(&header)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                tracing::debug!(?sent, backend = %target.address, "could not send the PROXY header");
                 return;
             }
         }

@@ -1,0 +1,190 @@
+//! Serves the router on accepted TCP connections with the limits of SPEC section 6,
+//! so idle or slow clients cannot hold the API down: request headers must arrive
+//! within the header timeout, a keep-alive connection idle for the idle timeout is
+//! closed, at most `max_connections` are open (beyond that new ones wait in the
+//! kernel's backlog: the permit is taken before `accept`), and failed accepts back
+//! off instead of spinning.
+//!
+//! Owns the HTTP/1 connection handling (hyper); knows nothing of the endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// Shortest pause after a failed `accept`.
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+/// Longest pause after failed `accept`s (descriptors exhausted, say).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The limits of the HTTP API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Request headers must arrive within this.
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// At most this many connections are open at once.
+    pub max_connections: usize,
+}
+
+/// Accepts and serves until `shutdown` fires; then stops accepting, lets each
+/// connection finish its request in flight (blocking queries answer at once), and
+/// returns when the last one closed. The caller bounds that wait.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let connections = TaskTracker::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let mut backoff = MIN_ACCEPT_BACKOFF;
+    loop {
+        // The permit first: beyond the limit, connections wait in the backlog.
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = MIN_ACCEPT_BACKOFF;
+                pair
+            }
+            Err(err) => {
+                tracing::warn!(%err, ?backoff, "http accept failed; backing off");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        connections.spawn(connection(
+            http.clone(),
+            stream,
+            peer,
+            router.clone(),
+            limits.idle_timeout,
+            shutdown.clone(),
+            permit,
+        ));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    last: std::sync::Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// When the connection will have been idle for `idle`, if nothing starts.
+    fn idle_at(&self, idle: Duration) -> Instant {
+        let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            // Busy: look again one idle period from now.
+            Instant::now() + idle
+        } else {
+            last + idle
+        }
+    }
+}
+
+/// One request in flight; its end (even a cancelled one) counts as activity.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one connection until it closes, its idle timeout passes, or shutdown.
+async fn connection(
+    http: http1::Builder,
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    idle: Duration,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let activity = Arc::new(Activity::new());
+    let requests = Arc::clone(&activity);
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        // The peer address, for per-source limits and logs.
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let in_flight = requests.begin();
+        let router = router.clone();
+        async move {
+            let response = router.oneshot(request.map(axum::body::Body::new)).await;
+            drop(in_flight);
+            response
+        }
+    });
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let idle_at = activity.idle_at(idle);
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(err) = done {
+                    tracing::debug!(%peer, %err, "http connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = tokio::time::sleep_until(idle_at), if !closing => {
+                if activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_at(idle) <= Instant::now() {
+                    tracing::debug!(%peer, ?idle, "idle http connection closed");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
