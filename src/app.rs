@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::limits::RateLimits;
 use crate::api::serve::HttpLimits;
 use crate::api::{self, AppState, Shared};
 use crate::clock::Clock;
@@ -116,7 +117,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         Some(node) => node.restore().await?,
         None => hub.restore().await?,
     };
-    tracing::info!(db = %redact(&config.db), restored, "store open");
+    tracing::info!(db = %crate::config::redact_url(&config.db), restored, "store open");
 
     let listener = TcpListener::bind(config.http)
         .await
@@ -132,11 +133,16 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let shutdown = CancellationToken::new();
     let shutting_down = Arc::new(AtomicBool::new(false));
     let forwarders = Arc::new(ForwardBoard::default());
+    let limits = Arc::new(RateLimits::new(
+        config.limits.register_per_sec,
+        config.limits.read_per_sec,
+    ));
     let state: AppState = Arc::new(Shared {
         hub: hub.clone(),
         cluster: node.clone(),
         forwarders: Arc::clone(&forwarders),
         tokens: Arc::new(api::auth::Tokens::new(&config.tokens)),
+        limits: Arc::clone(&limits),
         shutting_down: Arc::clone(&shutting_down),
         shutdown: shutdown.clone(),
     });
@@ -145,6 +151,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let loops = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(sync::sweep_loop(hub.clone(), loops.child_token()));
+    tracker.spawn(forget_idle_limits(limits, loops.child_token()));
     match node {
         None => {
             tracker.spawn(sync::flush_loop(hub.clone(), loops.child_token()));
@@ -256,6 +263,17 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     })
 }
 
+/// Every minute, drops the rate-limit state of addresses that are idle again.
+async fn forget_idle_limits(limits: Arc<RateLimits>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => limits.forget_idle(),
+        }
+    }
+}
+
 /// A static instance as the registry holds it: its TTL is the longest allowed, as its
 /// health checks, not heartbeats, decide whether it is up.
 fn static_spec(s: &StaticConfig) -> InstanceSpec {
@@ -348,19 +366,5 @@ impl Signals {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("Ctrl-C received");
         }
-    }
-}
-
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
     }
 }

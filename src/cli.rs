@@ -41,6 +41,17 @@ pub enum Command {
     /// Deregister an instance: it disappears from every answer at once.
     #[command(after_help = crate::operator::EXIT_CODES_HELP)]
     Deregister(DeregisterArgs),
+    /// Validate a configuration file without starting anything, like `nginx -t`:
+    /// exit 0 when it is valid, 2 with a message naming the key when it is not.
+    Check(CheckArgs),
+}
+
+/// Flags of `switchboard check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The TOML configuration file to validate.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 /// Flags of `switchboard serve`. Each is also a key of the TOML config file; a flag

@@ -122,6 +122,23 @@ struct FileStatic {
     max_connections: Option<i64>,
 }
 
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    register_per_sec: Option<u32>,
+    read_per_sec: Option<u32>,
+}
+
+/// `[limits]`: requests per second per source address (unset = no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Registrations.
+    pub register_per_sec: Option<u32>,
+    /// `GET /servers`.
+    pub read_per_sec: Option<u32>,
+}
+
 /// `[rebalance]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +165,7 @@ struct FileConfig {
     #[serde(rename = "static")]
     statics: Option<Vec<FileStatic>>,
     rebalance: Option<FileRebalance>,
+    limits: Option<FileLimits>,
 }
 
 /// PROXY protocol version sent to backends.
@@ -229,8 +247,9 @@ impl std::fmt::Debug for TokenConfig {
     }
 }
 
-/// The validated configuration of `switchboard serve`.
-#[derive(Debug, Clone)]
+/// The validated configuration of `switchboard serve`. `Debug` hides secrets: the
+/// store URL's password and the tokens.
+#[derive(Clone)]
 pub struct Config {
     /// HTTP API address.
     pub http: SocketAddr,
@@ -254,6 +273,41 @@ pub struct Config {
     pub statics: Vec<StaticConfig>,
     /// Rebalancing hint settings.
     pub rebalance: RebalancePolicy,
+    /// Per-source-address rate limits.
+    pub limits: LimitsConfig,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("http", &self.http)
+            .field("db", &redact_url(&self.db))
+            .field("insecure", &self.insecure)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("http_header_timeout", &self.http_header_timeout)
+            .field("http_idle_timeout", &self.http_idle_timeout)
+            .field("http_max_connections", &self.http_max_connections)
+            .field("tokens", &self.tokens)
+            .field("forwards", &self.forwards)
+            .field("statics", &self.statics)
+            .field("rebalance", &self.rebalance)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// A URL without its password (`postgres://user:***@host/db`), for logs and `Debug`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Reads a token from the environment; empty means unset.
@@ -401,6 +455,23 @@ impl Config {
             .map(|(i, s)| validate_static(i, s))
             .collect::<Result<_, _>>()?;
 
+        let l = file.limits.unwrap_or_default();
+        for (key, value) in [
+            ("limits.register_per_sec", l.register_per_sec),
+            ("limits.read_per_sec", l.read_per_sec),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(
+                    key,
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
+        }
+        let limits = LimitsConfig {
+            register_per_sec: l.register_per_sec,
+            read_per_sec: l.read_per_sec,
+        };
+
         let r = file.rebalance.unwrap_or_default();
         let defaults = RebalancePolicy::default();
         let rebalance = RebalancePolicy {
@@ -442,6 +513,7 @@ impl Config {
             forwards,
             statics,
             rebalance,
+            limits,
         };
         if !config.http.ip().is_loopback() && config.tokens.register.is_empty() && !config.insecure
         {
@@ -563,6 +635,28 @@ fn validate_static(i: usize, s: FileStatic) -> Result<StaticConfig, ConfigError>
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let args = ServeArgs {
+            db: Some("postgres://app:hunter2@db.local/registry".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::from_toml(
+            "[tokens]\nadmin = \"adm-secret\"\nregister = [\"reg-secret\"]\nread = \"read-secret\"\n",
+            &args,
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        for secret in ["hunter2", "adm-secret", "reg-secret", "read-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("postgres://app:***@db.local/registry"),
+            "{shown}"
+        );
+    }
+
     use super::*;
 
     #[test]

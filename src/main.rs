@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use switchboard::cli::{Cli, Command, ServerArgs};
+use switchboard::cli::{CheckArgs, Cli, Command, ServeArgs, ServerArgs};
 use switchboard::config::Config;
 use switchboard::operator::{self, Operation};
 
@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<ExitCode> {
             runtime.block_on(switchboard::app::run(config))?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Check(args) => return Ok(check(args)),
         Command::Services(a) => (Operation::Services, a.server),
         Command::Instances(a) => (Operation::Instances { service: a.service }, a.server),
         Command::Drain(a) => (
@@ -40,6 +41,25 @@ fn main() -> anyhow::Result<ExitCode> {
         ),
     };
     operate(&op, &server)
+}
+
+/// `switchboard check`: validates the file as `serve` would (environment tokens
+/// included), starts nothing.
+fn check(args: CheckArgs) -> ExitCode {
+    let serve = ServeArgs {
+        config: Some(args.config.clone()),
+        ..ServeArgs::default()
+    };
+    match Config::load(&serve) {
+        Ok(_) => {
+            println!("configuration {} is valid", args.config.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Runs one operator command: its output on stdout, or one line on stderr and the

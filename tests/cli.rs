@@ -121,3 +121,50 @@ async fn the_default_store_is_switchboard_db_in_the_working_directory() {
     let _ = child.wait();
     assert!(file.exists(), "no switchboard.db created");
 }
+
+fn check(config: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("SWITCHBOARD_REGISTER_TOKEN")
+        .output()
+        .expect("run switchboard check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_validates_a_config_file_without_starting_anything() {
+    let (code, stdout, _) = check(
+        "http = \"127.0.0.1:0\"\n[limits]\nread_per_sec = 100\n\
+         [[forward]]\nlisten = \"127.0.0.1:0\"\nservice = \"default\"\ntcp_keepalive_secs = 30\n",
+    );
+    assert_eq!(code, 0);
+    assert!(stdout.contains("is valid"), "{stdout}");
+    for (bad, key) in [
+        ("[rebalance]\ntolerence = 0.2\n", "tolerence"),
+        ("http_idle_timeout_secs = 0\n", "http_idle_timeout_secs"),
+        (
+            "[limits]\nregister_per_sec = 0\n",
+            "limits.register_per_sec",
+        ),
+        (
+            "[[forward]]\nlisten = \"127.0.0.1:0\"\ntcp_keepalive_secs = 99999\n",
+            "tcp_keepalive_secs",
+        ),
+        ("http = \"0.0.0.0:8080\"\n", "register token"),
+    ] {
+        let (code, _, stderr) = check(bad);
+        assert_eq!(code, 2, "{bad:?} accepted");
+        assert!(
+            stderr.contains(key),
+            "{bad:?}: the message names {key}: {stderr}"
+        );
+    }
+}

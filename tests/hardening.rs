@@ -284,3 +284,61 @@ async fn relayed_sockets_have_tcp_keepalive_on_both_sides() {
         }
     }
 }
+
+#[tokio::test]
+async fn past_a_rate_limit_the_answer_is_429_with_retry_after_and_changes_nothing() {
+    let s = Server::start_with(Options {
+        config: Some("[limits]\nregister_per_sec = 2\nread_per_sec = 5\n".into()),
+        ..Options::default()
+    });
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..8 {
+        let resp = s.client.get(s.url("/servers")).send().await.unwrap();
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            retry_after = resp.headers().get("retry-after").cloned();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(common::code(&body), "rate_limited");
+        }
+    }
+    // A burst of one second's worth, then refused (the test is far faster than 1/5 s
+    // per request, so at most one token comes back meanwhile).
+    assert!(statuses[..5].iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(statuses[5..].contains(&429), "{statuses:?}");
+    let secs: u64 = retry_after
+        .expect("Retry-After on a 429")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&secs));
+
+    let mut created = 0;
+    let mut refused = 0;
+    for port in 0..6u16 {
+        let resp = s
+            .client
+            .post(s.url("/v1/services/limited/instances"))
+            .json(&json!({"address": format!("127.0.0.1:{}", 7100 + port)}))
+            .send()
+            .await
+            .unwrap();
+        match resp.status().as_u16() {
+            201 => created += 1,
+            429 => refused += 1,
+            other => panic!("register answered {other}"),
+        }
+    }
+    assert!(refused >= 3, "{created} created, {refused} refused");
+    let (_, listing) = s.get("/v1/services/limited/instances").await;
+    assert_eq!(
+        listing["instances"].as_array().unwrap().len(),
+        created,
+        "a refused registration stored nothing"
+    );
+    // Heartbeats and admin reads are not limited.
+    for _ in 0..10 {
+        assert_eq!(s.get("/v1/services").await.0, 200);
+    }
+}

@@ -45,6 +45,8 @@ pub struct Meta {
     pub lease: Option<HeaderValue>,
     /// `Accept` asks for `text/plain` and not JSON.
     pub wants_text: bool,
+    /// The client's address (absent when the router runs without a server).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl Meta {
@@ -73,6 +75,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
                 .get(axum::http::header::ACCEPT)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|a| a.contains("text/plain") && !a.contains("application/json")),
+            peer: parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip()),
         })
     }
 }

@@ -49,6 +49,9 @@ pub enum ApiError {
     /// The registry is not ready (503 `not_ready`).
     #[error("{0}")]
     NotReady(String),
+    /// Over a per-address rate limit (429 `rate_limited`, with `Retry-After`).
+    #[error("too many requests from this address; retry after {} s", .0.as_secs())]
+    RateLimited(std::time::Duration),
 }
 
 impl ApiError {
@@ -66,6 +69,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
 }
@@ -93,7 +97,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let ApiError::RateLimited(wait) = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(wait.as_secs()),
+            );
+        }
+        response
     }
 }
 

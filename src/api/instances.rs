@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::auth::{Access, Meta};
 use super::error::{ApiError, ApiJson};
+use super::limits::Limit;
 use crate::clock::rfc3339;
 use crate::hub::Authority;
 use crate::registry::table::{Card, InstanceView};
@@ -185,6 +186,7 @@ pub struct InstanceListing {
         (status = 400, description = "Invalid field or JSON", body = crate::api::openapi::ErrorBody),
         (status = 401, description = "A register token is configured and was not given", body = crate::api::openapi::ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "Over `[limits] register_per_sec` for this address; see Retry-After", body = crate::api::openapi::ErrorBody),
         (status = 503, description = "The store could not commit; nothing changed", body = crate::api::openapi::ErrorBody)
     )
 )]
@@ -195,6 +197,7 @@ pub async fn register(
     ApiJson(body): ApiJson<RegisterBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     state.tokens.check(&meta, Access::Register)?;
+    state.limits.check(Limit::Register, meta.peer)?;
     validate::service_name(&service)?;
     let spec = body.into_spec()?;
     let done = state.hub.register(&service, spec).await?;

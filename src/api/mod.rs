@@ -7,6 +7,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod instances;
+pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod serve;
@@ -53,6 +54,8 @@ pub struct Shared {
     pub forwarders: Arc<ForwardBoard>,
     /// Configured tokens.
     pub tokens: Arc<Tokens>,
+    /// Per-source-address rate limits.
+    pub limits: Arc<limits::RateLimits>,
     /// Set when shutdown begins, so `/readyz` fails first.
     pub shutting_down: Arc<AtomicBool>,
     /// Fires at shutdown; blocking queries answer at once instead of holding it up.

@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::auth::{Access, Meta};
 use super::error::ApiError;
+use super::limits::Limit;
 use crate::registry::table::{RankQuery, Ranked};
 use crate::registry::validate::{self, Invalid};
 
@@ -100,7 +101,8 @@ fn parse_number(raw: Option<&str>, code: &'static str, name: &str) -> Result<Opt
                 (String = "text/plain")
             )),
         (status = 400, description = "A bad parameter", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "A read token is configured and was not given", body = crate::api::openapi::ErrorBody)
+        (status = 401, description = "A read token is configured and was not given", body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "Over `[limits] read_per_sec` for this address; see Retry-After", body = crate::api::openapi::ErrorBody)
     )
 )]
 pub async fn servers(
@@ -109,6 +111,7 @@ pub async fn servers(
     query: Result<Query<ServersParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     state.tokens.check(&meta, Access::Read)?;
+    state.limits.check(Limit::Read, meta.peer)?;
     let Query(params) =
         query.map_err(|e| Invalid::new("invalid_query", format!("malformed query string: {e}")))?;
     let service = params.service.as_deref().unwrap_or("default");
