@@ -17,14 +17,13 @@ use tokio_util::task::TaskTracker;
 use crate::api::limits::RateLimits;
 use crate::api::serve::HttpLimits;
 use crate::api::{self, AppState, Shared};
+use crate::cli::ServeArgs;
 use crate::clock::Clock;
 use crate::cluster::{self, ClusterNode};
-use crate::config::{Config, ForwardConfig, StaticConfig};
-use crate::forwarder::listener::Listener;
-use crate::forwarder::stats::{ForwardBoard, ListenerStats};
-use crate::forwarder::{LiveCounts, health};
+use crate::config::Config;
+use crate::forwarder::stats::ForwardBoard;
 use crate::hub::Hub;
-use crate::registry::InstanceSpec;
+use crate::reload::{Applied, Live};
 use crate::store::{self, StoreError};
 use crate::{rlimit, sync};
 
@@ -59,6 +58,16 @@ pub struct Running {
     pub forward_addrs: Vec<SocketAddr>,
     shutdown: CancellationToken,
     done: JoinHandle<Result<(), AppError>>,
+    reload: Reloader,
+}
+
+/// What a reload needs: the running parts and the configuration they run.
+#[derive(Debug)]
+struct Reloader {
+    live: Arc<Live>,
+    state: AppState,
+    /// Reloads apply one at a time, each against the configuration before it.
+    config: tokio::sync::Mutex<Config>,
 }
 
 impl Running {
@@ -80,6 +89,24 @@ impl Running {
             Ok(result) => result,
             Err(join) => Err(AppError::Serve(std::io::Error::other(join))),
         }
+    }
+
+    /// Applies a new, validated configuration without a restart: forward listeners,
+    /// static instances, tokens, limits and `[rebalance]` (what [`Live`] can change).
+    pub async fn reload(&self, new: Config) -> Applied {
+        let mut current = self.reload.config.lock().await;
+        let applied = self
+            .reload
+            .live
+            .apply(&current, &new, &self.reload.state)
+            .await;
+        *current = new;
+        applied
+    }
+
+    /// Where each forward listener listens now (reloads add and remove them).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.reload.live.listen_addrs()
     }
 
     /// A token that starts the graceful shutdown when cancelled.
@@ -133,25 +160,24 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let shutdown = CancellationToken::new();
     let shutting_down = Arc::new(AtomicBool::new(false));
     let forwarders = Arc::new(ForwardBoard::default());
-    let limits = Arc::new(RateLimits::new(
-        config.limits.register_per_sec,
-        config.limits.read_per_sec,
-    ));
     let state: AppState = Arc::new(Shared {
         hub: hub.clone(),
         cluster: node.clone(),
         forwarders: Arc::clone(&forwarders),
-        tokens: Arc::new(api::auth::Tokens::new(&config.tokens)),
-        limits: Arc::clone(&limits),
+        tokens: arc_swap::ArcSwap::from_pointee(api::auth::Tokens::new(&config.tokens)),
+        limits: arc_swap::ArcSwap::from_pointee(RateLimits::new(
+            config.limits.register_per_sec,
+            config.limits.read_per_sec,
+        )),
         shutting_down: Arc::clone(&shutting_down),
         shutdown: shutdown.clone(),
     });
-    let router = api::router(state);
+    let router = api::router(Arc::clone(&state));
 
     let loops = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(sync::sweep_loop(hub.clone(), loops.child_token()));
-    tracker.spawn(forget_idle_limits(limits, loops.child_token()));
+    tracker.spawn(forget_idle_limits(Arc::clone(&state), loops.child_token()));
     match node {
         None => {
             tracker.spawn(sync::flush_loop(hub.clone(), loops.child_token()));
@@ -164,51 +190,24 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         }
     }
 
-    let counts = Arc::new(LiveCounts::default());
-    for s in &config.statics {
-        let id = hub.add_static(&s.service, static_spec(s));
-        tracker.spawn(health::check_loop(
-            hub.clone(),
-            s.service.clone(),
-            id,
-            s.address.clone(),
-            Arc::clone(&counts),
-            loops.child_token(),
-        ));
-    }
-    tracker.close();
-
     let stop_accepting = CancellationToken::new();
     let stop_relays = CancellationToken::new();
     let relays = TaskTracker::new();
-    let mut forward_addrs = Vec::new();
-    for forward in &config.forwards {
-        let bound = TcpListener::bind(forward.listen)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: forward.listen,
-                source,
-            })?;
-        let addr = bound.local_addr().map_err(|source| AppError::Bind {
-            addr: forward.listen,
-            source,
-        })?;
-        tracing::info!(service = %forward.service, "forward listening on {addr}");
-        forward_addrs.push(addr);
-        let stats = Arc::new(ListenerStats::new(addr, &forward.service));
-        forwarders.add(Arc::clone(&stats));
-        let listener = Arc::new(Listener::new(
-            ForwardConfig {
-                listen: addr,
-                ..forward.clone()
-            },
-            hub.clone(),
-            Arc::clone(&counts),
-            stop_relays.clone(),
-            stats,
-        ));
-        relays.spawn(listener.serve(bound, stop_accepting.clone(), relays.clone()));
-    }
+    let live = Arc::new(Live::new(
+        hub.clone(),
+        Arc::clone(&forwarders),
+        relays.clone(),
+        stop_accepting.clone(),
+        stop_relays.clone(),
+        tracker.clone(),
+        loops.child_token(),
+    ));
+    let mut applied = Applied::default();
+    live.apply_statics(&config.statics, &mut applied);
+    live.apply_forwards(&config.forwards, &mut applied)
+        .await
+        .map_err(|(addr, source)| AppError::Bind { addr, source })?;
+    let forward_addrs = live.listen_addrs();
 
     let drain_timeout = config.drain_timeout;
     let limits = HttpLimits {
@@ -238,6 +237,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             relays.wait().await;
         }
         loops.cancel();
+        tracker.close();
         tracker.wait().await;
         match hub.flush_beats().await {
             Ok(n) => tracing::info!(heartbeats = n, "final heartbeat batch persisted"),
@@ -260,31 +260,22 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         forward_addrs,
         shutdown,
         done,
+        reload: Reloader {
+            live,
+            state,
+            config: tokio::sync::Mutex::new(config),
+        },
     })
 }
 
 /// Every minute, drops the rate-limit state of addresses that are idle again.
-async fn forget_idle_limits(limits: Arc<RateLimits>, cancel: CancellationToken) {
+async fn forget_idle_limits(state: AppState, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            _ = tick.tick() => limits.forget_idle(),
+            _ = tick.tick() => state.limits.load().forget_idle(),
         }
-    }
-}
-
-/// A static instance as the registry holds it: its TTL is the longest allowed, as its
-/// health checks, not heartbeats, decide whether it is up.
-fn static_spec(s: &StaticConfig) -> InstanceSpec {
-    InstanceSpec {
-        address: s.address.clone(),
-        weight: s.weight,
-        max_connections: s.max_connections,
-        zone: None,
-        tags: vec!["static".to_owned()],
-        metadata: Default::default(),
-        ttl_secs: 300,
     }
 }
 
@@ -308,27 +299,50 @@ async fn finish_within(server: JoinHandle<()>, limit: Duration) -> Result<(), Ap
 ///
 /// # Errors
 /// [`AppError`] from start-up or serving.
-pub async fn run(config: Config) -> Result<(), AppError> {
+pub async fn run(config: Config, args: ServeArgs) -> Result<(), AppError> {
     // Installed before anything listens: a SIGTERM that arrives as soon as the
     // listeners answer must start the graceful shutdown, not kill the process.
-    let signals = Signals::install();
+    let mut signals = Signals::install();
     let caps: Vec<Option<u64>> = config.forwards.iter().map(|f| f.max_connections).collect();
     rlimit::raise_and_report(rlimit::needed(&caps, config.http_max_connections as u64));
     let running = start(config).await?;
-    let token = running.shutdown_token();
-    tokio::spawn(async move {
-        signals.wait().await;
-        token.cancel();
-    });
-    running.wait().await
+    loop {
+        match signals.next().await {
+            Signal::Stop => break,
+            Signal::Reload => {
+                // Validated whole before anything is applied: a broken file changes
+                // nothing.
+                match Config::load(&args) {
+                    Ok(new) => {
+                        let applied = running.reload(new).await;
+                        tracing::info!(?applied, "configuration reloaded");
+                    }
+                    Err(err) => {
+                        tracing::error!(%err, "reload refused: the file is not valid; the running configuration stays");
+                    }
+                }
+            }
+        }
+    }
+    running.stop().await
 }
 
-/// SIGTERM and Ctrl-C (SIGINT), their handlers installed at creation.
+/// What a signal asks for.
+enum Signal {
+    /// SIGTERM or Ctrl-C: shut down gracefully.
+    Stop,
+    /// SIGHUP: re-read the config file.
+    Reload,
+}
+
+/// SIGTERM, Ctrl-C (SIGINT) and SIGHUP, their handlers installed at creation.
 struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -339,32 +353,35 @@ impl Signals {
             Signals {
                 term: signal(SignalKind::terminate()).ok(),
                 int: signal(SignalKind::interrupt()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
             }
         }
         #[cfg(not(unix))]
         Signals {}
     }
 
-    async fn wait(self) {
+    async fn next(&mut self) -> Signal {
         #[cfg(unix)]
         {
-            async fn next(sig: Option<tokio::signal::unix::Signal>) {
+            async fn on(sig: &mut Option<tokio::signal::unix::Signal>) {
                 match sig {
-                    Some(mut sig) => {
+                    Some(sig) => {
                         sig.recv().await;
                     }
                     None => std::future::pending::<()>().await,
                 }
             }
             tokio::select! {
-                () = next(self.int) => tracing::info!("Ctrl-C received"),
-                () = next(self.term) => tracing::info!("SIGTERM received"),
+                () = on(&mut self.int) => { tracing::info!("Ctrl-C received"); Signal::Stop }
+                () = on(&mut self.term) => { tracing::info!("SIGTERM received"); Signal::Stop }
+                () = on(&mut self.hup) => { tracing::info!("SIGHUP received: reloading the configuration"); Signal::Reload }
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("Ctrl-C received");
+            Signal::Stop
         }
     }
 }

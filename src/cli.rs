@@ -56,7 +56,7 @@ pub struct CheckArgs {
 
 /// Flags of `switchboard serve`. Each is also a key of the TOML config file; a flag
 /// wins over the file.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Default, Clone, Args)]
 pub struct ServeArgs {
     /// TOML configuration file; without it, built-in defaults.
     #[arg(long, value_name = "FILE")]

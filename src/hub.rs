@@ -145,7 +145,8 @@ struct Inner {
     /// Whether this hub removes expired instances (a cluster leaves it to one node).
     may_remove: AtomicBool,
     clock: Clock,
-    policy: RebalancePolicy,
+    /// Swapped whole on reload; read once per heartbeat.
+    policy: arc_swap::ArcSwap<RebalancePolicy>,
     /// Heartbeats whose batch failed to persist, retried with the next batch.
     unsaved: Mutex<BTreeMap<String, BeatRecord>>,
     /// Seed of equal-load tie-breaking: 0 alone, random per node in a cluster.
@@ -196,7 +197,7 @@ impl Hub {
                 held_at: AtomicU64::new(u64::MAX),
                 may_remove: AtomicBool::new(true),
                 clock,
-                policy,
+                policy: arc_swap::ArcSwap::from_pointee(policy),
                 unsaved: Mutex::new(BTreeMap::new()),
                 tiebreak_seed,
                 created: watch::Sender::new(0),
@@ -399,7 +400,7 @@ impl Hub {
         let lease_hash = lease::hash(lease);
         // The real time, even while liveness time is frozen: this heartbeat is news.
         let now = self.inner.clock.now();
-        let policy = self.inner.policy;
+        let policy = **self.inner.policy.load();
         let answer = slot
             .apply(|t| t.heartbeat(id, &lease_hash, connections, now, &policy))
             .map_err(|e| lease_error(e, service, id))?;
@@ -482,9 +483,20 @@ impl Hub {
         }
     }
 
+    /// Replaces the rebalancing policy (a reload).
+    pub fn set_policy(&self, policy: RebalancePolicy) {
+        self.inner.policy.store(Arc::new(policy));
+    }
+
+    /// Takes a static instance out of the registry (a reload removed it).
+    pub fn remove_static(&self, service: &str, id: &str) {
+        self.forget(service, id);
+        self.drop_if_unused(service);
+    }
+
     /// How long clients should spread their reconnects over, for `/servers` answers.
     pub fn reconnect_jitter_ms(&self) -> u64 {
-        self.inner.policy.reconnect_jitter_ms
+        self.inner.policy.load().reconnect_jitter_ms
     }
 
     /// Ranks a service for one answer, counting the hand-out of the first server.

@@ -18,6 +18,7 @@ pub mod lease;
 pub mod metrics;
 pub mod operator;
 pub mod registry;
+pub mod reload;
 pub mod rlimit;
 pub mod store;
 pub mod sync;

@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<ExitCode> {
             let config = Config::load(&args).context("configuration")?;
             // One worker per core; TOKIO_WORKER_THREADS overrides it.
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            runtime.block_on(switchboard::app::run(config))?;
+            runtime.block_on(switchboard::app::run(config, args))?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Check(args) => return Ok(check(args)),

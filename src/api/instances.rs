@@ -153,12 +153,12 @@ impl InstanceDto {
 /// Who is asking for a drain or deregistration: the admin token wins, then the lease;
 /// with neither, only an open (no admin token) registry lets the request through.
 fn authority<'a>(state: &AppState, meta: &'a Meta) -> Result<Authority<'a>, ApiError> {
-    if state.tokens.bearer_is_admin(meta) {
+    if state.tokens.load().bearer_is_admin(meta) {
         return Ok(Authority::Admin);
     }
     match meta.lease() {
         Some(lease) => Ok(Authority::Lease(lease)),
-        None if !state.tokens.admin_configured() => Ok(Authority::Admin),
+        None if !state.tokens.load().admin_configured() => Ok(Authority::Admin),
         None => Err(ApiError::Unauthorized(
             "send the instance's lease in X-Lease, or the admin token",
         )),
@@ -196,8 +196,8 @@ pub async fn register(
     meta: Meta,
     ApiJson(body): ApiJson<RegisterBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.tokens.check(&meta, Access::Register)?;
-    state.limits.check(Limit::Register, meta.peer)?;
+    state.tokens.load().check(&meta, Access::Register)?;
+    state.limits.load().check(Limit::Register, meta.peer)?;
     validate::service_name(&service)?;
     let spec = body.into_spec()?;
     let done = state.hub.register(&service, spec).await?;
@@ -331,7 +331,7 @@ pub async fn listing(
     Path(service): Path<String>,
     meta: Meta,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.tokens.check(&meta, Access::Admin)?;
+    state.tokens.load().check(&meta, Access::Admin)?;
     validate::service_name(&service)?;
     let rows = state
         .hub

@@ -52,10 +52,10 @@ pub struct Shared {
     pub cluster: Option<ClusterNode>,
     /// The forward listeners' live figures.
     pub forwarders: Arc<ForwardBoard>,
-    /// Configured tokens.
-    pub tokens: Arc<Tokens>,
-    /// Per-source-address rate limits.
-    pub limits: Arc<limits::RateLimits>,
+    /// Configured tokens (swapped whole on reload).
+    pub tokens: arc_swap::ArcSwap<Tokens>,
+    /// Per-source-address rate limits (swapped whole on reload).
+    pub limits: arc_swap::ArcSwap<limits::RateLimits>,
     /// Set when shutdown begins, so `/readyz` fails first.
     pub shutting_down: Arc<AtomicBool>,
     /// Fires at shutdown; blocking queries answer at once instead of holding it up.

@@ -35,7 +35,7 @@ pub async fn metrics(
     State(state): State<AppState>,
     meta: Meta,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.tokens.check(&meta, Access::Admin)?;
+    state.tokens.load().check(&meta, Access::Admin)?;
     let lag = state.cluster.as_ref().map(ClusterNode::since_last_sync);
     let text = crate::metrics::render(&state.hub, &state.forwarders.snapshot(), lag);
     Ok((
@@ -74,7 +74,7 @@ pub async fn forwarders(
     State(state): State<AppState>,
     meta: Meta,
 ) -> Result<Json<ForwardersAnswer>, ApiError> {
-    state.tokens.check(&meta, Access::Admin)?;
+    state.tokens.load().check(&meta, Access::Admin)?;
     let listeners: Vec<ForwarderDto> = state
         .forwarders
         .snapshot()

@@ -110,8 +110,8 @@ pub async fn servers(
     meta: Meta,
     query: Result<Query<ServersParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    state.tokens.check(&meta, Access::Read)?;
-    state.limits.check(Limit::Read, meta.peer)?;
+    state.tokens.load().check(&meta, Access::Read)?;
+    state.limits.load().check(Limit::Read, meta.peer)?;
     let Query(params) =
         query.map_err(|e| Invalid::new("invalid_query", format!("malformed query string: {e}")))?;
     let service = params.service.as_deref().unwrap_or("default");

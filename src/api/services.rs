@@ -44,7 +44,7 @@ pub async fn services(
     State(state): State<AppState>,
     meta: Meta,
 ) -> Result<Json<ServicesAnswer>, ApiError> {
-    state.tokens.check(&meta, Access::Admin)?;
+    state.tokens.load().check(&meta, Access::Admin)?;
     let services = state
         .hub
         .summaries()
