@@ -70,8 +70,8 @@ pub enum Authority<'a> {
     Admin,
 }
 
-/// The answer to a registration.
-#[derive(Debug, Clone)]
+/// The answer to a registration. `Debug` leaves the lease out.
+#[derive(Clone)]
 pub struct Registered {
     /// Instance id.
     pub id: String,
@@ -85,6 +85,17 @@ pub struct Registered {
     pub heartbeat_secs: u32,
     /// False when the address was already registered.
     pub created: bool,
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered")
+            .field("id", &self.id)
+            .field("service", &self.service)
+            .field("ttl_secs", &self.ttl_secs)
+            .field("created", &self.created)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A backend chosen for a forwarded connection.

@@ -37,7 +37,7 @@ pub enum Access {
 }
 
 /// The headers the API reads, taken without cloning the header map.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Meta {
     /// `Authorization`.
     pub authorization: Option<HeaderValue>,
@@ -60,6 +60,18 @@ impl Meta {
         let value = self.authorization.as_ref()?.to_str().ok()?;
         let (scheme, token) = value.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }
+}
+
+impl std::fmt::Debug for Meta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token and the lease are secrets: only whether they were given.
+        f.debug_struct("Meta")
+            .field("authorization", &self.authorization.is_some())
+            .field("lease", &self.lease.is_some())
+            .field("wants_text", &self.wants_text)
+            .field("peer", &self.peer)
+            .finish()
     }
 }
 
@@ -156,6 +168,23 @@ mod tests {
             authorization: token.map(|t| format!("Bearer {t}").parse().unwrap()),
             ..Meta::default()
         }
+    }
+
+    #[test]
+    fn debug_shows_neither_token_nor_lease() {
+        let meta = Meta {
+            authorization: Some("Bearer sekrit-token".parse().unwrap()),
+            lease: Some("sekrit-lease".parse().unwrap()),
+            ..Meta::default()
+        };
+        let shown = format!("{meta:?}");
+        assert!(!shown.contains("sekrit"), "{shown}");
+        let tokens = Tokens::new(&TokenConfig {
+            admin: Some("sekrit-admin".into()),
+            register: vec!["sekrit-reg".into()],
+            read: None,
+        });
+        assert!(!format!("{tokens:?}").contains("sekrit"));
     }
 
     #[test]

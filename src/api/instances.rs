@@ -75,14 +75,23 @@ impl RegisterBody {
     }
 }
 
-/// Answer of a registration.
-#[derive(Debug, Serialize, ToSchema)]
+/// Answer of a registration (`Debug` leaves the lease out).
+#[derive(Serialize, ToSchema)]
 pub struct RegisterAnswer {
     id: String,
     service: String,
     lease: String,
     ttl_secs: u32,
     heartbeat_secs: u32,
+}
+
+impl std::fmt::Debug for RegisterAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterAnswer")
+            .field("id", &self.id)
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Body of a heartbeat.
