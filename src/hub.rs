@@ -25,7 +25,7 @@ use crate::registry::table::{
     ServiceSummary,
 };
 use crate::registry::{Instance, InstanceSpec, Origin, RebalancePolicy, ServiceTable};
-use crate::store::{BeatRecord, InstanceRecord, Store, StoreError};
+use crate::store::{BeatRecord, InstanceRecord, Store, StoreError, bounded};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -179,16 +179,7 @@ impl std::fmt::Debug for Hub {
 }
 
 async fn timed<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-    within(STORE_TIMEOUT, call).await
-}
-
-async fn within<T>(
-    limit: Duration,
-    call: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(limit, call)
-        .await
-        .map_err(|_| StoreError::Timeout(limit))?
+    bounded(STORE_TIMEOUT, call).await
 }
 
 impl Hub {
@@ -779,10 +770,10 @@ impl Hub {
     /// [`StoreError`] when it does not.
     pub async fn ready(&self) -> Result<(), StoreError> {
         let limit = Duration::from_secs(1);
-        within(limit, self.inner.store.ping()).await?;
+        bounded(limit, self.inner.store.ping()).await?;
         if self.inner.write_failing.load(Ordering::Relaxed) {
             // Reachable is not enough after a failed write (a full disk answers reads).
-            within(limit, self.inner.store.probe_write()).await?;
+            bounded(limit, self.inner.store.probe_write()).await?;
             self.inner.write_failing.store(false, Ordering::Relaxed);
             tracing::info!("store writes succeed again");
         }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{ALIVE_WITHIN, ClusterNode, STORE_TIMEOUT, bounded};
+use super::{ALIVE_WITHIN, ClusterNode, STORE_TIMEOUT};
+use crate::store::bounded;
 
 /// How often the node writes its heartbeat batch and exchanges pending hand-outs:
 /// the delay before other nodes see a heartbeat or a hand-out.

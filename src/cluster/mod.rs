@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::hub::{self, Hub};
 use crate::lease;
-use crate::store::{ClusterStore, StoreError, SyncedRow};
+use crate::store::{ClusterStore, StoreError, SyncedRow, bounded};
 
 pub use loops::{flush_loop, node_loop, sync_loop};
 
@@ -33,16 +33,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Runs a cluster store call under `limit`.
-async fn bounded<T>(
-    limit: Duration,
-    call: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(limit, call)
-        .await
-        .map_err(|_| StoreError::Timeout(limit))?
 }
 
 /// Cheap-to-clone handle on this node's cluster state.

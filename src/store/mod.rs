@@ -168,6 +168,20 @@ pub enum StoreError {
     },
 }
 
+/// Runs a store call under `limit`: an unanswered call fails as
+/// [`StoreError::Timeout`] (every wait on the database has a bound).
+///
+/// # Errors
+/// The call's error, or [`StoreError::Timeout`].
+pub async fn bounded<T>(
+    limit: std::time::Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| StoreError::Timeout(limit))?
+}
+
 /// Durable storage of registrations.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
