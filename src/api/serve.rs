@@ -52,8 +52,12 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let connections = TaskTracker::new();
     let mut http = http1::Builder::new();
+    // hyper's own header timer also runs while a keep-alive connection waits for its
+    // next request, which would close idle connections after the header timeout
+    // instead of the idle timeout (and hand pooling clients stale connections). The
+    // header timeout is kept here instead, from the first byte of a request.
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        .header_read_timeout(None)
         .keep_alive(true);
     let mut backoff = MIN_ACCEPT_BACKOFF;
     loop {
@@ -87,7 +91,7 @@ pub async fn serve(
             stream,
             peer,
             router.clone(),
-            limits.idle_timeout,
+            limits,
             shutdown.clone(),
             permit,
         ));
@@ -97,11 +101,15 @@ pub async fn serve(
     connections.wait().await;
 }
 
-/// Requests in flight on one connection, and when the last one ended.
+/// Requests in flight on one connection, when the last one ended, and since when
+/// the bytes of a request whose headers are not complete yet have been arriving.
 #[derive(Debug)]
 struct Activity {
     in_flight: AtomicUsize,
     last: std::sync::Mutex<Instant>,
+    headers_since: std::sync::Mutex<Option<Instant>>,
+    /// Wakes the connection's watchdog when a request's headers start arriving.
+    started: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -109,12 +117,35 @@ impl Activity {
         Activity {
             in_flight: AtomicUsize::new(0),
             last: std::sync::Mutex::new(Instant::now()),
+            headers_since: std::sync::Mutex::new(None),
+            started: tokio::sync::Notify::new(),
         }
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        // The headers are complete: hyper handed the request over.
+        *self.headers_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
         InFlight(Arc::clone(self))
+    }
+
+    /// Bytes arrived: with no request in flight they start a request's headers.
+    fn bytes_arrived(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let mut since = self.headers_since.lock().unwrap_or_else(|p| p.into_inner());
+            if since.is_none() {
+                *since = Some(Instant::now());
+                self.started.notify_one();
+            }
+        }
+    }
+
+    /// When the headers being read must be complete, if a request has started.
+    fn headers_due(&self, timeout: Duration) -> Option<Instant> {
+        self.headers_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|since| since + timeout)
     }
 
     /// When the connection will have been idle for `idle`, if nothing starts.
@@ -145,10 +176,11 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
-    idle: Duration,
+    limits: HttpLimits,
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
 ) {
+    let idle = limits.idle_timeout;
     let activity = Arc::new(Activity::new());
     let requests = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -162,11 +194,16 @@ async fn connection(
             response
         }
     });
-    let conn = http.serve_connection(TokioIo::new(stream), service);
+    let watched = Watched {
+        stream,
+        activity: Arc::clone(&activity),
+    };
+    let conn = http.serve_connection(TokioIo::new(watched), service);
     tokio::pin!(conn);
     let mut closing = false;
     loop {
         let idle_at = activity.idle_at(idle);
+        let headers_due = activity.headers_due(limits.header_timeout);
         tokio::select! {
             done = conn.as_mut() => {
                 if let Err(err) = done {
@@ -178,6 +215,16 @@ async fn connection(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
+            // Headers started: look at the deadlines again.
+            () = activity.started.notified(), if headers_due.is_none() => {}
+            () = tokio::time::sleep_until(headers_due.unwrap_or(idle_at)), if headers_due.is_some() => {
+                if activity.headers_due(limits.header_timeout).is_some_and(|due| due <= Instant::now()) {
+                    // A request that never completes its headers: dropped, not
+                    // answered (slow-loris).
+                    tracing::debug!(%peer, "request headers not complete in time; closing");
+                    return;
+                }
+            }
             () = tokio::time::sleep_until(idle_at), if !closing => {
                 if activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_at(idle) <= Instant::now() {
                     tracing::debug!(%peer, ?idle, "idle http connection closed");
@@ -186,5 +233,63 @@ async fn connection(
                 }
             }
         }
+    }
+}
+
+/// The connection's socket, telling [`Activity`] when bytes arrive.
+struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut me.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            me.activity.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
