@@ -177,6 +177,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let loops = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(sync::sweep_loop(hub.clone(), loops.child_token()));
+    tracker.spawn(crate::metrics::upkeep_loop(loops.child_token()));
     tracker.spawn(forget_idle_limits(Arc::clone(&state), loops.child_token()));
     match node {
         None => {

@@ -99,6 +99,23 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every [`UPKEEP_EVERY`] until
+/// cancelled: the exporter keeps raw samples until then, so without it an
+/// unscraped server's memory would grow with every request.
+pub async fn upkeep_loop(cancel: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => handle().run_upkeep(),
+        }
+    }
+}
+
 /// Sets the gauges that are read off the registry and the listeners (instances,
 /// connections, pending, self-preservation, active relays, sync lag), then renders everything in Prometheus text format.
 pub fn render(
