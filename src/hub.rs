@@ -114,6 +114,7 @@ struct ServiceSlot {
     /// them in the same order.
     writes: tokio::sync::Mutex<()>,
     version: watch::Sender<u64>,
+    counters: names::ServiceCounters,
 }
 
 impl ServiceSlot {
@@ -277,6 +278,7 @@ impl Hub {
                     )),
                     writes: tokio::sync::Mutex::new(()),
                     version: watch::Sender::new(0),
+                    counters: names::ServiceCounters::new(service),
                 })
             });
         Arc::clone(&entry)
@@ -406,11 +408,10 @@ impl Hub {
         let answer = slot
             .apply(|t| t.heartbeat(id, &lease_hash, connections, now, &policy))
             .map_err(|e| lease_error(e, service, id))?;
-        metrics::counter!(names::HEARTBEATS, "service" => service.to_owned()).increment(1);
+        slot.counters.heartbeats.increment(1);
         if answer.shed > 0 {
-            metrics::counter!(names::SHED_HINTS, "service" => service.to_owned()).increment(1);
-            metrics::counter!(names::SHED_CONNECTIONS, "service" => service.to_owned())
-                .increment(answer.shed);
+            slot.counters.shed_hints.increment(1);
+            slot.counters.shed_connections.increment(answer.shed);
         }
         Ok(answer)
     }
@@ -507,8 +508,7 @@ impl Hub {
         let now = self.now();
         match self.slot(service) {
             Some(slot) => {
-                metrics::counter!(names::SERVERS_ANSWERS, "service" => service.to_owned())
-                    .increment(1);
+                slot.counters.servers_answers.increment(1);
                 slot.apply(|t| t.rank(query, now))
             }
             // Not labelled by the asked name: anyone may ask for any name, and label

@@ -57,6 +57,34 @@ pub const FORWARD_REFUSED: &str = "switchboard_forward_refused_total";
 /// backend, `down`: backend to device).
 pub const FORWARD_BYTES: &str = "switchboard_forward_bytes_total";
 
+/// One service's counters of the hot paths (heartbeats and `/servers` answers),
+/// registered once when the service appears, so a request increments a handle
+/// instead of building labels and looking the series up.
+#[derive(Debug, Clone)]
+pub struct ServiceCounters {
+    /// [`HEARTBEATS`].
+    pub heartbeats: metrics::Counter,
+    /// [`SHED_HINTS`].
+    pub shed_hints: metrics::Counter,
+    /// [`SHED_CONNECTIONS`].
+    pub shed_connections: metrics::Counter,
+    /// [`SERVERS_ANSWERS`].
+    pub servers_answers: metrics::Counter,
+}
+
+impl ServiceCounters {
+    /// The handles of `service` (in the process's recorder).
+    pub fn new(service: &str) -> Self {
+        let counter = |name: &'static str| metrics::counter!(name, "service" => service.to_owned());
+        ServiceCounters {
+            heartbeats: counter(HEARTBEATS),
+            shed_hints: counter(SHED_HINTS),
+            shed_connections: counter(SHED_CONNECTIONS),
+            servers_answers: counter(SERVERS_ANSWERS),
+        }
+    }
+}
+
 /// A gauge series not set for this long leaves the output.
 const FORGET_GAUGES_AFTER: Duration = Duration::from_secs(600);
 
