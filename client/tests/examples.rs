@@ -81,10 +81,8 @@ impl Drop for Program {
     }
 }
 
-// Multi-threaded: the test thread blocks reading the programs' output while the
-// in-process server goes on answering on the other worker.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rust_backend_and_device_work_end_to_end() {
+/// The real server in-process on port 0 with an in-memory store, and its URL.
+async fn serve() -> (app::Running, String) {
     let args = ServeArgs {
         no_forward: true,
         ..ServeArgs::default()
@@ -93,13 +91,27 @@ async fn the_rust_backend_and_device_work_end_to_end() {
         Config::from_toml("http = \"127.0.0.1:0\"\ndb = \"sqlite::memory:\"", &args).unwrap();
     let server = app::start(config).await.unwrap();
     let url = format!("http://{}", server.http_addr);
+    (server, url)
+}
 
-    let mut backend = Program::start("backend", &["127.0.0.1:0"], &url, &[]);
+/// The example backend on a free port, once it says it is registered; and its address.
+fn registered_backend(url: &str) -> (Program, String) {
+    let mut backend = Program::start("backend", &["127.0.0.1:0"], url, &[]);
     let address = backend
         .wait_for("listening on ")
         .trim_start_matches("listening on ")
         .to_owned();
     backend.wait_for("registered ");
+    (backend, address)
+}
+
+// Multi-threaded: the test thread blocks reading the programs' output while the
+// in-process server goes on answering on the other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_backend_and_device_work_end_to_end() {
+    let (server, url) = serve().await;
+
+    let (backend, address) = registered_backend(&url);
 
     let mut device = Program::start("device", &["device-1"], &url, &[("ROUNDS", "20")]);
     assert_eq!(
@@ -134,27 +146,10 @@ async fn the_rust_backend_and_device_work_end_to_end() {
 /// a device on the client crate lands on the other, less loaded one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_device_lands_on_the_less_loaded_backend() {
-    let args = ServeArgs {
-        no_forward: true,
-        ..ServeArgs::default()
-    };
-    let config =
-        Config::from_toml("http = \"127.0.0.1:0\"\ndb = \"sqlite::memory:\"", &args).unwrap();
-    let server = app::start(config).await.unwrap();
-    let url = format!("http://{}", server.http_addr);
+    let (server, url) = serve().await;
 
-    let mut busy = Program::start("backend", &["127.0.0.1:0"], &url, &[]);
-    let busy_addr = busy
-        .wait_for("listening on ")
-        .trim_start_matches("listening on ")
-        .to_owned();
-    busy.wait_for("registered ");
-    let mut idle = Program::start("backend", &["127.0.0.1:0"], &url, &[]);
-    let idle_addr = idle
-        .wait_for("listening on ")
-        .trim_start_matches("listening on ")
-        .to_owned();
-    idle.wait_for("registered ");
+    let (busy, busy_addr) = registered_backend(&url);
+    let (idle, idle_addr) = registered_backend(&url);
 
     // Three devices hold connections to the busy one, which reports them.
     let mut held = Vec::new();
