@@ -120,22 +120,51 @@ impl Default for RebalancePolicy {
     }
 }
 
+/// The service as the rebalancing rule sees it at one heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Balance {
+    /// Mean load over the instances handed out, pending hand-outs included.
+    pub mean_load: f64,
+    /// Lowest load of an instance that can take one more connection (handed out and
+    /// under its cap); `None` when every instance is at its cap.
+    pub min_load: Option<f64>,
+}
+
 /// How many connections an instance should close before its next heartbeat.
 ///
-/// Zero unless its load exceeds the mean by more than the tolerance; never more than
-/// `shed_max_ratio` of its connections, and never enough to take it below the mean.
-pub fn shed(connections: u64, weight: u32, mean_load: f64, policy: &RebalancePolicy) -> u64 {
-    if !policy.enabled || connections == 0 {
+/// An instance above the mean sheds when it is over the mean by more than the
+/// tolerance (a hot server), or when some instance sits under the mean by more than
+/// the tolerance (a hole: a server just added or restarted). Without the second case a
+/// scale-out by less than the tolerance would leave the new servers empty for good.
+///
+/// Damping, so that the fleet settles instead of handing devices back and forth:
+/// - never more than `shed_max_ratio` of its connections, and at least one while
+///   shedding is due (1 % of under 100 connections would round to nothing, and a small
+///   fleet would never even out);
+/// - never enough to take it below the mean: devices only flow from above the mean
+///   to below it, so no two servers trade the same devices;
+/// - nothing while no instance below the mean can take them;
+/// - once every instance is within the tolerance of the mean, nothing at all.
+pub fn shed(connections: u64, weight: u32, balance: &Balance, policy: &RebalancePolicy) -> u64 {
+    if !policy.enabled || connections == 0 || policy.shed_max_ratio <= 0.0 {
         return 0;
     }
+    let Some(min_load) = balance.min_load else {
+        return 0;
+    };
+    let mean = balance.mean_load;
     let weight = f64::from(weight.max(1));
     let own_load = connections as f64 / weight;
-    if own_load <= mean_load * (1.0 + policy.tolerance) {
+    let hot = own_load > mean * (1.0 + policy.tolerance);
+    let hole = min_load < mean * (1.0 - policy.tolerance);
+    if !(hot || hole) || min_load >= mean {
         return 0;
     }
-    let fair_share = (mean_load * weight).ceil();
+    let fair_share = (mean * weight).ceil();
     let above_mean = (connections as f64 - fair_share).max(0.0);
-    let per_beat = (connections as f64 * policy.shed_max_ratio).floor();
+    let per_beat = (connections as f64 * policy.shed_max_ratio)
+        .floor()
+        .max(1.0);
     above_mean.min(per_beat) as u64
 }
 

@@ -163,30 +163,72 @@ fn fits_bound_allows_a_quarter_over_the_weighted_share() {
     assert!(fits_bound(0, 1, &totals(0, 1000, 10), BOUNDED_LOAD_FACTOR));
 }
 
+fn balance(mean_load: f64, min_load: f64) -> Balance {
+    Balance {
+        mean_load,
+        min_load: Some(min_load),
+    }
+}
+
 #[test]
 fn shed_examples() {
     let policy = RebalancePolicy::default();
-    // Mean 1000: 1100 is within 10 %, 1101 is not.
-    assert_eq!(shed(1100, 1, 1000.0, &policy), 0);
-    assert_eq!(shed(1101, 1, 1000.0, &policy), 11);
+    let even = balance(1000.0, 950.0);
+    // Mean 1000, nobody under 900: 1100 is within 10 %, 1101 is not.
+    assert_eq!(shed(1100, 1, &even, &policy), 0);
+    assert_eq!(shed(1101, 1, &even, &policy), 11);
     // 1 % of 2000 is less than the 1000 above the mean.
-    assert_eq!(shed(2000, 1, 1000.0, &policy), 20);
+    assert_eq!(shed(2000, 1, &even, &policy), 20);
     // Weight 2 doubles the fair share: 2000 on weight 2 is exactly the mean.
-    assert_eq!(shed(2000, 2, 1000.0, &policy), 0);
+    assert_eq!(shed(2000, 2, &even, &policy), 0);
     let generous = RebalancePolicy {
         shed_max_ratio: 1.0,
         ..policy
     };
     // Never below the mean, however generous the ratio.
-    assert_eq!(shed(2000, 1, 1000.0, &generous), 1000);
-    assert_eq!(shed(2000, 1, 999.5, &generous), 1000);
+    assert_eq!(shed(2000, 1, &even, &generous), 1000);
+    assert_eq!(shed(2000, 1, &balance(999.5, 950.0), &generous), 1000);
     let off = RebalancePolicy {
         enabled: false,
         ..generous
     };
-    assert_eq!(shed(2000, 1, 1000.0, &off), 0);
-    // Below 100 connections, 1 % rounds to nothing.
-    assert_eq!(shed(99, 1, 1.0, &policy), 0);
+    assert_eq!(shed(2000, 1, &even, &off), 0);
+    let never = RebalancePolicy {
+        shed_max_ratio: 0.0,
+        ..policy
+    };
+    assert_eq!(shed(2000, 1, &even, &never), 0);
+    // Below 100 connections 1 % rounds to nothing; one is still shed.
+    assert_eq!(shed(99, 1, &balance(1.0, 0.5), &policy), 1);
+    assert_eq!(shed(4, 1, &balance(2.0, 0.0), &policy), 1);
+}
+
+#[test]
+fn a_hole_makes_every_instance_above_the_mean_shed() {
+    let policy = RebalancePolicy::default();
+    // 1000 servers at 10,000 and 100 new ones empty: the mean is 9,091, the old ones
+    // are exactly within 10 % of it, but the new ones are a hole.
+    let mean = 10_000_000.0 / 1_100.0;
+    assert_eq!(shed(10_000, 1, &balance(mean, mean), &policy), 0);
+    assert_eq!(shed(10_000, 1, &balance(mean, 0.0), &policy), 100);
+    // A server at the mean, or under it, never sheds.
+    assert_eq!(shed(9_091, 1, &balance(mean, 0.0), &policy), 0);
+    assert_eq!(shed(5_000, 1, &balance(mean, 0.0), &policy), 0);
+    // Not quite a hole: the lowest is within the tolerance.
+    assert_eq!(shed(9_500, 1, &balance(mean, mean * 0.91), &policy), 0);
+}
+
+#[test]
+fn nothing_is_shed_where_no_one_can_take_it() {
+    let policy = RebalancePolicy::default();
+    // Every instance is at its cap.
+    let capped = Balance {
+        mean_load: 700.0,
+        min_load: None,
+    };
+    assert_eq!(shed(1_000, 1, &capped, &policy), 0);
+    // The lowest that can take one is not below the mean (the others are capped).
+    assert_eq!(shed(1_000, 1, &balance(700.0, 1_000.0), &policy), 0);
 }
 
 proptest! {
@@ -251,29 +293,33 @@ proptest! {
         connections in 0u64..1_000_000,
         weight in 1u32..=1000,
         mean_load in 0.0f64..5_000.0,
+        min_share in 0.0f64..=1.0,
         tolerance in 0.0f64..0.5,
         shed_max_ratio in 0.0f64..=1.0,
     ) {
         let policy = RebalancePolicy { enabled: true, tolerance, shed_max_ratio, ..RebalancePolicy::default() };
-        let n = shed(connections, weight, mean_load, &policy);
+        let b = balance(mean_load, mean_load * min_share);
+        let n = shed(connections, weight, &b, &policy);
         let w = f64::from(weight);
         let own_load = connections as f64 / w;
-        if own_load <= mean_load * (1.0 + tolerance) {
+        let hot = own_load > mean_load * (1.0 + tolerance);
+        let hole = mean_load * min_share < mean_load * (1.0 - tolerance);
+        let room = mean_load * min_share < mean_load;
+        if !(hot || hole) || !room {
             prop_assert_eq!(n, 0);
         }
-        prop_assert!(n as f64 <= connections as f64 * shed_max_ratio);
+        let per_beat = (connections as f64 * shed_max_ratio).floor().max(1.0);
+        prop_assert!(n as f64 <= per_beat);
         prop_assert!(n <= connections);
         prop_assert!(((connections - n) as f64) / w >= mean_load || n == 0);
-        // Not lazy either: over the tolerance it sheds as much as both limits allow.
-        if own_load > mean_load * (1.0 + tolerance) {
+        // Not lazy either: when due it sheds as much as both limits allow.
+        if (hot || hole) && room && shed_max_ratio > 0.0 {
             let fair = (mean_load * w).ceil() as u64;
-            let allowed = connections
-                .saturating_sub(fair)
-                .min((connections as f64 * shed_max_ratio).floor() as u64);
+            let allowed = connections.saturating_sub(fair).min(per_beat as u64);
             prop_assert_eq!(n, allowed);
         }
         let off = RebalancePolicy { enabled: false, ..policy };
-        prop_assert_eq!(shed(connections, weight, mean_load, &off), 0);
+        prop_assert_eq!(shed(connections, weight, &b, &off), 0);
     }
 }
 

@@ -345,7 +345,7 @@ impl ServiceTable {
             rank::shed(
                 instance.connections,
                 instance.spec.weight,
-                self.totals.mean_load(),
+                &self.balance(),
                 policy,
             )
         };
@@ -353,6 +353,20 @@ impl ServiceTable {
             ttl_secs: instance.spec.ttl_secs,
             shed,
         })
+    }
+
+    /// What the rebalancing rule needs: the mean load, and the lowest load of an
+    /// instance that can take a connection (the index's first key, unless that one is
+    /// already at its cap: over-cap keys sort last).
+    fn balance(&self) -> rank::Balance {
+        rank::Balance {
+            mean_load: self.totals.mean_load(),
+            min_load: self
+                .index
+                .first()
+                .filter(|key| !key.over_cap)
+                .map(RankKey::load),
+        }
     }
 
     /// Marks an instance draining: never handed out again.

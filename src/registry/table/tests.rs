@@ -607,6 +607,36 @@ fn shed_in_heartbeat_answers() {
 }
 
 #[test]
+fn a_new_empty_instance_makes_those_above_the_mean_shed() {
+    let mut t = ServiceTable::new("default");
+    let old: Vec<String> = (0..10).map(|i| format!("old{i}")).collect();
+    for id in &old {
+        add(&mut t, id, 0);
+        beat(&mut t, id, 1_000, 1);
+    }
+    assert_eq!(
+        beat(&mut t, "old0", 1_000, 2).shed,
+        0,
+        "even: nothing to do"
+    );
+    // One more server: the mean drops to 909, so 1000 is within 10 % of it, but the
+    // new server sits far below: the old ones shed 1 % each.
+    add(&mut t, "new", 3);
+    beat(&mut t, "new", 0, 3);
+    assert_eq!(beat(&mut t, "old1", 1_000, 4).shed, 10);
+    assert_eq!(
+        beat(&mut t, "new", 0, 4).shed,
+        0,
+        "the hole itself never sheds"
+    );
+    // Once the new one is within the tolerance (900 of a mean of 991), all are quiet.
+    beat(&mut t, "new", 900, 5);
+    for id in &old {
+        assert_eq!(beat(&mut t, id, 1_000, 6).shed, 0, "{id}");
+    }
+}
+
+#[test]
 fn keyed_pick_prefers_the_zone_and_skips_the_capped() {
     let zoned = |id: &str, zone: &str, max_connections: Option<u64>| {
         let mut s = spec(id);
@@ -934,8 +964,9 @@ proptest! {
         prop_assert_eq!(t.version(), version);
     }
 
-    /// Heartbeat answers, fleet-wide: nothing under the tolerance, at most the ratio,
-    /// never below the mean, and as much as both allow otherwise.
+    /// Heartbeat answers, fleet-wide: nothing while every instance is within the
+    /// tolerance, at most the ratio (at least one), never below the mean, and as much
+    /// as both allow otherwise.
     #[test]
     fn heartbeat_shed_keeps_its_limits(
         fleet in prop::collection::vec((1u32..=10, 0u64..100_000, prop::bool::weighted(0.2)), 1..15),
@@ -957,23 +988,32 @@ proptest! {
         for (i, &(weight, c, draining)) in fleet.iter().enumerate() {
             let id = format!("i{i}");
             let shed = beat_with(&mut t, &id, c, 1, &policy).shed;
-            if draining || !enabled {
+            if draining || !enabled || shed_max_ratio == 0.0 {
                 prop_assert_eq!(shed, 0);
                 continue;
             }
-            // The mean over what is handed out, including this instance's new count.
+            // The mean and the lowest load over what is handed out, this beat included.
             let (total, weights) = up_totals(&t, 1);
+            let lowest = t
+                .listing(1)
+                .iter()
+                .filter(|v| v.state == State::Up)
+                .map(|v| v.instance.load())
+                .fold(f64::INFINITY, f64::min);
             let (c128, w, total, weights) = (u128::from(c), u128::from(weight), u128::from(total), u128::from(weights));
             let mean = total as f64 / weights as f64;
             let own = c as f64 / f64::from(weight);
-            prop_assert!(shed as f64 <= (c as f64 * shed_max_ratio).floor());
+            let per_beat = (c as f64 * shed_max_ratio).floor().max(1.0);
+            prop_assert!(shed as f64 <= per_beat);
             // (c - shed) / w >= total / weights, exactly.
             prop_assert!(shed == 0 || (c128 - u128::from(shed)) * weights >= total * w);
-            if own <= mean * (1.0 + tolerance) {
+            let hot = own > mean * (1.0 + tolerance);
+            let hole = lowest < mean * (1.0 - tolerance);
+            if !(hot || hole) || lowest >= mean {
                 prop_assert_eq!(shed, 0);
             } else {
                 let one_more = u128::from(shed) + 1;
-                let ratio_full = one_more as f64 > (c as f64 * shed_max_ratio).floor();
+                let ratio_full = one_more as f64 > per_beat;
                 let mean_reached = (c128 - one_more.min(c128)) * weights < total * w;
                 prop_assert!(ratio_full || mean_reached, "could shed more than {}", shed);
             }
