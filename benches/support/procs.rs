@@ -232,13 +232,26 @@ pub fn stop_all(children: &mut [&mut Child], timeout: Duration) -> Vec<String> {
 /// waits until it logs `http listening on` and each of `more_markers`: the addresses,
 /// in that order, all on loopback.
 pub fn start_switchboard(
-    mut cmd: Command,
+    cmd: Command,
     dir: tempfile::TempDir,
     args: &[&str],
     more_markers: &[&str],
     timeout: Duration,
 ) -> anyhow::Result<(Server, Vec<SocketAddr>)> {
-    cmd.args(["serve", "--http", "127.0.0.1:0"])
+    start_switchboard_at(cmd, dir, "127.0.0.1:0", args, more_markers, timeout)
+}
+
+/// [`start_switchboard`] with the HTTP API on `http` (a fixed port, for a bench that
+/// restarts the server where its clients already point).
+pub fn start_switchboard_at(
+    mut cmd: Command,
+    dir: tempfile::TempDir,
+    http: &str,
+    args: &[&str],
+    more_markers: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<(Server, Vec<SocketAddr>)> {
+    cmd.args(["serve", "--http", http])
         .args(args)
         .env("RUST_LOG", "info")
         .env_remove("SWITCHBOARD_ADMIN_TOKEN")
