@@ -1,5 +1,5 @@
 //! The device side: resolve, connect to the first server that answers within a
-//! connect timeout (trying the next ones), keep the last good list for when the
+//! connect timeout (asking again after a failure), keep the last good list for when the
 //! registry is unreachable, and wait a random jitter before reconnecting.
 
 use std::time::Duration;
@@ -62,30 +62,51 @@ impl Device {
         self
     }
 
-    /// Resolves and connects to the first server that answers, trying the next ones
-    /// in order. Uses the last good list while the registry is unreachable.
+    /// Resolves and connects to the first server of the answer. When it does not
+    /// answer, resolves again and tries the new answer's first server not yet tried,
+    /// as many times as the first answer had servers. Uses the last good list while
+    /// the registry is unreachable (then the servers are tried in its order).
+    ///
+    /// Why ask again rather than take the next server of the same list: each answer
+    /// counts a hand-out for its first server only. A dead server stays in the answers
+    /// until its TTL passes; if every device that met it took the same second server
+    /// uncounted, that one server would take a whole reconnect storm.
     ///
     /// # Errors
     /// [`Error::Connect`] when no server answered; the registry's error when there
     /// was no list at all.
     pub async fn connect(&self) -> Result<(TcpStream, Server)> {
-        let list = self.registry.resolve(&self.query).await?;
-        let mut failures = Vec::new();
-        for server in list.servers {
+        let mut list = self.registry.resolve(&self.query).await?;
+        let attempts = list.servers.len();
+        let mut failures: Vec<(String, String)> = Vec::new();
+        for attempt in 0..attempts {
+            if attempt > 0
+                && let Ok(fresh) = self.registry.resolve(&self.query).await
+            {
+                list = fresh;
+            }
+            let tried = |s: &&Server| failures.iter().any(|(address, _)| *address == s.address);
+            let Some(server) = list.servers.iter().find(|s| !tried(s)).cloned() else {
+                break;
+            };
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&server.address))
                 .await
             {
                 Ok(Ok(stream)) => return Ok((stream, server)),
-                Ok(Err(err)) => failures.push(format!("{}: {err}", server.address)),
-                Err(_) => failures.push(format!(
-                    "{}: no answer within {:?}",
-                    server.address, self.connect_timeout
+                Ok(Err(err)) => failures.push((server.address, err.to_string())),
+                Err(_) => failures.push((
+                    server.address,
+                    format!("no answer within {:?}", self.connect_timeout),
                 )),
             }
         }
         Err(Error::Connect(if failures.is_empty() {
             format!("service {} has no live server", self.query.service)
         } else {
+            let failures: Vec<String> = failures
+                .iter()
+                .map(|(address, err)| format!("{address}: {err}"))
+                .collect();
             failures.join("; ")
         }))
     }

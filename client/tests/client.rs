@@ -275,6 +275,44 @@ async fn a_device_connects_to_the_first_server_that_answers() {
 }
 
 #[tokio::test]
+async fn after_a_dead_first_server_the_device_asks_again_so_its_pick_is_counted() {
+    let (server, url) = serve().await;
+    let registry = Registry::builder([url.clone()]).build().unwrap();
+    let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let open_addr = open.local_addr().unwrap().to_string();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    // The dead one is first (load 10 against 10.5); one hand-out puts it at 11, so
+    // the answer to the second ask puts the live one first and counts it there.
+    let dead = registry
+        .register("default", &Registration::new(closed.clone()))
+        .await
+        .unwrap();
+    let alive = registry
+        .register("default", &Registration::new(open_addr.clone()).weight(2))
+        .await
+        .unwrap();
+    registry.heartbeat(&dead, 10).await.unwrap();
+    registry.heartbeat(&alive, 21).await.unwrap();
+    let device =
+        Device::new(registry, Query::new("default")).connect_timeout(Duration::from_millis(500));
+    let (_stream, chosen) = device.connect().await.expect("the live one answers");
+    assert_eq!(chosen.address, open_addr);
+    let pending = |address: &str, instances: &[serde_json::Value]| {
+        instances
+            .iter()
+            .find(|i| i["address"] == address)
+            .map(|i| i["pending"].as_u64().unwrap())
+    };
+    let instances = listing(&url, "default").await;
+    assert_eq!(pending(&closed, &instances), Some(1), "{instances:?}");
+    assert_eq!(pending(&open_addr, &instances), Some(1), "{instances:?}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_watch_wakes_on_a_membership_change() {
     let (server, url) = serve().await;
     let registry = Registry::builder([url]).build().unwrap();
