@@ -20,5 +20,6 @@ pub mod operator;
 pub mod registry;
 pub mod reload;
 pub mod rlimit;
+pub mod simulation;
 pub mod store;
 pub mod sync;
