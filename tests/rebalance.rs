@@ -38,10 +38,11 @@ const POLL: Duration = Duration::from_millis(50);
 const CONFIG: &str = "[rebalance]\nshed_max_ratio = 0.05\nreconnect_jitter_ms = 300\n";
 const JITTER: Duration = Duration::from_millis(300);
 
-/// Whether every count is within ±[`TOLERANCE`] of their mean.
+/// Whether every count is within ±[`TOLERANCE`] of their mean, with at most 1 % of
+/// the devices between two connections (shed, waiting out their jitter).
 fn balanced(counts: &[usize]) -> bool {
     let total: usize = counts.iter().sum();
-    if counts.is_empty() || total == 0 {
+    if counts.is_empty() || total * 100 < DEVICES * 99 {
         return false;
     }
     let mean = total as f64 / counts.len() as f64;
