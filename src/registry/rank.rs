@@ -128,6 +128,12 @@ pub struct Balance {
     /// Lowest load of an instance that can take one more connection (handed out and
     /// under its cap); `None` when every instance is at its cap.
     pub min_load: Option<f64>,
+    /// Connections it would take to lift every instance under `mean × (1 − tolerance)`
+    /// to that level (0 when there is no hole).
+    pub hole_deficit: f64,
+    /// Devices asked to disconnect recently and, by the reconnect jitter, still
+    /// expected to reconnect: they will land in the holes without more shedding.
+    pub in_flight: f64,
 }
 
 /// How many connections an instance should close before its next heartbeat.
@@ -143,6 +149,9 @@ pub struct Balance {
 ///   fleet would never even out);
 /// - never enough to take it below the mean: devices only flow from above the mean
 ///   to below it, so no two servers trade the same devices;
+/// - nothing for a hole that the devices already shed and still reconnecting will
+///   fill (the registry sees a device again only when it lands, up to one jitter
+///   later; without this, the last round before the fleet evens out overshoots);
 /// - nothing while no instance below the mean can take them;
 /// - once every instance is within the tolerance of the mean, nothing at all.
 pub fn shed(connections: u64, weight: u32, balance: &Balance, policy: &RebalancePolicy) -> u64 {
@@ -156,7 +165,8 @@ pub fn shed(connections: u64, weight: u32, balance: &Balance, policy: &Rebalance
     let weight = f64::from(weight.max(1));
     let own_load = connections as f64 / weight;
     let hot = own_load > mean * (1.0 + policy.tolerance);
-    let hole = min_load < mean * (1.0 - policy.tolerance);
+    let hole =
+        min_load < mean * (1.0 - policy.tolerance) && balance.hole_deficit > balance.in_flight;
     if !(hot || hole) || min_load >= mean {
         return 0;
     }

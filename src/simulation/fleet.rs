@@ -300,13 +300,15 @@ impl Fleet {
     /// resolves again and tries the new answer's first server not yet tried, as many
     /// times as the answer is long. If none answers, it waits another jitter.
     fn reconnect(&mut self, cause: Cause) {
-        let query = RankQuery {
-            limit: self.settings.list_limit,
-            ..RankQuery::default()
-        };
         let mut tried: Vec<usize> = Vec::new();
         for _ in 0..self.settings.list_limit.max(1) {
             self.tally.resolves += 1;
+            // Only the first untried server of the answer matters: asking for no more
+            // gives the same first and the same hand-out, without building the rest.
+            let query = RankQuery {
+                limit: (tried.len() + 1).min(self.settings.list_limit),
+                ..RankQuery::default()
+            };
             let answer = self.table.rank(&query, self.now);
             let pick = answer
                 .servers

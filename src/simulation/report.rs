@@ -77,6 +77,8 @@ pub struct Phase {
     pub shed_after_converged: u64,
     /// The goals and their figures.
     pub goals: Vec<Goal>,
+    /// Figures printed for information, with no goal of their own.
+    pub notes: Vec<String>,
     /// Print every n-th round only (long phases); 1 prints all.
     pub print_every: usize,
 }
@@ -157,9 +159,12 @@ impl fmt::Display for Phase {
             self.moved as f64 / self.needed.max(1) as f64,
             self.shed_after_converged
         )?;
+        for note in &self.notes {
+            writeln!(f, "note: {note}")?;
+        }
         for g in &self.goals {
             let verdict = if g.met { "met" } else { "MISSED" };
-            writeln!(f, "goal: {:<48} {:<40} {verdict}", g.asked, g.figure)?;
+            writeln!(f, "goal: {:<62} {:<28} {verdict}", g.asked, g.figure)?;
         }
         Ok(())
     }

@@ -163,10 +163,14 @@ fn fits_bound_allows_a_quarter_over_the_weighted_share() {
     assert!(fits_bound(0, 1, &totals(0, 1000, 10), BOUNDED_LOAD_FACTOR));
 }
 
+/// A service with mean `mean_load` whose emptiest instance is at `min_load`, with
+/// nothing in flight and a deficit as if that one were the only hole.
 fn balance(mean_load: f64, min_load: f64) -> Balance {
     Balance {
         mean_load,
         min_load: Some(min_load),
+        hole_deficit: (mean_load * 0.9 - min_load).max(0.0),
+        in_flight: 0.0,
     }
 }
 
@@ -219,12 +223,26 @@ fn a_hole_makes_every_instance_above_the_mean_shed() {
 }
 
 #[test]
+fn a_hole_the_devices_in_flight_will_fill_sheds_nothing_more() {
+    let policy = RebalancePolicy::default();
+    let mut b = balance(1_000.0, 800.0);
+    assert_eq!(b.hole_deficit, 100.0);
+    assert_eq!(shed(1_050, 1, &b, &policy), 10);
+    b.in_flight = 100.0;
+    assert_eq!(shed(1_050, 1, &b, &policy), 0);
+    // A hot server still sheds its own excess.
+    assert_eq!(shed(1_200, 1, &b, &policy), 12);
+}
+
+#[test]
 fn nothing_is_shed_where_no_one_can_take_it() {
     let policy = RebalancePolicy::default();
     // Every instance is at its cap.
     let capped = Balance {
         mean_load: 700.0,
         min_load: None,
+        hole_deficit: 0.0,
+        in_flight: 0.0,
     };
     assert_eq!(shed(1_000, 1, &capped, &policy), 0);
     // The lowest that can take one is not below the mean (the others are capped).
@@ -294,16 +312,20 @@ proptest! {
         weight in 1u32..=1000,
         mean_load in 0.0f64..5_000.0,
         min_share in 0.0f64..=1.0,
+        in_flight_share in 0.0f64..2.0,
         tolerance in 0.0f64..0.5,
         shed_max_ratio in 0.0f64..=1.0,
     ) {
         let policy = RebalancePolicy { enabled: true, tolerance, shed_max_ratio, ..RebalancePolicy::default() };
-        let b = balance(mean_load, mean_load * min_share);
+        let min_load = mean_load * min_share;
+        let hole_deficit = (mean_load * (1.0 - tolerance) - min_load).max(0.0);
+        let in_flight = hole_deficit * in_flight_share;
+        let b = Balance { mean_load, min_load: Some(min_load), hole_deficit, in_flight };
         let n = shed(connections, weight, &b, &policy);
         let w = f64::from(weight);
         let own_load = connections as f64 / w;
         let hot = own_load > mean_load * (1.0 + tolerance);
-        let hole = mean_load * min_share < mean_load * (1.0 - tolerance);
+        let hole = min_load < mean_load * (1.0 - tolerance) && hole_deficit > in_flight;
         let room = mean_load * min_share < mean_load;
         if !(hot || hole) || !room {
             prop_assert_eq!(n, 0);

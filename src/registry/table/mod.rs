@@ -7,8 +7,11 @@
 //! I/O (store writes, waking blocking queries) around it.
 
 mod cluster;
+mod in_flight;
 mod listing;
 mod sweep;
+
+use in_flight::RecentShed;
 
 pub use listing::{Card, CardRow, InstanceView, ServiceSummary};
 pub use sweep::{PreservationEvent, SweepOutcome};
@@ -139,6 +142,8 @@ pub struct ServiceTable {
     tiebreak_seed: u64,
     /// Registered instances sweeps found expired, not yet taken (for metrics).
     expiries: u64,
+    /// `shed` answered lately, for the devices still expected to reconnect.
+    recent_shed: RecentShed,
 }
 
 impl ServiceTable {
@@ -164,6 +169,7 @@ impl ServiceTable {
             dirty: Vec::new(),
             tiebreak_seed: seed,
             expiries: 0,
+            recent_shed: RecentShed::default(),
         }
     }
 
@@ -333,6 +339,7 @@ impl ServiceTable {
             self.dirty.push(slot);
         }
         self.reindex(slot, now);
+        let balance = self.balance(now, policy);
         let entry = self.entry(slot).expect("still present");
         let instance = &entry.instance;
         let shed = if instance.draining {
@@ -342,30 +349,43 @@ impl ServiceTable {
                 instance.spec.heartbeat_secs(),
             )
         } else {
-            rank::shed(
-                instance.connections,
-                instance.spec.weight,
-                &self.balance(),
-                policy,
-            )
+            rank::shed(instance.connections, instance.spec.weight, &balance, policy)
         };
-        Ok(HeartbeatAnswer {
-            ttl_secs: instance.spec.ttl_secs,
-            shed,
-        })
+        let ttl_secs = instance.spec.ttl_secs;
+        self.recent_shed
+            .record(now, shed, policy.reconnect_jitter_ms);
+        Ok(HeartbeatAnswer { ttl_secs, shed })
     }
 
-    /// What the rebalancing rule needs: the mean load, and the lowest load of an
-    /// instance that can take a connection (the index's first key, unless that one is
-    /// already at its cap: over-cap keys sort last).
-    fn balance(&self) -> rank::Balance {
-        rank::Balance {
-            mean_load: self.totals.mean_load(),
-            min_load: self
+    /// What the rebalancing rule needs: the mean load; the lowest load of an instance
+    /// that can take a connection (the index's first key, unless that one is already
+    /// at its cap: over-cap keys sort last); when that is a hole, what it would take
+    /// to fill every hole (walking the index only as far as the holes go); and the
+    /// devices shed recently that are still expected back.
+    fn balance(&self, now: Millis, policy: &RebalancePolicy) -> rank::Balance {
+        let mean_load = self.totals.mean_load();
+        let min_load = self
+            .index
+            .first()
+            .filter(|key| !key.over_cap)
+            .map(RankKey::load);
+        let floor = mean_load * (1.0 - policy.tolerance);
+        let mut hole_deficit = 0.0;
+        if min_load.is_some_and(|min| min < floor) {
+            for key in self
                 .index
-                .first()
-                .filter(|key| !key.over_cap)
-                .map(RankKey::load),
+                .iter()
+                .take_while(|k| !k.over_cap && k.load() < floor)
+            {
+                let weight = self.entry(key.slot).map_or(1, |e| e.instance.spec.weight);
+                hole_deficit += (floor - key.load()) * f64::from(weight.max(1));
+            }
+        }
+        rank::Balance {
+            mean_load,
+            min_load,
+            hole_deficit,
+            in_flight: self.recent_shed.in_flight(now, policy.reconnect_jitter_ms),
         }
     }
 
