@@ -385,7 +385,12 @@ impl ServiceTable {
             mean_load,
             min_load,
             hole_deficit,
-            in_flight: self.recent_shed.in_flight(now, policy.reconnect_jitter_ms),
+            // Only a hole needs it: no heartbeat pays for it otherwise.
+            in_flight: if hole_deficit > 0.0 {
+                self.recent_shed.in_flight(now, policy.reconnect_jitter_ms)
+            } else {
+                0.0
+            },
         }
     }
 
