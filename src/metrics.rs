@@ -53,6 +53,9 @@ pub const FORWARD_CONNECT_FAILURES: &str = "switchboard_forward_connect_failures
 pub const FORWARD_RETRIES: &str = "switchboard_forward_retries_total";
 /// Counter: connections refused at `max_connections`, by forward `listener`.
 pub const FORWARD_REFUSED: &str = "switchboard_forward_refused_total";
+/// Counter: UDP sessions ended to make room in a full session table (a flood of
+/// source addresses), by forward `listener`.
+pub const FORWARD_UDP_EVICTED: &str = "switchboard_forward_udp_sessions_evicted_total";
 /// Counter: bytes relayed, by forward `listener` and `direction` (`up`: device to
 /// backend, `down`: backend to device).
 pub const FORWARD_BYTES: &str = "switchboard_forward_bytes_total";

@@ -10,15 +10,16 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::AppState;
 use crate::api::auth::Tokens;
 use crate::api::limits::RateLimits;
-use crate::config::{Config, ForwardConfig, StaticConfig};
+use crate::config::{Config, ForwardConfig, ForwardProtocol, StaticConfig};
 use crate::forwarder::listener::Listener;
+use crate::forwarder::udp::UdpListener;
 use crate::forwarder::stats::{ForwardBoard, ListenerStats};
 use crate::forwarder::{LiveCounts, health};
 use crate::hub::Hub;
@@ -139,26 +140,12 @@ impl Live {
             {
                 continue;
             }
-            let bound = TcpListener::bind(forward.listen)
-                .await
-                .map_err(|e| (forward.listen, e))?;
-            let addr = bound.local_addr().map_err(|e| (forward.listen, e))?;
-            tracing::info!(service = %forward.service, "forward listening on {addr}");
-            let stats = Arc::new(ListenerStats::new(addr, &forward.service));
-            self.board.add(Arc::clone(&stats));
-            let listener = Arc::new(Listener::new(
-                ForwardConfig {
-                    listen: addr,
-                    ..forward.clone()
-                },
-                self.hub.clone(),
-                Arc::clone(&self.counts),
-                self.stop_relays.clone(),
-                stats,
-            ));
             let stop = self.stop_accepting.child_token();
-            self.relays
-                .spawn(listener.serve(bound, stop.clone(), self.relays.clone()));
+            let addr = match forward.protocol {
+                ForwardProtocol::Tcp => self.start_tcp(forward, stop.clone()).await,
+                ForwardProtocol::Udp => self.start_udp(forward, stop.clone()).await,
+            }
+            .map_err(|e| (forward.listen, e))?;
             lock(&self.listeners).push(RunningListener {
                 configured: forward.clone(),
                 addr,
@@ -167,6 +154,58 @@ impl Live {
             applied.listeners_added += 1;
         }
         Ok(())
+    }
+
+    /// Binds and starts a TCP forward listener; answers where it listens.
+    async fn start_tcp(
+        &self,
+        forward: &ForwardConfig,
+        stop: CancellationToken,
+    ) -> std::io::Result<SocketAddr> {
+        let bound = TcpListener::bind(forward.listen).await?;
+        let addr = bound.local_addr()?;
+        tracing::info!(service = %forward.service, "forward listening on {addr}");
+        let stats = Arc::new(ListenerStats::new(addr, &forward.service));
+        self.board.add(Arc::clone(&stats));
+        let listener = Arc::new(Listener::new(
+            ForwardConfig {
+                listen: addr,
+                ..forward.clone()
+            },
+            self.hub.clone(),
+            Arc::clone(&self.counts),
+            self.stop_relays.clone(),
+            stats,
+        ));
+        self.relays
+            .spawn(listener.serve(bound, stop, self.relays.clone()));
+        Ok(addr)
+    }
+
+    /// Binds and starts a UDP forward listener; answers where it listens.
+    async fn start_udp(
+        &self,
+        forward: &ForwardConfig,
+        stop: CancellationToken,
+    ) -> std::io::Result<SocketAddr> {
+        let bound = UdpSocket::bind(forward.listen).await?;
+        let addr = bound.local_addr()?;
+        tracing::info!(service = %forward.service, "forward listening on udp {addr}");
+        let stats = Arc::new(ListenerStats::new(addr, &forward.service));
+        self.board.add(Arc::clone(&stats));
+        let listener = Arc::new(UdpListener::new(
+            ForwardConfig {
+                listen: addr,
+                ..forward.clone()
+            },
+            self.hub.clone(),
+            Arc::clone(&self.counts),
+            self.stop_relays.clone(),
+            stats,
+        ));
+        self.relays
+            .spawn(listener.serve(bound, stop, self.relays.clone()));
+        Ok(addr)
     }
 
     /// Adds the static instances of `wanted` that are not there and removes those

@@ -4,7 +4,8 @@
 //!
 //! `listener.rs` accepts and limits, `connect.rs` chooses and connects, `relay.rs`
 //! moves bytes, `proxy_protocol.rs` writes PROXY headers, `health.rs` checks static
-//! instances. Must not speak HTTP or SQL.
+//! instances, `udp.rs` relays UDP sessions (their bounded table in `udp_sessions.rs`).
+//! Must not speak HTTP or SQL.
 
 pub mod connect;
 pub mod health;
@@ -12,6 +13,8 @@ pub mod listener;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod stats;
+pub mod udp;
+pub mod udp_sessions;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
