@@ -45,6 +45,15 @@
 //!    connections are opened and held, each having echoed 16 bytes; RSS minus baseline
 //!    over the connections held, in KiB. Then each held connection carries a 64 KiB
 //!    burst (sent and read back), and RSS is measured again with all still held.
+//!    Beside RSS, at the same three moments, the kernel's memory for the sockets:
+//!    `skmem` of `ss -tmnO` (r + w + f: receive queue, send queue, forward-allocated
+//!    bytes) summed over the proxy's own sockets, told apart by port (local port = the
+//!    proxy's listener: its client sides; peer port = the echo backend: its backend
+//!    sides); `/proc/net/sockstat` `TCP ... mem` (pages, every TCP socket on the
+//!    machine) and the slab objects of every socket (`TCP`, `sock_inode_cache`,
+//!    `filp` in `/proc/slabinfo`), which cannot tell the proxy's sockets from the
+//!    client's and the backend's: for those two the proxies show their figure minus
+//!    `direct`'s (measured the same way, client and backend sockets only).
 //!
 //! The echo backends (both listeners) are tokio servers inside this bench process, on
 //! the same tokio runtime (default threading) as the load-generating clients. The bench process and
@@ -104,6 +113,10 @@ const ULIMIT_WRAPPER: &str =
 const MAX_CONNS_PER_WORKER: u64 = 5_000_000;
 /// Latency samples kept per rate worker.
 const MAX_SAMPLES_PER_WORKER: usize = 1_000_000;
+/// The slab caches holding every socket's fixed kernel objects: `struct tcp_sock`,
+/// the socket's inode and its `struct file` (not merged with other caches here;
+/// epoll items and dentries are, so they are left out).
+const SOCKET_SLABS: [&str; 3] = ["TCP", "sock_inode_cache", "filp"];
 
 /// Published numbers for this machine on a quiet day (for comparison, not asserted).
 const REFERENCE: &str = "\
@@ -503,6 +516,32 @@ fn is_listening(port: u16) -> bool {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A")
     })
+}
+
+/// The TCP sockets whose local port is `local` or whose peer port is `peer`, and the
+/// bytes the kernel holds for them: r + w + f of `skmem` in `ss -tmnO` (receive queue,
+/// send queue and forward-allocated bytes, what `tcp_mem` charges; the `struct
+/// tcp_sock` itself is slab memory, not in here).
+fn skmem_bytes(local: u16, peer: u16) -> Result<(u64, u64)> {
+    let out = command_output("ss", &["-tmnHO"])?;
+    let port = |a: &str| a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+    let mem = |f: &str| -> Option<u64> {
+        let inner = f.strip_prefix("skmem:(")?.strip_suffix(')')?;
+        let field = |k: &str| {
+            let v = inner.split(',').find_map(|x| x.strip_prefix(k))?;
+            v.parse::<u64>().ok()
+        };
+        Some(field("r")? + field("w")? + field("f")?)
+    };
+    let bytes = out.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let ours = port(f.get(3)?) == Some(local) || port(f.get(4)?) == Some(peer);
+        if !ours {
+            return None;
+        }
+        f.iter().find_map(|x| mem(x))
+    });
+    Ok(bytes.fold((0, 0), |(n, sum), b| (n + 1, sum + b)))
 }
 
 // ---------------------------------------------------------------------------------
@@ -1322,11 +1361,50 @@ fn phase_rate(
 #[derive(Debug, Clone, Copy)]
 struct Memory {
     held: usize,
-    base_kib: u64,
-    idle_kib: u64,
-    burst_kib: u64,
+    /// Before the connections, with them held idle, after the bursts.
+    at: [MemorySample; 3],
     processes: usize,
     threads: u64,
+}
+
+/// Memory readings at one moment of the memory test.
+#[derive(Debug, Clone, Copy)]
+struct MemorySample {
+    /// The proxy's RSS in KiB (`None` for direct).
+    rss_kib: Option<u64>,
+    /// How many sockets `skmem` sums, and their bytes: the proxy's own sockets
+    /// (direct: client and backend sockets).
+    sockets: u64,
+    skmem: u64,
+    /// `/proc/net/sockstat` TCP mem, in pages (every TCP socket on the machine).
+    tcp_mem_pages: u64,
+    /// Bytes of `SOCKET_SLABS` objects (every socket on the machine).
+    slab: u64,
+}
+
+impl MemorySample {
+    fn now(proxy: &Proxy, echo: SocketAddr) -> MemorySample {
+        let skmem = skmem_bytes(proxy.listen.port(), echo.port());
+        if let Err(err) = &skmem {
+            eprintln!("  ss: {err:#}");
+        }
+        let (sockets, skmem) = skmem.unwrap_or_default();
+        MemorySample {
+            rss_kib: proxy.rss(),
+            sockets,
+            skmem,
+            tcp_mem_pages: sample::tcp_mem_pages().unwrap_or(0),
+            slab: sample::slab_bytes(&SOCKET_SLABS).unwrap_or(0),
+        }
+    }
+}
+
+impl Memory {
+    /// KiB per held connection that `bytes` (of the sample) grew by from the
+    /// baseline to sample `i`.
+    fn per_conn(&self, i: usize, bytes: impl Fn(&MemorySample) -> u64) -> f64 {
+        (bytes(&self.at[i]) as f64 - bytes(&self.at[0]) as f64) / 1024.0 / self.held as f64
+    }
 }
 
 /// Opens `n` connections that each echoed 16 bytes, `FILL_CONCURRENCY` at a time.
@@ -1400,18 +1478,8 @@ fn measure_memory(
     runtime: &tokio::runtime::Runtime,
     setup: Setup,
     echo: SocketAddr,
-) -> Result<Option<Memory>> {
+) -> Result<Memory> {
     let proxy = Proxy::start(setup, echo, cfg)?;
-    if setup == Setup::Direct {
-        // Nothing between client and backend: check the load itself works.
-        let held = runtime.block_on(open_held(proxy.listen, cfg.conns))?;
-        let (held, failed) = runtime.block_on(burst_all(held));
-        if failed > 0 {
-            eprintln!("  {failed} bursts failed");
-        }
-        drop(held);
-        return Ok(None);
-    }
     // Warm-up: a few connections, so one-time setup is not charged to connections.
     runtime.block_on(async {
         for _ in 0..32 {
@@ -1419,29 +1487,27 @@ fn measure_memory(
         }
     });
     std::thread::sleep(Duration::from_millis(500));
-    let base = proxy.rss().unwrap_or(0);
+    let base = MemorySample::now(&proxy, echo);
     let held = runtime.block_on(open_held(proxy.listen, cfg.conns))?;
     std::thread::sleep(Duration::from_secs(1));
-    let idle = proxy.rss().unwrap_or(0);
+    let idle = MemorySample::now(&proxy, echo);
     let (held, failed) = runtime.block_on(burst_all(held));
     if failed > 0 {
         eprintln!("  {failed} of {} bursts failed", held.len());
     }
     std::thread::sleep(Duration::from_secs(1));
-    let burst = proxy.rss().unwrap_or(0);
+    let burst = MemorySample::now(&proxy, echo);
     let pids = proxy.pids();
     let memory = Memory {
         held: held.len(),
-        base_kib: base,
-        idle_kib: idle,
-        burst_kib: burst,
+        at: [base, idle, burst],
         processes: pids.len(),
         threads: status_sum(&pids, "Threads:"),
     };
     drop(held);
     // Let the proxy see the closes before it is stopped.
     std::thread::sleep(Duration::from_millis(300));
-    Ok(Some(memory))
+    Ok(memory)
 }
 
 fn phase_memory(
@@ -1457,16 +1523,35 @@ fn phase_memory(
         if let Err(err) = &r {
             eprintln!("  failed: {err:#}");
         }
-        results.push((setup, r.ok().flatten()));
+        results.push((setup, r.ok()));
     }
     let mut t = Table::new(
         &format!(
-            "3. Memory per held connection ({} connections; proxy RSS, all its processes)",
+            "3. Memory per held connection ({} connections; proxy RSS, all its processes; \
+             kernel memory of the sockets)",
             cfg.conns
         ),
         &cfg.setups,
     );
-    let per_conn = |m: &Memory, after: u64| (after as f64 - m.base_kib as f64) / m.held as f64;
+    let rss = |m: &Memory, i: usize| {
+        m.at[i]
+            .rss_kib
+            .map(|_| m.per_conn(i, |s| s.rss_kib.unwrap_or(0) * 1024))
+    };
+    let page = sample::page_size();
+    let direct = find(&results, Setup::Direct).copied();
+    // Machine-wide figures: the proxies' (those with an RSS) minus direct's (client
+    // and backend sockets).
+    let beyond_direct = |m: &Memory, i: usize, bytes: &dyn Fn(&MemorySample) -> u64| {
+        let own = m.per_conn(i, bytes);
+        match (m.at[0].rss_kib, direct) {
+            (None, _) => Some(own),
+            (Some(_), Some(d)) => Some(own - d.per_conn(i, bytes)),
+            (Some(_), None) => None,
+        }
+    };
+    let tcp_mem = |s: &MemorySample| s.tcp_mem_pages * page;
+    let slab = |s: &MemorySample| s.slab;
     t.row("processes / threads", &results, |r| {
         r.map_or("-".to_owned(), |m| {
             format!("{} / {}", m.processes, m.threads)
@@ -1475,32 +1560,72 @@ fn phase_memory(
     t.row("connections held", &results, |r| {
         r.map_or("-".to_owned(), |m| m.held.to_string())
     });
-    t.row("RSS baseline MiB", &results, |r| {
-        fmt(r.map(|m| m.base_kib as f64 / 1024.0), 1)
+    t.row("sockets in the ss sum, held idle", &results, |r| {
+        r.map_or("-".to_owned(), |m| m.at[1].sockets.to_string())
     });
-    t.row("RSS idle MiB", &results, |r| {
-        fmt(r.map(|m| m.idle_kib as f64 / 1024.0), 1)
-    });
-    t.row("RSS after burst MiB", &results, |r| {
-        fmt(r.map(|m| m.burst_kib as f64 / 1024.0), 1)
-    });
-    t.row("KiB/conn idle (16 B echoed)", &results, |r| {
-        fmt(r.map(|m| per_conn(m, m.idle_kib)), 2)
-    });
-    t.row("KiB/conn after 64 KiB burst", &results, |r| {
-        fmt(r.map(|m| per_conn(m, m.burst_kib)), 2)
-    });
+    for (label, i) in [
+        ("RSS baseline MiB", 0),
+        ("RSS idle MiB", 1),
+        ("RSS after burst MiB", 2),
+    ] {
+        t.row(label, &results, |r| {
+            fmt(
+                r.and_then(|m| m.at[i].rss_kib).map(|k| k as f64 / 1024.0),
+                1,
+            )
+        });
+    }
+    for (when, i) in [("idle (16 B echoed)", 1), ("after 64 KiB burst", 2)] {
+        t.row(&format!("KiB/conn {when}"), &results, |r| {
+            fmt(r.and_then(|m| rss(m, i)), 2)
+        });
+        t.row("  kernel skmem (ss)", &results, |r| {
+            fmt(r.map(|m| m.per_conn(i, |s| s.skmem)), 2)
+        });
+        t.row("  kernel TCP mem (sockstat)", &results, |r| {
+            fmt(r.and_then(|m| beyond_direct(m, i, &tcp_mem)), 2)
+        });
+        t.row("  kernel socket slab", &results, |r| {
+            fmt(r.and_then(|m| beyond_direct(m, i, &slab)), 2)
+        });
+        t.row("  RSS + skmem + slab", &results, |r| {
+            let total = r.and_then(|m| {
+                Some(rss(m, i)? + m.per_conn(i, |s| s.skmem) + beyond_direct(m, i, &slab)?)
+            });
+            fmt(total, 2)
+        });
+    }
     summary.memory = results
         .iter()
-        .map(|(s, r)| {
-            (
-                *s,
-                r.map(|m| (per_conn(&m, m.idle_kib), per_conn(&m, m.burst_kib))),
-            )
-        })
+        .map(|(s, r)| (*s, r.and_then(|m| Some((rss(&m, 1)?, rss(&m, 2)?)))))
         .collect();
+    summary.kernel = results
+        .iter()
+        .map(|(s, r)| (*s, r.map(|m| m.per_conn(2, |s| s.skmem))))
+        .collect();
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let reserve = fs::read_to_string("/proc/sys/net/core/mem_pcpu_rsv")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
     let mut text = t.render();
-    text.push_str("(direct has no proxy: its column only checks that the load runs)\n");
+    let _ = write!(
+        text,
+        "(direct has no proxy: no RSS; its kernel rows are the client's and the backend's \
+         sockets.\n skmem: r + w + f of `ss -tmnO` (receive queue, send queue, \
+         forward-allocated bytes) of the proxy's own sockets only, both sides (local \
+         port = its listener, peer port = the echo backend); client and backend sockets \
+         excluded.\n TCP mem (sockstat `mem`, pages, machine-wide) and socket slab \
+         (`{}` objects in /proc/slabinfo, machine-wide: struct tcp_sock, socket inode, \
+         struct file) cannot tell the proxy's sockets from the others: for the proxies \
+         they are the setup's growth minus direct's, i.e. the proxy's 2 sockets per \
+         connection; other work on the machine shows up in them as noise, and sockstat \
+         moves in per-CPU steps of up to {reserve} pages ({cpus} CPUs: +/- {:.2} \
+         KiB/conn).\n RSS + skmem + slab: what a connection costs the proxy's host in \
+         all; epoll items and dentries (about 0.3 KiB per socket) are not counted.)\n",
+        SOCKET_SLABS.join(", "),
+        (reserve * page * cpus as u64) as f64 / 1024.0 / cfg.conns as f64,
+    );
     text
 }
 
@@ -1599,6 +1724,8 @@ struct Summary {
     rate_backend_closes: PerSetup<(f64, Option<f64>)>,
     /// KiB per connection idle and after the burst.
     memory: PerSetup<(f64, f64)>,
+    /// Kernel `skmem` KiB per connection of the proxy's own sockets after the burst.
+    kernel: PerSetup<f64>,
 }
 
 impl Summary {
@@ -1657,6 +1784,18 @@ impl Summary {
                 out,
                 "- <= 2.4 KiB per connection after a 64 KiB burst: {burst:.2} KiB: {}",
                 verdict(burst <= 2.4)
+            );
+        }
+        let (sb, ng) = (
+            find(&self.kernel, Setup::Switchboard).copied(),
+            find(&self.kernel, Setup::Nginx).copied(),
+        );
+        if let (Some(sb), Some(ng)) = (sb, ng) {
+            let _ = writeln!(
+                out,
+                "- kernel socket buffers (skmem) per connection after the burst <= nginx: \
+                 {sb:.2} vs {ng:.2} KiB: {}",
+                verdict(sb <= ng + 0.01)
             );
         }
         out

@@ -1,4 +1,5 @@
-//! `/proc` readings: CPU ticks and RSS of processes, busy ticks of the machine.
+//! `/proc` readings: CPU ticks and RSS of processes, busy ticks of the machine, the
+//! kernel's socket memory (`/proc/net/sockstat`, `/proc/slabinfo`).
 
 use std::fs;
 use std::process::Command;
@@ -105,11 +106,44 @@ pub fn machine() -> anyhow::Result<Machine> {
 
 /// Clock ticks per second (`getconf CLK_TCK`), 100 when it cannot be read.
 pub fn clock_ticks() -> u64 {
+    getconf("CLK_TCK").unwrap_or(100)
+}
+
+/// Bytes per memory page (`getconf PAGESIZE`), 4096 when it cannot be read.
+pub fn page_size() -> u64 {
+    getconf("PAGESIZE").unwrap_or(4096)
+}
+
+fn getconf(name: &str) -> Option<u64> {
     Command::new("getconf")
-        .arg("CLK_TCK")
+        .arg(name)
         .output()
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .filter(|&t| t > 0)
-        .unwrap_or(100)
+}
+
+/// The `mem` field of the `TCP:` line of `/proc/net/sockstat`: pages the kernel has
+/// charged to the buffers of all TCP sockets (`tcp_memory_allocated`, machine-wide,
+/// not per network namespace; per-CPU reserves make it move in steps).
+pub fn tcp_mem_pages() -> Option<u64> {
+    let text = fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let at = f.iter().position(|w| *w == "mem")?;
+    f.get(at + 1)?.parse().ok()
+}
+
+/// Bytes in use in the named slab caches (`active_objs * objsize` of
+/// `/proc/slabinfo`, root only), machine-wide.
+pub fn slab_bytes(caches: &[&str]) -> Option<u64> {
+    let text = fs::read_to_string("/proc/slabinfo").ok()?;
+    let bytes = text.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if !caches.contains(f.first()?) {
+            return None;
+        }
+        Some(f.get(1)?.parse::<u64>().ok()? * f.get(3)?.parse::<u64>().ok()?)
+    });
+    Some(bytes.sum())
 }
