@@ -1,6 +1,6 @@
-//! Forwarder benchmark: Switchboard's fallback TCP forwarder against nginx `stream` and
-//! HAProxy `mode tcp`, with a direct connection (no proxy) as the reference. One run,
-//! loopback (127.0.0.1) only.
+//! Forwarder benchmark: Switchboard's fallback forwarder against nginx `stream` and
+//! HAProxy `mode tcp`, with a direct connection (no proxy) as the reference; over TCP,
+//! and over UDP against nginx's `listen ... udp`. One run, loopback (127.0.0.1) only.
 //!
 //! Run from the repository root:
 //!
@@ -14,10 +14,19 @@
 //! - `direct`: the client talks to the backend itself;
 //! - `nginx`: `stream { upstream { least_conn; } }`, `worker_processes auto`;
 //! - `HAProxy`: `mode tcp`, `balance leastconn`, default `nbthread`, run with `-db`
-//!   (one process);
+//!   (one process); not in the UDP phase (HAProxy's community edition has no UDP);
 //! - `Switchboard`: `switchboard serve --http 127.0.0.1:0 --db sqlite::memory:
 //!   --forward 127.0.0.1:0=bench`, the backend registered with
 //!   `POST /v1/services/bench/instances` (TTL 300 s, longer than any phase).
+//!
+//! For UDP (phase 4) the same setups get two UDP echo backends: nginx `upstream {
+//! least_conn; }` of both, `listen 127.0.0.1:PORT udp reuseport` (nginx's docs: only
+//! with `reuseport` do a client's datagrams stay in one session when there are several
+//! workers), `proxy_timeout 20s`; Switchboard `--config` with one `[[forward]] protocol =
+//! "udp"` (idle timeout: its UDP default, 20 s) and both backends as `[[static]]`
+//! instances. Static instances are health-checked by TCP connect, so each UDP echo
+//! backend also listens on TCP at the same port (accepting and closing); the phase
+//! starts once Switchboard logged both up. `direct` spreads its clients over both.
 //!
 //! Every phase starts a fresh proxy process per setup, so one phase's allocations do
 //! not flatter or burden the next.
@@ -54,19 +63,32 @@
 //!    `filp` in `/proc/slabinfo`), which cannot tell the proxy's sockets from the
 //!    client's and the backend's: for those two the proxies show their figure minus
 //!    `direct`'s (measured the same way, client and backend sockets only).
+//! 4. UDP request rate: `SB_BENCH_UDP_CLIENTS` (64) client sockets for
+//!    `SB_BENCH_UDP_SECS` seconds, each in a closed loop: send a 64-byte datagram
+//!    (with a sequence number), wait for its echo (given up after 200 ms: lost), send
+//!    the next; one second of the same load first, from the same sockets, unmeasured.
+//!    Requests/s, latency, proxy CPU per request as in 2. Twice: (4a) a session per
+//!    client: each client keeps its address and the proxy its session (one backend
+//!    socket) for the whole run (Switchboard without `udp_responses`, nginx without
+//!    `proxy_responses`); (4b) a session per request: Switchboard `udp_responses = 1`,
+//!    nginx `proxy_responses 1`, so the proxy ends the session at the reply and every
+//!    request opens a new one (a backend pick and a new backend socket), as for DNS.
 //!
-//! The echo backends (both listeners) are tokio servers inside this bench process, on
-//! the same tokio runtime (default threading) as the load-generating clients. The bench process and
+//! The echo backends (both TCP listeners, both UDP ones) are tokio servers inside this
+//! bench process, on the same tokio runtime (default threading) as the load-generating
+//! clients. The bench process and
 //! the proxies get `RLIMIT_NOFILE` raised through `sh -c 'ulimit -n ...; exec ...'`.
 //! nginx, its stream module, HAProxy and iperf3 are installed with `apt-get` when
 //! missing (`SB_BENCH_NO_INSTALL=1` to refuse).
 //!
 //! Knobs (environment): `SB_BENCH_SECS` (default 5), `SB_BENCH_CONNS` (default 5000),
-//! `SB_BENCH_WORKERS` (default 16), `SB_BENCH_ROUNDS` (rounds of the throughput and
-//! rate tests, default 2, the order of setups reversed every other round; the tables
-//! show the median and each round), `SB_BENCH_SETUPS` (comma list of
+//! `SB_BENCH_WORKERS` (default 16), `SB_BENCH_UDP_SECS` (default `SB_BENCH_SECS`),
+//! `SB_BENCH_UDP_CLIENTS` (default 64), `SB_BENCH_ROUNDS` (rounds of the throughput,
+//! rate and UDP tests, default 2, the order of setups reversed every other round; the
+//! tables show the median and each round), `SB_BENCH_SETUPS` (comma list of
 //! `direct,nginx,haproxy,switchboard`), `SB_BENCH_PHASES` (comma list of
-//! `throughput,rate,memory`; `rate-client` or `rate-backend` for one half of `rate`).
+//! `throughput,rate,memory,udp`; `rate-client` or `rate-backend` for one half of
+//! `rate`, `udp-session` or `udp-request` for one half of `udp`).
 //!
 //! Nothing here asserts numbers: the goals are printed, met or missed.
 
@@ -74,15 +96,18 @@ mod support;
 
 use std::fmt::Write as _;
 use std::fs;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
 
 use support::http::{self, JSON};
@@ -113,6 +138,14 @@ const ULIMIT_WRAPPER: &str =
 const MAX_CONNS_PER_WORKER: u64 = 5_000_000;
 /// Latency samples kept per rate worker.
 const MAX_SAMPLES_PER_WORKER: usize = 1_000_000;
+/// Size of each UDP request (and of its echo).
+const UDP_DATAGRAM: usize = 64;
+/// How long a UDP client waits for its echo before it counts the request as lost.
+const UDP_REPLY_TIMEOUT: Duration = Duration::from_millis(200);
+/// The idle timeout of both proxies' UDP sessions (Switchboard's default).
+const UDP_IDLE_SECS: u64 = 20;
+/// The Switchboard service the UDP listener forwards to.
+const UDP_SERVICE: &str = "udpbench";
 /// The slab caches holding every socket's fixed kernel objects: `struct tcp_sock`,
 /// the socket's inode and its `struct file` (not merged with other caches here;
 /// epoll items and dentries are, so they are left out).
@@ -168,6 +201,8 @@ struct Config {
     secs: u64,
     conns: usize,
     workers: usize,
+    udp_secs: u64,
+    udp_clients: usize,
     rounds: usize,
     setups: Vec<Setup>,
     phases: Vec<String>,
@@ -191,14 +226,19 @@ fn run() -> Result<()> {
             .filter(|s| keys.iter().any(|k| k == s.key()))
             .collect(),
     };
-    let phases = knobs::list("SB_BENCH_PHASES")
-        .unwrap_or_else(|| ["throughput", "rate", "memory"].map(str::to_owned).to_vec());
+    let phases = knobs::list("SB_BENCH_PHASES").unwrap_or_else(|| {
+        ["throughput", "rate", "memory", "udp"]
+            .map(str::to_owned)
+            .to_vec()
+    });
     ensure_tools(&setups)?;
     let clk_tck = sample::clock_ticks();
     let cfg = Config {
         secs,
         conns,
         workers,
+        udp_secs: knobs::num("SB_BENCH_UDP_SECS", secs, 1, 60),
+        udp_clients: knobs::count("SB_BENCH_UDP_CLIENTS", 64, 1, 4096),
         rounds: knobs::count("SB_BENCH_ROUNDS", 2, 1, 9),
         setups,
         phases,
@@ -212,18 +252,22 @@ fn run() -> Result<()> {
     let mut max_rustc = count_rustc();
 
     let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
-    let (echo_addr, echo_close_addr) = runtime.block_on(async {
+    let (echo_addr, echo_close_addr, udp) = runtime.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tokio::spawn(echo_server(listener, None));
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let close_addr = listener.local_addr()?;
         tokio::spawn(echo_server(listener, Some(MSG.len())));
-        anyhow::Ok((addr, close_addr))
+        let udp = [UdpEcho::start().await?, UdpEcho::start().await?];
+        anyhow::Ok((addr, close_addr, udp))
     })?;
     println!(
         "echo backends: tokio servers in the bench process (same runtime as the clients): \
-         {echo_addr} (echoes until the client closes), {echo_close_addr} (closes after 16 B)"
+         {echo_addr} (echoes until the client closes), {echo_close_addr} (closes after 16 B); \
+         UDP {} and {} (each also accepts and closes TCP on its port, for Switchboard's \
+         static health check)",
+        udp[0].addr, udp[1].addr
     );
     let mut summary = Summary::default();
 
@@ -262,6 +306,16 @@ fn run() -> Result<()> {
         let table = phase_memory(&cfg, &runtime, echo_addr, &mut summary);
         println!("{table}");
         max_rustc = max_rustc.max(count_rustc());
+    }
+    for (sessions, half) in [
+        (Sessions::PerClient, "udp-session"),
+        (Sessions::PerRequest, "udp-request"),
+    ] {
+        if cfg.phases.iter().any(|p| p == "udp" || p == half) {
+            let table = phase_udp(&cfg, &runtime, &udp, sessions, &mut summary);
+            println!("{table}");
+            max_rustc = max_rustc.max(count_rustc());
+        }
     }
     runtime.shutdown_timeout(Duration::from_secs(2));
 
@@ -442,10 +496,13 @@ fn print_environment(cfg: &Config) {
         loadavg()
     );
     println!(
-        "settings: {} s per measurement, {} rate workers, {} held connections; setups {:?}",
+        "settings: {} s per measurement, {} rate workers, {} held connections, UDP {} \
+         clients x {} s; setups {:?}",
         cfg.secs,
         cfg.workers,
         cfg.conns,
+        cfg.udp_clients,
+        cfg.udp_secs,
         cfg.setups.iter().map(|s| s.name()).collect::<Vec<_>>()
     );
     let rustc = count_rustc();
@@ -505,16 +562,22 @@ fn status_sum(pids: &[u32], field: &str) -> u64 {
         .sum()
 }
 
-/// Whether `127.0.0.1:port` has a listening socket (without connecting to it: a probe
-/// connection would reach the backend, which confuses iperf3's server).
-fn is_listening(port: u16) -> bool {
-    let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
+/// Whether `127.0.0.1:port` has a listening TCP socket, or with `udp` a bound UDP one
+/// (without connecting to it: a probe connection would reach the backend, which
+/// confuses iperf3's server).
+fn is_listening(port: u16, udp: bool) -> bool {
+    let (table, state) = if udp {
+        ("/proc/net/udp", "07")
+    } else {
+        ("/proc/net/tcp", "0A")
+    };
+    let Ok(table) = fs::read_to_string(table) else {
         return false;
     };
     let want = format!("0100007F:{port:04X}");
     table.lines().skip(1).any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A")
+        f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&state)
     })
 }
 
@@ -560,14 +623,33 @@ struct Proxy {
 impl Proxy {
     fn start(setup: Setup, backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
         match setup {
-            Setup::Direct => Ok(Proxy {
-                listen: backend,
-                server: None,
-                extra: Vec::new(),
-            }),
+            Setup::Direct => Ok(Proxy::direct(backend)),
             Setup::Nginx => start_nginx(backend, cfg),
             Setup::Haproxy => start_haproxy(backend, cfg),
             Setup::Switchboard => start_switchboard(backend, cfg),
+        }
+    }
+
+    /// The setup of phase 4 in front of both UDP backends.
+    fn start_udp(
+        setup: Setup,
+        backends: [SocketAddr; 2],
+        sessions: Sessions,
+        cfg: &Config,
+    ) -> Result<Proxy> {
+        match setup {
+            Setup::Direct => Ok(Proxy::direct(backends[0])),
+            Setup::Nginx => start_nginx_udp(backends, sessions, cfg),
+            Setup::Haproxy => bail!("HAProxy's community edition proxies no UDP"),
+            Setup::Switchboard => start_switchboard_udp(backends, sessions, cfg),
+        }
+    }
+
+    fn direct(backend: SocketAddr) -> Proxy {
+        Proxy {
+            listen: backend,
+            server: None,
+            extra: Vec::new(),
         }
     }
 
@@ -604,6 +686,23 @@ impl Proxy {
             .map(|_| status_sum(&self.pids(), "VmRSS:"))
     }
 
+    /// The warning and error lines the proxy logged so far (its stderr; nginx's
+    /// `error.log`).
+    fn log_problems(&self) -> Vec<String> {
+        let Some(server) = &self.server else {
+            return Vec::new();
+        };
+        let nginx_log = fs::read_to_string(server.dir.path().join("error.log"));
+        let text = server.log_text() + &nginx_log.unwrap_or_default();
+        let marks = [
+            " WARN ", " ERROR ", "panicked", "[warn]", "[error]", "[crit]",
+        ];
+        text.lines()
+            .filter(|l| marks.iter().any(|m| l.contains(m)))
+            .map(str::to_owned)
+            .collect()
+    }
+
     fn stop(&mut self) {
         if let Some(mut server) = self.server.take() {
             server.stop(STOP_TIMEOUT);
@@ -630,13 +729,14 @@ fn wrapped(program: &Path) -> Command {
 }
 
 /// Starts `program args` through the wrapper in `dir`, output to its log, and waits
-/// until it listens on `port`; stopped again when that fails.
+/// until it listens on `port` (TCP, or with `udp` UDP); stopped again when that fails.
 fn spawn_listening(
     name: &'static str,
     program: &str,
     args: &[String],
     dir: tempfile::TempDir,
     port: u16,
+    udp: bool,
 ) -> Result<Server> {
     let mut cmd = wrapped(Path::new(program));
     cmd.args(args);
@@ -646,7 +746,7 @@ fn spawn_listening(
         if let Some(status) = server.child.try_wait()? {
             bail!("exited with {status}: {}", server.log_text().trim());
         }
-        if is_listening(port) {
+        if is_listening(port, udp) {
             // Let a master fork its workers.
             std::thread::sleep(Duration::from_millis(300));
             return Ok(server);
@@ -664,8 +764,48 @@ fn spawn_listening(
 }
 
 fn start_nginx(backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
-    let dir = tempfile::tempdir()?;
     let port = free_port()?;
+    let stream = format!(
+        "    upstream backend {{
+        least_conn;
+        server {backend};
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        proxy_pass backend;
+    }}"
+    );
+    nginx(cfg, port, false, &stream)
+}
+
+/// nginx's `listen ... udp` in front of both UDP backends, set as Switchboard's UDP
+/// listener is: sessions per client address (`reuseport`), 20 s idle, and with
+/// `Sessions::PerRequest` one reply per session.
+fn start_nginx_udp(backends: [SocketAddr; 2], sessions: Sessions, cfg: &Config) -> Result<Proxy> {
+    let port = free_udp_port()?;
+    let [a, b] = backends;
+    let responses = match sessions {
+        Sessions::PerClient => "",
+        Sessions::PerRequest => "\n        proxy_responses 1;",
+    };
+    let stream = format!(
+        "    upstream backend {{
+        least_conn;
+        server {a};
+        server {b};
+    }}
+    server {{
+        listen 127.0.0.1:{port} udp reuseport;
+        proxy_pass backend;
+        proxy_timeout {UDP_IDLE_SECS}s;{responses}
+    }}"
+    );
+    nginx(cfg, port, true, &stream)
+}
+
+/// Starts nginx with `stream` as its stream block, listening on `port`.
+fn nginx(cfg: &Config, port: u16, udp: bool, stream: &str) -> Result<Proxy> {
+    let dir = tempfile::tempdir()?;
     let d = dir.path().display();
     let load = cfg
         .nginx_stream_module
@@ -686,14 +826,7 @@ events {{
     worker_connections {worker_connections};
 }}
 stream {{
-    upstream backend {{
-        least_conn;
-        server {backend};
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        proxy_pass backend;
-    }}
+{stream}
 }}
 "
     );
@@ -708,7 +841,7 @@ stream {{
         conf_path.display().to_string(),
     ];
     let error_log = dir.path().join("error.log");
-    let server = spawn_listening("nginx", "nginx", &args, dir, port).map_err(|err| {
+    let server = spawn_listening("nginx", "nginx", &args, dir, port, udp).map_err(|err| {
         let errors = fs::read_to_string(&error_log).unwrap_or_default();
         err.context(format!("nginx: {}", errors.trim()))
     })?;
@@ -716,6 +849,12 @@ stream {{
         SocketAddr::from(([127, 0, 0, 1], port)),
         server,
     ))
+}
+
+/// A loopback UDP port free right now.
+fn free_udp_port() -> Result<u16> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("finding a free UDP port")?;
+    Ok(socket.local_addr()?.port())
 }
 
 fn start_haproxy(backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
@@ -747,7 +886,8 @@ backend be
         "-f".to_owned(),
         conf_path.display().to_string(),
     ];
-    let server = spawn_listening("haproxy", "haproxy", &args, dir, port).context("haproxy")?;
+    let server =
+        spawn_listening("haproxy", "haproxy", &args, dir, port, false).context("haproxy")?;
     Ok(Proxy::started(
         SocketAddr::from(([127, 0, 0, 1], port)),
         server,
@@ -774,6 +914,54 @@ fn start_switchboard(backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
         bail!("registering the backend: HTTP {}: {text}", answer.status);
     }
     Ok(proxy)
+}
+
+/// Switchboard with one UDP forward listener to both UDP backends as `[[static]]`
+/// instances (with `Sessions::PerRequest`, `udp_responses = 1`); ready once it logged
+/// both up (their health check is a TCP connect, which the backends accept).
+fn start_switchboard_udp(
+    backends: [SocketAddr; 2],
+    sessions: Sessions,
+    cfg: &Config,
+) -> Result<Proxy> {
+    let dir = tempfile::tempdir()?;
+    let responses = match sessions {
+        Sessions::PerClient => "",
+        Sessions::PerRequest => "udp_responses = 1\n",
+    };
+    let statics = join(backends, "", |b| {
+        format!("[[static]]\nservice = \"{UDP_SERVICE}\"\naddress = \"{b}\"\n")
+    });
+    let conf = format!(
+        "[[forward]]\nlisten = \"127.0.0.1:0\"\nservice = \"{UDP_SERVICE}\"\n\
+         protocol = \"udp\"\n{responses}{statics}"
+    );
+    let conf_path = dir.path().join("switchboard.toml");
+    fs::write(&conf_path, conf)?;
+    let conf_path = conf_path.display().to_string();
+    let args = ["--db", "sqlite::memory:", "--config", &conf_path];
+    let (server, addrs) = procs::start_switchboard(
+        wrapped(&cfg.switchboard),
+        dir,
+        &args,
+        &["forward listening on udp "],
+        START_TIMEOUT,
+    )?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    for _ in 0..10_000 {
+        let up = server.log_text().matches("static instance up").count();
+        if up >= backends.len() {
+            return Ok(Proxy::started(addrs[1], server));
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!(
+        "the static UDP instances were not up after {START_TIMEOUT:?}: {}",
+        server.log_text().trim()
+    )
 }
 
 // ---------------------------------------------------------------------------------
@@ -813,6 +1001,49 @@ async fn echo_server(listener: TcpListener, close_after: Option<usize>) {
     }
 }
 
+/// A UDP echo backend: every datagram goes back to its sender. Its port also has a TCP
+/// listener that accepts and closes, for Switchboard's static health check.
+struct UdpEcho {
+    addr: SocketAddr,
+    /// Datagrams received so far.
+    received: Arc<AtomicU64>,
+}
+
+impl UdpEcho {
+    async fn start() -> Result<UdpEcho> {
+        // A UDP port whose TCP twin is free too (bounded tries).
+        for _ in 0..50 {
+            let socket = UdpSocket::bind("127.0.0.1:0").await?;
+            let addr = socket.local_addr()?;
+            let Ok(tcp) = TcpListener::bind(addr).await else {
+                continue;
+            };
+            let received = Arc::new(AtomicU64::new(0));
+            tokio::spawn(udp_echo(socket, Arc::clone(&received)));
+            tokio::spawn(async move {
+                for _ in 0..100_000_000u64 {
+                    if tcp.accept().await.is_err() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            });
+            return Ok(UdpEcho { addr, received });
+        }
+        bail!("no loopback port free for both UDP and TCP")
+    }
+}
+
+async fn udp_echo(socket: UdpSocket, received: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; 65_535];
+    for _ in 0..10_000_000_000u64 {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        received.fetch_add(1, Ordering::Relaxed);
+        let _ = socket.send_to(&buf[..n], from).await;
+    }
+}
+
 /// `iperf3 -s` on a free loopback port.
 struct IperfServer {
     server: Server,
@@ -823,7 +1054,7 @@ impl IperfServer {
     fn start() -> Result<IperfServer> {
         let port = free_port()?;
         let args = ["-s", "-B", "127.0.0.1", "-p", &port.to_string()].map(str::to_owned);
-        let server = spawn_listening("iperf3", "iperf3", &args, tempfile::tempdir()?, port)
+        let server = spawn_listening("iperf3", "iperf3", &args, tempfile::tempdir()?, port, false)
             .context("iperf3 -s")?;
         Ok(IperfServer { server, port })
     }
@@ -992,17 +1223,18 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// Runs `measure` for every setup, `cfg.rounds` times, the order reversed on every
-/// other round (so drift in the machine's load does not favour one setup); returns
-/// the successful results per setup.
+/// Runs `measure` for every one of `setups`, `cfg.rounds` times, the order reversed on
+/// every other round (so drift in the machine's load does not favour one setup);
+/// returns the successful results per setup.
 fn run_rounds<T>(
     cfg: &Config,
+    setups: &[Setup],
     label: &str,
     mut measure: impl FnMut(Setup) -> Result<T>,
 ) -> Vec<(Setup, Vec<T>)> {
-    let mut results: Vec<(Setup, Vec<T>)> = cfg.setups.iter().map(|&s| (s, Vec::new())).collect();
+    let mut results: Vec<(Setup, Vec<T>)> = setups.iter().map(|&s| (s, Vec::new())).collect();
     for round in 0..cfg.rounds {
-        let mut order = cfg.setups.clone();
+        let mut order = setups.to_vec();
         if round % 2 == 1 {
             order.reverse();
         }
@@ -1027,7 +1259,7 @@ fn phase_throughput(
     iperf_pid: u32,
     summary: &mut Summary,
 ) -> String {
-    let runs = run_rounds(cfg, "throughput", |setup| {
+    let runs = run_rounds(cfg, &cfg.setups, "throughput", |setup| {
         measure_transfers(cfg, setup, iperf, iperf_pid)
     });
     let results: PerSetup<Throughput> = runs
@@ -1077,12 +1309,72 @@ fn phase_throughput(
 // Phase 2: connection rate.
 // ---------------------------------------------------------------------------------
 
-/// One round of the connection-rate test.
+/// What a closed-loop load (phase 2 or 4) got done.
+#[derive(Debug, Default)]
+struct Load {
+    ok: u64,
+    /// Failed operations (connect or I/O errors, timeouts of the TCP tests).
+    errors: u64,
+    /// UDP requests whose echo did not come within `UDP_REPLY_TIMEOUT`.
+    lost: u64,
+    /// UDP echoes that came for a request already given up.
+    late: u64,
+    /// UDP requests no backend received (the rest of `lost` went missing on the way
+    /// back).
+    unreached: u64,
+    first_error: Option<String>,
+    latencies_us: Vec<u32>,
+}
+
+impl Load {
+    fn note_ok(&mut self, start: Instant) {
+        self.ok += 1;
+        if self.latencies_us.len() < MAX_SAMPLES_PER_WORKER {
+            let us = start.elapsed().as_micros();
+            self.latencies_us
+                .push(u32::try_from(us).unwrap_or(u32::MAX));
+        }
+    }
+
+    fn note_error(&mut self, err: impl std::fmt::Display) {
+        self.errors += 1;
+        self.first_error.get_or_insert_with(|| err.to_string());
+    }
+
+    fn merge(&mut self, other: Load) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.lost += other.lost;
+        self.late += other.late;
+        self.unreached += other.unreached;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.latencies_us.extend(other.latencies_us);
+    }
+}
+
+/// The sum of the loads of a set of tasks.
+async fn join_loads(mut set: JoinSet<Load>) -> Load {
+    let mut total = Load::default();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(load) => total.merge(load),
+            Err(err) => total.note_error(err),
+        }
+    }
+    total
+}
+
+/// One round of the connection-rate (or UDP request-rate) test.
 #[derive(Debug, Clone)]
 struct RateRun {
     conns: u64,
     secs: f64,
     errors: u64,
+    lost: u64,
+    late: u64,
+    unreached: u64,
     /// Proxy CPU ticks during the round (`None` for direct).
     ticks: Option<u64>,
     /// This process's CPU ticks (clients and echo backend).
@@ -1099,6 +1391,9 @@ struct Rate {
     rounds: Vec<f64>,
     per_sec: f64,
     errors: u64,
+    lost: u64,
+    late: u64,
+    unreached: u64,
     /// Proxy CPU per connection in microseconds over all rounds (`None` for direct).
     cpu_us: Option<f64>,
     /// The bench process's CPU (clients and echo backend) per connection, µs.
@@ -1110,6 +1405,8 @@ struct Rate {
     others_cpus: f64,
     p50_us: f64,
     p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
 }
 
 impl Rate {
@@ -1130,6 +1427,9 @@ impl Rate {
             per_sec: median(&rounds),
             rounds,
             errors: runs.iter().map(|r| r.errors).sum(),
+            lost: runs.iter().map(|r| r.lost).sum(),
+            late: runs.iter().map(|r| r.late).sum(),
+            unreached: runs.iter().map(|r| r.unreached).sum(),
             cpu_us: ticks.map(per_conn),
             bench_us: per_conn(runs.iter().map(|r| r.bench_ticks).sum()),
             machine_us: per_conn(runs.iter().map(|r| r.machine_ticks).sum()),
@@ -1144,6 +1444,8 @@ impl Rate {
                 / runs.iter().map(|r| r.secs).sum::<f64>(),
             p50_us: percentile(&lat, 0.5),
             p99_us: percentile(&lat, 0.99),
+            p999_us: percentile(&lat, 0.999),
+            max_us: percentile(&lat, 1.0),
         })
     }
 }
@@ -1185,50 +1487,33 @@ async fn rate_once(addr: SocketAddr, closer: Closer) -> Result<()> {
     Ok(())
 }
 
-/// `workers` loops of connect/echo/close for `secs`; returns (ok, errors, latencies µs).
-async fn connection_load(
-    addr: SocketAddr,
-    closer: Closer,
-    workers: usize,
-    secs: f64,
-) -> (u64, u64, Vec<u32>) {
+/// `workers` loops of connect/echo/close for `secs`.
+async fn connection_load(addr: SocketAddr, closer: Closer, workers: usize, secs: f64) -> Load {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut set = JoinSet::new();
     for _ in 0..workers {
         set.spawn(async move {
-            let (mut ok, mut errors) = (0u64, 0u64);
-            let mut lat = Vec::new();
+            let mut load = Load::default();
             for _ in 0..MAX_CONNS_PER_WORKER {
                 let start = Instant::now();
                 if start >= deadline {
                     break;
                 }
                 match tokio::time::timeout(OP_TIMEOUT, rate_once(addr, closer)).await {
-                    Ok(Ok(())) => {
-                        ok += 1;
-                        if lat.len() < MAX_SAMPLES_PER_WORKER {
-                            let us = start.elapsed().as_micros();
-                            lat.push(u32::try_from(us).unwrap_or(u32::MAX));
-                        }
-                    }
-                    _ => {
-                        errors += 1;
+                    Ok(Ok(())) => load.note_ok(start),
+                    outcome => {
+                        load.note_error(match outcome {
+                            Ok(Err(err)) => format!("{err:#}"),
+                            _ => "timed out".to_owned(),
+                        });
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
             }
-            (ok, errors, lat)
+            load
         });
     }
-    let (mut ok, mut errors, mut lat) = (0, 0, Vec::new());
-    while let Some(joined) = set.join_next().await {
-        if let Ok((o, e, l)) = joined {
-            ok += o;
-            errors += e;
-            lat.extend(l);
-        }
-    }
-    (ok, errors, lat)
+    join_loads(set).await
 }
 
 fn percentile(sorted: &[u32], q: f64) -> f64 {
@@ -1239,6 +1524,43 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
     f64::from(sorted[i.min(sorted.len() - 1)])
 }
 
+/// Runs `load` through `proxy` for one second, unmeasured (warm-up), then for `secs`
+/// with the proxy's, this process's and the machine's CPU counted.
+fn measured<F: Future<Output = Load>>(
+    runtime: &tokio::runtime::Runtime,
+    proxy: &Proxy,
+    secs: f64,
+    load: impl Fn(f64) -> F,
+) -> Result<RateRun> {
+    if runtime.block_on(load(1.0)).ok == 0 {
+        bail!("nothing echoed through {} during warm-up", proxy.listen);
+    }
+    let cpu_before = proxy.cpu();
+    let bench_before = cpu_ticks(&[std::process::id()]);
+    let machine_before = machine_busy_ticks();
+    let started = Instant::now();
+    let done = runtime.block_on(load(secs));
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = proxy.cpu();
+    let bench_after = cpu_ticks(&[std::process::id()]);
+    let machine_after = machine_busy_ticks();
+    if let Some(err) = &done.first_error {
+        eprintln!("  {} error(s); first: {err}", done.errors);
+    }
+    Ok(RateRun {
+        conns: done.ok,
+        secs: elapsed,
+        errors: done.errors,
+        lost: done.lost,
+        late: done.late,
+        unreached: done.unreached,
+        ticks: cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
+        bench_ticks: bench_after.saturating_sub(bench_before),
+        machine_ticks: machine_after.saturating_sub(machine_before),
+        latencies_us: done.latencies_us,
+    })
+}
+
 fn measure_rate(
     cfg: &Config,
     runtime: &tokio::runtime::Runtime,
@@ -1247,37 +1569,55 @@ fn measure_rate(
     closer: Closer,
 ) -> Result<RateRun> {
     let proxy = Proxy::start(setup, echo, cfg)?;
-    // Warm-up: one second of the same load, not measured.
-    let (ok, _, _) = runtime.block_on(connection_load(proxy.listen, closer, cfg.workers, 1.0));
-    if ok == 0 {
-        bail!(
-            "no connection echoed through {} during warm-up",
-            setup.name()
-        );
-    }
-    let cpu_before = proxy.cpu();
-    let bench_before = cpu_ticks(&[std::process::id()]);
-    let machine_before = machine_busy_ticks();
-    let started = Instant::now();
-    let (ok, errors, lat) = runtime.block_on(connection_load(
-        proxy.listen,
-        closer,
-        cfg.workers,
-        cfg.secs as f64,
-    ));
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu_after = proxy.cpu();
-    let bench_after = cpu_ticks(&[std::process::id()]);
-    let machine_after = machine_busy_ticks();
-    Ok(RateRun {
-        conns: ok,
-        secs: elapsed,
-        errors,
-        ticks: cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
-        bench_ticks: bench_after.saturating_sub(bench_before),
-        machine_ticks: machine_after.saturating_sub(machine_before),
-        latencies_us: lat,
+    let listen = proxy.listen;
+    measured(runtime, &proxy, cfg.secs as f64, |secs| {
+        connection_load(listen, closer, cfg.workers, secs)
     })
+}
+
+/// Rate and proxy CPU per operation, as the goals want them.
+fn summary_rates(results: &PerSetup<Rate>) -> PerSetup<(f64, Option<f64>)> {
+    let pick = |r: &Rate| (r.per_sec, r.cpu_us);
+    results
+        .iter()
+        .map(|(s, r)| (*s, r.as_ref().map(pick)))
+        .collect()
+}
+
+/// The rows phases 2 and 4 share: rate, CPU per operation (`unit`), latency.
+fn rate_rows(t: &mut Table, results: &PerSetup<Rate>, noun: &str, unit: &str) {
+    let direct = find(results, Setup::Direct).cloned();
+    t.row(&format!("{noun}/s"), results, |r| {
+        fmt(r.map(|r| r.per_sec), 0)
+    });
+    t.row(&format!("rounds {unit}/s"), results, |r| {
+        r.map_or_else(
+            || "-".to_owned(),
+            |r| join(&r.rounds, "/", |v| format!("{v:.0}")),
+        )
+    });
+    t.row("x direct", results, |r| {
+        fmt(
+            r.zip(direct.as_ref()).map(|(r, d)| r.per_sec / d.per_sec),
+            2,
+        )
+    });
+    t.row(&format!("proxy CPU us/{unit}"), results, |r| {
+        fmt(r.and_then(|r| r.cpu_us), 1)
+    });
+    t.row(
+        &format!("bench (client+echo) CPU us/{unit}"),
+        results,
+        |r| fmt(r.map(|r| r.bench_us), 1),
+    );
+    t.row(&format!("machine busy CPU us/{unit}"), results, |r| {
+        fmt(r.map(|r| r.machine_us), 1)
+    });
+    t.row("other load (CPUs busy)", results, |r| {
+        fmt(r.map(|r| r.others_cpus), 2)
+    });
+    t.row("latency p50 us", results, |r| fmt(r.map(|r| r.p50_us), 0));
+    t.row("latency p99 us", results, |r| fmt(r.map(|r| r.p99_us), 0));
 }
 
 fn phase_rate(
@@ -1288,7 +1628,7 @@ fn phase_rate(
     summary: &mut Summary,
 ) -> String {
     let label = format!("rate, {closer:?} closes");
-    let runs = run_rounds(cfg, &label, |setup| {
+    let runs = run_rounds(cfg, &cfg.setups, &label, |setup| {
         let r = measure_rate(cfg, runtime, setup, echo, closer);
         // Let the TIME_WAIT churn of one setup settle before the next.
         std::thread::sleep(Duration::from_millis(500));
@@ -1298,7 +1638,6 @@ fn phase_rate(
         .iter()
         .map(|(s, r)| (*s, Rate::from_rounds(r, cfg.clk_tck)))
         .collect();
-    let direct = find(&results, Setup::Direct).cloned();
     let title = match closer {
         Closer::Client => format!(
             "2a. Connection rate, client closes first ({} workers x {} s: connect, \
@@ -1313,40 +1652,11 @@ fn phase_rate(
         ),
     };
     let mut t = Table::new(&title, &cfg.setups);
-    t.row("connections/s", &results, |r| fmt(r.map(|r| r.per_sec), 0));
-    t.row("rounds conn/s", &results, |r| {
-        r.map_or_else(
-            || "-".to_owned(),
-            |r| join(&r.rounds, "/", |v| format!("{v:.0}")),
-        )
-    });
-    t.row("x direct", &results, |r| {
-        fmt(
-            r.zip(direct.as_ref()).map(|(r, d)| r.per_sec / d.per_sec),
-            2,
-        )
-    });
-    t.row("proxy CPU us/conn", &results, |r| {
-        fmt(r.and_then(|r| r.cpu_us), 1)
-    });
-    t.row("bench (client+echo) CPU us/conn", &results, |r| {
-        fmt(r.map(|r| r.bench_us), 1)
-    });
-    t.row("machine busy CPU us/conn", &results, |r| {
-        fmt(r.map(|r| r.machine_us), 1)
-    });
-    t.row("other load (CPUs busy)", &results, |r| {
-        fmt(r.map(|r| r.others_cpus), 2)
-    });
-    t.row("latency p50 us", &results, |r| fmt(r.map(|r| r.p50_us), 0));
-    t.row("latency p99 us", &results, |r| fmt(r.map(|r| r.p99_us), 0));
+    rate_rows(&mut t, &results, "connections", "conn");
     t.row("errors", &results, |r| {
         r.map_or_else(|| "err".to_owned(), |r| r.errors.to_string())
     });
-    let rates = results
-        .iter()
-        .map(|(s, r)| (*s, r.as_ref().map(|r| (r.per_sec, r.cpu_us))))
-        .collect();
+    let rates = summary_rates(&results);
     match closer {
         Closer::Client => summary.rate = rates,
         Closer::Backend => summary.rate_backend_closes = rates,
@@ -1630,6 +1940,230 @@ fn phase_memory(
 }
 
 // ---------------------------------------------------------------------------------
+// Phase 4: UDP request rate.
+// ---------------------------------------------------------------------------------
+
+/// How long a proxy keeps a UDP client's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sessions {
+    /// For as long as the client sends (within the idle timeout): one backend socket
+    /// per client for the whole run.
+    PerClient,
+    /// Until its first reply (`udp_responses = 1`, `proxy_responses 1`): every request
+    /// is a new session.
+    PerRequest,
+}
+
+/// A client socket of the UDP test, connected to its target, with its sequence.
+struct UdpClient {
+    socket: UdpSocket,
+    next: AtomicU64,
+}
+
+/// `n` clients, each connected to one of `targets` in turn.
+async fn udp_clients(targets: &[SocketAddr], n: usize) -> Result<Vec<Arc<UdpClient>>> {
+    let mut clients = Vec::with_capacity(n);
+    for target in targets.iter().cycle().take(n) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        socket.connect(target).await?;
+        let next = AtomicU64::new(0);
+        clients.push(Arc::new(UdpClient { socket, next }));
+    }
+    Ok(clients)
+}
+
+/// Every client in a closed loop for `secs`: send a numbered datagram, wait for its
+/// echo (up to `UDP_REPLY_TIMEOUT`; echoes of earlier numbers are late), again.
+async fn udp_load(clients: &[Arc<UdpClient>], backends: &[UdpEcho; 2], secs: f64) -> Load {
+    let counts = || {
+        let sent = clients.iter().map(|c| c.next.load(Ordering::Relaxed));
+        let received = backends.iter().map(|b| b.received.load(Ordering::Relaxed));
+        (sent.sum::<u64>(), received.sum::<u64>())
+    };
+    let before = counts();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut set = JoinSet::new();
+    for client in clients {
+        let client = Arc::clone(client);
+        set.spawn(async move {
+            let mut load = Load::default();
+            let (mut out, mut back) = ([0x5au8; UDP_DATAGRAM], [0u8; UDP_DATAGRAM + 1]);
+            for _ in 0..MAX_CONNS_PER_WORKER {
+                let start = Instant::now();
+                if start >= deadline {
+                    break;
+                }
+                let seq = client.next.fetch_add(1, Ordering::Relaxed).to_le_bytes();
+                out[..8].copy_from_slice(&seq);
+                if let Err(err) = client.socket.send(&out).await {
+                    load.note_error(format!("send: {err}"));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                let give_up = tokio::time::Instant::from_std(start + UDP_REPLY_TIMEOUT);
+                for _ in 0..1000 {
+                    match tokio::time::timeout_at(give_up, client.socket.recv(&mut back)).await {
+                        Err(_) => load.lost += 1,
+                        Ok(Err(err)) => load.note_error(format!("recv: {err}")),
+                        Ok(Ok(n)) if n == UDP_DATAGRAM && back[..8] == seq => load.note_ok(start),
+                        Ok(Ok(_)) => {
+                            load.late += 1;
+                            continue;
+                        }
+                    }
+                    break;
+                }
+            }
+            load
+        });
+    }
+    let mut load = join_loads(set).await;
+    // Every request was answered or given up: none is on its way any more.
+    let after = counts();
+    load.unreached = (after.0 - before.0).saturating_sub(after.1 - before.1);
+    load
+}
+
+/// One round of phase 4 for one setup.
+struct UdpRound {
+    run: RateRun,
+    /// The share of the requests the first backend received.
+    share: f64,
+    /// The warnings and errors the proxy logged.
+    log: Vec<String>,
+}
+
+fn measure_udp(
+    cfg: &Config,
+    runtime: &tokio::runtime::Runtime,
+    setup: Setup,
+    backends: &[UdpEcho; 2],
+    sessions: Sessions,
+) -> Result<UdpRound> {
+    let addrs = [backends[0].addr, backends[1].addr];
+    let proxy = Proxy::start_udp(setup, addrs, sessions, cfg)?;
+    let targets = match setup {
+        Setup::Direct => addrs.to_vec(),
+        _ => vec![proxy.listen],
+    };
+    let clients = runtime.block_on(udp_clients(&targets, cfg.udp_clients))?;
+    let received = || {
+        backends
+            .each_ref()
+            .map(|b| b.received.load(Ordering::Relaxed))
+    };
+    let before = received();
+    let run = measured(runtime, &proxy, cfg.udp_secs as f64, |secs| {
+        udp_load(&clients, backends, secs)
+    })?;
+    let [a, b] = received();
+    let first = a.saturating_sub(before[0]) as f64;
+    let share = first / (first + b.saturating_sub(before[1]) as f64);
+    Ok(UdpRound {
+        run,
+        share,
+        log: proxy.log_problems(),
+    })
+}
+
+fn phase_udp(
+    cfg: &Config,
+    runtime: &tokio::runtime::Runtime,
+    backends: &[UdpEcho; 2],
+    sessions: Sessions,
+    summary: &mut Summary,
+) -> String {
+    let setups: Vec<Setup> = cfg
+        .setups
+        .iter()
+        .copied()
+        .filter(|&s| s != Setup::Haproxy)
+        .collect();
+    let label = format!("udp, {sessions:?}");
+    let runs = run_rounds(cfg, &setups, &label, |setup| {
+        measure_udp(cfg, runtime, setup, backends, sessions)
+    });
+    let results: PerSetup<Rate> = runs
+        .iter()
+        .map(|(s, r)| {
+            let rounds: Vec<RateRun> = r.iter().map(|u| u.run.clone()).collect();
+            (*s, Rate::from_rounds(&rounds, cfg.clk_tck))
+        })
+        .collect();
+    let (what, config) = match sessions {
+        Sessions::PerClient => (
+            "4a. UDP request rate, a session per client",
+            "each client keeps its address, so the proxy keeps one session (one backend \
+             socket) per client all run: Switchboard without udp_responses, nginx without \
+             proxy_responses",
+        ),
+        Sessions::PerRequest => (
+            "4b. UDP request rate, a session per request",
+            "Switchboard udp_responses = 1, nginx proxy_responses 1: the session ends at \
+             its reply, so every request picks a backend and opens a new backend socket",
+        ),
+    };
+    let title = format!(
+        "{what} ({} clients x {} s, closed loop: send {UDP_DATAGRAM} B, wait for the echo; \
+         {config}; median of {} round(s))",
+        cfg.udp_clients, cfg.udp_secs, cfg.rounds
+    );
+    let mut t = Table::new(&title, &setups);
+    rate_rows(&mut t, &results, "requests", "req");
+    t.row("latency p99.9 / max us", &results, |r| {
+        r.map_or("-".to_owned(), |r| {
+            format!("{:.0} / {:.0}", r.p999_us, r.max_us)
+        })
+    });
+    let nginx = find(&results, Setup::Nginx).map(|r| r.per_sec);
+    t.row("x nginx", &results, |r| {
+        fmt(r.zip(nginx).map(|(r, n)| r.per_sec / n), 2)
+    });
+    t.row("lost (no echo in 200 ms)", &results, |r| {
+        r.map_or("-".to_owned(), |r| r.lost.to_string())
+    });
+    t.row("  of them at no backend", &results, |r| {
+        r.map_or("-".to_owned(), |r| r.unreached.to_string())
+    });
+    t.row("late echoes", &results, |r| {
+        r.map_or("-".to_owned(), |r| r.late.to_string())
+    });
+    t.row("errors", &results, |r| {
+        r.map_or_else(|| "err".to_owned(), |r| r.errors.to_string())
+    });
+    let rounds: PerSetup<&[UdpRound]> = runs
+        .iter()
+        .map(|(s, r)| (*s, (!r.is_empty()).then_some(r.as_slice())))
+        .collect();
+    t.row("% at backend 1, rounds", &rounds, |r| {
+        r.map_or("-".to_owned(), |r| {
+            join(*r, "/", |u| format!("{:.0}", u.share * 100.0))
+        })
+    });
+    t.row("proxy log warn+error lines", &rounds, |r| {
+        r.map_or("-".to_owned(), |r| {
+            join(*r, "/", |u| u.log.len().to_string())
+        })
+    });
+    let rates = summary_rates(&results);
+    match sessions {
+        Sessions::PerClient => summary.udp_session = rates,
+        Sessions::PerRequest => summary.udp_request = rates,
+    }
+    let mut text = t.render();
+    for (setup, r) in &runs {
+        let lines = r.iter().flat_map(|u| &u.log).take(3);
+        for line in lines {
+            let _ = writeln!(text, "  {} log: {line}", setup.name());
+        }
+    }
+    if cfg.setups.contains(&Setup::Haproxy) {
+        text.push_str("(HAProxy: left out, its community edition proxies no UDP)\n");
+    }
+    text
+}
+
+// ---------------------------------------------------------------------------------
 // Output.
 // ---------------------------------------------------------------------------------
 
@@ -1726,6 +2260,10 @@ struct Summary {
     memory: PerSetup<(f64, f64)>,
     /// Kernel `skmem` KiB per connection of the proxy's own sockets after the burst.
     kernel: PerSetup<f64>,
+    /// UDP requests per second and proxy CPU µs per request, a session per client.
+    udp_session: PerSetup<(f64, Option<f64>)>,
+    /// The same with a session per request.
+    udp_request: PerSetup<(f64, Option<f64>)>,
 }
 
 impl Summary {
@@ -1747,9 +2285,35 @@ impl Summary {
                 verdict(ratio >= 1.2)
             );
         }
-        for (which, rates) in [
-            ("2a, client closes", &self.rate),
-            ("2b, backend closes", &self.rate_backend_closes),
+        for (what, per, unit, which, rates) in [
+            (
+                "connection rate",
+                "connection",
+                "conn/s",
+                "2a, client closes",
+                &self.rate,
+            ),
+            (
+                "connection rate",
+                "connection",
+                "conn/s",
+                "2b, backend closes",
+                &self.rate_backend_closes,
+            ),
+            (
+                "UDP request rate",
+                "request",
+                "req/s",
+                "4a, a session per client",
+                &self.udp_session,
+            ),
+            (
+                "UDP request rate",
+                "request",
+                "req/s",
+                "4b, a session per request",
+                &self.udp_request,
+            ),
         ] {
             let (sb, ng) = (
                 find(rates, Setup::Switchboard).copied(),
@@ -1760,7 +2324,7 @@ impl Summary {
             };
             let _ = writeln!(
                 out,
-                "- connection rate >= nginx ({which}): {sb_rate:.0} vs {ng_rate:.0} conn/s \
+                "- {what} >= nginx ({which}): {sb_rate:.0} vs {ng_rate:.0} {unit} \
                  ({:.2}x): {}",
                 sb_rate / ng_rate,
                 verdict(sb_rate >= ng_rate)
@@ -1768,7 +2332,7 @@ impl Summary {
             if let (Some(sb_cpu), Some(ng_cpu)) = (sb_cpu, ng_cpu) {
                 let _ = writeln!(
                     out,
-                    "- proxy CPU per connection <= nginx ({which}): {sb_cpu:.1} vs \
+                    "- proxy CPU per {per} <= nginx ({which}): {sb_cpu:.1} vs \
                      {ng_cpu:.1} us: {}",
                     verdict(sb_cpu <= ng_cpu)
                 );
