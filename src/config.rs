@@ -235,7 +235,7 @@ pub struct ForwardConfig {
 pub struct StaticConfig {
     /// Service.
     pub service: String,
-    /// Canonical address.
+    /// Canonical `host:port`, or `unix:/absolute/path` (forwarder only).
     pub address: String,
     /// Weight.
     pub weight: u32,
@@ -681,7 +681,7 @@ fn validate_static(i: usize, s: FileStatic) -> Result<StaticConfig, ConfigError>
     validate::service_name(&s.service).map_err(|e| invalid(format!("{key}.service"), e.message))?;
     Ok(StaticConfig {
         service: s.service,
-        address: validate::address(&s.address)
+        address: validate::static_address(&s.address)
             .map_err(|e| invalid(format!("{key}.address"), e.message))?,
         weight: validate::weight(s.weight)
             .map_err(|e| invalid(format!("{key}.weight"), e.message))?,

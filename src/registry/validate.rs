@@ -112,6 +112,49 @@ pub fn address(raw: &str) -> Result<String, Invalid> {
     Ok(format!("{host}:{port}"))
 }
 
+/// How a static instance names a Unix stream socket (nginx's `server unix:/path`).
+pub const UNIX_PREFIX: &str = "unix:";
+
+/// Longest Unix socket path: `sun_path` holds 108 bytes on Linux, the last a NUL.
+pub const UNIX_PATH_MAX: usize = 107;
+
+/// The socket path of a `unix:/path` address; `None` for `host:port`.
+pub fn unix_socket_path(address: &str) -> Option<&str> {
+    address.strip_prefix(UNIX_PREFIX)
+}
+
+/// Checks a `[[static]]` address: `host:port` as [`address`], or `unix:` and an
+/// absolute socket path (kept as written: the path is the file system's to judge).
+///
+/// # Errors
+/// `invalid_address` with the reason.
+pub fn static_address(raw: &str) -> Result<String, Invalid> {
+    let Some(path) = unix_socket_path(raw) else {
+        return address(raw);
+    };
+    let bad = |why: &str| {
+        Invalid::new(
+            "invalid_address",
+            format!(
+                "address {raw:?} {why}; expected unix:/absolute/path, e.g. unix:/run/backend.sock"
+            ),
+        )
+    };
+    if !path.starts_with('/') {
+        // Relative to what the server's working directory happens to be: refused.
+        return Err(bad("has a socket path that is not absolute"));
+    }
+    if path.contains('\0') {
+        return Err(bad("has a NUL byte in its socket path"));
+    }
+    if path.len() > UNIX_PATH_MAX {
+        return Err(bad(&format!(
+            "has a socket path longer than {UNIX_PATH_MAX} bytes"
+        )));
+    }
+    Ok(raw.to_owned())
+}
+
 /// RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
 fn is_host_name(host: &str) -> bool {
     if host.is_empty() || host.len() > 253 {
@@ -341,6 +384,33 @@ mod tests {
         ] {
             assert_eq!(address(bad).unwrap_err().code, "invalid_address", "{bad}");
         }
+    }
+
+    #[test]
+    fn static_addresses_take_absolute_unix_paths_too() {
+        assert_eq!(
+            static_address("unix:/run/b.sock").unwrap(),
+            "unix:/run/b.sock"
+        );
+        assert_eq!(static_address("Host:80").unwrap(), "host:80");
+        assert_eq!(unix_socket_path("unix:/run/b.sock"), Some("/run/b.sock"));
+        assert_eq!(unix_socket_path("10.0.0.5:6666"), None);
+        let long = format!("unix:/{}", "a".repeat(UNIX_PATH_MAX));
+        for bad in [
+            "unix:",
+            "unix:relative.sock",
+            "unix:./b.sock",
+            "unix:/a\0b",
+            &long,
+        ] {
+            assert_eq!(
+                static_address(bad).unwrap_err().code,
+                "invalid_address",
+                "{bad}"
+            );
+        }
+        // Registrations stay host:port.
+        assert!(address("unix:/run/b.sock").is_err());
     }
 
     #[test]
