@@ -24,7 +24,7 @@ use crate::registry::table::{
     self, HeartbeatAnswer, InstanceView, LeaseError, PreservationEvent, RankQuery, Ranked,
     ServiceSummary,
 };
-use crate::registry::{Instance, InstanceSpec, Origin, RebalancePolicy, ServiceTable};
+use crate::registry::{Instance, InstanceSpec, Origin, RebalancePolicy, ServiceTable, validate};
 use crate::store::{BeatRecord, InstanceRecord, Store, StoreError, bounded};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -103,7 +103,7 @@ impl std::fmt::Debug for Registered {
 pub struct ForwardTarget {
     /// Instance id.
     pub id: String,
-    /// `host:port` to connect to.
+    /// `host:port` to connect to, or `unix:/path` (a static instance's socket).
     pub address: String,
 }
 
@@ -565,13 +565,15 @@ impl Hub {
 
     /// Adds a static instance from the config file, in memory only, under an id
     /// derived from service and address (stable across restarts and nodes). It stays
-    /// down until its first health check passes.
+    /// down until its first health check passes. A `unix:` one is forward-only.
     pub fn add_static(&self, service: &str, spec: InstanceSpec) -> String {
         let id = format!(
             "static-{:016x}",
             xxhash_rust::xxh3::xxh3_64(format!("{service}/{}", spec.address).as_bytes())
         );
         let now = self.now();
+        // A device cannot reach a socket on this host's file system.
+        let forward_only = validate::unix_socket_path(&spec.address).is_some();
         let mut instance = table::new_instance(
             id.clone(),
             spec,
@@ -581,6 +583,7 @@ impl Hub {
         );
         instance.origin = Origin::Static;
         instance.down = true;
+        instance.forward_only = forward_only;
         self.slot_or_create(service)
             .apply(|t| t.upsert(instance, now));
         id

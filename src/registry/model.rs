@@ -96,6 +96,9 @@ pub struct Instance {
     pub origin: Origin,
     /// A static instance whose health check fails; never handed out meanwhile.
     pub down: bool,
+    /// Reachable only through the forwarder (a `unix:` static instance): ranked for
+    /// forwarded connections, never handed out by `/servers`.
+    pub forward_only: bool,
 }
 
 impl Instance {

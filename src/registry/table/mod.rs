@@ -361,12 +361,19 @@ impl ServiceTable {
     /// that can take a connection (the index's first key, unless that one is already
     /// at its cap: over-cap keys sort last); when that is a hole, what it would take
     /// to fill every hole (walking the index only as far as the holes go); and the
-    /// devices shed recently that are still expected back.
+    /// devices shed recently that are still expected back. Forward-only instances are
+    /// skipped: a shed device asks `/servers`, which never lands it there, so an idle
+    /// `unix:` backend is no hole (counting it would shed for ever).
     fn balance(&self, now: Millis, policy: &RebalancePolicy) -> rank::Balance {
         let mean_load = self.totals.mean_load();
+        let reachable = |key: &&RankKey| {
+            self.entry(key.slot)
+                .is_some_and(|e| !e.instance.forward_only)
+        };
         let min_load = self
             .index
-            .first()
+            .iter()
+            .find(reachable)
             .filter(|key| !key.over_cap)
             .map(RankKey::load);
         let floor = mean_load * (1.0 - policy.tolerance);
@@ -375,6 +382,7 @@ impl ServiceTable {
             for key in self
                 .index
                 .iter()
+                .filter(reachable)
                 .take_while(|k| !k.over_cap && k.load() < floor)
             {
                 let weight = self.entry(key.slot).map_or(1, |e| e.instance.spec.weight);
@@ -421,13 +429,15 @@ impl ServiceTable {
         true
     }
 
-    /// Ranks the service for one answer and counts a pending hand-out for the first.
+    /// Ranks the service for a `/servers` answer and counts a pending hand-out for the
+    /// first. Instances only the forwarder can reach (`unix:` sockets) are left out.
     pub fn rank(&mut self, query: &RankQuery<'_>, now: Millis) -> Ranked {
-        self.rank_excluding(query, now, &|_| false)
+        self.rank_excluding(query, now, &|i| i.forward_only)
     }
 
-    /// [`ServiceTable::rank`] without the instances `exclude` rejects (the forwarder's
-    /// backends in their `fail_timeout`); the hand-out goes to the first one left.
+    /// The forwarder's ranking: forward-only instances take part, those `exclude`
+    /// rejects (backends in their `fail_timeout`) do not; the hand-out goes to the
+    /// first one left.
     pub fn rank_excluding(
         &mut self,
         query: &RankQuery<'_>,
@@ -697,6 +707,7 @@ pub fn new_instance(
         registered_at_unix_ms,
         origin: Origin::Registered,
         down: false,
+        forward_only: false,
     }
 }
 

@@ -493,6 +493,71 @@ fn deregistered_instances_vanish_at_once() {
 }
 
 #[test]
+fn forward_only_instances_are_ranked_for_the_forwarder_only() {
+    let mut t = ServiceTable::new("default");
+    add(&mut t, "tcp", 0);
+    beat(&mut t, "tcp", 10, 0);
+    let mut unix = new_instance(
+        "unix".to_owned(),
+        InstanceSpec {
+            address: "unix:/run/b.sock".to_owned(),
+            ..spec("unix")
+        },
+        lease_of("unix"),
+        0,
+        0,
+    );
+    unix.forward_only = true;
+    t.upsert(unix, 0);
+    // The idle unix instance would come first; `/servers` never sees it, at any
+    // limit or with a key, and it gets no hand-out from those answers.
+    for _ in 0..3 {
+        assert_eq!(ids(&t.rank(&query(10), 0)), ["tcp"]);
+        let keyed = RankQuery {
+            key: Some(b"device-1"),
+            ..query(1)
+        };
+        assert_eq!(ids(&t.rank(&keyed, 0)), ["tcp"]);
+    }
+    assert_eq!(pending(&t, "unix"), 0);
+    // The forwarder's ranking has it, first.
+    assert_eq!(
+        ids(&t.rank_excluding(&query(10), 0, &|_| false)),
+        ["unix", "tcp"]
+    );
+    assert_eq!(pending(&t, "unix"), 1);
+}
+
+#[test]
+fn an_idle_forward_only_instance_is_no_hole_to_shed_for() {
+    let mut t = ServiceTable::new("default");
+    for id in ["a", "b"] {
+        add(&mut t, id, 0);
+        beat(&mut t, id, 100, 0);
+    }
+    let mut unix = new_instance(
+        "unix".to_owned(),
+        InstanceSpec {
+            address: "unix:/run/b.sock".to_owned(),
+            ..spec("unix")
+        },
+        lease_of("unix"),
+        0,
+        0,
+    );
+    unix.forward_only = true;
+    t.upsert(unix, 0);
+    // The mean (66.7) counts it, but no shed device could land on it: nothing sheds.
+    for now in 1..5 {
+        assert_eq!(beat(&mut t, "a", 100, now).shed, 0);
+        assert_eq!(beat(&mut t, "b", 100, now).shed, 0);
+    }
+    // A real hole among the others is still filled.
+    assert_eq!(beat(&mut t, "b", 10, 5).shed, 0);
+    assert!(beat(&mut t, "a", 190, 6).shed > 0);
+}
+
+#[test]
 fn leases_are_checked() {
     let mut t = ServiceTable::new("default");
     add(&mut t, "a", 0);
