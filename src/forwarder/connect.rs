@@ -2,14 +2,15 @@
 //! same ranking as `/servers`), connect with a timeout, try the next candidate on
 //! refusal or timeout (at most [`MAX_TRIES`]), and keep failing backends out for
 //! `fail_timeout` after `max_fails` failures (nginx's `max_fails`/`fail_timeout`).
+//! A `unix:` backend is connected to over a Unix stream socket, by the same rules.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::backend::{self, Backend};
 use super::stats::ListenerStats;
 use crate::hub::{ForwardTarget, Hub};
 
@@ -120,7 +121,7 @@ pub async fn connect(
     timeout: Duration,
     fails: &FailTracker,
     stats: &ListenerStats,
-) -> Result<(TcpStream, ForwardTarget), ConnectError> {
+) -> Result<(Backend, ForwardTarget), ConnectError> {
     let now = Instant::now();
     let mut candidates = hub.forward_candidates(service, key, MAX_TRIES, &|address| {
         fails.is_out(address, now)
@@ -140,8 +141,7 @@ pub async fn connect(
             hub.count_hand_out(service, &target.id);
             stats.retried();
         }
-        let reason = match tokio::time::timeout(timeout, TcpStream::connect(&target.address)).await
-        {
+        let reason = match tokio::time::timeout(timeout, backend::connect(&target.address)).await {
             Ok(Ok(stream)) => {
                 fails.succeeded(&target.address);
                 return Ok((stream, target));

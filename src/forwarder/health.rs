@@ -1,14 +1,14 @@
-//! Health checks of static instances (`[[static]]`): a TCP connect every
-//! [`CHECK_EVERY`], with hysteresis, reported to the registry together with the
-//! forwarder's own connection count for the instance.
+//! Health checks of static instances (`[[static]]`): a connect every [`CHECK_EVERY`]
+//! (TCP, or to the socket of a `unix:` instance: down while the path is missing or
+//! refuses), with hysteresis, reported to the registry together with the forwarder's
+//! own connection count for the instance.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::LiveCounts;
+use super::{LiveCounts, backend};
 use crate::hub::Hub;
 
 /// Interval between two checks of one instance.
@@ -76,7 +76,7 @@ pub async fn check_loop(
             _ = tick.tick() => {}
         }
         let passed = matches!(
-            tokio::time::timeout(CHECK_TIMEOUT, TcpStream::connect(&address)).await,
+            tokio::time::timeout(CHECK_TIMEOUT, backend::connect(&address)).await,
             Ok(Ok(_))
         );
         let was = state.up;
@@ -85,7 +85,7 @@ pub async fn check_loop(
             if up {
                 tracing::info!(%service, %address, "static instance up");
             } else {
-                tracing::warn!(%service, %address, "static instance down: TCP connect fails");
+                tracing::warn!(%service, %address, "static instance down: connect fails");
             }
         }
         hub.set_health(&service, &id, up, counts.get(&id));

@@ -1,23 +1,25 @@
 //! One forward listener: accepts devices, enforces `max_connections`, and runs each
-//! connection (connect, PROXY header, relay) in its own task and tracing span.
+//! connection (connect, PROXY header, relay) in its own task and tracing span. The
+//! backend may be TCP or a Unix socket; TCP options are set on TCP sockets only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::backend::Backend;
 use super::connect::{self, FailTracker};
 use super::relay::{self, Ending};
 use super::stats::ListenerStats;
 use super::{LiveCounts, proxy_protocol};
 use crate::config::{ForwardConfig, ForwardHash};
-use crate::hub::Hub;
+use crate::hub::{ForwardTarget, Hub};
 
 /// Longest pause after a failed `accept` (file descriptors exhausted, say).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -151,28 +153,40 @@ impl Listener {
                 return;
             }
         };
-        let _ = backend.set_nodelay(true);
-        keepalive(&backend, self.config.tcp_keepalive);
-        if let Some(version) = self.config.proxy_protocol {
-            let local = device.local_addr().unwrap_or(self.config.listen);
-            let header = proxy_protocol::header(version, peer, local);
-            // A backend that accepts but never reads must not hold the device: the
-            // header gets the connect timeout too.
-            let sent =
-                tokio::time::timeout(self.config.connect_timeout, backend.write_all(&header)).await;
-            if !matches!(sent, Ok(Ok(()))) {
-                tracing::debug!(?sent, backend = %target.address, "could not send the PROXY header");
-                return;
+        // Matched in place, each arm awaiting its own relay: the task keeps one copy of
+        // the backend socket and one relay state, no bigger than with TCP alone.
+        let outcome = match &mut backend {
+            Backend::Tcp(backend) => {
+                let _ = backend.set_nodelay(true);
+                keepalive(backend, self.config.tcp_keepalive);
+                if !self.proxy_header(&device, peer, backend, &target).await {
+                    return;
+                }
+                self.counts.open(&target.id);
+                relay::relay(
+                    &device,
+                    &*backend,
+                    self.config.idle_timeout,
+                    &self.stop_relays,
+                )
+                .await
             }
-        }
-        self.counts.open(&target.id);
-        let outcome = relay::relay(
-            &device,
-            &backend,
-            self.config.idle_timeout,
-            &self.stop_relays,
-        )
-        .await;
+            // No socket options: a Unix socket has neither Nagle's delay nor a peer
+            // that can vanish without its kernel saying so.
+            Backend::Unix(backend) => {
+                if !self.proxy_header(&device, peer, backend, &target).await {
+                    return;
+                }
+                self.counts.open(&target.id);
+                relay::relay(
+                    &device,
+                    &*backend,
+                    self.config.idle_timeout,
+                    &self.stop_relays,
+                )
+                .await
+            }
+        };
         self.counts.close(&target.id);
         if let Ok((_, carried)) = &outcome {
             self.stats.carried(carried.up, carried.down);
@@ -191,5 +205,32 @@ impl Listener {
                 tracing::debug!(backend = %target.address, %err, "relay ended with an error");
             }
         }
+    }
+
+    /// Sends the PROXY header when the listener has one; false when it could not be
+    /// sent (the connection is then dropped).
+    async fn proxy_header<B: AsyncWrite + Unpin>(
+        &self,
+        device: &TcpStream,
+        peer: SocketAddr,
+        backend: &mut B,
+        target: &ForwardTarget,
+    ) -> bool {
+        let Some(version) = self.config.proxy_protocol else {
+            return true;
+        };
+        // The device's TCP addresses, whatever the backend's socket family (as nginx
+        // does for a unix: upstream).
+        let local = device.local_addr().unwrap_or(self.config.listen);
+        let header = proxy_protocol::header(version, peer, local);
+        // A backend that accepts but never reads must not hold the device: the header
+        // gets the connect timeout too.
+        let sent =
+            tokio::time::timeout(self.config.connect_timeout, backend.write_all(&header)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::debug!(?sent, backend = %target.address, "could not send the PROXY header");
+            return false;
+        }
+        true
     }
 }

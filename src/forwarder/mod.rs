@@ -5,8 +5,10 @@
 //! `listener.rs` accepts and limits, `connect.rs` chooses and connects, `relay.rs`
 //! moves bytes, `proxy_protocol.rs` writes PROXY headers, `health.rs` checks static
 //! instances, `udp.rs` relays UDP sessions (their bounded table in `udp_sessions.rs`).
+//! `backend.rs` is a relayed connection's backend socket (TCP, or Unix for `unix:`).
 //! Must not speak HTTP or SQL.
 
+pub mod backend;
 pub mod connect;
 pub mod health;
 pub mod listener;

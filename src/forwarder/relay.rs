@@ -6,6 +6,9 @@
 //! a per-thread buffer and writes straight on. Only bytes the destination cannot take
 //! yet are copied into a per-connection stash, which is freed once written. Each
 //! direction keeps its own EOF state; a FIN from one side shuts the other's write half.
+//!
+//! The device is a TCP socket; the backend is any [`Stream`] (TCP, or a Unix socket
+//! for a `unix:` static instance), the relay being compiled once per kind.
 
 use std::cell::RefCell;
 use std::io::{self, ErrorKind, Read};
@@ -22,6 +25,8 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
+
+use super::backend::Stream;
 
 /// Size of each worker thread's relay buffer: large reads mean few system calls per
 /// megabyte on busy links, and idle links do not pay for it.
@@ -133,7 +138,7 @@ impl Direction {
 
     /// Moves bytes from `src` to `dst` until either would block. Returns whether any
     /// progress was made.
-    fn pump(&mut self, src: &TcpStream, dst: &TcpStream) -> io::Result<bool> {
+    fn pump<S: Stream, D: Stream>(&mut self, src: &S, dst: &D) -> io::Result<bool> {
         if self.pipe.is_none() && self.stash.is_none() && self.carried >= SPLICE_AFTER {
             // Without a pipe (descriptors exhausted, say) the buffer path goes on.
             self.pipe = Pipe::new().ok().map(Box::new);
@@ -201,7 +206,7 @@ impl Direction {
     }
 
     /// [`Direction::pump`] through the pipe: socket to pipe to socket, no copy.
-    fn splice_pump(&mut self, src: &TcpStream, dst: &TcpStream) -> io::Result<bool> {
+    fn splice_pump<S: Stream, D: Stream>(&mut self, src: &S, dst: &D) -> io::Result<bool> {
         let mut progressed = false;
         let pipe = self.pipe.as_mut().expect("called with a pipe");
         for _ in 0..READS_PER_WAKE {
@@ -247,7 +252,7 @@ impl Direction {
         Ok(progressed)
     }
 
-    fn forward_fin(&mut self, dst: &TcpStream) -> io::Result<()> {
+    fn forward_fin<D: Stream>(&mut self, dst: &D) -> io::Result<()> {
         if !self.shut {
             self.shut = true;
             match SockRef::from(dst).shutdown(Shutdown::Write) {
@@ -268,7 +273,7 @@ impl Direction {
 /// arrives afterwards raises readiness again and is not lost, and the read that
 /// would only have answered "would block" is saved. A FIN that came with the data
 /// stays visible as read-closed (tokio never clears that).
-fn read_some(src: &TcpStream, buffer: &mut [u8]) -> io::Result<(usize, bool)> {
+fn read_some<S: Stream>(src: &S, buffer: &mut [u8]) -> io::Result<(usize, bool)> {
     let mut short = None;
     let read = src.try_io(Interest::READABLE, || {
         let n = (&*SockRef::from(src)).read(buffer)?;
@@ -297,9 +302,9 @@ fn merge(a: Option<Interest>, b: Option<Interest>) -> Option<Interest> {
 ///
 /// # Errors
 /// The first socket error (a reset, say); both sockets are closed when they drop.
-pub async fn relay(
+pub async fn relay<B: Stream>(
     device: &TcpStream,
-    backend: &TcpStream,
+    backend: &B,
     idle: Option<Duration>,
     stop: &CancellationToken,
 ) -> io::Result<(Ending, Carried)> {
@@ -445,5 +450,64 @@ mod tests {
         let (ending, carried) = task.await.unwrap().unwrap();
         assert_eq!(ending, Ending::Closed);
         assert_eq!(carried.up, size as u64);
+    }
+
+    #[tokio::test]
+    async fn a_unix_backend_splices_both_ways_and_forwards_half_close() {
+        // device_peer <-> [device (TCP) | relay | backend (Unix)] <-> backend_peer
+        let (mut device_peer, device) = pair().await;
+        let (backend, mut backend_peer) = tokio::net::UnixStream::pair().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(async move { relay(&device, &backend, None, &stop).await });
+        let size = 4 * SPLICE_AFTER as usize + 999;
+        let payload: Vec<u8> = (0..size).map(|i| (i * 13 + i / 7919) as u8).collect();
+        // The first MiB and a byte, all delivered: the relay has no stash left, so the
+        // rest goes through the pipe into the Unix socket.
+        let first = SPLICE_AFTER as usize + 1;
+        let mut got = vec![0; first];
+        let (sent, read) = tokio::join!(
+            device_peer.write_all(&payload[..first]),
+            backend_peer.read_exact(&mut got)
+        );
+        sent.unwrap();
+        read.unwrap();
+        let (sent, read) = tokio::join!(
+            async {
+                device_peer.write_all(&payload[first..]).await?;
+                device_peer.shutdown().await
+            },
+            backend_peer.read_to_end(&mut got)
+        );
+        sent.unwrap();
+        read.unwrap();
+        assert!(
+            got == payload,
+            "bytes differ after splicing into a Unix socket"
+        );
+        // The device's FIN reached the backend, which still answers: spliced out of
+        // the Unix socket, and its own FIN reaches the device.
+        let mut back = Vec::with_capacity(size);
+        let (sent, read) = tokio::join!(
+            async {
+                backend_peer.write_all(&got).await?;
+                backend_peer.shutdown().await
+            },
+            device_peer.read_to_end(&mut back)
+        );
+        sent.unwrap();
+        read.unwrap();
+        assert!(
+            back == payload,
+            "bytes differ after splicing out of a Unix socket"
+        );
+        let (ending, carried) = task.await.unwrap().unwrap();
+        assert_eq!(ending, Ending::Closed);
+        assert_eq!(
+            carried,
+            Carried {
+                up: size as u64,
+                down: size as u64
+            }
+        );
     }
 }
