@@ -152,7 +152,10 @@ impl UdpListener {
             };
             let datagram = &buf[..len];
             if let Some(session) = sessions.live(&client) {
-                session.state.activity.store(self.now_ms(), Ordering::Relaxed);
+                session
+                    .state
+                    .activity
+                    .store(self.now_ms(), Ordering::Relaxed);
                 session.state.up.fetch_add(len as u64, Ordering::Relaxed);
                 if let Err(err) = session.backend.send(datagram).await {
                     tracing::debug!(%client, %err, "udp send to backend failed; ending the session");
@@ -279,7 +282,7 @@ impl UdpListener {
                         tracing::debug!(%client, %err, "udp backend socket failed");
                         break;
                     }
-                    match self.forward_ready(listener, backend, client, &mut responses, limit).await {
+                    match self.forward_ready(listener, backend, client, state, &mut responses, limit).await {
                         Ok(bytes) => {
                             down += bytes;
                             state.activity.store(self.now_ms(), Ordering::Relaxed);
@@ -297,8 +300,7 @@ impl UdpListener {
         }
         state.ended.cancel();
         self.counts.close(&target.id);
-        self.stats
-            .carried(state.up.load(Ordering::Relaxed), down);
+        self.stats.carried(state.up.load(Ordering::Relaxed), down);
     }
 
     /// Moves every datagram waiting on the backend socket to the client, up to the
@@ -308,13 +310,23 @@ impl UdpListener {
         listener: &UdpSocket,
         backend: &UdpSocket,
         client: SocketAddr,
+        state: &SessionState,
         responses: &mut u64,
         limit: Option<u64>,
     ) -> io::Result<u64> {
         let mut moved = 0;
         while limit.is_none_or(|limit| *responses < limit) {
+            let last = limit.is_some_and(|limit| *responses + 1 >= limit);
             let sent = REPLY_BUF.with_borrow_mut(|buf| match backend.try_recv(buf) {
-                Ok(n) => match listener.try_send_to(&buf[..n], client) {
+                Ok(n) => match {
+                    // The session ends with this reply: say so before the client can
+                    // answer it, or its next datagram would go to this socket, whose
+                    // reply nobody reads any more.
+                    if last {
+                        state.ended.cancel();
+                    }
+                    listener.try_send_to(&buf[..n], client)
+                } {
                     Ok(_) => Ok(Ok(n)),
                     // The listener's send buffer is full: wait for it, with a copy.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Err(buf[..n].to_vec())),
