@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -19,8 +19,9 @@ use crate::api::auth::Tokens;
 use crate::api::limits::RateLimits;
 use crate::config::{Config, ForwardConfig, ForwardProtocol, StaticConfig};
 use crate::forwarder::listener::Listener;
-use crate::forwarder::udp::UdpListener;
 use crate::forwarder::stats::{ForwardBoard, ListenerStats};
+use crate::forwarder::udp::UdpListener;
+use crate::forwarder::workers;
 use crate::forwarder::{LiveCounts, health};
 use crate::hub::Hub;
 use crate::registry::InstanceSpec;
@@ -162,8 +163,8 @@ impl Live {
         forward: &ForwardConfig,
         stop: CancellationToken,
     ) -> std::io::Result<SocketAddr> {
-        let bound = TcpListener::bind(forward.listen).await?;
-        let addr = bound.local_addr()?;
+        let bound = workers::bind_listener(forward.listen, forward.tcp_keepalive)?;
+        let addr = bound.local;
         tracing::info!(service = %forward.service, "forward listening on {addr}");
         let stats = Arc::new(ListenerStats::new(addr, &forward.service));
         self.board.add(Arc::clone(&stats));
@@ -177,8 +178,9 @@ impl Live {
             self.stop_relays.clone(),
             stats,
         ));
-        self.relays
-            .spawn(listener.serve(bound, stop, self.relays.clone()));
+        workers::run(bound, stop, &self.relays, move |socket, stop, tracker| {
+            Arc::clone(&listener).serve(socket, stop, tracker)
+        })?;
         Ok(addr)
     }
 

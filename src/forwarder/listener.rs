@@ -17,26 +17,13 @@ use super::backend::Backend;
 use super::connect::{self, FailTracker};
 use super::relay::{self, Ending};
 use super::stats::ListenerStats;
+use super::workers;
 use super::{LiveCounts, proxy_protocol};
 use crate::config::{ForwardConfig, ForwardHash};
 use crate::hub::{ForwardTarget, Hub};
 
 /// Longest pause after a failed `accept` (file descriptors exhausted, say).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-
-/// Turns on TCP keepalive (idle `time`, then probes every `time / 4`, 4 of them), so
-/// a dead cellular peer or a NAT that dropped the mapping is noticed.
-fn keepalive(stream: &TcpStream, time: Option<Duration>) {
-    let Some(time) = time else { return };
-    let interval = (time / 4).max(Duration::from_secs(1));
-    let params = socket2::TcpKeepalive::new()
-        .with_time(time)
-        .with_interval(interval)
-        .with_retries(4);
-    if let Err(err) = socket2::SockRef::from(stream).set_tcp_keepalive(&params) {
-        tracing::debug!(%err, "could not set TCP keepalive");
-    }
-}
 
 /// What every connection of one listener shares.
 #[derive(Debug)]
@@ -130,8 +117,7 @@ impl Listener {
         _permit: Option<OwnedSemaphorePermit>,
     ) {
         let _active = self.stats.opened();
-        let _ = device.set_nodelay(true);
-        keepalive(&device, self.config.tcp_keepalive);
+        // TCP_NODELAY and keepalive come from the listening socket (workers.rs).
         let key = match self.config.hash {
             ForwardHash::RemoteAddr => Some(peer.ip().to_string()),
             ForwardHash::None => None,
@@ -158,7 +144,7 @@ impl Listener {
         let outcome = match &mut backend {
             Backend::Tcp(backend) => {
                 let _ = backend.set_nodelay(true);
-                keepalive(backend, self.config.tcp_keepalive);
+                workers::keepalive(socket2::SockRef::from(&*backend), self.config.tcp_keepalive);
                 if !self.proxy_header(&device, peer, backend, &target).await {
                     return;
                 }

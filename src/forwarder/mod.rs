@@ -17,6 +17,7 @@ pub mod relay;
 pub mod stats;
 pub mod udp;
 pub mod udp_sessions;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

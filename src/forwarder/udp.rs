@@ -317,22 +317,20 @@ impl UdpListener {
         let mut moved = 0;
         while limit.is_none_or(|limit| *responses < limit) {
             let last = limit.is_some_and(|limit| *responses + 1 >= limit);
-            let sent = REPLY_BUF.with_borrow_mut(|buf| match backend.try_recv(buf) {
-                Ok(n) => match {
-                    // The session ends with this reply: say so before the client can
-                    // answer it, or its next datagram would go to this socket, whose
-                    // reply nobody reads any more.
-                    if last {
-                        state.ended.cancel();
-                    }
-                    listener.try_send_to(&buf[..n], client)
-                } {
+            let sent = REPLY_BUF.with_borrow_mut(|buf| {
+                let n = backend.try_recv(buf)?;
+                // The session ends with this reply: say so before the client can
+                // answer it, or its next datagram would go to this socket, whose
+                // reply nobody reads any more.
+                if last {
+                    state.ended.cancel();
+                }
+                match listener.try_send_to(&buf[..n], client) {
                     Ok(_) => Ok(Ok(n)),
                     // The listener's send buffer is full: wait for it, with a copy.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Err(buf[..n].to_vec())),
                     Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
+                }
             });
             let n = match sent {
                 Ok(Ok(n)) => n,

@@ -177,7 +177,10 @@ mod tests {
         t.insert(addr(2), Fake::at(2));
         a.ended.set(true);
         assert!(t.live(&addr(1)).is_none());
-        assert!(t.insert(addr(3), Fake::at(3)).is_none(), "room made by the ended one");
+        assert!(
+            t.insert(addr(3), Fake::at(3)).is_none(),
+            "room made by the ended one"
+        );
         assert_eq!(t.len(), 2);
     }
 

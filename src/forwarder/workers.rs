@@ -1,0 +1,158 @@
+//! Where a TCP forward listener accepts: one `SO_REUSEPORT` listening socket per
+//! worker thread, each thread with its own current-thread runtime, so a connection is
+//! accepted, connected and relayed on one thread with no cross-thread wake-up (as
+//! nginx's worker processes do; the kernel spreads new connections over the sockets).
+//! Inside a current-thread runtime (the tests, whose clock they move) the listener
+//! runs on that runtime instead, on one socket.
+//!
+//! The listening sockets carry `TCP_NODELAY` and the keepalive settings: Linux copies
+//! them to every accepted socket, which saves five `setsockopt` calls per connection.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::TcpListener;
+use tokio::runtime::RuntimeFlavor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Pending connections the kernel queues per listening socket.
+const BACKLOG: i32 = 4096;
+
+/// Turns on TCP keepalive (idle `time`, then probes every `time / 4`, 4 of them), so
+/// a dead cellular peer or a NAT that dropped the mapping is noticed.
+pub fn keepalive(socket: SockRef<'_>, time: Option<Duration>) {
+    let Some(time) = time else { return };
+    let interval = (time / 4).max(Duration::from_secs(1));
+    let params = TcpKeepalive::new()
+        .with_time(time)
+        .with_interval(interval)
+        .with_retries(4);
+    if let Err(err) = socket.set_tcp_keepalive(&params) {
+        tracing::debug!(%err, "could not set TCP keepalive");
+    }
+}
+
+/// How many accept loops a listener gets: one per worker thread of a multi-thread
+/// runtime, one inside a current-thread runtime.
+fn loops() -> usize {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        RuntimeFlavor::CurrentThread => 1,
+        _ => std::thread::available_parallelism().map_or(1, usize::from),
+    }
+}
+
+/// Binds `count` listening sockets to `addr` with `SO_REUSEPORT` (the first picks the
+/// port when `addr`'s is 0; the others take the same), `TCP_NODELAY` and keepalive.
+fn bind(
+    addr: SocketAddr,
+    count: usize,
+    keepalive_time: Option<Duration>,
+) -> io::Result<Vec<Socket>> {
+    let mut bound: Vec<Socket> = Vec::with_capacity(count);
+    let mut at = addr;
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if count > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_tcp_nodelay(true)?;
+        keepalive(SockRef::from(&socket), keepalive_time);
+        socket.set_nonblocking(true)?;
+        socket.bind(&at.into())?;
+        socket.listen(BACKLOG)?;
+        if let Some(local) = socket.local_addr()?.as_socket() {
+            at = local;
+        }
+        bound.push(socket);
+    }
+    Ok(bound)
+}
+
+/// A listener's bound sockets, not yet accepting.
+#[derive(Debug)]
+pub struct Bound {
+    sockets: Vec<Socket>,
+    /// The address really bound (the port picked when asked for 0).
+    pub local: SocketAddr,
+}
+
+/// Binds a TCP forward listener's sockets: one per accept loop (see the module doc).
+///
+/// # Errors
+/// Binding failed.
+pub fn bind_listener(addr: SocketAddr, keepalive_time: Option<Duration>) -> io::Result<Bound> {
+    let sockets = bind(addr, loops(), keepalive_time)?;
+    let local = sockets[0]
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("listening socket has no IP address"))?;
+    Ok(Bound { sockets, local })
+}
+
+/// Starts an accept loop on each bound socket: `serve(listener, stop, tracker)` runs
+/// until `stop` fires, its connections on `tracker`. Every loop and the connections
+/// it started are tracked by `relays` until they end.
+///
+/// # Errors
+/// A socket could not be handed to tokio, or a worker thread not started (the loops
+/// started before it run).
+pub fn run<S, F>(
+    bound: Bound,
+    stop: CancellationToken,
+    relays: &TaskTracker,
+    serve: S,
+) -> io::Result<()>
+where
+    S: Fn(TcpListener, CancellationToken, TaskTracker) -> F + Send + Clone + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    if bound.sockets.len() == 1 {
+        let socket = bound.sockets.into_iter().next().expect("one socket");
+        let listener = TcpListener::from_std(socket.into())?;
+        relays.spawn(serve(listener, stop, relays.clone()));
+        return Ok(());
+    }
+    for (i, socket) in bound.sockets.into_iter().enumerate() {
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let (serve, stop) = (serve.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name(format!("forward-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        tracing::error!(%err, "forward worker: cannot start its runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(socket.into()) {
+                        Ok(listener) => listener,
+                        Err(err) => {
+                            tracing::error!(%err, "forward worker: cannot use its socket");
+                            return;
+                        }
+                    };
+                    // Its own tracker: the runtime must outlive every connection it
+                    // started, or dropping it would cut them.
+                    let connections = TaskTracker::new();
+                    serve(listener, stop, connections.clone()).await;
+                    connections.close();
+                    connections.wait().await;
+                });
+                drop(done);
+            })?;
+        relays.spawn(async move {
+            let _ = finished.await;
+        });
+    }
+    Ok(())
+}
