@@ -204,7 +204,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         loops.child_token(),
     ));
     let mut applied = Applied::default();
-    live.apply_statics(&config.statics, &mut applied);
+    live.apply_statics(&config.statics, &config.forwards, &mut applied);
     live.apply_forwards(&config.forwards, &mut applied)
         .await
         .map_err(|(addr, source)| AppError::Bind { addr, source })?;

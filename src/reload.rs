@@ -212,7 +212,17 @@ impl Live {
 
     /// Adds the static instances of `wanted` that are not there and removes those
     /// that are no longer wanted.
-    pub fn apply_statics(&self, wanted: &[StaticConfig], applied: &mut Applied) {
+    pub fn apply_statics(
+        &self,
+        wanted: &[StaticConfig],
+        forwards: &[ForwardConfig],
+        applied: &mut Applied,
+    ) {
+        // A service only UDP listeners forward to has nothing to connect to.
+        let passive = |service: &str| {
+            let mut serving = forwards.iter().filter(|f| f.service == service);
+            serving.clone().next().is_some() && serving.all(|f| f.protocol == ForwardProtocol::Udp)
+        };
         let mut running = lock(&self.statics);
         running.retain(|s| {
             let keep = wanted.contains(&s.configured);
@@ -235,6 +245,11 @@ impl Live {
                 s.service.clone(),
                 id.clone(),
                 s.address.clone(),
+                if passive(&s.service) {
+                    health::Probe::Passive
+                } else {
+                    health::Probe::Connect
+                },
                 Arc::clone(&self.counts),
                 stop.clone(),
             ));
@@ -278,7 +293,7 @@ impl Live {
         if let Err((addr, err)) = self.apply_forwards(&new.forwards, &mut applied).await {
             tracing::error!(%addr, %err, "reload could not bind a forward listener; the others are applied");
         }
-        self.apply_statics(&new.statics, &mut applied);
+        self.apply_statics(&new.statics, &new.forwards, &mut applied);
         applied
     }
 }

@@ -248,6 +248,30 @@ async fn a_flood_of_source_addresses_stays_within_the_session_cap() {
     assert!(active_sessions(&s).await <= 20);
 }
 
+#[tokio::test]
+async fn a_static_udp_backend_with_no_tcp_port_is_served() {
+    // Static instances are checked by TCP connect, which a UDP-only backend would
+    // fail for good; a service only UDP listeners forward to is checked passively.
+    let a = UdpEcho::start("A", 1).await;
+    let s = Server::start_with(udp_listener(&format!(
+        "[[static]]\nservice = \"udp\"\naddress = \"{}\"\n",
+        a.addr
+    )))
+    .await;
+    let fwd = s.forward_addrs[0];
+    let one = client().await;
+    let reply = eventually("the static UDP backend to answer", || async {
+        one.send_to(b"ping", fwd).await.unwrap();
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(100), one.recv_from(&mut buf)).await {
+            Ok(Ok((n, _))) => Some(buf[..n].to_vec()),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(reply, b"A:ping");
+}
+
 /// A DNS server that answers every `A` question with 10.1.2.3.
 async fn tiny_dns() -> (SocketAddr, JoinHandle<()>) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();

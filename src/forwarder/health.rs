@@ -58,12 +58,24 @@ impl Default for Hysteresis {
     }
 }
 
+/// How a static instance is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Connect to it (TCP, or its Unix socket).
+    Connect,
+    /// None: only UDP listeners forward to its service, and a UDP port cannot be
+    /// probed by connecting. It stays up, and the UDP listener takes it out for
+    /// `fail_timeout` when its port refuses (ICMP), as nginx's passive checks do.
+    Passive,
+}
+
 /// Checks one static instance until `stop` fires.
 pub async fn check_loop(
     hub: Hub,
     service: String,
     id: String,
     address: String,
+    probe: Probe,
     counts: Arc<LiveCounts>,
     stop: CancellationToken,
 ) {
@@ -75,10 +87,11 @@ pub async fn check_loop(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let passed = matches!(
-            tokio::time::timeout(CHECK_TIMEOUT, backend::connect(&address)).await,
-            Ok(Ok(_))
-        );
+        let passed = probe == Probe::Passive
+            || matches!(
+                tokio::time::timeout(CHECK_TIMEOUT, backend::connect(&address)).await,
+                Ok(Ok(_))
+            );
         let was = state.up;
         let up = state.observe(passed);
         if up != was {
