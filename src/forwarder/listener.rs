@@ -107,7 +107,8 @@ impl Listener {
         // Closed before it is said to be: a device connecting after the log line
         // must be refused.
         drop(listener);
-        tracing::info!(listen = %self.config.listen, "forward listener closed");
+        // workers.rs says "forward listener closed" once every socket of it is.
+        tracing::debug!(listen = %self.config.listen, "accept loop closed");
     }
 
     async fn handle(

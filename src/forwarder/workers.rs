@@ -11,6 +11,8 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
@@ -111,6 +113,19 @@ where
     S: Fn(TcpListener, CancellationToken, TaskTracker) -> F + Send + Clone + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    // Said once, when the last of the listener's sockets is closed: a device that
+    // connects after the line must be refused.
+    let open = Arc::new(AtomicUsize::new(bound.sockets.len()));
+    let local = bound.local;
+    let serve = move |listener: TcpListener, stop: CancellationToken, tracker: TaskTracker| {
+        let (serve, open) = (serve.clone(), Arc::clone(&open));
+        async move {
+            serve(listener, stop, tracker).await;
+            if open.fetch_sub(1, Ordering::AcqRel) == 1 {
+                tracing::info!(listen = %local, "forward listener closed");
+            }
+        }
+    };
     if bound.sockets.len() == 1 {
         let socket = bound.sockets.into_iter().next().expect("one socket");
         let listener = TcpListener::from_std(socket.into())?;
