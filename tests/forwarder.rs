@@ -194,33 +194,14 @@ async fn proxy_header_seen(version: &str) -> (Vec<u8>, SocketAddr, SocketAddr) {
 #[tokio::test]
 async fn proxy_protocol_v1_header_bytes() {
     let (seen, device, fwd) = proxy_header_seen("v1").await;
-    let expected = format!(
-        "PROXY TCP4 {} {} {} {}\r\npayload",
-        device.ip(),
-        fwd.ip(),
-        device.port(),
-        fwd.port()
-    );
+    let expected = common::proxy_header::v1(device, fwd, "payload");
     assert_eq!(String::from_utf8_lossy(&seen), expected);
 }
 
 #[tokio::test]
 async fn proxy_protocol_v2_header_bytes() {
     let (seen, device, fwd) = proxy_header_seen("v2").await;
-    let mut expected = vec![
-        0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x11, 0x00,
-        0x0C,
-    ];
-    let ip = |a: SocketAddr| match a.ip() {
-        std::net::IpAddr::V4(v4) => v4.octets(),
-        std::net::IpAddr::V6(_) => panic!("IPv4 expected"),
-    };
-    expected.extend_from_slice(&ip(device));
-    expected.extend_from_slice(&ip(fwd));
-    expected.extend_from_slice(&device.port().to_be_bytes());
-    expected.extend_from_slice(&fwd.port().to_be_bytes());
-    expected.extend_from_slice(b"payload");
-    assert_eq!(seen, expected);
+    assert_eq!(seen, common::proxy_header::v2(device, fwd, b"payload"));
 }
 
 /// Connects to `fwd` from source address `source` and echoes a byte; returns which

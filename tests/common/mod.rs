@@ -18,6 +18,7 @@
 pub mod echo;
 pub mod pg;
 pub mod process;
+pub mod proxy_header;
 
 use std::io::Write;
 use std::net::SocketAddr;
