@@ -157,6 +157,22 @@ impl Live {
         Ok(())
     }
 
+    /// A bound listener's configuration (with the address really bound) and its
+    /// figures, on the board from now on.
+    fn listener_parts(
+        &self,
+        forward: &ForwardConfig,
+        addr: SocketAddr,
+    ) -> (ForwardConfig, Arc<ListenerStats>) {
+        let stats = Arc::new(ListenerStats::new(addr, &forward.service));
+        self.board.add(Arc::clone(&stats));
+        let config = ForwardConfig {
+            listen: addr,
+            ..forward.clone()
+        };
+        (config, stats)
+    }
+
     /// Binds and starts a TCP forward listener; answers where it listens.
     async fn start_tcp(
         &self,
@@ -166,13 +182,9 @@ impl Live {
         let bound = workers::bind_listener(forward.listen, forward.tcp_keepalive)?;
         let addr = bound.local;
         tracing::info!(service = %forward.service, "forward listening on {addr}");
-        let stats = Arc::new(ListenerStats::new(addr, &forward.service));
-        self.board.add(Arc::clone(&stats));
+        let (config, stats) = self.listener_parts(forward, addr);
         let listener = Arc::new(Listener::new(
-            ForwardConfig {
-                listen: addr,
-                ..forward.clone()
-            },
+            config,
             self.hub.clone(),
             Arc::clone(&self.counts),
             self.stop_relays.clone(),
@@ -193,13 +205,9 @@ impl Live {
         let bound = UdpSocket::bind(forward.listen).await?;
         let addr = bound.local_addr()?;
         tracing::info!(service = %forward.service, "forward listening on udp {addr}");
-        let stats = Arc::new(ListenerStats::new(addr, &forward.service));
-        self.board.add(Arc::clone(&stats));
+        let (config, stats) = self.listener_parts(forward, addr);
         let listener = Arc::new(UdpListener::new(
-            ForwardConfig {
-                listen: addr,
-                ..forward.clone()
-            },
+            config,
             self.hub.clone(),
             Arc::clone(&self.counts),
             self.stop_relays.clone(),
