@@ -246,16 +246,22 @@ async fn reconnect_jitter_follows_the_registry() {
     none.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_device_connects_to_the_first_server_that_answers() {
-    let (server, url) = serve().await;
-    let registry = Registry::builder([url]).build().unwrap();
+/// A listening socket (keep it), its address, and an address nothing listens on.
+async fn open_and_closed() -> (tokio::net::TcpListener, String, String) {
     let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let open_addr = open.local_addr().unwrap().to_string();
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
     };
+    (open, open_addr, closed)
+}
+
+#[tokio::test]
+async fn a_device_connects_to_the_first_server_that_answers() {
+    let (server, url) = serve().await;
+    let registry = Registry::builder([url]).build().unwrap();
+    let (_open, open_addr, closed) = open_and_closed().await;
     // The closed one is ranked first (it reports fewer connections).
     let dead = registry
         .register("default", &Registration::new(closed.clone()))
@@ -278,12 +284,7 @@ async fn a_device_connects_to_the_first_server_that_answers() {
 async fn after_a_dead_first_server_the_device_asks_again_so_its_pick_is_counted() {
     let (server, url) = serve().await;
     let registry = Registry::builder([url.clone()]).build().unwrap();
-    let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let open_addr = open.local_addr().unwrap().to_string();
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let (_open, open_addr, closed) = open_and_closed().await;
     // The dead one is first (load 10 against 10.5); one hand-out puts it at 11, so
     // the answer to the second ask puts the live one first and counts it there.
     let dead = registry
