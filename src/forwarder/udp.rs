@@ -24,6 +24,7 @@ use super::stats::{ActiveGuard, ListenerStats};
 use super::udp_sessions::{SessionLike, SessionTable};
 use crate::config::{DEFAULT_UDP_IDLE_TIMEOUT_SECS, ForwardConfig, ForwardHash};
 use crate::hub::{ForwardTarget, Hub};
+use crate::registry::validate;
 
 /// Largest UDP payload over IPv4 and IPv6 without jumbograms.
 const MAX_DATAGRAM: usize = 65_535;
@@ -232,7 +233,7 @@ impl UdpListener {
     fn pick(&self, key: Option<&[u8]>) -> Option<ForwardTarget> {
         let now = Instant::now();
         let service = &self.config.service;
-        let not_datagram = |address: &str| address.starts_with("unix:");
+        let not_datagram = |address: &str| validate::unix_socket_path(address).is_some();
         let first = self.hub.forward_candidates(service, key, 1, &|address| {
             not_datagram(address) || self.fails.is_out(address, now)
         });
