@@ -10,7 +10,6 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -179,7 +178,10 @@ impl Live {
         forward: &ForwardConfig,
         stop: CancellationToken,
     ) -> std::io::Result<SocketAddr> {
-        let bound = workers::bind_listener(forward.listen, forward.tcp_keepalive)?;
+        let transport = workers::Transport::Tcp {
+            keepalive: forward.tcp_keepalive,
+        };
+        let bound = workers::bind_listener(forward.listen, transport)?;
         let addr = bound.local;
         tracing::info!(service = %forward.service, "forward listening on {addr}");
         let (config, stats) = self.listener_parts(forward, addr);
@@ -202,8 +204,8 @@ impl Live {
         forward: &ForwardConfig,
         stop: CancellationToken,
     ) -> std::io::Result<SocketAddr> {
-        let bound = UdpSocket::bind(forward.listen).await?;
-        let addr = bound.local_addr()?;
+        let bound = workers::bind_listener(forward.listen, workers::Transport::Udp)?;
+        let addr = bound.local;
         tracing::info!(service = %forward.service, "forward listening on udp {addr}");
         let (config, stats) = self.listener_parts(forward, addr);
         let listener = Arc::new(UdpListener::new(
@@ -212,9 +214,11 @@ impl Live {
             Arc::clone(&self.counts),
             self.stop_relays.clone(),
             stats,
+            bound.sockets(),
         ));
-        self.relays
-            .spawn(listener.serve(bound, stop, self.relays.clone()));
+        workers::run(bound, stop, &self.relays, move |socket, stop, tracker| {
+            Arc::clone(&listener).serve(socket, stop, tracker)
+        })?;
         Ok(addr)
     }
 

@@ -248,6 +248,28 @@ async fn a_flood_of_source_addresses_stays_within_the_session_cap() {
     assert!(active_sessions(&s).await <= 20);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_socket_per_worker_the_sockets_share_the_session_cap() {
+    // Two worker threads: two SO_REUSEPORT sockets, each with its own table, which
+    // together must still hold no more than max_connections.
+    let s = Server::start_with(udp_listener("max_connections = 20")).await;
+    let a = UdpEcho::start("A", 1).await;
+    s.register_addr("udp", &a.addr.to_string()).await;
+    let fwd = s.forward_addrs[0];
+    let mut clients = Vec::new();
+    for i in 0..100 {
+        let c = client().await;
+        assert_eq!(
+            ask(&c, fwd, format!("{i}").as_bytes()).await,
+            format!("A:{i}").as_bytes()
+        );
+        assert!(active_sessions(&s).await <= 20);
+        clients.push(c);
+    }
+    assert_eq!(ask(&clients[0], fwd, b"back").await, b"A:back");
+    assert!(active_sessions(&s).await <= 20);
+}
+
 #[tokio::test]
 async fn a_static_udp_backend_with_no_tcp_port_is_served() {
     // Static instances are checked by TCP connect, which a UDP-only backend would

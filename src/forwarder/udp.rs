@@ -80,21 +80,32 @@ pub struct UdpListener {
     stats: Arc<ListenerStats>,
     evicted: metrics::Counter,
     started: Instant,
+    /// Sessions each of the listener's sockets may hold: the cap shared out.
+    sessions_per_socket: usize,
 }
 
 impl UdpListener {
-    /// A UDP listener for `config` over the registry.
+    /// A UDP listener for `config` over the registry, receiving on `sockets` sockets
+    /// (each with its own session table, as the kernel sends a client address always
+    /// to the same one), which share the session cap.
     pub fn new(
         config: ForwardConfig,
         hub: Hub,
         counts: Arc<LiveCounts>,
         stop_relays: CancellationToken,
         stats: Arc<ListenerStats>,
+        sockets: usize,
     ) -> Self {
         let evicted = metrics::counter!(
             crate::metrics::FORWARD_UDP_EVICTED,
             "listener" => config.listen.to_string()
         );
+        let cap = config
+            .max_connections
+            .and_then(|m| usize::try_from(m).ok())
+            .unwrap_or(DEFAULT_MAX_SESSIONS);
+        // Rounded down, so that together they never hold more than the cap.
+        let sessions_per_socket = (cap / sockets.max(1)).max(1);
         UdpListener {
             fails: FailTracker::new(config.max_fails, config.fail_timeout),
             config,
@@ -104,6 +115,7 @@ impl UdpListener {
             stats,
             evicted,
             started: Instant::now(),
+            sessions_per_socket,
         }
     }
 
@@ -126,12 +138,7 @@ impl UdpListener {
         tracker: TaskTracker,
     ) {
         let socket = Arc::new(socket);
-        let cap = self
-            .config
-            .max_connections
-            .and_then(|m| usize::try_from(m).ok())
-            .unwrap_or(DEFAULT_MAX_SESSIONS);
-        let mut sessions: SessionTable<Session> = SessionTable::new(cap);
+        let mut sessions: SessionTable<Session> = SessionTable::new(self.sessions_per_socket);
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         loop {

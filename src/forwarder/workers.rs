@@ -1,11 +1,12 @@
-//! Where a TCP forward listener accepts: one `SO_REUSEPORT` listening socket per
-//! worker thread, each thread with its own current-thread runtime, so a connection is
-//! accepted, connected and relayed on one thread with no cross-thread wake-up (as
-//! nginx's worker processes do; the kernel spreads new connections over the sockets).
-//! Inside a current-thread runtime (the tests, whose clock they move) the listener
-//! runs on that runtime instead, on one socket.
+//! Where a forward listener receives: one `SO_REUSEPORT` socket per worker thread,
+//! each thread with its own current-thread runtime, so a TCP connection is accepted,
+//! connected and relayed, and a UDP session opened and relayed, on one thread with no
+//! cross-thread wake-up (as nginx's worker processes do; the kernel spreads new
+//! connections, and UDP clients by their address, over the sockets). Inside a
+//! current-thread runtime (the tests, whose clock they move) the listener runs on
+//! that runtime instead, on one socket.
 //!
-//! The listening sockets carry `TCP_NODELAY` and the keepalive settings: Linux copies
+//! TCP listening sockets carry `TCP_NODELAY` and the keepalive settings: Linux copies
 //! them to every accepted socket, which saves five `setsockopt` calls per connection.
 
 use std::future::Future;
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::runtime::RuntimeFlavor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,26 +48,43 @@ fn loops() -> usize {
     }
 }
 
-/// Binds `count` listening sockets to `addr` with `SO_REUSEPORT` (the first picks the
-/// port when `addr`'s is 0; the others take the same), `TCP_NODELAY` and keepalive.
-fn bind(
-    addr: SocketAddr,
-    count: usize,
-    keepalive_time: Option<Duration>,
-) -> io::Result<Vec<Socket>> {
+/// What a forward listener listens for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Stream connections, with `TCP_NODELAY` and keepalive.
+    Tcp {
+        /// TCP keepalive idle time, `None` for off.
+        keepalive: Option<Duration>,
+    },
+    /// Datagrams.
+    Udp,
+}
+
+/// Binds `count` sockets to `addr` with `SO_REUSEPORT` (the first picks the port
+/// when `addr`'s is 0; the others take the same); TCP ones listen.
+fn bind(addr: SocketAddr, count: usize, transport: Transport) -> io::Result<Vec<Socket>> {
     let mut bound: Vec<Socket> = Vec::with_capacity(count);
     let mut at = addr;
     for _ in 0..count {
-        let socket = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
+        let domain = Domain::for_address(at);
+        let socket = match transport {
+            Transport::Tcp { .. } => Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?,
+            Transport::Udp => Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?,
+        };
+        if let Transport::Tcp { keepalive: time } = transport {
+            // Not for UDP: there SO_REUSEADDR would let a second socket share the port.
+            socket.set_reuse_address(true)?;
+            socket.set_tcp_nodelay(true)?;
+            keepalive(SockRef::from(&socket), time);
+        }
         if count > 1 {
             socket.set_reuse_port(true)?;
         }
-        socket.set_tcp_nodelay(true)?;
-        keepalive(SockRef::from(&socket), keepalive_time);
         socket.set_nonblocking(true)?;
         socket.bind(&at.into())?;
-        socket.listen(BACKLOG)?;
+        if matches!(transport, Transport::Tcp { .. }) {
+            socket.listen(BACKLOG)?;
+        }
         if let Some(local) = socket.local_addr()?.as_socket() {
             at = local;
         }
@@ -83,12 +101,40 @@ pub struct Bound {
     pub local: SocketAddr,
 }
 
-/// Binds a TCP forward listener's sockets: one per accept loop (see the module doc).
+impl Bound {
+    /// How many sockets, each with its own loop, share the listener's work.
+    pub fn sockets(&self) -> usize {
+        self.sockets.len()
+    }
+}
+
+/// A tokio socket made from a bound one, inside the runtime that will poll it.
+pub trait FromBound: Sized + Send + 'static {
+    /// Hands `socket` to the current runtime.
+    ///
+    /// # Errors
+    /// The runtime could not register it.
+    fn from_bound(socket: Socket) -> io::Result<Self>;
+}
+
+impl FromBound for TcpListener {
+    fn from_bound(socket: Socket) -> io::Result<Self> {
+        TcpListener::from_std(socket.into())
+    }
+}
+
+impl FromBound for UdpSocket {
+    fn from_bound(socket: Socket) -> io::Result<Self> {
+        UdpSocket::from_std(socket.into())
+    }
+}
+
+/// Binds a forward listener's sockets: one per accept loop (see the module doc).
 ///
 /// # Errors
 /// Binding failed.
-pub fn bind_listener(addr: SocketAddr, keepalive_time: Option<Duration>) -> io::Result<Bound> {
-    let sockets = bind(addr, loops(), keepalive_time)?;
+pub fn bind_listener(addr: SocketAddr, transport: Transport) -> io::Result<Bound> {
+    let sockets = bind(addr, loops(), transport)?;
     let local = sockets[0]
         .local_addr()?
         .as_socket()
@@ -96,28 +142,29 @@ pub fn bind_listener(addr: SocketAddr, keepalive_time: Option<Duration>) -> io::
     Ok(Bound { sockets, local })
 }
 
-/// Starts an accept loop on each bound socket: `serve(listener, stop, tracker)` runs
+/// Starts a loop on each bound socket: `serve(listener, stop, tracker)` runs
 /// until `stop` fires, its connections on `tracker`. Every loop and the connections
 /// it started are tracked by `relays` until they end.
 ///
 /// # Errors
 /// A socket could not be handed to tokio, or a worker thread not started (the loops
 /// started before it run).
-pub fn run<S, F>(
+pub fn run<L, S, F>(
     bound: Bound,
     stop: CancellationToken,
     relays: &TaskTracker,
     serve: S,
 ) -> io::Result<()>
 where
-    S: Fn(TcpListener, CancellationToken, TaskTracker) -> F + Send + Clone + 'static,
+    L: FromBound,
+    S: Fn(L, CancellationToken, TaskTracker) -> F + Send + Clone + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     // Said once, when the last of the listener's sockets is closed: a device that
     // connects after the line must be refused.
     let open = Arc::new(AtomicUsize::new(bound.sockets.len()));
     let local = bound.local;
-    let serve = move |listener: TcpListener, stop: CancellationToken, tracker: TaskTracker| {
+    let serve = move |listener: L, stop: CancellationToken, tracker: TaskTracker| {
         let (serve, open) = (serve.clone(), Arc::clone(&open));
         async move {
             serve(listener, stop, tracker).await;
@@ -128,7 +175,7 @@ where
     };
     if bound.sockets.len() == 1 {
         let socket = bound.sockets.into_iter().next().expect("one socket");
-        let listener = TcpListener::from_std(socket.into())?;
+        let listener = L::from_bound(socket)?;
         relays.spawn(serve(listener, stop, relays.clone()));
         return Ok(());
     }
@@ -149,7 +196,7 @@ where
                     }
                 };
                 runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(socket.into()) {
+                    let listener = match L::from_bound(socket) {
                         Ok(listener) => listener,
                         Err(err) => {
                             tracing::error!(%err, "forward worker: cannot use its socket");
