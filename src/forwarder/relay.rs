@@ -137,14 +137,15 @@ impl Direction {
     }
 
     /// Moves bytes from `src` to `dst` until either would block. Returns whether any
-    /// progress was made.
-    fn pump<S: Stream, D: Stream>(&mut self, src: &S, dst: &D) -> io::Result<bool> {
+    /// progress was made. `seen` is what the wake-up told of `src` and of the other
+    /// direction.
+    fn pump<S: Stream, D: Stream>(&mut self, src: &S, dst: &D, seen: Seen) -> io::Result<bool> {
         if self.pipe.is_none() && self.stash.is_none() && self.carried >= SPLICE_AFTER {
             // Without a pipe (descriptors exhausted, say) the buffer path goes on.
             self.pipe = Pipe::new().ok().map(Box::new);
         }
         if self.pipe.is_some() {
-            return self.splice_pump(src, dst);
+            return self.splice_pump(src, dst, seen);
         }
         let mut progressed = false;
         if let Some(stash) = self.stash.as_mut() {
@@ -162,7 +163,7 @@ impl Direction {
             self.stash = None;
         }
         if self.eof {
-            self.forward_fin(dst)?;
+            self.forward_fin(dst, seen)?;
             return Ok(progressed);
         }
         BUFFER.with(|buffer| {
@@ -171,7 +172,7 @@ impl Direction {
                 let (n, drained) = match read_some(src, &mut buffer) {
                     Ok((0, _)) => {
                         self.eof = true;
-                        self.forward_fin(dst)?;
+                        self.forward_fin(dst, seen)?;
                         return Ok(true);
                     }
                     Ok(read) => read,
@@ -188,7 +189,15 @@ impl Direction {
                     }
                 }
                 self.carried += written as u64;
+                // A short read after the source's FIN was seen took everything the
+                // FIN came after: the read that would only answer 0 is saved.
+                if drained && seen.src_closed {
+                    self.eof = true;
+                }
                 if written == n && drained {
+                    if self.eof {
+                        self.forward_fin(dst, seen)?;
+                    }
                     return Ok(true);
                 }
                 if written < n {
@@ -206,7 +215,12 @@ impl Direction {
     }
 
     /// [`Direction::pump`] through the pipe: socket to pipe to socket, no copy.
-    fn splice_pump<S: Stream, D: Stream>(&mut self, src: &S, dst: &D) -> io::Result<bool> {
+    fn splice_pump<S: Stream, D: Stream>(
+        &mut self,
+        src: &S,
+        dst: &D,
+        seen: Seen,
+    ) -> io::Result<bool> {
         let mut progressed = false;
         let pipe = self.pipe.as_mut().expect("called with a pipe");
         for _ in 0..READS_PER_WAKE {
@@ -246,15 +260,20 @@ impl Direction {
             }
         }
         if self.eof && pipe.held == 0 {
-            self.forward_fin(dst)?;
+            self.forward_fin(dst, seen)?;
             return Ok(true);
         }
         Ok(progressed)
     }
 
-    fn forward_fin<D: Stream>(&mut self, dst: &D) -> io::Result<()> {
+    fn forward_fin<D: Stream>(&mut self, dst: &D, seen: Seen) -> io::Result<()> {
         if !self.shut {
             self.shut = true;
+            // The last FIN: the relay ends now and the close that follows sends it,
+            // with nothing unread on either socket (both FINs were read), so no RST.
+            if seen.other_shut {
+                return Ok(());
+            }
             match SockRef::from(dst).shutdown(Shutdown::Write) {
                 // The peer is already gone: nothing left to tell it.
                 Err(e) if e.kind() == ErrorKind::NotConnected => {}
@@ -263,6 +282,16 @@ impl Direction {
         }
         Ok(())
     }
+}
+
+/// What one wake-up of the relay told a direction.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    /// The source's readiness, taken before this pump's reads, showed its FIN (and no
+    /// error): once a read drains it, nothing but the FIN is left.
+    src_closed: bool,
+    /// The other direction has forwarded its FIN already.
+    other_shut: bool,
 }
 
 /// Reads what `src` holds into `buffer`; also says whether the read was short, i.e.
@@ -288,6 +317,11 @@ fn read_some<S: Stream>(src: &S, buffer: &mut [u8]) -> io::Result<(usize, bool)>
         (Ok(n), None) => Ok((n, false)),
         (Err(e), None) => Err(e),
     }
+}
+
+/// The peer's FIN is in, with no error beside it (a reset must surface as an error).
+fn closed(ready: tokio::io::Ready) -> bool {
+    ready.is_read_closed() && !ready.is_error()
 }
 
 fn merge(a: Option<Interest>, b: Option<Interest>) -> Option<Interest> {
@@ -329,10 +363,11 @@ pub async fn relay<B: Stream>(
                 let ready = ready?;
                 let mut moved = false;
                 if ready.is_readable() || ready.is_read_closed() {
-                    moved |= up.pump(device, backend)?;
+                    let seen = Seen { src_closed: closed(ready), other_shut: down.shut };
+                    moved |= up.pump(device, backend, seen)?;
                 }
                 if ready.is_writable() || ready.is_write_closed() {
-                    moved |= down.pump(backend, device)?;
+                    moved |= down.pump(backend, device, Seen { other_shut: up.shut, ..Seen::default() })?;
                 }
                 moved
             }
@@ -340,10 +375,11 @@ pub async fn relay<B: Stream>(
                 let ready = ready?;
                 let mut moved = false;
                 if ready.is_readable() || ready.is_read_closed() {
-                    moved |= down.pump(backend, device)?;
+                    let seen = Seen { src_closed: closed(ready), other_shut: up.shut };
+                    moved |= down.pump(backend, device, seen)?;
                 }
                 if ready.is_writable() || ready.is_write_closed() {
-                    moved |= up.pump(device, backend)?;
+                    moved |= up.pump(device, backend, Seen { other_shut: down.shut, ..Seen::default() })?;
                 }
                 moved
             }
