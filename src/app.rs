@@ -56,6 +56,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Where each forward listener really listens, in configuration order.
     pub forward_addrs: Vec<SocketAddr>,
+    /// Where the DNS server listens (UDP and TCP), when `[dns]` is configured.
+    pub dns_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     done: JoinHandle<Result<(), AppError>>,
     reload: Reloader,
@@ -209,6 +211,37 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         .await
         .map_err(|(addr, source)| AppError::Bind { addr, source })?;
     let forward_addrs = live.listen_addrs();
+    let dns_addr = match &config.dns {
+        None => None,
+        Some(dns) => {
+            let bound = crate::dns::bind(dns)
+                .await
+                .map_err(|source| AppError::Bind {
+                    addr: dns.listen,
+                    source,
+                })?;
+            let local = bound.local;
+            let zone = crate::dns::answer::Zone::new(
+                &dns.domain,
+                dns.ttl_secs,
+                dns.answers,
+                &dns.name_servers,
+            )
+            .map_err(|e| AppError::Bind {
+                addr: dns.listen,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            })?;
+            // Stops with the forward listeners: a node shutting down answers no more.
+            crate::dns::serve(
+                bound,
+                zone,
+                hub.clone(),
+                stop_accepting.child_token(),
+                &tracker,
+            );
+            Some(local)
+        }
+    };
 
     let drain_timeout = config.drain_timeout;
     let limits = HttpLimits {
@@ -259,6 +292,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     Ok(Running {
         http_addr,
         forward_addrs,
+        dns_addr,
         shutdown,
         done,
         reload: Reloader {

@@ -74,6 +74,9 @@ pub struct ServeArgs {
     /// Start no forward listener.
     #[arg(long, conflicts_with = "forward")]
     pub no_forward: bool,
+    /// Serve load-aware DNS (SPEC 8) on this address, UDP and TCP (sets `[dns] listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub dns: Option<String>,
     /// Allow binding the HTTP API to a non-loopback address without a register token.
     #[arg(long)]
     pub insecure: bool,

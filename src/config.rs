@@ -170,6 +170,43 @@ struct FileConfig {
     statics: Option<Vec<FileStatic>>,
     rebalance: Option<FileRebalance>,
     limits: Option<FileLimits>,
+    dns: Option<FileDns>,
+}
+
+/// `[dns]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDns {
+    listen: Option<String>,
+    domain: Option<String>,
+    ttl_secs: Option<u64>,
+    answers: Option<u64>,
+    name_servers: Option<Vec<String>>,
+}
+
+/// Default zone of the DNS server: `.internal` is reserved for private use (ICANN,
+/// 2024), so it never shadows a public name.
+pub const DEFAULT_DNS_DOMAIN: &str = "switchboard.internal.";
+/// Default TTL of DNS answers (SPEC 8): a dead backend leaves caches within it.
+pub const DEFAULT_DNS_TTL_SECS: u64 = 5;
+/// Default records per DNS answer (SPEC 8).
+pub const DEFAULT_DNS_ANSWERS: u64 = 3;
+
+/// `[dns]`: the load-aware DNS server (SPEC 8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// UDP and TCP address.
+    pub listen: SocketAddr,
+    /// The zone, fully qualified, lower case.
+    pub domain: String,
+    /// TTL of every record (and of negative answers).
+    pub ttl_secs: u32,
+    /// Records per answer at most.
+    pub answers: usize,
+    /// The zone's name servers (`ns1`, `ns2`, ... in the zone): every node of a
+    /// cluster, so that all answer the same. Default: `listen`'s IP, unless it is a
+    /// wildcard.
+    pub name_servers: Vec<std::net::IpAddr>,
 }
 
 /// PROXY protocol version sent to backends.
@@ -294,6 +331,8 @@ pub struct Config {
     pub rebalance: RebalancePolicy,
     /// Per-source-address rate limits.
     pub limits: LimitsConfig,
+    /// The DNS server, when configured.
+    pub dns: Option<DnsConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -520,6 +559,7 @@ impl Config {
             ));
         }
 
+        let dns = validate_dns(file.dns, args.dns.as_deref())?;
         let config = Config {
             http,
             db,
@@ -533,6 +573,7 @@ impl Config {
             statics,
             rebalance,
             limits,
+            dns,
         };
         if !config.http.ip().is_loopback() && config.tokens.register.is_empty() && !config.insecure
         {
@@ -540,6 +581,87 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// `[dns]` and `--dns` (which sets `listen`, and alone turns the server on).
+fn validate_dns(
+    file: Option<FileDns>,
+    flag: Option<&str>,
+) -> Result<Option<DnsConfig>, ConfigError> {
+    if file.is_none() && flag.is_none() {
+        return Ok(None);
+    }
+    let f = file.unwrap_or_default();
+    let listen_text = flag.map(str::to_owned).or(f.listen).ok_or_else(|| {
+        invalid(
+            "dns.listen",
+            "required (e.g. \"127.0.0.1:5353\"), or --dns <addr>",
+        )
+    })?;
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        invalid(
+            "dns.listen",
+            format!("{listen_text:?} is not an IP:port address (e.g. 127.0.0.1:5353)"),
+        )
+    })?;
+    let mut domain = f
+        .domain
+        .unwrap_or_else(|| DEFAULT_DNS_DOMAIN.to_owned())
+        .to_ascii_lowercase();
+    if !domain.ends_with('.') {
+        domain.push('.');
+    }
+    let labels_ok = domain.len() <= 200
+        && domain.trim_end_matches('.').split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !labels_ok {
+        return Err(invalid(
+            "dns.domain",
+            format!(
+                "{domain:?}: expected a domain name such as \"sb.example.com\" (letters, digits, '-', at most 200 characters)"
+            ),
+        ));
+    }
+    let ttl_secs = match f.ttl_secs.unwrap_or(DEFAULT_DNS_TTL_SECS) {
+        v @ 0..=86_400 => v as u32,
+        _ => return Err(invalid("dns.ttl_secs", "must be within 0..=86400")),
+    };
+    let answers = match f.answers.unwrap_or(DEFAULT_DNS_ANSWERS) {
+        v @ 1..=20 => v as usize,
+        _ => {
+            return Err(invalid(
+                "dns.answers",
+                "must be within 1..=20 (an answer must fit in 512 bytes)",
+            ));
+        }
+    };
+    let name_servers = match f.name_servers {
+        Some(list) => list
+            .iter()
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| invalid("dns.name_servers", format!("{s:?} is not an IP address")))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None if listen.ip().is_unspecified() => Vec::new(),
+        None => vec![listen.ip()],
+    };
+    if name_servers.len() > 13 {
+        return Err(invalid(
+            "dns.name_servers",
+            "at most 13 (as the root zone has)",
+        ));
+    }
+    Ok(Some(DnsConfig {
+        listen,
+        domain,
+        ttl_secs,
+        answers,
+        name_servers,
+    }))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

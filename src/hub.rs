@@ -555,6 +555,28 @@ impl Hub {
             .collect()
     }
 
+    /// The addresses DNS hands out for a service, best first by the `/servers`
+    /// ranking, among those `keep` accepts (the record type's address family); the
+    /// first counts a hand-out. `None` when the service is unknown (`NXDOMAIN`).
+    pub fn dns_addresses(
+        &self,
+        service: &str,
+        limit: usize,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Option<Vec<String>> {
+        let slot = self.slot(service)?;
+        let now = self.now();
+        let query = RankQuery {
+            limit,
+            zone: None,
+            key: None,
+            tag: None,
+        };
+        let exclude = |i: &Instance| i.forward_only || !keep(&i.spec.address);
+        let ranked = slot.apply(|t| t.rank_excluding(&query, now, &exclude));
+        Some(ranked.servers.into_iter().map(|s| s.address).collect())
+    }
+
     /// Counts one hand-out for an instance (the forwarder's retry on a later candidate).
     pub fn count_hand_out(&self, service: &str, id: &str) {
         if let Some(slot) = self.slot(service) {

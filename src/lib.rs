@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod dns;
 pub mod forwarder;
 pub mod hub;
 pub mod lease;

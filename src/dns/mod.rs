@@ -1,0 +1,322 @@
+//! Load-aware DNS (SPEC 8): an authoritative server for `[dns] domain` on UDP and TCP
+//! (one port), answering from the registry's ranking (`answer.rs`) in hickory's wire
+//! format.
+//!
+//! The transport loops are our own, not hickory-server's `Server`: that one spawns a
+//! task per UDP datagram into an unbounded set, has no bound on TCP connections, and
+//! stops its TCP listener for good on one `ECONNABORTED` from `accept` (hickory-dns
+//! issue 3725, still so in 0.26.3). Here a UDP query is answered inline on the
+//! receive loop (an answer is a ranking, microseconds, so a flood costs CPU, never
+//! memory), TCP connections are capped, and each waits a bounded time per message.
+
+pub mod answer;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, OpCode, ResponseCode};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::answer::{Fleet, MAX_UDP_PAYLOAD, Zone};
+use crate::config::DnsConfig;
+use crate::hub::Hub;
+
+/// A UDP query's buffer: longer datagrams are cut, fail to decode and get `FORMERR`.
+const MAX_QUERY: usize = 4096;
+
+/// UDP answer size without EDNS (RFC 1035).
+const CLASSIC_UDP_PAYLOAD: u16 = 512;
+
+/// TCP connections open at once; more are closed at accept.
+pub const MAX_TCP_CONNECTIONS: usize = 256;
+
+/// How long a TCP connection may take to send its next query.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// Queries per TCP connection before it is closed (a client reconnects).
+const TCP_QUERIES_PER_CONNECTION: usize = 1000;
+
+/// Counter: DNS queries answered, by `transport` and `rcode`.
+pub const DNS_QUERIES: &str = "switchboard_dns_queries_total";
+
+/// The bound sockets of a DNS server, not yet serving.
+#[derive(Debug)]
+pub struct Bound {
+    udp: UdpSocket,
+    tcp: TcpListener,
+    /// Where both listen (the port picked when asked for 0).
+    pub local: SocketAddr,
+}
+
+/// Binds UDP at `config.listen`, then TCP on the same address and port.
+///
+/// # Errors
+/// Either socket could not be bound.
+pub async fn bind(config: &DnsConfig) -> io::Result<Bound> {
+    let udp = UdpSocket::bind(config.listen).await?;
+    let local = udp.local_addr()?;
+    let tcp = TcpListener::bind(local).await?;
+    Ok(Bound { udp, tcp, local })
+}
+
+/// Serves `zone` from `hub` on `bound` until `stop` fires; the loops and TCP
+/// connections run on `tracker`.
+pub fn serve(bound: Bound, zone: Zone, hub: Hub, stop: CancellationToken, tracker: &TaskTracker) {
+    let server = Arc::new(Server { zone, hub });
+    tracing::info!(addr = %bound.local, zone = %server.zone.apex(), "dns listening on {} (udp and tcp)", bound.local);
+    tracker.spawn(Arc::clone(&server).udp_loop(bound.udp, stop.clone()));
+    tracker.spawn(server.tcp_loop(bound.tcp, stop, tracker.clone()));
+}
+
+/// What both loops share.
+struct Server {
+    zone: Zone,
+    hub: Hub,
+}
+
+/// Which transport a query came on: it sets the answer's size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+impl Server {
+    async fn udp_loop(self: Arc<Self>, socket: UdpSocket, stop: CancellationToken) {
+        let mut buf = vec![0u8; MAX_QUERY];
+        loop {
+            let (len, peer) = tokio::select! {
+                () = stop.cancelled() => break,
+                received = socket.recv_from(&mut buf) => match received {
+                    Ok(pair) => pair,
+                    // An earlier answer's ICMP error, say: nothing to do.
+                    Err(err) => {
+                        tracing::debug!(%err, "dns udp receive failed");
+                        continue;
+                    }
+                },
+            };
+            let Some(answer) = self.answer(&buf[..len], Transport::Udp) else {
+                continue;
+            };
+            if let Err(err) = socket.send_to(&answer, peer).await {
+                tracing::debug!(%peer, %err, "dns udp answer not sent");
+            }
+        }
+        tracing::info!("dns udp listener closed");
+    }
+
+    async fn tcp_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        stop: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let accepted = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => {
+                    backoff = Duration::from_millis(5);
+                    pair
+                }
+                // ECONNABORTED (a client gone before accept) and EMFILE alike: the
+                // listener goes on, after a pause.
+                Err(err) => {
+                    tracing::warn!(%err, ?backoff, "dns tcp accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::debug!(%peer, "dns tcp connections at their cap: closed");
+                continue;
+            };
+            let me = Arc::clone(&self);
+            let stop = stop.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    result = me.tcp_connection(stream) => {
+                        if let Err(err) = result {
+                            tracing::debug!(%peer, %err, "dns tcp connection ended");
+                        }
+                    }
+                }
+                drop(permit);
+            });
+        }
+        tracing::info!("dns tcp listener closed");
+    }
+
+    /// Answers length-prefixed queries (RFC 1035 4.2.2) until the client closes,
+    /// idles or reaches the per-connection cap.
+    async fn tcp_connection(&self, mut stream: TcpStream) -> io::Result<()> {
+        let _ = stream.set_nodelay(true);
+        let mut query = Vec::new();
+        for _ in 0..TCP_QUERIES_PER_CONNECTION {
+            let mut len = [0u8; 2];
+            match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+                Err(_) => return Ok(()),
+                Ok(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(result) => result?,
+            };
+            query.resize(usize::from(u16::from_be_bytes(len)), 0);
+            tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "query body too slow"))??;
+            let Some(answer) = self.answer(&query, Transport::Tcp) else {
+                continue;
+            };
+            let len = u16::try_from(answer.len())
+                .unwrap_or(u16::MAX)
+                .to_be_bytes();
+            let mut framed = Vec::with_capacity(answer.len() + 2);
+            framed.extend_from_slice(&len);
+            framed.extend_from_slice(&answer);
+            tokio::time::timeout(TCP_IDLE, stream.write_all(&framed))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "answer not taken"))??;
+        }
+        Ok(())
+    }
+
+    /// The wire answer to the wire query `bytes`, or `None` when none is due (too
+    /// short to carry a header, or a response).
+    fn answer(&self, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let (response, limit) = match Message::from_vec(bytes) {
+            Ok(request) => {
+                let response = self.zone.respond(&request, &self.hub as &dyn Fleet)?;
+                let limit = match (transport, &request.edns) {
+                    (Transport::Tcp, _) => u16::MAX,
+                    (Transport::Udp, None) => CLASSIC_UDP_PAYLOAD,
+                    (Transport::Udp, Some(edns)) => edns
+                        .max_payload()
+                        .clamp(CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD),
+                };
+                (response, limit)
+            }
+            Err(err) => {
+                tracing::debug!(%err, "dns query did not decode");
+                (format_error(bytes)?, CLASSIC_UDP_PAYLOAD)
+            }
+        };
+        metrics::counter!(
+            DNS_QUERIES,
+            "transport" => transport.label(),
+            "rcode" => rcode_label(response.metadata.response_code)
+        )
+        .increment(1);
+        Some(encode(&response, limit))
+    }
+}
+
+/// `FORMERR` for an undecodable query whose header is readable; `None` for a
+/// response or fewer than 12 bytes (nothing to answer to).
+fn format_error(bytes: &[u8]) -> Option<Message> {
+    let header = bytes.get(..12)?;
+    let is_response = header[2] & 0x80 != 0;
+    if is_response {
+        return None;
+    }
+    let id = u16::from_be_bytes([header[0], header[1]]);
+    let op_code = OpCode::from_u8((header[2] >> 3) & 0x0f);
+    Some(Message::error_msg(id, op_code, ResponseCode::FormErr))
+}
+
+/// `response` on the wire within `limit` bytes: records that do not fit are left
+/// out and the TC bit set, so the client asks again over TCP.
+fn encode(response: &Message, limit: u16) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(usize::from(limit.min(1232)));
+    let mut encoder = BinEncoder::new(&mut buf);
+    encoder.set_max_size(limit);
+    match response.emit(&mut encoder) {
+        Ok(()) => buf,
+        Err(err) => {
+            tracing::warn!(%err, "dns answer did not encode; SERVFAIL");
+            let failed = Message::error_msg(
+                response.metadata.id,
+                response.metadata.op_code,
+                ResponseCode::ServFail,
+            );
+            failed.to_vec().unwrap_or_default()
+        }
+    }
+}
+
+/// A bounded label for the queries counter.
+fn rcode_label(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::BADVERS => "BADVERS",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::{Name, RecordType};
+
+    #[test]
+    fn an_answer_too_big_for_udp_is_cut_with_tc_and_whole_over_tcp() {
+        let mut response = Message::response(1, OpCode::Query);
+        let name = Name::from_ascii("mqtt.sb.example.com.").unwrap();
+        response.add_query(Query::query(name.clone(), RecordType::A));
+        for i in 0..60u8 {
+            response.add_answer(hickory_proto::rr::Record::from_rdata(
+                name.clone(),
+                5,
+                hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(10, 0, 0, i)),
+            ));
+        }
+        let udp = encode(&response, CLASSIC_UDP_PAYLOAD);
+        assert!(udp.len() <= 512, "{}", udp.len());
+        let cut = Message::from_vec(&udp).unwrap();
+        assert!(cut.metadata.truncation);
+        assert!(cut.answers.len() < 60);
+        let tcp = Message::from_vec(&encode(&response, u16::MAX)).unwrap();
+        assert!(!tcp.metadata.truncation);
+        assert_eq!(tcp.answers.len(), 60);
+    }
+
+    #[test]
+    fn garbage_gets_formerr_or_nothing() {
+        assert!(format_error(&[1, 2, 3]).is_none());
+        let mut junk = vec![0xab, 0xcd, 0x01, 0x00];
+        junk.extend_from_slice(&[0xff; 20]);
+        let m = format_error(&junk).unwrap();
+        assert_eq!(m.metadata.id, 0xabcd);
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        // A response (QR set) is never answered.
+        junk[2] |= 0x80;
+        assert!(format_error(&junk).is_none());
+    }
+}
