@@ -340,6 +340,8 @@ pub struct Server {
     api: Api,
     /// Where each forward listener listens, in configuration order.
     pub forward_addrs: Vec<SocketAddr>,
+    /// Where the DNS server listens, when `[dns]` is configured.
+    pub dns_addr: Option<SocketAddr>,
     running: Option<Running>,
     logs: LogBuffer,
     _log: tracing::subscriber::DefaultGuard,
@@ -393,6 +395,7 @@ impl Server {
         Server {
             api: Api::new(running.http_addr),
             forward_addrs: running.forward_addrs.clone(),
+            dns_addr: running.dns_addr,
             running: Some(running),
             logs,
             _log: guard,
