@@ -40,8 +40,10 @@ pub const MAX_TCP_CONNECTIONS: usize = 256;
 /// How long a TCP connection may take to send its next query.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
-/// Queries per TCP connection before it is closed (a client reconnects).
-const TCP_QUERIES_PER_CONNECTION: usize = 1000;
+/// Queries per TCP connection before it is closed, between two queries (RFC 7766
+/// lets a server close; a resolver reconnects). High enough that no resolver's
+/// reuse of a connection meets it in practice.
+const TCP_QUERIES_PER_CONNECTION: usize = 65_536;
 
 /// Counter: DNS queries answered, by `transport` and `rcode`.
 pub const DNS_QUERIES: &str = "switchboard_dns_queries_total";
