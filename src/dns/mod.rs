@@ -204,34 +204,45 @@ impl Server {
         Ok(())
     }
 
-    /// The wire answer to the wire query `bytes`, or `None` when none is due (too
-    /// short to carry a header, or a response).
     fn answer(&self, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
-        let (response, limit) = match Message::from_vec(bytes) {
-            Ok(request) => {
-                let response = self.zone.respond(&request, &self.hub as &dyn Fleet)?;
-                let limit = match (transport, &request.edns) {
-                    (Transport::Tcp, _) => u16::MAX,
-                    (Transport::Udp, None) => CLASSIC_UDP_PAYLOAD,
-                    (Transport::Udp, Some(edns)) => edns
-                        .max_payload()
-                        .clamp(CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD),
-                };
-                (response, limit)
-            }
-            Err(err) => {
-                tracing::debug!(%err, "dns query did not decode");
-                (format_error(bytes)?, CLASSIC_UDP_PAYLOAD)
-            }
-        };
+        let (answer, rcode) = answer(&self.zone, &self.hub, bytes, transport)?;
         metrics::counter!(
             DNS_QUERIES,
             "transport" => transport.label(),
-            "rcode" => rcode_label(response.metadata.response_code)
+            "rcode" => rcode_label(rcode)
         )
         .increment(1);
-        Some(encode(&response, limit))
+        Some(answer)
     }
+}
+
+/// The wire answer to the wire query `bytes`, with its response code, or `None`
+/// when none is due (too short to carry a header, or a response). Over UDP it fits
+/// 512 bytes, or the client's EDNS size up to [`MAX_UDP_PAYLOAD`].
+fn answer(
+    zone: &Zone,
+    fleet: &dyn Fleet,
+    bytes: &[u8],
+    transport: Transport,
+) -> Option<(Vec<u8>, ResponseCode)> {
+    let (response, limit) = match Message::from_vec(bytes) {
+        Ok(request) => {
+            let response = zone.respond(&request, fleet)?;
+            let limit = match (transport, &request.edns) {
+                (Transport::Tcp, _) => u16::MAX,
+                (Transport::Udp, None) => CLASSIC_UDP_PAYLOAD,
+                (Transport::Udp, Some(edns)) => edns
+                    .max_payload()
+                    .clamp(CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD),
+            };
+            (response, limit)
+        }
+        Err(err) => {
+            tracing::debug!(%err, "dns query did not decode");
+            (format_error(bytes)?, CLASSIC_UDP_PAYLOAD)
+        }
+    };
+    Some((encode(&response, limit), response.metadata.response_code))
 }
 
 /// `FORMERR` for an undecodable query whose header is readable; `None` for a
@@ -307,6 +318,87 @@ mod tests {
         let tcp = Message::from_vec(&encode(&response, u16::MAX)).unwrap();
         assert!(!tcp.metadata.truncation);
         assert_eq!(tcp.answers.len(), 60);
+    }
+
+    /// Every service known, each with 30 addresses of both families.
+    struct Everyone;
+
+    impl Fleet for Everyone {
+        fn ranked(
+            &self,
+            _service: &str,
+            limit: usize,
+            keep: &dyn Fn(&str) -> bool,
+        ) -> Option<Vec<String>> {
+            let all =
+                (1..=30).flat_map(|i| [format!("10.0.0.{i}:80"), format!("[2001:db8::{i}]:80")]);
+            Some(all.filter(|a| keep(a)).take(limit).collect())
+        }
+    }
+
+    fn checked(bytes: &[u8], transport: Transport) {
+        let zone = Zone::new("sb.example.com.", 5, 20, &["192.0.2.1".parse().unwrap()]).unwrap();
+        let Some((wire, _)) = answer(&zone, &Everyone, bytes, transport) else {
+            return;
+        };
+        if transport == Transport::Udp {
+            assert!(
+                wire.len() <= usize::from(MAX_UDP_PAYLOAD),
+                "{} bytes",
+                wire.len()
+            );
+        }
+        let decoded = Message::from_vec(&wire).expect("our answer decodes");
+        assert_eq!(
+            decoded.metadata.message_type,
+            hickory_proto::op::MessageType::Response
+        );
+        if bytes.len() >= 2 {
+            assert_eq!(
+                decoded.metadata.id,
+                u16::from_be_bytes([bytes[0], bytes[1]])
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_get_a_fitting_answer_or_none(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..700)) {
+            checked(&bytes, Transport::Udp);
+            checked(&bytes, Transport::Tcp);
+        }
+
+        #[test]
+        fn mutated_queries_get_a_fitting_answer_or_none(
+            label in "[a-z0-9_-]{1,70}",
+            kind in proptest::num::u16::ANY,
+            edns in proptest::option::of(0u16..5000),
+            flips in proptest::collection::vec((0usize..200, proptest::num::u8::ANY), 0..4),
+        ) {
+            let mut q = Message::query();
+            if let Ok(name) = Name::from_ascii(format!("{label}.sb.example.com.")) {
+                q.add_query(Query::query(name, RecordType::from(kind)));
+            }
+            if let Some(size) = edns {
+                let mut e = hickory_proto::op::Edns::new();
+                e.set_max_payload(size);
+                q.set_edns(e);
+            }
+            let mut wire = q.to_vec().unwrap();
+            // Without EDNS an answer must fit the classic 512 bytes.
+            if edns.is_none() && flips.is_empty() {
+                let zone = Zone::new("sb.example.com.", 5, 20, &[]).unwrap();
+                if let Some((answer, _)) = answer(&zone, &Everyone, &wire, Transport::Udp) {
+                    proptest::prop_assert!(answer.len() <= 512, "{} bytes", answer.len());
+                }
+            }
+            for (at, byte) in flips {
+                if let Some(b) = wire.get_mut(at) {
+                    *b = byte;
+                }
+            }
+            checked(&wire, Transport::Udp);
+        }
     }
 
     #[test]
