@@ -348,9 +348,9 @@ async fn two_cluster_nodes_answer_the_same() {
     let db = TestDb::create().await;
     let start = || {
         let mut options = Options::db_url(&db.url());
-        options.config = Some(format!(
-            "[dns]\ndomain = \"sb.test\"\nname_servers = [\"127.0.0.1\", \"127.0.0.2\"]\n"
-        ));
+        options.config = Some(
+            "[dns]\ndomain = \"sb.test\"\nname_servers = [\"127.0.0.1\", \"127.0.0.2\"]\n".into(),
+        );
         options.extra = vec!["--dns".into(), "127.0.0.1:0".into()];
         let mut node = Node::start_with(options);
         let line = node.wait_log_nth("dns listening on ", 0);
