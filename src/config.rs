@@ -881,6 +881,67 @@ mod tests {
     }
 
     #[test]
+    fn dns_is_off_unless_asked_and_its_bad_values_are_named() {
+        let none = Config::from_toml("", &ServeArgs::default()).unwrap();
+        assert_eq!(none.dns, None);
+        let flag = ServeArgs {
+            dns: Some("127.0.0.1:5353".into()),
+            ..ServeArgs::default()
+        };
+        let dns = Config::from_toml("", &flag).unwrap().dns.unwrap();
+        assert_eq!(
+            (dns.domain.as_str(), dns.ttl_secs, dns.answers),
+            (DEFAULT_DNS_DOMAIN, 5, 3)
+        );
+        assert_eq!(
+            dns.name_servers,
+            ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        let file = Config::from_toml(
+            "[dns]\nlisten = \"0.0.0.0:53\"\ndomain = \"SB.Example.com\"",
+            &ServeArgs::default(),
+        )
+        .unwrap()
+        .dns
+        .unwrap();
+        assert_eq!(file.domain, "sb.example.com.");
+        assert!(file.name_servers.is_empty(), "a wildcard is no name server");
+        for (text, key) in [
+            ("[dns]\ndomain = \"x.\"", "dns.listen"),
+            ("[dns]\nlisten = \"nope\"", "dns.listen"),
+            (
+                "[dns]\nlisten = \"127.0.0.1:53\"\ndomain = \"a..b\"",
+                "dns.domain",
+            ),
+            (
+                "[dns]\nlisten = \"127.0.0.1:53\"\ndomain = \"a_b.c\"",
+                "dns.domain",
+            ),
+            (
+                "[dns]\nlisten = \"127.0.0.1:53\"\nanswers = 0",
+                "dns.answers",
+            ),
+            (
+                "[dns]\nlisten = \"127.0.0.1:53\"\nanswers = 21",
+                "dns.answers",
+            ),
+            (
+                "[dns]\nlisten = \"127.0.0.1:53\"\nttl_secs = 86401",
+                "dns.ttl_secs",
+            ),
+            (
+                "[dns]\nlisten = \"127.0.0.1:53\"\nname_servers = [\"ns1\"]",
+                "dns.name_servers",
+            ),
+        ] {
+            let err = Config::from_toml(text, &ServeArgs::default()).unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+        let unknown = Config::from_toml("[dns]\nport = 53", &ServeArgs::default()).unwrap_err();
+        assert!(unknown.to_string().contains("port"), "{unknown}");
+    }
+
+    #[test]
     fn flag_wins_over_file() {
         let args = ServeArgs {
             http: Some("127.0.0.1:0".into()),
