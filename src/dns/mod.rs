@@ -24,7 +24,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::answer::{Fleet, MAX_UDP_PAYLOAD, Zone};
+pub use self::answer::MAX_UDP_PAYLOAD;
+use self::answer::{Fleet, Zone};
 use crate::config::DnsConfig;
 use crate::hub::Hub;
 
@@ -85,8 +86,10 @@ struct Server {
 
 /// Which transport a query came on: it sets the answer's size limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
+pub enum Transport {
+    /// 512 bytes, or the client's EDNS size up to [`MAX_UDP_PAYLOAD`].
     Udp,
+    /// 65,535 bytes.
     Tcp,
 }
 
@@ -219,7 +222,7 @@ impl Server {
 /// The wire answer to the wire query `bytes`, with its response code, or `None`
 /// when none is due (too short to carry a header, or a response). Over UDP it fits
 /// 512 bytes, or the client's EDNS size up to [`MAX_UDP_PAYLOAD`].
-fn answer(
+pub fn answer(
     zone: &Zone,
     fleet: &dyn Fleet,
     bytes: &[u8],
