@@ -263,7 +263,9 @@ impl Zone {
     fn srv(&self, service: &str, owner: &Name, kind: RecordType, fleet: &dyn Fleet) -> Found {
         let wanted = kind == RecordType::SRV;
         let limit = if wanted { self.answers } else { 0 };
-        let keep = |address: &str| target(address).is_some();
+        // For another type nothing is kept, so nothing is handed out: the ranking
+        // counts a hand-out for the first instance it keeps.
+        let keep = |address: &str| wanted && target(address).is_some();
         let Some(addresses) = fleet.ranked(service, limit, &keep) else {
             return Found::NxDomain;
         };
@@ -406,11 +408,12 @@ mod tests {
     use std::cell::RefCell;
     use std::collections::HashMap;
 
-    /// A fleet of fixed lists that records what was asked.
+    /// A fleet of fixed lists that records what was asked: the service, the limit,
+    /// and whether anything was kept (a real ranking then counts a hand-out).
     #[derive(Default)]
     struct Fixed {
         services: HashMap<&'static str, Vec<&'static str>>,
-        asked: RefCell<Vec<(String, usize)>>,
+        asked: RefCell<Vec<(String, usize, bool)>>,
     }
 
     impl Fleet for Fixed {
@@ -420,15 +423,17 @@ mod tests {
             limit: usize,
             keep: &dyn Fn(&str) -> bool,
         ) -> Option<Vec<String>> {
-            self.asked.borrow_mut().push((service.to_owned(), limit));
             let list = self.services.get(service)?;
-            Some(
-                list.iter()
-                    .filter(|a| keep(a))
-                    .take(limit)
-                    .map(|a| (*a).to_owned())
-                    .collect(),
-            )
+            let kept: Vec<String> = list
+                .iter()
+                .filter(|a| keep(a))
+                .take(limit.max(1))
+                .map(|a| (*a).to_owned())
+                .collect();
+            self.asked
+                .borrow_mut()
+                .push((service.to_owned(), limit, !kept.is_empty()));
+            Some(kept.into_iter().take(limit).collect())
         }
     }
 
@@ -474,7 +479,7 @@ mod tests {
         assert_eq!(data(&aaaa), ["2001:db8::1"]);
         // The owner keeps the case asked.
         assert_eq!(aaaa.answers[0].name.to_ascii(), "MQTT.sb.Example.com.");
-        assert_eq!(f.asked.borrow()[0], ("mqtt".to_owned(), 3));
+        assert_eq!(f.asked.borrow()[0], ("mqtt".to_owned(), 3, true));
     }
 
     #[test]
@@ -491,7 +496,10 @@ mod tests {
         let txt = ask("mqtt.sb.example.com.", RecordType::TXT, &f);
         assert_eq!(txt.metadata.response_code, ResponseCode::NoError);
         assert!(txt.answers.is_empty());
-        assert_eq!(f.asked.borrow().last().unwrap().1, 0);
+        assert!(!f.asked.borrow().last().unwrap().2, "nothing handed out");
+        let srv_txt = ask("_mqtt._tcp.sb.example.com.", RecordType::TXT, &f);
+        assert_eq!(srv_txt.metadata.response_code, ResponseCode::NoError);
+        assert!(!f.asked.borrow().last().unwrap().2, "nothing handed out");
         // Deeper names and labels no service can have do not exist.
         let deeper = ask("a.mqtt.sb.example.com.", RecordType::A, &f);
         assert_eq!(deeper.metadata.response_code, ResponseCode::NXDomain);
