@@ -134,7 +134,11 @@ impl Zone {
         let mut response = Message::response(meta.id, meta.op_code);
         response.metadata.recursion_desired = meta.recursion_desired;
         response.metadata.checking_disabled = meta.checking_disabled;
-        response.queries = request.queries.clone();
+        // The question is echoed only when there is one: one always fits 512 bytes
+        // (a name is at most 255), a long list of them need not.
+        if request.queries.len() == 1 {
+            response.queries = request.queries.clone();
+        }
         if let Some(edns) = &request.edns {
             let mut ours = hickory_proto::op::Edns::new();
             ours.set_max_payload(edns.max_payload().clamp(512, MAX_UDP_PAYLOAD));

@@ -245,7 +245,7 @@ pub fn answer(
             (format_error(bytes)?, CLASSIC_UDP_PAYLOAD)
         }
     };
-    Some((encode(&response, limit), response.metadata.response_code))
+    Some(encode(&response, limit))
 }
 
 /// `FORMERR` for an undecodable query whose header is readable; `None` for a
@@ -261,22 +261,34 @@ fn format_error(bytes: &[u8]) -> Option<Message> {
     Some(Message::error_msg(id, op_code, ResponseCode::FormErr))
 }
 
-/// `response` on the wire within `limit` bytes: records that do not fit are left
-/// out and the TC bit set, so the client asks again over TCP.
-fn encode(response: &Message, limit: u16) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(usize::from(limit.min(1232)));
-    let mut encoder = BinEncoder::new(&mut buf);
-    encoder.set_max_size(limit);
-    match response.emit(&mut encoder) {
-        Ok(()) => buf,
+/// `response` on the wire within `limit` bytes, with the response code it carries:
+/// records that do not fit are left out and the TC bit set, so the client asks again
+/// over TCP. A response that cannot be encoded at all goes out as its bare header
+/// with the same code, or failing that as `SERVFAIL`.
+fn encode(response: &Message, limit: u16) -> (Vec<u8>, ResponseCode) {
+    let emit = |message: &Message| {
+        let mut buf = Vec::with_capacity(usize::from(limit.min(1232)));
+        let mut encoder = BinEncoder::new(&mut buf);
+        encoder.set_max_size(limit);
+        message.emit(&mut encoder).map(|()| buf)
+    };
+    let meta = &response.metadata;
+    match emit(response) {
+        Ok(buf) => (buf, meta.response_code),
         Err(err) => {
-            tracing::warn!(%err, "dns answer did not encode; SERVFAIL");
-            let failed = Message::error_msg(
-                response.metadata.id,
-                response.metadata.op_code,
-                ResponseCode::ServFail,
-            );
-            failed.to_vec().unwrap_or_default()
+            tracing::warn!(%err, "dns answer did not encode; its header alone goes");
+            let mut bare = Message::error_msg(meta.id, meta.op_code, meta.response_code);
+            bare.metadata.authoritative = meta.authoritative;
+            if let Some(edns) = &response.edns {
+                bare.set_edns(edns.clone());
+            }
+            match emit(&bare) {
+                Ok(buf) => (buf, meta.response_code),
+                Err(_) => {
+                    let failed = Message::error_msg(meta.id, meta.op_code, ResponseCode::ServFail);
+                    (failed.to_vec().unwrap_or_default(), ResponseCode::ServFail)
+                }
+            }
         }
     }
 }
@@ -313,12 +325,12 @@ mod tests {
                 hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(10, 0, 0, i)),
             ));
         }
-        let udp = encode(&response, CLASSIC_UDP_PAYLOAD);
+        let (udp, _) = encode(&response, CLASSIC_UDP_PAYLOAD);
         assert!(udp.len() <= 512, "{}", udp.len());
         let cut = Message::from_vec(&udp).unwrap();
         assert!(cut.metadata.truncation);
         assert!(cut.answers.len() < 60);
-        let tcp = Message::from_vec(&encode(&response, u16::MAX)).unwrap();
+        let tcp = Message::from_vec(&encode(&response, u16::MAX).0).unwrap();
         assert!(!tcp.metadata.truncation);
         assert_eq!(tcp.answers.len(), 60);
     }
@@ -341,7 +353,7 @@ mod tests {
 
     fn checked(bytes: &[u8], transport: Transport) {
         let zone = Zone::new("sb.example.com.", 5, 20, &["192.0.2.1".parse().unwrap()]).unwrap();
-        let Some((wire, _)) = answer(&zone, &Everyone, bytes, transport) else {
+        let Some((wire, rcode)) = answer(&zone, &Everyone, bytes, transport) else {
             return;
         };
         if transport == Transport::Udp {
@@ -352,6 +364,12 @@ mod tests {
             );
         }
         let decoded = Message::from_vec(&wire).expect("our answer decodes");
+        // By value: BADVERS and BADSIG share 16.
+        assert_eq!(
+            u16::from(decoded.metadata.response_code),
+            u16::from(rcode),
+            "the code counted is the code sent"
+        );
         assert_eq!(
             decoded.metadata.message_type,
             hickory_proto::op::MessageType::Response
@@ -402,6 +420,23 @@ mod tests {
             }
             checked(&wire, Transport::Udp);
         }
+    }
+
+    #[test]
+    fn many_questions_get_formerr_without_them_not_servfail() {
+        // Found by the fuzzer: echoing 200 questions cannot fit 512 bytes.
+        let mut q = Message::query();
+        for i in 0..200 {
+            let name = Name::from_ascii(format!("s{i}.sb.example.com.")).unwrap();
+            q.add_query(Query::query(name, RecordType::A));
+        }
+        let zone = Zone::new("sb.example.com.", 5, 3, &[]).unwrap();
+        let (wire, rcode) = answer(&zone, &Everyone, &q.to_vec().unwrap(), Transport::Udp).unwrap();
+        assert_eq!(rcode, ResponseCode::FormErr);
+        assert!(wire.len() <= 512);
+        let m = Message::from_vec(&wire).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        assert!(m.queries.is_empty());
     }
 
     #[test]
