@@ -3,19 +3,22 @@
 //! very same code. Each check panics when an invariant breaks; a parser that panics on
 //! its own fails the check the same way.
 //!
-//! Depends only on `switchboard` and `serde_json`; the HTTP target reaches the router
-//! through a `send` function the caller provides (in-process `oneshot` in the fuzz
-//! target, a real socket in the test).
+//! Depends only on `switchboard`, `serde_json` and `hickory-proto`; the HTTP target
+//! reaches the router through a `send` function the caller provides (in-process
+//! `oneshot` in the fuzz target, a real socket in the test).
 
 #![allow(dead_code)] // Each includer uses only some of the checks.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::OnceLock;
 
+use hickory_proto::op::{Message, MessageType, ResponseCode};
 use serde_json::Value;
 use switchboard::api::instances::{DrainBody, HeartbeatBody, RegisterBody};
 use switchboard::cli::ServeArgs;
 use switchboard::config::{Config, ConfigError, ProxyProtocol};
+use switchboard::dns::{self, Transport, answer::Zone};
 use switchboard::forwarder::proxy_protocol::{self, V2_SIGNATURE};
 use switchboard::registry::validate;
 
@@ -638,4 +641,120 @@ pub fn proxy_header(data: &[u8]) {
     );
     assert_eq!(ports[..2], client.port().to_be_bytes());
     assert_eq!(ports[2..4], local.port().to_be_bytes());
+}
+
+// ---------------------------------------------------------------------------------
+// Target 5: DNS queries.
+// ---------------------------------------------------------------------------------
+
+/// The zone every fuzzed query goes to: one name server, 20 records per answer at most.
+fn dns_zone() -> &'static Zone {
+    static ZONE: OnceLock<Zone> = OnceLock::new();
+    ZONE.get_or_init(|| {
+        Zone::new("sb.example.com.", 5, 20, &["192.0.2.1".parse().unwrap()]).expect("zone")
+    })
+}
+
+/// A fixed fleet: `mqtt` with 30 IPv4 and 30 IPv6 instances, a Unix socket and a host
+/// name; `empty` with none; every other service unknown.
+struct DnsFleet {
+    mqtt: Vec<String>,
+}
+
+impl DnsFleet {
+    fn get() -> &'static DnsFleet {
+        static FLEET: OnceLock<DnsFleet> = OnceLock::new();
+        FLEET.get_or_init(|| {
+            let mut mqtt: Vec<String> = (1..=30)
+                .flat_map(|i| {
+                    [
+                        format!("10.0.0.{i}:1883"),
+                        format!("[2001:db8::{i:x}]:1883"),
+                    ]
+                })
+                .collect();
+            mqtt.insert(3, "unix:/x".to_owned());
+            mqtt.insert(7, "broker.example.net:8883".to_owned());
+            DnsFleet { mqtt }
+        })
+    }
+}
+
+impl dns::answer::Fleet for DnsFleet {
+    fn ranked(
+        &self,
+        service: &str,
+        limit: usize,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Option<Vec<String>> {
+        let list: &[String] = match service {
+            "mqtt" => &self.mqtt,
+            "empty" => &[],
+            _ => return None,
+        };
+        Some(
+            list.iter()
+                .filter(|a| keep(a))
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+/// Any bytes as a query over UDP and TCP: no panic; no answer to fewer than 12 bytes;
+/// an answer decodes, is a response with the query's id, fits 512 bytes over UDP (or
+/// the query's EDNS size, within 512..=1232), and is authoritative when it is NOERROR
+/// or NXDOMAIN to one question inside the zone.
+pub fn dns(data: &[u8]) {
+    let zone = dns_zone();
+    let query = Message::from_vec(data).ok();
+    let udp_limit = match query.as_ref().and_then(|q| q.edns.as_ref()) {
+        Some(edns) => edns.max_payload().clamp(512, dns::MAX_UDP_PAYLOAD),
+        None => 512,
+    };
+    let in_zone = query.as_ref().is_some_and(|q| match q.queries.as_slice() {
+        [question] => zone.apex().zone_of(&question.name().to_lowercase()),
+        _ => false,
+    });
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let Some((wire, rcode)) = dns::answer(zone, DnsFleet::get(), data, transport) else {
+            continue;
+        };
+        assert!(
+            data.len() >= 12,
+            "{transport:?}: answer to {} bytes",
+            data.len()
+        );
+        if transport == Transport::Udp {
+            assert!(
+                wire.len() <= usize::from(udp_limit),
+                "UDP answer of {} bytes, limit {udp_limit}",
+                wire.len()
+            );
+        }
+        let answer = Message::from_vec(&wire)
+            .unwrap_or_else(|e| panic!("{transport:?}: answer does not decode ({e}): {wire:?}"));
+        let meta = &answer.metadata;
+        assert_eq!(meta.message_type, MessageType::Response, "{transport:?}");
+        assert_eq!(
+            meta.id,
+            u16::from_be_bytes([data[0], data[1]]),
+            "{transport:?}"
+        );
+        let sent = meta.response_code;
+        if matches!(sent, ResponseCode::NoError | ResponseCode::NXDomain) && in_zone {
+            assert!(
+                meta.authoritative,
+                "{transport:?}: {sent} not authoritative"
+            );
+        }
+        // What `answer` reports (the queries counter's label) is what was sent. By
+        // number: 16 is BADVERS and BADSIG both, and decodes as BADSIG.
+        assert_eq!(
+            u16::from(rcode),
+            u16::from(sent),
+            "{transport:?}: reported {rcode}, sent {sent}"
+        );
+    }
 }
