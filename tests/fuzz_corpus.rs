@@ -75,7 +75,7 @@ fn dns_corpus() {
     replay("dns", checks::dns);
 }
 
-/// One finding input, by name.
+/// One corpus input, by name.
 fn finding(target: &str, name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/corpus")
@@ -84,13 +84,12 @@ fn finding(target: &str, name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Three questions whose FORMERR echo does not fit 512 bytes: `encode` falls back to
-/// SERVFAIL on the wire, but `answer` reports the FORMERR it meant (so the queries
-/// counter says FORMERR).
+/// Three questions whose FORMERR echo did not fit 512 bytes: the wire said SERVFAIL
+/// while the queries counter said FORMERR. Fixed (the question is echoed only when
+/// there is one); the input stays in the corpus, and here by name.
 #[test]
-#[ignore = "finding: dns::answer reports FORMERR when it sent SERVFAIL (encode fallback)"]
-fn dns_finding_servfail_reported_as_formerr() {
-    checks::dns(&finding("dns", "finding-servfail-reported-as-formerr"));
+fn dns_servfail_reported_as_formerr_is_fixed() {
+    checks::dns(&finding("dns", "regression-servfail-reported-as-formerr"));
 }
 
 /// The real server (`app::start`) on port 0 over an in-memory store, no forwarder,
