@@ -255,10 +255,12 @@ async fn an_unreachable_database_keeps_answers_refuses_writes_and_recovers() {
         .await;
     assert_eq!(a.get("/readyz").await.0, 200);
     proxy.cut();
-    eventually("/readyz to fail", || async {
-        (a.get("/readyz").await.0 == 503).then_some(())
+    let body = eventually("/readyz to fail", || async {
+        let (status, body) = a.get("/readyz").await;
+        (status == 503).then_some(body)
     })
     .await;
+    assert_eq!(code(&body), "store_unavailable", "{body}");
     // Longer than the TTL: the last known state is still answered, and heartbeats are
     // taken in memory, to be written when the database is back.
     for _ in 0..10 {

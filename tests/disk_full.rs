@@ -137,6 +137,7 @@ async fn a_full_disk_refuses_registrations_and_loses_nothing_acknowledged() {
         status, 503,
         "not ready while the store cannot write: {body}"
     );
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
     // A heartbeat is answered from memory; its batch cannot be written and is kept.
     assert_eq!(s.heartbeat(&first, 42).await.0, 200);
     s.wait_log("heartbeat batch not persisted; will retry");

@@ -96,16 +96,18 @@ pub async fn forwarders(
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses(
         (status = 200, description = "The store answers and can write", body = Object),
-        (status = 503, description = "Not ready (store unavailable, or shutting down)", body = crate::api::openapi::ErrorBody)
+        (status = 503, description = "Not ready: `not_ready` while shutting down, `store_unavailable` when the store cannot be reached or written (the node still answers reads and forwards from its last known state)", body = crate::api::openapi::ErrorBody)
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::NotReady("shutting down".into()));
     }
+    // Its own code: a failover check may keep a node that only lost its store (it
+    // still forwards) while it gives up one that is shutting down.
     state
         .hub
         .ready()
         .await
-        .map_err(|err| ApiError::NotReady(format!("store unavailable: {err}")))?;
+        .map_err(|err| ApiError::StoreUnavailable(format!("store unavailable: {err}")))?;
     Ok(Json(json!({"status": "ready"})))
 }
