@@ -722,8 +722,9 @@ fn devices_on_the_virtual_ip_land_on_the_survivor_when_the_master_dies() {
             "check_switchboard.sh {http} {forward}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Within the vrrp_script's `timeout 4`, or keepalived counts a failure anyway.
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(4),
             "check_switchboard.sh {http} {forward} took {:?}",
             started.elapsed()
         );
