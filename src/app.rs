@@ -236,6 +236,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
                 bound,
                 zone,
                 hub.clone(),
+                dns.queries_per_sec.and_then(std::num::NonZeroU32::new),
                 stop_accepting.child_token(),
                 &tracker,
             );

@@ -182,6 +182,7 @@ struct FileDns {
     ttl_secs: Option<u64>,
     answers: Option<u64>,
     name_servers: Option<Vec<String>>,
+    queries_per_sec: Option<u32>,
 }
 
 /// Default zone of the DNS server: `.internal` is reserved for private use (ICANN,
@@ -207,6 +208,9 @@ pub struct DnsConfig {
     /// cluster, so that all answer the same. Default: `listen`'s IP, unless it is a
     /// wildcard.
     pub name_servers: Vec<std::net::IpAddr>,
+    /// UDP queries per second per source address (unset = no limit); beyond it the
+    /// answer is an empty one with TC set, so a real client asks again over TCP.
+    pub queries_per_sec: Option<u32>,
 }
 
 /// PROXY protocol version sent to backends.
@@ -655,12 +659,19 @@ fn validate_dns(
             "at most 13 (as the root zone has)",
         ));
     }
+    if f.queries_per_sec == Some(0) {
+        return Err(invalid(
+            "dns.queries_per_sec",
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
     Ok(Some(DnsConfig {
         listen,
         domain,
         ttl_secs,
         answers,
         name_servers,
+        queries_per_sec: f.queries_per_sec,
     }))
 }
 
@@ -928,6 +939,10 @@ mod tests {
             (
                 "[dns]\nlisten = \"127.0.0.1:53\"\nttl_secs = 86401",
                 "dns.ttl_secs",
+            ),
+            (
+                "[dns]\nlisten = \"127.0.0.1:53\"\nqueries_per_sec = 0",
+                "dns.queries_per_sec",
             ),
             (
                 "[dns]\nlisten = \"127.0.0.1:53\"\nname_servers = [\"ns1\"]",

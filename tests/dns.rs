@@ -397,3 +397,33 @@ async fn two_cluster_nodes_answer_the_same() {
     let nx = udp(b_dns, &query("nope.sb.test.", RecordType::A)).await.0;
     assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
 }
+
+#[tokio::test]
+async fn a_source_over_queries_per_sec_gets_tc_and_dig_is_answered_over_tcp() {
+    let (s, addr) = dns_server("queries_per_sec = 5").await;
+    s.register_addr("mqtt", "10.0.0.1:1883").await;
+    let q = query("mqtt.sb.test.", RecordType::A);
+    let (mut full, mut cut) = (0, 0);
+    for _ in 0..20 {
+        let (m, len) = udp(addr, &q).await;
+        if m.metadata.truncation {
+            assert!(m.answers.is_empty() && len <= q.to_vec().unwrap().len());
+            cut += 1;
+        } else {
+            assert_eq!(addresses(&m), ["10.0.0.1"]);
+            full += 1;
+        }
+    }
+    assert!(
+        (5..=7).contains(&full),
+        "{full} full answers, {cut} truncated"
+    );
+    // A real client over the limit is told TC and gets its answer over TCP.
+    let out = dig(addr, &["mqtt.sb.test", "A"]).await;
+    assert!(out.contains("Truncated, retrying in TCP mode"), "{out}");
+    assert!(out.contains("IN\tA\t10.0.0.1"), "{out}");
+    // TCP is not limited: a connection is its own proof of the source address.
+    for _ in 0..10 {
+        assert_eq!(addresses(&tcp(addr, &q).await), ["10.0.0.1"]);
+    }
+}

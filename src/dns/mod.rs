@@ -10,6 +10,7 @@
 //! memory), TCP connections are capped, and each waits a bounded time per message.
 
 pub mod answer;
+pub mod rate;
 
 use std::io;
 use std::net::SocketAddr;
@@ -71,10 +72,18 @@ pub async fn bind(config: &DnsConfig) -> io::Result<Bound> {
 
 /// Serves `zone` from `hub` on `bound` until `stop` fires; the loops and TCP
 /// connections run on `tracker`.
-pub fn serve(bound: Bound, zone: Zone, hub: Hub, stop: CancellationToken, tracker: &TaskTracker) {
+pub fn serve(
+    bound: Bound,
+    zone: Zone,
+    hub: Hub,
+    queries_per_sec: Option<std::num::NonZeroU32>,
+    stop: CancellationToken,
+    tracker: &TaskTracker,
+) {
     let server = Arc::new(Server { zone, hub });
     tracing::info!(addr = %bound.local, zone = %server.zone.apex(), "dns listening on {} (udp and tcp)", bound.local);
-    tracker.spawn(Arc::clone(&server).udp_loop(bound.udp, stop.clone()));
+    let limit = queries_per_sec.map(rate::SourceLimit::new);
+    tracker.spawn(Arc::clone(&server).udp_loop(bound.udp, limit, stop.clone()));
     tracker.spawn(server.tcp_loop(bound.tcp, stop, tracker.clone()));
 }
 
@@ -103,7 +112,12 @@ impl Transport {
 }
 
 impl Server {
-    async fn udp_loop(self: Arc<Self>, socket: UdpSocket, stop: CancellationToken) {
+    async fn udp_loop(
+        self: Arc<Self>,
+        socket: UdpSocket,
+        mut limit: Option<rate::SourceLimit>,
+        stop: CancellationToken,
+    ) {
         let mut buf = vec![0u8; MAX_QUERY];
         loop {
             let (len, peer) = tokio::select! {
@@ -117,7 +131,15 @@ impl Server {
                     }
                 },
             };
-            let Some(answer) = self.answer(&buf[..len], Transport::Udp) else {
+            let query = &buf[..len];
+            let answer = if limit.as_mut().is_none_or(|l| l.allows(peer.ip())) {
+                self.answer(query, Transport::Udp)
+            } else {
+                metrics::counter!(DNS_QUERIES, "transport" => "udp", "rcode" => "rate_limited")
+                    .increment(1);
+                rate::slip(query)
+            };
+            let Some(answer) = answer else {
                 continue;
             };
             if let Err(err) = socket.send_to(&answer, peer).await {
