@@ -214,11 +214,9 @@ async fn back_to_back_sessions_lose_no_reply() {
     assert_eq!(lost, 0, "replies lost of 9600");
 }
 
-#[tokio::test]
-async fn a_flood_of_source_addresses_stays_within_the_session_cap() {
-    let s = Server::start_with(udp_listener("max_connections = 20")).await;
-    let a = UdpEcho::start("A", 1).await;
-    s.register_addr("udp", &a.addr.to_string()).await;
+/// 100 clients, each from its own address, each answered, with never more than
+/// `cap` sessions active; the clients, for more.
+async fn flood_within(s: &Server, cap: u64) -> Vec<UdpSocket> {
     let fwd = s.forward_addrs[0];
     let mut clients = Vec::new();
     for i in 0..100 {
@@ -227,9 +225,19 @@ async fn a_flood_of_source_addresses_stays_within_the_session_cap() {
             ask(&c, fwd, format!("{i}").as_bytes()).await,
             format!("A:{i}").as_bytes()
         );
-        assert!(active_sessions(&s).await <= 20);
+        assert!(active_sessions(s).await <= cap);
         clients.push(c);
     }
+    clients
+}
+
+#[tokio::test]
+async fn a_flood_of_source_addresses_stays_within_the_session_cap() {
+    let s = Server::start_with(udp_listener("max_connections = 20")).await;
+    let a = UdpEcho::start("A", 1).await;
+    s.register_addr("udp", &a.addr.to_string()).await;
+    let fwd = s.forward_addrs[0];
+    let clients = flood_within(&s, 20).await;
     let metrics = reqwest::get(s.url("/metrics"))
         .await
         .unwrap()
@@ -256,16 +264,7 @@ async fn with_a_socket_per_worker_the_sockets_share_the_session_cap() {
     let a = UdpEcho::start("A", 1).await;
     s.register_addr("udp", &a.addr.to_string()).await;
     let fwd = s.forward_addrs[0];
-    let mut clients = Vec::new();
-    for i in 0..100 {
-        let c = client().await;
-        assert_eq!(
-            ask(&c, fwd, format!("{i}").as_bytes()).await,
-            format!("A:{i}").as_bytes()
-        );
-        assert!(active_sessions(&s).await <= 20);
-        clients.push(c);
-    }
+    let clients = flood_within(&s, 20).await;
     assert_eq!(ask(&clients[0], fwd, b"back").await, b"A:back");
     assert!(active_sessions(&s).await <= 20);
 }

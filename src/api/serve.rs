@@ -24,11 +24,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-/// Shortest pause after a failed `accept`.
-const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
-/// Longest pause after failed `accept`s (descriptors exhausted, say).
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-
 /// The limits of the HTTP API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
@@ -59,7 +54,7 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true);
-    let mut backoff = MIN_ACCEPT_BACKOFF;
+    let mut backoff = crate::backoff::AcceptBackoff::default();
     loop {
         // The permit first: beyond the limit, connections wait in the backlog.
         let permit = tokio::select! {
@@ -72,16 +67,16 @@ pub async fn serve(
         };
         let (stream, peer) = match accepted {
             Ok(pair) => {
-                backoff = MIN_ACCEPT_BACKOFF;
+                backoff.succeeded();
                 pair
             }
             Err(err) => {
-                tracing::warn!(%err, ?backoff, "http accept failed; backing off");
+                let pause = backoff.failed();
+                tracing::warn!(%err, ?pause, "http accept failed; backing off");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(pause) => {}
                 }
-                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                 continue;
             }
         };

@@ -156,7 +156,7 @@ impl Server {
         tracker: TaskTracker,
     ) {
         let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
-        let mut backoff = Duration::from_millis(5);
+        let mut backoff = crate::backoff::AcceptBackoff::default();
         loop {
             let accepted = tokio::select! {
                 () = stop.cancelled() => break,
@@ -164,15 +164,15 @@ impl Server {
             };
             let (stream, peer) = match accepted {
                 Ok(pair) => {
-                    backoff = Duration::from_millis(5);
+                    backoff.succeeded();
                     pair
                 }
                 // ECONNABORTED (a client gone before accept) and EMFILE alike: the
                 // listener goes on, after a pause.
                 Err(err) => {
-                    tracing::warn!(%err, ?backoff, "dns tcp accept failed; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    let pause = backoff.failed();
+                    tracing::warn!(%err, ?pause, "dns tcp accept failed; backing off");
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             };

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,9 +20,6 @@ use super::workers;
 use super::{LiveCounts, proxy_protocol};
 use crate::config::{ForwardConfig, ForwardHash};
 use crate::hub::{ForwardTarget, Hub};
-
-/// Longest pause after a failed `accept` (file descriptors exhausted, say).
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// What every connection of one listener shares.
 #[derive(Debug)]
@@ -70,7 +66,7 @@ impl Listener {
         stop_accepting: CancellationToken,
         tracker: TaskTracker,
     ) {
-        let mut backoff = Duration::from_millis(5);
+        let mut backoff = crate::backoff::AcceptBackoff::default();
         loop {
             let accepted = tokio::select! {
                 () = stop_accepting.cancelled() => break,
@@ -78,13 +74,13 @@ impl Listener {
             };
             let (device, peer) = match accepted {
                 Ok(pair) => {
-                    backoff = Duration::from_millis(5);
+                    backoff.succeeded();
                     pair
                 }
                 Err(err) => {
-                    tracing::warn!(listen = %self.config.listen, %err, ?backoff, "accept failed; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                    let pause = backoff.failed();
+                    tracing::warn!(listen = %self.config.listen, %err, ?pause, "accept failed; backing off");
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             };
