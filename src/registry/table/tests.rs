@@ -37,6 +37,22 @@ fn add(t: &mut ServiceTable, id: &str, now: Millis) {
     add_spec(t, id, spec(id), now);
 }
 
+/// Adds a forward-only instance (a `unix:` static backend) at time 0.
+fn add_forward_only(t: &mut ServiceTable, id: &str) {
+    let mut unix = new_instance(
+        id.to_owned(),
+        InstanceSpec {
+            address: format!("unix:/run/{id}.sock"),
+            ..spec(id)
+        },
+        lease_of(id),
+        0,
+        0,
+    );
+    unix.forward_only = true;
+    t.upsert(unix, 0);
+}
+
 fn add_spec(t: &mut ServiceTable, id: &str, spec: InstanceSpec, now: Millis) {
     assert!(t.register(id.to_owned(), spec, lease_of(id), now, 1_700_000_000_000));
 }
@@ -497,18 +513,7 @@ fn forward_only_instances_are_ranked_for_the_forwarder_only() {
     let mut t = ServiceTable::new("default");
     add(&mut t, "tcp", 0);
     beat(&mut t, "tcp", 10, 0);
-    let mut unix = new_instance(
-        "unix".to_owned(),
-        InstanceSpec {
-            address: "unix:/run/b.sock".to_owned(),
-            ..spec("unix")
-        },
-        lease_of("unix"),
-        0,
-        0,
-    );
-    unix.forward_only = true;
-    t.upsert(unix, 0);
+    add_forward_only(&mut t, "unix");
     // The idle unix instance would come first; `/servers` never sees it, at any
     // limit or with a key, and it gets no hand-out from those answers.
     for _ in 0..3 {
@@ -535,18 +540,7 @@ fn an_idle_forward_only_instance_is_no_hole_to_shed_for() {
         add(&mut t, id, 0);
         beat(&mut t, id, 100, 0);
     }
-    let mut unix = new_instance(
-        "unix".to_owned(),
-        InstanceSpec {
-            address: "unix:/run/b.sock".to_owned(),
-            ..spec("unix")
-        },
-        lease_of("unix"),
-        0,
-        0,
-    );
-    unix.forward_only = true;
-    t.upsert(unix, 0);
+    add_forward_only(&mut t, "unix");
     // The mean (66.7) counts it, but no shed device could land on it: nothing sheds.
     for now in 1..5 {
         assert_eq!(beat(&mut t, "a", 100, now).shed, 0);
