@@ -22,7 +22,7 @@ use crate::metrics as names;
 use crate::registry::Millis;
 use crate::registry::table::{
     self, HeartbeatAnswer, InstanceView, LeaseError, PreservationEvent, RankQuery, Ranked,
-    ServiceSummary,
+    RankedServer, ServiceSummary,
 };
 use crate::registry::{Instance, InstanceSpec, Origin, RebalancePolicy, ServiceTable, validate};
 use crate::store::{BeatRecord, InstanceRecord, Store, StoreError, bounded};
@@ -534,25 +534,17 @@ impl Hub {
         limit: usize,
         is_out: &dyn Fn(&str) -> bool,
     ) -> Vec<ForwardTarget> {
-        let Some(slot) = self.slot(service) else {
-            return Vec::new();
-        };
-        let now = self.now();
-        let query = RankQuery {
-            limit,
-            zone: None,
-            key,
-            tag: None,
-        };
-        let exclude = |i: &Instance| is_out(&i.spec.address);
-        slot.apply(|t| t.rank_excluding(&query, now, &exclude))
-            .servers
-            .into_iter()
-            .map(|s| ForwardTarget {
-                id: s.id,
-                address: s.address,
+        self.rank_without(service, key, limit, &|i| is_out(&i.spec.address))
+            .map(|servers| {
+                servers
+                    .into_iter()
+                    .map(|s| ForwardTarget {
+                        id: s.id,
+                        address: s.address,
+                    })
+                    .collect()
             })
-            .collect()
+            .unwrap_or_default()
     }
 
     /// The addresses DNS hands out for a service, best first by the `/servers`
@@ -564,17 +556,32 @@ impl Hub {
         limit: usize,
         keep: &dyn Fn(&str) -> bool,
     ) -> Option<Vec<String>> {
+        let exclude = |i: &Instance| i.forward_only || !keep(&i.spec.address);
+        let servers = self.rank_without(service, None, limit, &exclude)?;
+        Some(servers.into_iter().map(|s| s.address).collect())
+    }
+
+    /// The ranking of one answer without the instances `exclude` names (any zone,
+    /// any tag); the first counts a hand-out. `None` for an unknown service.
+    fn rank_without(
+        &self,
+        service: &str,
+        key: Option<&[u8]>,
+        limit: usize,
+        exclude: &dyn Fn(&Instance) -> bool,
+    ) -> Option<Vec<RankedServer>> {
         let slot = self.slot(service)?;
         let now = self.now();
         let query = RankQuery {
             limit,
             zone: None,
-            key: None,
+            key,
             tag: None,
         };
-        let exclude = |i: &Instance| i.forward_only || !keep(&i.spec.address);
-        let ranked = slot.apply(|t| t.rank_excluding(&query, now, &exclude));
-        Some(ranked.servers.into_iter().map(|s| s.address).collect())
+        Some(
+            slot.apply(|t| t.rank_excluding(&query, now, exclude))
+                .servers,
+        )
     }
 
     /// Counts one hand-out for an instance (the forwarder's retry on a later candidate).
