@@ -418,6 +418,23 @@ async fn a_source_over_queries_per_sec_gets_tc_and_dig_is_answered_over_tcp() {
         (5..=7).contains(&full),
         "{full} full answers, {cut} truncated"
     );
+    // Counted as such (only this test limits, in this process's shared metrics).
+    let metrics = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let limited = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("switchboard_dns_queries_total{")
+                && l.contains("rcode=\"rate_limited\"")
+                && l.contains("transport=\"udp\"")
+        })
+        .unwrap_or_else(|| panic!("no rate_limited series in:\n{metrics}"));
+    let counted: u64 = limited.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(counted, cut, "{limited}");
     // A real client over the limit is told TC and gets its answer over TCP.
     let out = dig(addr, &["mqtt.sb.test", "A"]).await;
     assert!(out.contains("Truncated, retrying in TCP mode"), "{out}");

@@ -80,7 +80,11 @@ pub fn serve(
     stop: CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let server = Arc::new(Server { zone, hub });
+    let server = Arc::new(Server {
+        zone,
+        hub,
+        counters: QueryCounters::new(),
+    });
     tracing::info!(addr = %bound.local, zone = %server.zone.apex(), "dns listening on {} (udp and tcp)", bound.local);
     let limit = queries_per_sec.map(rate::SourceLimit::new);
     tracker.spawn(Arc::clone(&server).udp_loop(bound.udp, limit, stop.clone()));
@@ -91,6 +95,55 @@ pub fn serve(
 struct Server {
     zone: Zone,
     hub: Hub,
+    counters: QueryCounters,
+}
+
+/// The labels of [`DNS_QUERIES`]' `rcode`: the codes this server sends, the rest as
+/// `other`, and the queries over a source's limit.
+const RCODE_LABELS: [&str; 9] = [
+    "NOERROR",
+    "FORMERR",
+    "SERVFAIL",
+    "NXDOMAIN",
+    "NOTIMP",
+    "REFUSED",
+    "BADVERS",
+    "other",
+    "rate_limited",
+];
+/// [`RCODE_LABELS`]' `other`.
+const OTHER_SLOT: usize = 7;
+/// [`RCODE_LABELS`]' `rate_limited`.
+const RATE_LIMITED_SLOT: usize = 8;
+
+/// [`DNS_QUERIES`] registered once per transport and label, so that a query
+/// increments a handle instead of building labels and looking the series up.
+struct QueryCounters {
+    udp: [metrics::Counter; RCODE_LABELS.len()],
+    tcp: [metrics::Counter; RCODE_LABELS.len()],
+}
+
+impl QueryCounters {
+    fn new() -> QueryCounters {
+        let of = |transport: Transport| {
+            RCODE_LABELS.map(|rcode| {
+                metrics::counter!(DNS_QUERIES, "transport" => transport.label(), "rcode" => rcode)
+            })
+        };
+        QueryCounters {
+            udp: of(Transport::Udp),
+            tcp: of(Transport::Tcp),
+        }
+    }
+
+    /// One query of `transport` counted under `RCODE_LABELS[slot]`.
+    fn count(&self, transport: Transport, slot: usize) {
+        let of = match transport {
+            Transport::Udp => &self.udp,
+            Transport::Tcp => &self.tcp,
+        };
+        of[slot].increment(1);
+    }
 }
 
 /// Which transport a query came on: it sets the answer's size limit.
@@ -135,8 +188,7 @@ impl Server {
             let answer = if limit.as_mut().is_none_or(|l| l.allows(peer.ip())) {
                 self.answer(query, Transport::Udp)
             } else {
-                metrics::counter!(DNS_QUERIES, "transport" => "udp", "rcode" => "rate_limited")
-                    .increment(1);
+                self.counters.count(Transport::Udp, RATE_LIMITED_SLOT);
                 rate::slip(query)
             };
             let Some(answer) = answer else {
@@ -231,12 +283,7 @@ impl Server {
 
     fn answer(&self, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
         let (answer, rcode) = answer(&self.zone, &self.hub, bytes, transport)?;
-        metrics::counter!(
-            DNS_QUERIES,
-            "transport" => transport.label(),
-            "rcode" => rcode_label(rcode)
-        )
-        .increment(1);
+        self.counters.count(transport, rcode_slot(rcode));
         Some(answer)
     }
 }
@@ -315,17 +362,17 @@ fn encode(response: &Message, limit: u16) -> (Vec<u8>, ResponseCode) {
     }
 }
 
-/// A bounded label for the queries counter.
-fn rcode_label(code: ResponseCode) -> &'static str {
+/// Where `code` counts in [`RCODE_LABELS`]: a bounded label set.
+fn rcode_slot(code: ResponseCode) -> usize {
     match code {
-        ResponseCode::NoError => "NOERROR",
-        ResponseCode::FormErr => "FORMERR",
-        ResponseCode::ServFail => "SERVFAIL",
-        ResponseCode::NXDomain => "NXDOMAIN",
-        ResponseCode::NotImp => "NOTIMP",
-        ResponseCode::Refused => "REFUSED",
-        ResponseCode::BADVERS => "BADVERS",
-        _ => "other",
+        ResponseCode::NoError => 0,
+        ResponseCode::FormErr => 1,
+        ResponseCode::ServFail => 2,
+        ResponseCode::NXDomain => 3,
+        ResponseCode::NotImp => 4,
+        ResponseCode::Refused => 5,
+        ResponseCode::BADVERS => 6,
+        _ => OTHER_SLOT,
     }
 }
 
