@@ -67,9 +67,12 @@ impl Listener {
         tracker: TaskTracker,
     ) {
         let mut backoff = crate::backoff::AcceptBackoff::default();
+        // Made once, not per connection (see relay.rs).
+        let stopped = stop_accepting.cancelled();
+        tokio::pin!(stopped);
         loop {
             let accepted = tokio::select! {
-                () = stop_accepting.cancelled() => break,
+                () = &mut stopped => break,
                 accepted = listener.accept() => accepted,
             };
             let (device, peer) = match accepted {

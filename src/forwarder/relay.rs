@@ -347,6 +347,10 @@ pub async fn relay<B: Stream>(
     let mut idle_timer: Option<(Duration, Pin<Box<Sleep>>)> =
         idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
     let mut last_activity = Instant::now();
+    // Made once: each `cancelled()` joins (and on drop leaves) the token's waiter
+    // list under a lock that every worker thread shares.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         if up.done() && down.done() {
             break;
@@ -398,7 +402,7 @@ pub async fn relay<B: Stream>(
                 sleep.as_mut().reset(deadline);
                 false
             }
-            () = stop.cancelled() => {
+            () = &mut stopped => {
                 return Ok((Ending::Shutdown, Carried { up: up.carried, down: down.carried }));
             }
         };

@@ -141,9 +141,12 @@ impl UdpListener {
         let mut sessions: SessionTable<Session> = SessionTable::new(self.sessions_per_socket);
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        // Made once, not per datagram (see `relay_replies`).
+        let stopped = stop_accepting.cancelled();
+        tokio::pin!(stopped);
         loop {
             let received = tokio::select! {
-                () = stop_accepting.cancelled() => break,
+                () = &mut stopped => break,
                 _ = sweep.tick() => {
                     sessions.remove_ended();
                     continue;
@@ -273,13 +276,23 @@ impl UdpListener {
         let mut down = 0u64;
         let limit = self.config.udp_responses;
         let done = |responses: u64| limit.is_some_and(|limit| responses >= limit);
+        // Made once per session, not per datagram: each `cancelled()` joins a waiter
+        // list under a lock (the drain token's is shared by every worker thread), and
+        // a fresh sleep is a timer inserted and removed.
+        let ended = state.ended.cancelled();
+        let stopped = self.stop_relays.cancelled();
+        let idle_sleep = tokio::time::sleep(idle);
+        tokio::pin!(ended, stopped, idle_sleep);
         while !done(responses) {
             let last = state.activity.load(Ordering::Relaxed);
             let deadline = self.started + Duration::from_millis(last) + idle;
+            if idle_sleep.deadline() != deadline {
+                idle_sleep.as_mut().reset(deadline);
+            }
             tokio::select! {
-                () = state.ended.cancelled() => break,
-                () = self.stop_relays.cancelled() => break,
-                () = tokio::time::sleep_until(deadline) => {
+                () = &mut ended => break,
+                () = &mut stopped => break,
+                () = &mut idle_sleep => {
                     if state.activity.load(Ordering::Relaxed) == last {
                         tracing::debug!(%client, backend = %target.address, "udp session idle");
                         break;
