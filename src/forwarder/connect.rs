@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -49,6 +50,11 @@ pub struct FailTracker {
     max_fails: u32,
     fail_timeout: Duration,
     by_address: Mutex<HashMap<String, Failures>>,
+    /// How many addresses `by_address` holds, readable without its lock: with no
+    /// failure on record (the usual case) a connection takes no lock that every
+    /// worker thread shares. A count just changed by another thread may be missed,
+    /// which is no different from that thread's connect coming a moment later.
+    tracked: AtomicUsize,
 }
 
 impl FailTracker {
@@ -59,6 +65,7 @@ impl FailTracker {
             max_fails: max_fails.max(1),
             fail_timeout,
             by_address: Mutex::new(HashMap::new()),
+            tracked: AtomicUsize::new(0),
         }
     }
 
@@ -70,6 +77,9 @@ impl FailTracker {
 
     /// Whether the backend is out of the choice now.
     pub fn is_out(&self, address: &str, now: Instant) -> bool {
+        if self.tracked.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
         self.map()
             .get(address)
             .and_then(|f| f.down_until)
@@ -79,11 +89,16 @@ impl FailTracker {
     /// Records a failed connect; returns true when it takes the backend out.
     pub fn failed(&self, address: &str, now: Instant) -> bool {
         let mut map = self.map();
-        let entry = map.entry(address.to_owned()).or_insert(Failures {
-            count: 0,
-            first: now,
-            down_until: None,
-        });
+        if !map.contains_key(address) {
+            let fresh = Failures {
+                count: 0,
+                first: now,
+                down_until: None,
+            };
+            map.insert(address.to_owned(), fresh);
+            self.tracked.store(map.len(), Ordering::Relaxed);
+        }
+        let entry = map.get_mut(address).expect("inserted above");
         if now.duration_since(entry.first) > self.fail_timeout
             || entry.down_until.is_some_and(|until| now >= until)
         {
@@ -103,9 +118,12 @@ impl FailTracker {
 
     /// Records a successful connect: the failure count starts over.
     pub fn succeeded(&self, address: &str) {
+        if self.tracked.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut map = self.map();
-        if map.contains_key(address) {
-            map.remove(address);
+        if map.remove(address).is_some() {
+            self.tracked.store(map.len(), Ordering::Relaxed);
         }
     }
 }
