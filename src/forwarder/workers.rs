@@ -60,6 +60,24 @@ pub enum Transport {
     Udp,
 }
 
+/// How soon a worker's runtime always has a timer due (see [`keep_a_timer_due`]).
+const TIMER_ANCHOR: Duration = Duration::from_millis(100);
+
+/// Keeps a timer due within [`TIMER_ANCHOR`] on this runtime, for as long as it runs.
+///
+/// tokio wakes its own driver (an `eventfd` write, then one more `epoll_wait`) when
+/// a new timer is due sooner than every timer it has, and a worker with no other
+/// timer would do that for each connection's connect timeout (strace: 0.6 `write`
+/// per relayed connection). With this one always sooner, a connect timeout of more
+/// than [`TIMER_ANCHOR`] never is; the price is ten idle wake-ups a second.
+async fn keep_a_timer_due() {
+    let mut tick = tokio::time::interval(TIMER_ANCHOR);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
 /// Binds `count` sockets to `addr` with `SO_REUSEPORT` (the first picks the port
 /// when `addr`'s is 0; the others take the same); TCP ones listen.
 fn bind(addr: SocketAddr, count: usize, transport: Transport) -> io::Result<Vec<Socket>> {
@@ -206,9 +224,11 @@ where
                     // Its own tracker: the runtime must outlive every connection it
                     // started, or dropping it would cut them.
                     let connections = TaskTracker::new();
+                    let anchor = tokio::spawn(keep_a_timer_due());
                     serve(listener, stop, connections.clone()).await;
                     connections.close();
                     connections.wait().await;
+                    anchor.abort();
                 });
                 drop(done);
             })?;
