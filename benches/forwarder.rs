@@ -13,6 +13,11 @@
 //!
 //! - `direct`: the client talks to the backend itself;
 //! - `nginx`: `stream { upstream { least_conn; } }`, `worker_processes auto`;
+//! - `nginx hc+ka` (key `nginx-spec`): the same with `proxy_half_close on;
+//!   proxy_socket_keepalive on;`, i.e. doing what SPEC section 4 asks of Switchboard
+//!   (a FIN forwarded one way while the other still flows; keepalive on the backend
+//!   socket, nginx's with the system's timers): the cost of those semantics, beside
+//!   the cost of an implementation; TCP phases only (the directives are TCP's);
 //! - `HAProxy`: `mode tcp`, `balance leastconn`, default `nbthread`, run with `-db`
 //!   (one process); not in the UDP phase (HAProxy's community edition has no UDP);
 //! - `Switchboard`: `switchboard serve --http 127.0.0.1:0 --db sqlite::memory:
@@ -86,7 +91,7 @@
 //! `SB_BENCH_UDP_CLIENTS` (default 64), `SB_BENCH_ROUNDS` (rounds of the throughput,
 //! rate and UDP tests, default 2, the order of setups reversed every other round; the
 //! tables show the median and each round), `SB_BENCH_SETUPS` (comma list of
-//! `direct,nginx,haproxy,switchboard`), `SB_BENCH_PHASES` (comma list of
+//! `direct,nginx,nginx-spec,haproxy,switchboard`), `SB_BENCH_PHASES` (comma list of
 //! `throughput,rate,memory,udp`; `rate-client` or `rate-backend` for one half of
 //! `rate`, `udp-session` or `udp-request` for one half of `udp`).
 //!
@@ -165,14 +170,16 @@ fn main() {
 enum Setup {
     Direct,
     Nginx,
+    NginxSpec,
     Haproxy,
     Switchboard,
 }
 
 impl Setup {
-    const ALL: [Setup; 4] = [
+    const ALL: [Setup; 5] = [
         Setup::Direct,
         Setup::Nginx,
+        Setup::NginxSpec,
         Setup::Haproxy,
         Setup::Switchboard,
     ];
@@ -181,6 +188,7 @@ impl Setup {
         match self {
             Setup::Direct => "direct",
             Setup::Nginx => "nginx",
+            Setup::NginxSpec => "nginx hc+ka",
             Setup::Haproxy => "HAProxy",
             Setup::Switchboard => "Switchboard",
         }
@@ -190,6 +198,7 @@ impl Setup {
         match self {
             Setup::Direct => "direct",
             Setup::Nginx => "nginx",
+            Setup::NginxSpec => "nginx-spec",
             Setup::Haproxy => "haproxy",
             Setup::Switchboard => "switchboard",
         }
@@ -411,7 +420,7 @@ fn have(program: &str, arg: &str) -> bool {
 /// Installs what the chosen setups need with `apt-get` (we run as root).
 fn ensure_tools(setups: &[Setup]) -> Result<()> {
     let mut packages = Vec::new();
-    if setups.contains(&Setup::Nginx) {
+    if setups.contains(&Setup::Nginx) || setups.contains(&Setup::NginxSpec) {
         if !have("nginx", "-v") {
             packages.extend(["nginx", "libnginx-mod-stream"]);
         } else if nginx_stream_module().is_err() {
@@ -624,7 +633,12 @@ impl Proxy {
     fn start(setup: Setup, backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
         match setup {
             Setup::Direct => Ok(Proxy::direct(backend)),
-            Setup::Nginx => start_nginx(backend, cfg),
+            Setup::Nginx => start_nginx(backend, "", cfg),
+            Setup::NginxSpec => start_nginx(
+                backend,
+                "\n        proxy_half_close on;\n        proxy_socket_keepalive on;",
+                cfg,
+            ),
             Setup::Haproxy => start_haproxy(backend, cfg),
             Setup::Switchboard => start_switchboard(backend, cfg),
         }
@@ -640,6 +654,7 @@ impl Proxy {
         match setup {
             Setup::Direct => Ok(Proxy::direct(backends[0])),
             Setup::Nginx => start_nginx_udp(backends, sessions, cfg),
+            Setup::NginxSpec => bail!("nginx's half-close and keepalive are TCP's"),
             Setup::Haproxy => bail!("HAProxy's community edition proxies no UDP"),
             Setup::Switchboard => start_switchboard_udp(backends, sessions, cfg),
         }
@@ -763,7 +778,8 @@ fn spawn_listening(
     )
 }
 
-fn start_nginx(backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
+/// nginx `stream` in front of `backend`, with `extra` directives in its `server`.
+fn start_nginx(backend: SocketAddr, extra: &str, cfg: &Config) -> Result<Proxy> {
     let port = free_port()?;
     let stream = format!(
         "    upstream backend {{
@@ -772,7 +788,7 @@ fn start_nginx(backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
     }}
     server {{
         listen 127.0.0.1:{port};
-        proxy_pass backend;
+        proxy_pass backend;{extra}
     }}"
     );
     nginx(cfg, port, false, &stream)
@@ -2077,7 +2093,7 @@ fn phase_udp(
         .setups
         .iter()
         .copied()
-        .filter(|&s| s != Setup::Haproxy)
+        .filter(|&s| !matches!(s, Setup::Haproxy | Setup::NginxSpec))
         .collect();
     let label = format!("udp, {sessions:?}");
     let runs = run_rounds(cfg, &setups, &label, |setup| {
@@ -2159,6 +2175,9 @@ fn phase_udp(
     }
     if cfg.setups.contains(&Setup::Haproxy) {
         text.push_str("(HAProxy: left out, its community edition proxies no UDP)\n");
+    }
+    if cfg.setups.contains(&Setup::NginxSpec) {
+        text.push_str("(nginx hc+ka: left out, its two directives are TCP's)\n");
     }
     text
 }
