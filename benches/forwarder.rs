@@ -1314,10 +1314,15 @@ fn phase_throughput(
             |r| fmt(r.map(|r| r.others_cpus[i]), 2),
         );
     }
-    summary.one_stream = results
-        .iter()
-        .map(|(s, r)| (*s, r.as_ref().map(|r| r.median(0))))
-        .collect();
+    for (i, streams) in [&mut summary.one_stream, &mut summary.eight_streams]
+        .into_iter()
+        .enumerate()
+    {
+        *streams = results
+            .iter()
+            .map(|(s, r)| (*s, r.as_ref().map(|r| r.median(i))))
+            .collect();
+    }
     t.render()
 }
 
@@ -2271,6 +2276,8 @@ type PerSetup<T> = Vec<(Setup, Option<T>)>;
 struct Summary {
     /// One-stream bits per second.
     one_stream: PerSetup<f64>,
+    /// Eight-stream bits per second.
+    eight_streams: PerSetup<f64>,
     /// Connections per second and proxy CPU µs per connection, client closing first.
     rate: PerSetup<(f64, Option<f64>)>,
     /// The same with the backend closing first.
@@ -2289,28 +2296,35 @@ impl Summary {
     fn goals(&self) -> String {
         let get = |v: &[(Setup, Option<f64>)], s| find(v, s).copied();
         let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-        let mut out = String::from("\nGoals for Switchboard (printed, not asserted)\n");
-        let (sb, ng) = (
-            get(&self.one_stream, Setup::Switchboard),
-            get(&self.one_stream, Setup::Nginx),
+        let mut out = String::from(
+            "\nGoals for Switchboard, issue 09's (printed, not asserted; ratios to nginx's \
+             defaults, and for rates also to nginx hc+ka, which does what SPEC 4 asks)\n",
         );
-        if let (Some(sb), Some(ng)) = (sb, ng) {
-            let ratio = sb / ng;
-            let _ = writeln!(
-                out,
-                "- one-stream throughput >= 1.2x nginx: {ratio:.2}x ({:.2} vs {:.2} Gbit/s): {}",
-                sb / 1e9,
-                ng / 1e9,
-                verdict(ratio >= 1.2)
-            );
+        for (what, bits) in [
+            ("one-stream", &self.one_stream),
+            ("eight-stream", &self.eight_streams),
+        ] {
+            let (sb, ng) = (get(bits, Setup::Switchboard), get(bits, Setup::Nginx));
+            if let (Some(sb), Some(ng)) = (sb, ng) {
+                let ratio = sb / ng;
+                let _ = writeln!(
+                    out,
+                    "- {what} throughput >= 1.2x nginx: {ratio:.2}x ({:.2} vs {:.2} Gbit/s): {}",
+                    sb / 1e9,
+                    ng / 1e9,
+                    verdict(ratio >= 1.2)
+                );
+            }
         }
-        for (what, per, unit, which, rates) in [
+        // (what, per, unit, which, results, the rate goal as a multiple of nginx's)
+        for (what, per, unit, which, rates, times) in [
             (
                 "connection rate",
                 "connection",
                 "conn/s",
                 "2a, client closes",
                 &self.rate,
+                1.1,
             ),
             (
                 "connection rate",
@@ -2318,6 +2332,7 @@ impl Summary {
                 "conn/s",
                 "2b, backend closes",
                 &self.rate_backend_closes,
+                1.1,
             ),
             (
                 "UDP request rate",
@@ -2325,6 +2340,7 @@ impl Summary {
                 "req/s",
                 "4a, a session per client",
                 &self.udp_session,
+                1.0,
             ),
             (
                 "UDP request rate",
@@ -2332,41 +2348,53 @@ impl Summary {
                 "req/s",
                 "4b, a session per request",
                 &self.udp_request,
+                1.0,
             ),
         ] {
-            let (sb, ng) = (
-                find(rates, Setup::Switchboard).copied(),
-                find(rates, Setup::Nginx).copied(),
-            );
-            let (Some((sb_rate, sb_cpu)), Some((ng_rate, ng_cpu))) = (sb, ng) else {
+            let Some((sb_rate, sb_cpu)) = find(rates, Setup::Switchboard).copied() else {
                 continue;
             };
-            let _ = writeln!(
-                out,
-                "- {what} >= nginx ({which}): {sb_rate:.0} vs {ng_rate:.0} {unit} \
-                 ({:.2}x): {}",
-                sb_rate / ng_rate,
-                verdict(sb_rate >= ng_rate)
-            );
-            if let (Some(sb_cpu), Some(ng_cpu)) = (sb_cpu, ng_cpu) {
+            for (setup, goal) in [(Setup::Nginx, true), (Setup::NginxSpec, false)] {
+                let Some((ng_rate, ng_cpu)) = find(rates, setup).copied() else {
+                    continue;
+                };
+                let name = setup.name();
+                // Beside nginx hc+ka the figures are shown, not judged: the goal is
+                // set against nginx's defaults.
+                let judged = |ok: bool| {
+                    if goal {
+                        verdict(ok)
+                    } else {
+                        "(for comparison)"
+                    }
+                };
                 let _ = writeln!(
                     out,
-                    "- proxy CPU per {per} <= nginx ({which}): {sb_cpu:.1} vs \
-                     {ng_cpu:.1} us: {}",
-                    verdict(sb_cpu <= ng_cpu)
+                    "- {what} >= {times:.1}x {name} ({which}): {sb_rate:.0} vs {ng_rate:.0} \
+                     {unit} ({:.2}x): {}",
+                    sb_rate / ng_rate,
+                    judged(sb_rate >= times * ng_rate)
                 );
+                if let (Some(sb_cpu), Some(ng_cpu)) = (sb_cpu, ng_cpu) {
+                    let _ = writeln!(
+                        out,
+                        "- proxy CPU per {per} <= {name} ({which}): {sb_cpu:.1} vs \
+                         {ng_cpu:.1} us: {}",
+                        judged(sb_cpu <= ng_cpu)
+                    );
+                }
             }
         }
         if let Some((idle, burst)) = find(&self.memory, Setup::Switchboard).copied() {
             let _ = writeln!(
                 out,
-                "- <= 2.4 KiB per idle connection: {idle:.2} KiB: {}",
-                verdict(idle <= 2.4)
+                "- <= 2.3 KiB per idle connection: {idle:.2} KiB: {}",
+                verdict(idle <= 2.3)
             );
             let _ = writeln!(
                 out,
-                "- <= 2.4 KiB per connection after a 64 KiB burst: {burst:.2} KiB: {}",
-                verdict(burst <= 2.4)
+                "- <= 2.3 KiB per connection after a 64 KiB burst: {burst:.2} KiB: {}",
+                verdict(burst <= 2.3)
             );
         }
         let (sb, ng) = (
