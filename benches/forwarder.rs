@@ -41,7 +41,10 @@
 //! 1. Bulk throughput: `iperf3 -s` behind the proxy, `iperf3 -c` through it, `-P 1` and
 //!    `-P 8`, `SB_BENCH_SECS` seconds each; `end.sum_received.bits_per_second` of `-J`.
 //!    iperf3 also opens a control connection through the proxy (it carries almost
-//!    nothing). The proxy's CPU per GiB moved is shown too.
+//!    nothing). The proxy's CPU per GiB moved is shown too, and iperf3's (client and
+//!    server), and how many CPUs the machine kept busy: at 2.00 on this 2-core machine
+//!    the transfer was bound by the machine's CPU (iperf3's share included), not by a
+//!    proxy that waits.
 //! 2. Connection rate: `SB_BENCH_WORKERS` (16) concurrent workers for `SB_BENCH_SECS`
 //!    seconds, each looping connect, write 16 bytes, read the 16-byte echo, close.
 //!    One second of the same load first, unmeasured (warm-up). Proxy CPU per connection
@@ -1098,6 +1101,10 @@ struct Transfer {
     cpu: Option<u64>,
     /// Busy ticks of the machine outside the proxy, iperf3 and this process.
     others: u64,
+    /// Busy ticks of iperf3's client and server (and this process, idle meanwhile).
+    iperf: u64,
+    /// Busy ticks of the whole machine.
+    machine: u64,
     secs: f64,
 }
 
@@ -1158,6 +1165,8 @@ fn measure_transfers(
         bytes: 0.0,
         cpu: None,
         others: 0,
+        iperf: 0,
+        machine: 0,
         secs: 0.0,
     }; 2];
     // Ours: this process, its reaped children (the iperf3 client) and the iperf3
@@ -1176,12 +1185,15 @@ fn measure_transfers(
         let after = proxy.cpu();
         let cpu = before.zip(after).map(|(b, a)| a.saturating_sub(b));
         let machine = machine_busy_ticks().saturating_sub(machine_before);
-        let ours = ours().saturating_sub(ours_before) + cpu.unwrap_or(0);
+        let iperf = ours().saturating_sub(ours_before);
+        let ours = iperf + cpu.unwrap_or(0);
         *slot = Transfer {
             bits_per_second: bps,
             bytes,
             cpu,
             others: machine.saturating_sub(ours),
+            iperf,
+            machine,
             secs,
         };
         // Let iperf3's server return to listening.
@@ -1199,6 +1211,11 @@ struct Throughput {
     others_cpus: [f64; 2],
     /// Proxy CPU milliseconds per GiB received, over all rounds (`None` for direct).
     ms_per_gib: [Option<f64>; 2],
+    /// iperf3's (client and server) CPU milliseconds per GiB received.
+    iperf_ms_per_gib: [f64; 2],
+    /// CPUs the whole machine kept busy on average: at the core count, the transfer
+    /// was bound by the machine, not by waiting.
+    machine_cpus: [f64; 2],
 }
 
 impl Throughput {
@@ -1207,20 +1224,26 @@ impl Throughput {
             return None;
         }
         let per = |i: usize| runs.iter().map(|r| r[i].bits_per_second).collect();
+        let gib = |i: usize| runs.iter().map(|r| r[i].bytes).sum::<f64>() / f64::from(1u32 << 30);
+        let per_gib = |ticks: u64, i: usize| ticks as f64 * 1000.0 / clk_tck as f64 / gib(i);
         let cpu = |i: usize| {
             let ticks: Option<u64> = runs.iter().map(|r| r[i].cpu).sum();
-            let gib: f64 = runs.iter().map(|r| r[i].bytes).sum::<f64>() / f64::from(1u32 << 30);
-            ticks.map(|t| t as f64 * 1000.0 / clk_tck as f64 / gib)
+            ticks.map(|t| per_gib(t, i))
         };
-        let others = |i: usize| {
-            runs.iter().map(|r| r[i].others).sum::<u64>() as f64
+        let iperf = |i: usize| per_gib(runs.iter().map(|r| r[i].iperf).sum(), i);
+        let cpus = |ticks: &dyn Fn(&Transfer) -> u64, i: usize| {
+            runs.iter().map(|r| ticks(&r[i])).sum::<u64>() as f64
                 / clk_tck as f64
                 / runs.iter().map(|r| r[i].secs).sum::<f64>()
         };
+        let others = |i: usize| cpus(&|t| t.others, i);
+        let machine = |i: usize| cpus(&|t| t.machine, i);
         Some(Throughput {
             rounds: [per(0), per(1)],
             others_cpus: [others(0), others(1)],
             ms_per_gib: [cpu(0), cpu(1)],
+            iperf_ms_per_gib: [iperf(0), iperf(1)],
+            machine_cpus: [machine(0), machine(1)],
         })
     }
 
@@ -1308,6 +1331,14 @@ fn phase_throughput(
         t.row(&format!("-P {streams}: proxy CPU ms/GiB"), &results, |r| {
             fmt(r.and_then(|r| r.ms_per_gib[i]), 0)
         });
+        t.row(&format!("-P {streams}: iperf3 CPU ms/GiB"), &results, |r| {
+            fmt(r.map(|r| r.iperf_ms_per_gib[i]), 0)
+        });
+        t.row(
+            &format!("-P {streams}: machine busy (CPUs)"),
+            &results,
+            |r| fmt(r.map(|r| r.machine_cpus[i]), 2),
+        );
         t.row(
             &format!("-P {streams}: other load (CPUs busy)"),
             &results,
