@@ -417,3 +417,36 @@ async fn sigterm_lets_a_relayed_connection_finish() {
     drop(upstream);
     assert_eq!(s.terminate_wait(), 0);
 }
+
+/// At the drain deadline the relays still open are cut (each worker thread's through
+/// its own child of the drain token), so shutdown does not wait for devices that never
+/// hang up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_deadline_cuts_relays_still_open() {
+    let s = Server::start_with(forwarding(
+        "drain_timeout_secs = 1\n[[forward]]\nlisten = \"127.0.0.1:0\"\nservice = \"default\"\n",
+    ))
+    .await;
+    let backend = Echo::start().await;
+    s.register_addr("default", &backend.addr.to_string()).await;
+    let fwd = s.forward_addrs[0];
+    // Several, so that both worker threads' listening sockets most likely hold some.
+    let mut devices = Vec::new();
+    for i in 0..8u8 {
+        let mut device = TcpStream::connect(fwd).await.unwrap();
+        device.write_all(&[i; 4]).await.unwrap();
+        let mut back = [0u8; 4];
+        tokio::time::timeout(PATIENCE, device.read_exact(&mut back))
+            .await
+            .expect("echoed in time")
+            .unwrap();
+        assert_eq!(back, [i; 4]);
+        devices.push(device);
+    }
+    tokio::time::timeout(Duration::from_secs(30), s.stop())
+        .await
+        .expect("shutdown ended at the 1 s drain deadline");
+    for device in &mut devices {
+        assert_eq!(read_until_closed(device).await, b"", "the relay was cut");
+    }
+}

@@ -384,3 +384,30 @@ fn bad_udp_settings_are_refused_with_the_key_named() {
         "SPEC 4: UDP sessions idle out after 20 s by default"
     );
 }
+
+/// At the drain deadline the sessions still open end (each worker thread's through its
+/// own child of the drain token), so shutdown does not wait out their idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_deadline_ends_sessions_still_open() {
+    let mut options = udp_listener("idle_timeout_secs = 300");
+    options.config = options
+        .config
+        .map(|listener| format!("drain_timeout_secs = 1\n{listener}"));
+    let s = Server::start_with(options).await;
+    let a = UdpEcho::start("A", 1).await;
+    s.register_addr("udp", &a.addr.to_string()).await;
+    let fwd = s.forward_addrs[0];
+    // Several client addresses, so that both worker threads' sockets most likely
+    // hold sessions.
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let c = client().await;
+        let reply = ask(&c, fwd, format!("hold {i}").as_bytes()).await;
+        assert!(reply.ends_with(format!("hold {i}").as_bytes()), "{reply:?}");
+        clients.push(c);
+    }
+    assert_eq!(active_sessions(&s).await, 8);
+    tokio::time::timeout(Duration::from_secs(30), s.stop())
+        .await
+        .expect("shutdown ended at the 1 s drain deadline, not at the 300 s idle timeout");
+}

@@ -70,6 +70,9 @@ impl Listener {
         // Made once, not per connection (see relay.rs).
         let stopped = stop_accepting.cancelled();
         tokio::pin!(stopped);
+        // This loop's own child of the drain token: its relays wait on it, so their
+        // waiter list is this thread's, not one every worker thread locks.
+        let stop_relays = self.stop_relays.child_token();
         loop {
             let accepted = tokio::select! {
                 () = &mut stopped => break,
@@ -101,7 +104,8 @@ impl Listener {
             };
             let span = tracing::debug_span!("forward", service = %self.config.service, %peer);
             let me = Arc::clone(&self);
-            tracker.spawn(Box::pin(me.handle(device, peer, permit)).instrument(span));
+            let stop = stop_relays.clone();
+            tracker.spawn(Box::pin(me.handle(device, peer, permit, stop)).instrument(span));
         }
         // Closed before it is said to be: a device connecting after the log line
         // must be refused.
@@ -115,6 +119,7 @@ impl Listener {
         device: TcpStream,
         peer: SocketAddr,
         _permit: Option<OwnedSemaphorePermit>,
+        stop_relays: CancellationToken,
     ) {
         let _active = self.stats.opened();
         // TCP_NODELAY and keepalive come from the listening socket (workers.rs).
@@ -149,13 +154,7 @@ impl Listener {
                     return;
                 }
                 self.counts.open(&target.id);
-                relay::relay(
-                    &device,
-                    &*backend,
-                    self.config.idle_timeout,
-                    &self.stop_relays,
-                )
-                .await
+                relay::relay(&device, &*backend, self.config.idle_timeout, &stop_relays).await
             }
             // No socket options: a Unix socket has neither Nagle's delay nor a peer
             // that can vanish without its kernel saying so.
@@ -164,13 +163,7 @@ impl Listener {
                     return;
                 }
                 self.counts.open(&target.id);
-                relay::relay(
-                    &device,
-                    &*backend,
-                    self.config.idle_timeout,
-                    &self.stop_relays,
-                )
-                .await
+                relay::relay(&device, &*backend, self.config.idle_timeout, &stop_relays).await
             }
         };
         self.counts.close(&target.id);

@@ -49,7 +49,8 @@ struct SessionState {
     activity: AtomicU64,
     /// Bytes from the client.
     up: AtomicU64,
-    /// Cancelled when the session ends, whoever ends it.
+    /// Cancelled when the session ends, whoever ends it; a child of its socket's
+    /// drain token, so the drain deadline ends it too.
     ended: CancellationToken,
 }
 
@@ -144,6 +145,9 @@ impl UdpListener {
         // Made once, not per datagram (see `relay_replies`).
         let stopped = stop_accepting.cancelled();
         tokio::pin!(stopped);
+        // This socket's own child of the drain token: its sessions wait on it, so
+        // their waiter list is this thread's, not one every worker thread locks.
+        let stop_relays = self.stop_relays.child_token();
         loop {
             let received = tokio::select! {
                 () = &mut stopped => break,
@@ -174,7 +178,10 @@ impl UdpListener {
                 }
                 continue;
             }
-            let Some(session) = self.open(&socket, client, datagram, &tracker).await else {
+            let Some(session) = self
+                .open(&socket, client, datagram, &tracker, &stop_relays)
+                .await
+            else {
                 continue;
             };
             if let Some(evicted) = sessions.insert(client, session) {
@@ -194,6 +201,7 @@ impl UdpListener {
         client: SocketAddr,
         first: &[u8],
         tracker: &TaskTracker,
+        stop_relays: &CancellationToken,
     ) -> Option<Session> {
         let key = match self.config.hash {
             ForwardHash::RemoteAddr => Some(client.ip().to_string()),
@@ -212,7 +220,8 @@ impl UdpListener {
         let state = Arc::new(SessionState {
             activity: AtomicU64::new(self.now_ms()),
             up: AtomicU64::new(first.len() as u64),
-            ended: CancellationToken::new(),
+            // A child of the drain token: the drain ends the session too.
+            ended: stop_relays.child_token(),
         });
         let active = self.stats.opened();
         self.counts.open(&target.id);
@@ -277,12 +286,11 @@ impl UdpListener {
         let limit = self.config.udp_responses;
         let done = |responses: u64| limit.is_some_and(|limit| responses >= limit);
         // Made once per session, not per datagram: each `cancelled()` joins a waiter
-        // list under a lock (the drain token's is shared by every worker thread), and
-        // a fresh sleep is a timer inserted and removed.
+        // list under a lock, and a fresh sleep is a timer inserted and removed.
+        // `ended` also fires when the drain token does (it is its child).
         let ended = state.ended.cancelled();
-        let stopped = self.stop_relays.cancelled();
         let idle_sleep = tokio::time::sleep(idle);
-        tokio::pin!(ended, stopped, idle_sleep);
+        tokio::pin!(ended, idle_sleep);
         while !done(responses) {
             let last = state.activity.load(Ordering::Relaxed);
             let deadline = self.started + Duration::from_millis(last) + idle;
@@ -291,7 +299,6 @@ impl UdpListener {
             }
             tokio::select! {
                 () = &mut ended => break,
-                () = &mut stopped => break,
                 () = &mut idle_sleep => {
                     if state.activity.load(Ordering::Relaxed) == last {
                         tracing::debug!(%client, backend = %target.address, "udp session idle");
