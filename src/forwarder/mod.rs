@@ -43,7 +43,14 @@ impl LiveCounts {
 
     /// One more connection to `id`.
     pub fn open(&self, id: &str) {
-        *self.map().entry(id.to_owned()).or_insert(0) += 1;
+        let mut map = self.map();
+        // The id is copied only for an instance's first live connection.
+        match map.get_mut(id) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert(id.to_owned(), 1);
+            }
+        }
     }
 
     /// One connection to `id` fewer.
