@@ -2340,7 +2340,7 @@ impl Summary {
                 let ratio = sb / ng;
                 let _ = writeln!(
                     out,
-                    "- {what} throughput >= 1.2x nginx: {ratio:.2}x ({:.2} vs {:.2} Gbit/s): {}",
+                    "- {what} throughput >= 1.2x nginx: {ratio:.3}x ({:.2} vs {:.2} Gbit/s): {}",
                     sb / 1e9,
                     ng / 1e9,
                     verdict(ratio >= 1.2)
@@ -2402,7 +2402,7 @@ impl Summary {
                 let _ = writeln!(
                     out,
                     "- {what} >= {times:.1}x {name} ({which}): {sb_rate:.0} vs {ng_rate:.0} \
-                     {unit} ({:.2}x): {}",
+                     {unit} ({:.3}x): {}",
                     sb_rate / ng_rate,
                     judged(sb_rate >= times * ng_rate)
                 );
