@@ -55,30 +55,16 @@ pub async fn serve(
         .header_read_timeout(None)
         .keep_alive(true);
     let mut backoff = crate::backoff::AcceptBackoff::default();
+    let stopped = shutdown.cancelled();
+    tokio::pin!(stopped);
     loop {
         // The permit first: beyond the limit, connections wait in the backlog.
         let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = &mut stopped => break,
             permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
         };
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => {
-                backoff.succeeded();
-                pair
-            }
-            Err(err) => {
-                let pause = backoff.failed();
-                tracing::warn!(%err, ?pause, "http accept failed; backing off");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(pause) => {}
-                }
-                continue;
-            }
+        let Some((stream, peer)) = backoff.accept(&listener, &mut stopped, "http").await else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         connections.spawn(connection(

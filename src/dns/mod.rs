@@ -209,24 +209,12 @@ impl Server {
     ) {
         let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
         let mut backoff = crate::backoff::AcceptBackoff::default();
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         loop {
-            let accepted = tokio::select! {
-                () = stop.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(pair) => {
-                    backoff.succeeded();
-                    pair
-                }
-                // ECONNABORTED (a client gone before accept) and EMFILE alike: the
-                // listener goes on, after a pause.
-                Err(err) => {
-                    let pause = backoff.failed();
-                    tracing::warn!(%err, ?pause, "dns tcp accept failed; backing off");
-                    tokio::time::sleep(pause).await;
-                    continue;
-                }
+            let Some((stream, peer)) = backoff.accept(&listener, &mut stopped, "dns tcp").await
+            else {
+                break;
             };
             let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
                 tracing::debug!(%peer, "dns tcp connections at their cap: closed");

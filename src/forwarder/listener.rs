@@ -70,25 +70,13 @@ impl Listener {
         // Made once, not per connection (see relay.rs).
         let stopped = stop_accepting.cancelled();
         tokio::pin!(stopped);
+        let what = format!("forward {}", self.config.listen);
         // This loop's own child of the drain token: its relays wait on it, so their
         // waiter list is this thread's, not one every worker thread locks.
         let stop_relays = self.stop_relays.child_token();
         loop {
-            let accepted = tokio::select! {
-                () = &mut stopped => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (device, peer) = match accepted {
-                Ok(pair) => {
-                    backoff.succeeded();
-                    pair
-                }
-                Err(err) => {
-                    let pause = backoff.failed();
-                    tracing::warn!(listen = %self.config.listen, %err, ?pause, "accept failed; backing off");
-                    tokio::time::sleep(pause).await;
-                    continue;
-                }
+            let Some((device, peer)) = backoff.accept(&listener, &mut stopped, &what).await else {
+                break;
             };
             let permit = match &self.slots {
                 None => None,
