@@ -419,12 +419,7 @@ async fn a_source_over_queries_per_sec_gets_tc_and_dig_is_answered_over_tcp() {
         "{full} full answers, {cut} truncated"
     );
     // Counted as such (only this test limits, in this process's shared metrics).
-    let metrics = reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics_text().await;
     let limited = metrics
         .lines()
         .find(|l| {

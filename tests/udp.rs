@@ -238,12 +238,7 @@ async fn a_flood_of_source_addresses_stays_within_the_session_cap() {
     s.register_addr("udp", &a.addr.to_string()).await;
     let fwd = s.forward_addrs[0];
     let clients = flood_within(&s, 20).await;
-    let metrics = reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics_text().await;
     // Tests of this file share the process's metrics: pick this listener's line.
     let ours = format!("switchboard_forward_udp_sessions_evicted_total{{listener=\"{fwd}\"}}");
     let evicted = metrics

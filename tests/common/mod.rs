@@ -135,6 +135,15 @@ impl Api {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// `GET /metrics`: the Prometheus exposition text.
+    pub async fn metrics_text(&self) -> String {
+        let resp = self.client.get(self.url("/metrics")).send().await;
+        resp.expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// `POST` a raw JSON body (possibly malformed); returns (status, JSON body or Null).
     pub async fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
         let resp = self
