@@ -348,7 +348,7 @@ pub async fn relay<B: Stream>(
         idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
     let mut last_activity = Instant::now();
     // Made once: each `cancelled()` joins (and on drop leaves) the token's waiter
-    // list under a lock that every worker thread shares.
+    // list under the token's lock, which a fresh one per wake-up would take twice.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     loop {
