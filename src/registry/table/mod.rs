@@ -8,15 +8,17 @@
 
 mod cluster;
 mod in_flight;
+mod index;
 mod listing;
 mod sweep;
 
 use in_flight::RecentShed;
+use index::{HoleSums, RankIndex};
 
 pub use listing::{Card, CardRow, InstanceView, ServiceSummary};
 pub use sweep::{PreservationEvent, SweepOutcome};
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use subtle::ConstantTimeEq;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
@@ -133,7 +135,7 @@ pub struct ServiceTable {
     free: Vec<u32>,
     by_id: HashMap<String, u32>,
     by_address: HashMap<String, u32>,
-    index: BTreeSet<RankKey>,
+    index: RankIndex,
     totals: Totals,
     version: u64,
     ring: Option<Ring>,
@@ -161,7 +163,7 @@ impl ServiceTable {
             free: Vec::new(),
             by_id: HashMap::new(),
             by_address: HashMap::new(),
-            index: BTreeSet::new(),
+            index: RankIndex::default(),
             totals: Totals::default(),
             version: 0,
             ring: None,
@@ -195,6 +197,12 @@ impl ServiceTable {
     /// Whether the service has no instances.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    /// Steps taken in the ranking index so far (nodes visited): the cost measure that
+    /// shows whether a request's work grows with the number of instances.
+    pub fn index_steps(&self) -> u64 {
+        self.index.steps()
     }
 
     /// Whether self-preservation is on.
@@ -366,7 +374,7 @@ impl ServiceTable {
     /// `unix:` backend is no hole (counting it would shed for ever).
     fn balance(&self, now: Millis, policy: &RebalancePolicy) -> rank::Balance {
         let mean_load = self.totals.mean_load();
-        let reachable = |key: &&RankKey| {
+        let reachable = |key: &RankKey| {
             self.entry(key.slot)
                 .is_some_and(|e| !e.instance.forward_only)
         };
@@ -375,7 +383,7 @@ impl ServiceTable {
             .iter()
             .find(reachable)
             .filter(|key| !key.over_cap)
-            .map(RankKey::load);
+            .map(|key| key.load());
         let floor = mean_load * (1.0 - policy.tolerance);
         let mut hole_deficit = 0.0;
         if min_load.is_some_and(|min| min < floor) {
@@ -492,7 +500,7 @@ impl ServiceTable {
             .and_then(|key| self.keyed_pick(key, query.zone, now, exclude));
         let mut buckets: [Vec<u32>; 4] = Default::default();
         let mut stale = Vec::new();
-        for key in &self.index {
+        for key in self.index.iter() {
             if Some(key.slot) == first {
                 continue;
             }
@@ -659,11 +667,21 @@ impl ServiceTable {
         }
         entry.indexed = want;
         if let Some(key) = want {
-            self.index.insert(key);
             let counted = (
                 entry.instance.assumed_connections(),
                 entry.instance.spec.weight,
             );
+            // What `/servers` can fill: a shed device never lands on a forward-only
+            // instance, nor on one at its cap.
+            let hole = if key.over_cap || entry.instance.forward_only {
+                HoleSums::default()
+            } else {
+                HoleSums {
+                    weight: u64::from(counted.1.max(1)),
+                    assumed: counted.0,
+                }
+            };
+            self.index.insert(key, hole);
             entry.counted = counted;
             self.totals.assumed_connections += counted.0;
             self.totals.weight += u64::from(counted.1);
