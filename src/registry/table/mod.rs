@@ -366,37 +366,26 @@ impl ServiceTable {
     }
 
     /// What the rebalancing rule needs: the mean load; the lowest load of an instance
-    /// that can take a connection (the index's first key, unless that one is already
-    /// at its cap: over-cap keys sort last); when that is a hole, what it would take
-    /// to fill every hole (walking the index only as far as the holes go); and the
-    /// devices shed recently that are still expected back. Forward-only instances are
-    /// skipped: a shed device asks `/servers`, which never lands it there, so an idle
-    /// `unix:` backend is no hole (counting it would shed for ever).
+    /// that can take a connection; when that is a hole, what it would take to fill
+    /// every hole; and the devices shed recently that are still expected back.
+    ///
+    /// The index keeps, per subtree, the weights and assumed connections of the keys a
+    /// shed device can land on (not over their cap, not forward-only: a shed device
+    /// asks `/servers`, which never lands it on a `unix:` backend, so an idle one is
+    /// no hole), so both the lowest load and the deficit under the floor,
+    /// `Σ (floor − load) × weight = floor × Σ weight − Σ assumed`, are one descent of
+    /// the index: O(log N) whatever the loads (walking the keys under the floor cost a
+    /// heartbeat 2.2 ms at 100k uneven instances).
     fn balance(&self, now: Millis, policy: &RebalancePolicy) -> rank::Balance {
         let mean_load = self.totals.mean_load();
-        let reachable = |key: &RankKey| {
-            self.entry(key.slot)
-                .is_some_and(|e| !e.instance.forward_only)
-        };
-        let min_load = self
-            .index
-            .iter()
-            .find(reachable)
-            .filter(|key| !key.over_cap)
-            .map(|key| key.load());
+        let min_load = self.index.first_counted().map(|key| key.load());
         let floor = mean_load * (1.0 - policy.tolerance);
-        let mut hole_deficit = 0.0;
-        if min_load.is_some_and(|min| min < floor) {
-            for key in self
-                .index
-                .iter()
-                .filter(reachable)
-                .take_while(|k| !k.over_cap && k.load() < floor)
-            {
-                let weight = self.entry(key.slot).map_or(1, |e| e.instance.spec.weight);
-                hole_deficit += (floor - key.load()) * f64::from(weight.max(1));
-            }
-        }
+        let hole_deficit = if min_load.is_some_and(|min| min < floor) {
+            let under = self.index.sums_below(&RankKey::new(false, floor, 0, 0));
+            (floor * under.weight as f64 - under.assumed as f64).max(0.0)
+        } else {
+            0.0
+        };
         rank::Balance {
             mean_load,
             min_load,
