@@ -248,7 +248,10 @@ impl ServiceTable {
                 entry.instance = instance;
                 entry.card = None;
             }
-            self.reindex(slot, now);
+            // The whole instance changed (its forward-only mark too, which the key and
+            // the counts do not show): put it in again even if its key is the same.
+            let want = self.wanted_key(slot, now);
+            self.set_indexed(slot, want);
             false
         } else {
             let entry = Entry {
@@ -347,7 +350,6 @@ impl ServiceTable {
             self.dirty.push(slot);
         }
         self.reindex(slot, now);
-        let balance = self.balance(now, policy);
         let entry = self.entry(slot).expect("still present");
         let instance = &entry.instance;
         let shed = if instance.draining {
@@ -356,8 +358,12 @@ impl ServiceTable {
                 instance.evacuate_per_sec,
                 instance.spec.heartbeat_secs(),
             )
-        } else {
+        } else if policy.enabled && instance.connections > 0 {
+            let balance = self.balance(now, policy);
             rank::shed(instance.connections, instance.spec.weight, &balance, policy)
+        } else {
+            // `shed` answers 0 without looking at the service: spare the descents.
+            0
         };
         let ttl_secs = instance.spec.ttl_secs;
         self.recent_shed
@@ -625,9 +631,27 @@ impl ServiceTable {
         self.reindex(slot, now);
     }
 
-    /// Puts the entry in or out of the index according to its current state.
+    /// Puts the entry in or out of the index according to its current state; nothing
+    /// to do when its key and counts did not move (a heartbeat with the same count).
     fn reindex(&mut self, slot: u32, now: Millis) {
-        let want = self.entry(slot).and_then(|entry| {
+        let want = self.wanted_key(slot, now);
+        let unchanged = self.entry(slot).is_some_and(|entry| {
+            entry.indexed == want
+                && (want.is_none()
+                    || entry.counted
+                        == (
+                            entry.instance.assumed_connections(),
+                            entry.instance.spec.weight,
+                        ))
+        });
+        if !unchanged {
+            self.set_indexed(slot, want);
+        }
+    }
+
+    /// The key the entry should sit under in the index now, if any.
+    fn wanted_key(&self, slot: u32, now: Millis) -> Option<RankKey> {
+        self.entry(slot).and_then(|entry| {
             let eligible =
                 !entry.instance.draining && (entry.instance.is_live(now) || entry.preserved);
             eligible.then(|| {
@@ -638,8 +662,7 @@ impl ServiceTable {
                     slot,
                 )
             })
-        });
-        self.set_indexed(slot, want);
+        })
     }
 
     fn set_indexed(&mut self, slot: u32, want: Option<RankKey>) {
