@@ -1,37 +1,68 @@
 //! Micro-benchmarks of the registry's and forwarder's hot pure paths, with criterion:
-//! a heartbeat and a `/servers` pick on a 10,000-instance table, a ring pick, and the
-//! PROXY protocol headers. No I/O: the library's own types, called in-process.
+//! a heartbeat and a `/servers` pick on tables of 1k, 10k and 100k instances whose
+//! loads are shaped like real fleets (equal; uneven `i % 997`; a scale-out where a
+//! tenth are empty newcomers; a few hot servers among cold ones), a keyed pick, a ring
+//! pick, and the PROXY protocol headers. No I/O: the library's own types, called
+//! in-process. Each table also prints its index steps per heartbeat, the count the
+//! core's own test bounds.
 //!
 //! ```text
 //! cargo bench --bench hot_paths
 //! cargo bench --bench hot_paths -- --warm-up-time 1 --measurement-time 3   # shorter
+//! SB_BENCH_SIZES=1000,100000 cargo bench --bench hot_paths -- heartbeat   # a subset
 //! ```
+//!
+//! Read a heartbeat's cost at 100k against its cost at 1k of the same shape: a path
+//! whose work grows with the fleet shows there first.
+
+mod support;
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use support::knobs;
 use switchboard::forwarder::proxy_protocol;
 use switchboard::lease;
 use switchboard::registry::ring::{self, Ring};
 use switchboard::registry::table::RankQuery;
 use switchboard::registry::{InstanceSpec, LeaseHash, RebalancePolicy, ServiceTable};
 
-/// Instances in the table and on the ring.
+/// Instances on the ring and in the keyed-pick table.
 const N: usize = 10_000;
 /// Affinity keys cycled through by the keyed picks.
 const KEYS: usize = 1024;
 /// The registry clock during the run (no instance expires: nothing moves it).
 const NOW: u64 = 60_000;
 
-/// A table of [`N`] instances in three zones with spread connection counts, and each
+/// A load distribution: instance index to reported connections.
+type Shape = (&'static str, fn(usize) -> u64);
+
+/// The shapes every size is benched with.
+const SHAPES: [Shape; 4] = [
+    ("equal", |_| 500),
+    ("uneven i%997", |i| (i % 997) as u64),
+    (
+        "scale-out 10% empty",
+        |i| if i % 10 == 0 { 0 } else { 1_000 },
+    ),
+    ("few hot", |i| {
+        if i % 100 == 0 {
+            50_000
+        } else {
+            (i % 50) as u64
+        }
+    }),
+];
+
+/// A table of `n` instances in three zones with connections by `shape`, and each
 /// instance's id and lease hash.
-fn table() -> (ServiceTable, Vec<(String, LeaseHash)>) {
+fn table(n: usize, shape: fn(usize) -> u64) -> (ServiceTable, Vec<(String, LeaseHash)>) {
     let mut table = ServiceTable::new("bench");
     let policy = RebalancePolicy::default();
-    let members: Vec<(String, LeaseHash)> = (0..N)
-        .map(|i| (format!("i{i:05}"), lease::hash(&format!("lease-{i}"))))
+    let members: Vec<(String, LeaseHash)> = (0..n)
+        .map(|i| (format!("i{i:06}"), lease::hash(&format!("lease-{i}"))))
         .collect();
     for (i, (id, hash)) in members.iter().enumerate() {
         let spec = InstanceSpec {
@@ -49,8 +80,7 @@ fn table() -> (ServiceTable, Vec<(String, LeaseHash)>) {
             ttl_secs: 15,
         };
         table.register(id.clone(), spec, *hash, NOW, 0);
-        let connections = (i as u64 * 37) % 500;
-        let _ = table.heartbeat(id, hash, Some(connections), NOW, &policy);
+        let _ = table.heartbeat(id, hash, Some(shape(i)), NOW, &policy);
     }
     (table, members)
 }
@@ -61,27 +91,41 @@ fn keys() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A heartbeat that moves its instance in the index (its count changes a little,
+/// around the shape's), and a `/servers?limit=5`, per size and shape.
 fn registry(c: &mut Criterion) {
-    let (mut table, members) = table();
     let policy = RebalancePolicy::default();
-    let mut seq = 0usize;
-    c.bench_function("heartbeat, 10k-instance table", |b| {
-        b.iter(|| {
-            seq = seq.wrapping_add(1);
-            let (id, hash) = &members[seq % N];
-            let connections = (seq as u64 * 31) % 500;
-            black_box(table.heartbeat(id, hash, Some(connections), NOW, &policy))
-        })
-    });
-
     let query = RankQuery {
         limit: 5,
         ..RankQuery::default()
     };
-    c.bench_function("/servers limit 5, 10k-instance table", |b| {
-        b.iter(|| black_box(table.rank(black_box(&query), NOW)))
-    });
+    for n in knobs::sizes("SB_BENCH_SIZES", &[1_000, 10_000, 100_000], 1_000_000) {
+        for (name, shape) in SHAPES {
+            let (mut table, members) = table(n, shape);
+            let mut seq = 0usize;
+            let steps_before = table.index_steps();
+            let mut beats = 0u64;
+            c.bench_function(&format!("heartbeat, {n} instances, {name}"), |b| {
+                b.iter(|| {
+                    seq = seq.wrapping_add(7_919);
+                    beats += 1;
+                    let i = seq % n;
+                    let (id, hash) = &members[i];
+                    let connections = shape(i) + (seq % 3) as u64;
+                    black_box(table.heartbeat(id, hash, Some(connections), NOW, &policy))
+                })
+            });
+            println!(
+                "  index steps per heartbeat, {n} instances, {name}: {:.1}",
+                (table.index_steps() - steps_before) as f64 / beats.max(1) as f64
+            );
+            c.bench_function(&format!("/servers limit 5, {n} instances, {name}"), |b| {
+                b.iter(|| black_box(table.rank(black_box(&query), NOW)))
+            });
+        }
+    }
 
+    let (mut table, _) = table(N, SHAPES[1].1);
     let keys = keys();
     let mut k = 0usize;
     c.bench_function("/servers limit 5 with key, 10k-instance table", |b| {
