@@ -4,6 +4,7 @@
 //! [`Stream`] is what the relay needs of either socket. The relay is generic over it,
 //! so it is compiled once per kind: the TCP path pays for no dispatch, and a Unix
 //! backend gets the same readiness loop, stash and `splice(2)` as a TCP one.
+//! [`is_fd_shortage`] tells our own descriptor shortage from a backend's failure.
 
 use std::future::Future;
 use std::io;
@@ -33,6 +34,15 @@ pub async fn connect(address: &str) -> io::Result<Backend> {
         Some(path) => UnixStream::connect(path).await.map(Backend::Unix),
         None => TcpStream::connect(address).await.map(Backend::Tcp),
     }
+}
+
+/// Whether `err` is the process (EMFILE) or the system (ENFILE) out of file
+/// descriptors: our shortage, which says nothing about the backend, so it never
+/// counts toward `max_fails` nor fails a health check.
+pub fn is_fd_shortage(err: &io::Error) -> bool {
+    let shortage = [nix::errno::Errno::EMFILE, nix::errno::Errno::ENFILE];
+    err.raw_os_error()
+        .is_some_and(|code| shortage.iter().any(|e| *e as i32 == code))
 }
 
 /// A connected stream socket as the relay drives it: readiness, and non-blocking I/O
@@ -80,3 +90,17 @@ macro_rules! impl_stream {
 
 impl_stream!(TcpStream);
 impl_stream!(UnixStream);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emfile_and_enfile_are_our_shortage_refusals_are_not() {
+        assert!(is_fd_shortage(&io::Error::from_raw_os_error(24)), "EMFILE");
+        assert!(is_fd_shortage(&io::Error::from_raw_os_error(23)), "ENFILE");
+        let refused = io::Error::from_raw_os_error(nix::errno::Errno::ECONNREFUSED as i32);
+        assert!(!is_fd_shortage(&refused));
+        assert!(!is_fd_shortage(&io::Error::other("timed out")));
+    }
+}

@@ -3,6 +3,9 @@
 //! refusal or timeout (at most [`MAX_TRIES`]), and keep failing backends out for
 //! `fail_timeout` after `max_fails` failures (nginx's `max_fails`/`fail_timeout`).
 //! A `unix:` backend is connected to over a Unix stream socket, by the same rules.
+//! EMFILE or ENFILE on a connect is our own shortage of descriptors, not the
+//! backend's failure: it is never recorded in [`FailTracker`], and no further
+//! candidate is tried (each would fail the same way).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,6 +28,15 @@ pub enum ConnectError {
     /// The service has no instance to hand out.
     #[error("service {0} has no live backend")]
     NoBackend(String),
+    /// The process or the system is out of file descriptors (EMFILE, ENFILE): the
+    /// backend was not at fault and is not counted failed.
+    #[error("out of file descriptors connecting to {address}: {source}")]
+    FdShortage {
+        /// The backend being connected to.
+        address: String,
+        /// The system's error.
+        source: std::io::Error,
+    },
     /// Every try failed.
     #[error("{tries} tries failed, last on {address}: {reason}")]
     AllFailed {
@@ -131,7 +143,8 @@ impl FailTracker {
 /// Connects to the best reachable backend of `service`.
 ///
 /// # Errors
-/// [`ConnectError`] when the service has no backend or every try failed.
+/// [`ConnectError`] when the service has no backend, every try failed, or the
+/// process ran out of descriptors.
 pub async fn connect(
     hub: &Hub,
     service: &str,
@@ -163,6 +176,12 @@ pub async fn connect(
             Ok(Ok(stream)) => {
                 fails.succeeded(&target.address);
                 return Ok((stream, target));
+            }
+            Ok(Err(err)) if backend::is_fd_shortage(&err) => {
+                return Err(ConnectError::FdShortage {
+                    address: target.address,
+                    source: err,
+                });
             }
             Ok(Err(err)) => err.to_string(),
             Err(_) => format!("connect timed out after {timeout:?}"),

@@ -1,7 +1,9 @@
 //! Health checks of static instances (`[[static]]`): a connect every [`CHECK_EVERY`]
 //! (TCP, or to the socket of a `unix:` instance: down while the path is missing or
 //! refuses), with hysteresis, reported to the registry together with the forwarder's
-//! own connection count for the instance.
+//! own connection count for the instance. A check that cannot open its socket for
+//! want of descriptors (EMFILE, ENFILE) gives no verdict: our shortage is not the
+//! instance's failure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,11 +89,20 @@ pub async fn check_loop(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let passed = probe == Probe::Passive
-            || matches!(
-                tokio::time::timeout(CHECK_TIMEOUT, backend::connect(&address)).await,
-                Ok(Ok(_))
-            );
+        let passed = match probe {
+            Probe::Passive => true,
+            Probe::Connect => {
+                match tokio::time::timeout(CHECK_TIMEOUT, backend::connect(&address)).await {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(err)) if backend::is_fd_shortage(&err) => {
+                        tracing::debug!(%service, %address, %err, "health check skipped: out of file descriptors");
+                        hub.set_health(&service, &id, state.up, counts.get(&id));
+                        continue;
+                    }
+                    Ok(Err(_)) | Err(_) => false,
+                }
+            }
+        };
         let was = state.up;
         let up = state.observe(passed);
         if up != was {
