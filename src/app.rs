@@ -162,6 +162,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let shutdown = CancellationToken::new();
     let shutting_down = Arc::new(AtomicBool::new(false));
     let forwarders = Arc::new(ForwardBoard::default());
+    // The limit as it is now (`run` raised it first); what the fd budget shares out.
+    let fd_limit = rlimit::soft_limit().unwrap_or_else(|err| {
+        tracing::warn!(%err, "could not read the open file limit; the forwarder gets no fd budget");
+        u64::MAX
+    });
     let state: AppState = Arc::new(Shared {
         hub: hub.clone(),
         cluster: node.clone(),
@@ -204,7 +209,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         stop_relays.clone(),
         tracker.clone(),
         loops.child_token(),
+        fd_limit,
     ));
+    live.set_budget(&config);
     let mut applied = Applied::default();
     live.apply_statics(&config.statics, &config.forwards, &mut applied);
     live.apply_forwards(&config.forwards, &mut applied)

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::forwarder::budget::FdBudget;
 use crate::forwarder::stats::ListenerSnapshot;
 use crate::hub::Hub;
 
@@ -51,8 +52,19 @@ pub const FORWARD_TOTAL: &str = "switchboard_forward_connections_total";
 pub const FORWARD_CONNECT_FAILURES: &str = "switchboard_forward_connect_failures_total";
 /// Counter: connects retried on the next candidate, by forward `listener`.
 pub const FORWARD_RETRIES: &str = "switchboard_forward_retries_total";
-/// Counter: connections refused at `max_connections`, by forward `listener`.
+/// Counter: device connections closed at once instead of relayed (and UDP clients'
+/// first datagrams dropped), by forward `listener` and `reason`: `max_connections`
+/// (the listener's cap), `fd_budget` (the forwarder holds its whole fd budget, so
+/// the reserve for the API, the store and health checks stays untouched),
+/// `fd_shortage` (EMFILE or ENFILE opening the backend socket; never counted as the
+/// backend's failure).
 pub const FORWARD_REFUSED: &str = "switchboard_forward_refused_total";
+/// Gauge: file descriptors the forwarder may hold (the open-file limit less the
+/// reserve), across every forward listener.
+pub const FORWARD_FD_BUDGET: &str = "switchboard_forward_fd_budget";
+/// Gauge: file descriptors relayed connections (two each) and UDP sessions (one each)
+/// hold now, across every forward listener.
+pub const FORWARD_FDS: &str = "switchboard_forward_fds";
 /// Counter: UDP sessions ended to make room in a full session table (a flood of
 /// source addresses), by forward `listener`.
 pub const FORWARD_UDP_EVICTED: &str = "switchboard_forward_udp_sessions_evicted_total";
@@ -148,10 +160,12 @@ pub async fn upkeep_loop(cancel: tokio_util::sync::CancellationToken) {
 }
 
 /// Sets the gauges that are read off the registry and the listeners (instances,
-/// connections, pending, self-preservation, active relays, sync lag), then renders everything in Prometheus text format.
+/// connections, pending, self-preservation, active relays, the fd budget and what
+/// it holds, sync lag), then renders everything in Prometheus text format.
 pub fn render(
     hub: &Hub,
     forwarders: &[ListenerSnapshot],
+    fds: &FdBudget,
     cluster_sync_age: Option<Duration>,
 ) -> String {
     static LAST_SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
@@ -190,6 +204,8 @@ pub fn render(
     for f in forwarders {
         metrics::gauge!(FORWARD_ACTIVE, "listener" => f.listen.to_string()).set(f.active as f64);
     }
+    metrics::gauge!(FORWARD_FD_BUDGET).set(fds.total() as f64);
+    metrics::gauge!(FORWARD_FDS).set(fds.held() as f64);
     if let Some(age) = cluster_sync_age {
         metrics::gauge!(CLUSTER_SYNC_LAG).set(age.as_secs_f64());
     }

@@ -5,6 +5,12 @@
 //! a new one is bound, an unchanged one is left alone; static instances likewise.
 //! Registrations are never touched.
 //!
+//! It also shares the open-file limit out (`rlimit.rs` does the arithmetic) when the
+//! server starts and at each reload: the forwarder's fd budget, and a connection cap
+//! for each new listener (derived when `max_connections` is unset, clamped with a
+//! warning when it is more than the budget holds). A kept listener keeps its cap;
+//! the shared count is what holds every listener together within the budget.
+//!
 //! Owns no parsing (config.rs validates before anything is applied) and no HTTP.
 
 use std::net::SocketAddr;
@@ -17,13 +23,15 @@ use crate::api::AppState;
 use crate::api::auth::Tokens;
 use crate::api::limits::RateLimits;
 use crate::config::{Config, ForwardConfig, ForwardProtocol, StaticConfig};
+use crate::forwarder::budget::Share;
 use crate::forwarder::listener::Listener;
 use crate::forwarder::stats::{ForwardBoard, ListenerStats};
-use crate::forwarder::udp::UdpListener;
+use crate::forwarder::udp::{DEFAULT_MAX_SESSIONS, UdpListener};
 use crate::forwarder::workers;
 use crate::forwarder::{LiveCounts, health};
 use crate::hub::Hub;
 use crate::registry::InstanceSpec;
+use crate::rlimit::{self, Budget, Cap};
 
 /// A forward listener that runs, with the configuration it was started from.
 struct RunningListener {
@@ -55,6 +63,8 @@ pub struct Live {
     stop_checks: CancellationToken,
     listeners: Mutex<Vec<RunningListener>>,
     statics: Mutex<Vec<RunningStatic>>,
+    /// The soft open-file limit read at start, which the fd budget shares out.
+    fd_limit: u64,
 }
 
 impl std::fmt::Debug for Live {
@@ -81,7 +91,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Live {
-    /// Nothing running yet.
+    /// Nothing running yet; listeners will share `fd_limit` (the soft
+    /// `RLIMIT_NOFILE`) out as [`Live::set_budget`] says.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         hub: Hub,
         board: Arc<ForwardBoard>,
@@ -90,6 +102,7 @@ impl Live {
         stop_relays: CancellationToken,
         checks: TaskTracker,
         stop_checks: CancellationToken,
+        fd_limit: u64,
     ) -> Self {
         Live {
             hub,
@@ -102,7 +115,61 @@ impl Live {
             stop_checks,
             listeners: Mutex::new(Vec::new()),
             statics: Mutex::new(Vec::new()),
+            fd_limit,
         }
+    }
+
+    /// Shares the open-file limit out for `config` (the reserve first, the rest for
+    /// the forwarder) and sets the forwarder's fd budget to its part; logs it.
+    /// Call it inside the runtime the listeners run on.
+    pub fn set_budget(&self, config: &Config) -> Budget {
+        let loops = u64::try_from(workers::loops()).unwrap_or(1);
+        let needs = rlimit::Needs {
+            http_max_connections: u64::try_from(config.http_max_connections).unwrap_or(u64::MAX),
+            forward_loops: loops.saturating_mul(config.forwards.len() as u64),
+            statics: config.statics.len() as u64,
+            dns_tcp_connections: if config.dns.is_some() {
+                crate::dns::MAX_TCP_CONNECTIONS as u64
+            } else {
+                0
+            },
+        };
+        let budget = rlimit::budget(self.fd_limit, &needs);
+        self.board.fds().set_total(budget.forward);
+        tracing::info!(
+            limit = budget.limit,
+            reserve = budget.reserve,
+            api = budget.api,
+            forwarder = budget.forward,
+            "fd budget: the forwarder holds at most {} descriptors; {} are kept for the API, \
+             the store, health checks and listeners",
+            budget.forward,
+            budget.reserve,
+        );
+        if budget.forward == 0 && !config.forwards.is_empty() {
+            tracing::warn!(
+                limit = budget.limit,
+                reserve = budget.reserve,
+                "the open file limit leaves the forwarder no descriptor: every device will be refused; \
+                 raise the hard limit (systemd LimitNOFILE=, ulimit -Hn)"
+            );
+        }
+        budget
+    }
+
+    /// The connection cap of each listener of `wanted`, out of the fd budget.
+    fn caps(&self, wanted: &[ForwardConfig]) -> Vec<Cap> {
+        let asked: Vec<rlimit::Wanted> = wanted
+            .iter()
+            .map(|f| rlimit::Wanted {
+                max_connections: f.max_connections,
+                cost: match f.protocol {
+                    ForwardProtocol::Tcp => rlimit::TCP_COST,
+                    ForwardProtocol::Udp => rlimit::UDP_COST,
+                },
+            })
+            .collect();
+        rlimit::caps(self.board.fds().total(), &asked)
     }
 
     /// Where each running listener listens, in start order.
@@ -133,7 +200,8 @@ impl Live {
                 keep
             });
         }
-        for forward in wanted {
+        let caps = self.caps(wanted);
+        for (forward, cap) in wanted.iter().zip(caps) {
             if lock(&self.listeners)
                 .iter()
                 .any(|l| &l.configured == forward)
@@ -142,8 +210,8 @@ impl Live {
             }
             let stop = self.stop_accepting.child_token();
             let addr = match forward.protocol {
-                ForwardProtocol::Tcp => self.start_tcp(forward, stop.clone()).await,
-                ForwardProtocol::Udp => self.start_udp(forward, stop.clone()).await,
+                ForwardProtocol::Tcp => self.start_tcp(forward, cap, stop.clone()).await,
+                ForwardProtocol::Udp => self.start_udp(forward, cap, stop.clone()).await,
             }
             .map_err(|e| (forward.listen, e))?;
             lock(&self.listeners).push(RunningListener {
@@ -156,17 +224,47 @@ impl Live {
         Ok(())
     }
 
-    /// A bound listener's configuration (with the address really bound) and its
+    /// A bound listener's configuration (with the address really bound and `cap`
+    /// as its `max_connections`, said when it is not the configured one) and its
     /// figures, on the board from now on.
     fn listener_parts(
         &self,
         forward: &ForwardConfig,
         addr: SocketAddr,
+        cap: Cap,
     ) -> (ForwardConfig, Arc<ListenerStats>) {
         let stats = Arc::new(ListenerStats::new(addr, &forward.service));
         self.board.add(Arc::clone(&stats));
+        let max_connections = match cap {
+            Cap::Configured(n) => n,
+            Cap::Clamped {
+                configured,
+                allowed,
+            } => {
+                tracing::warn!(
+                    listener = %addr, service = %forward.service, configured, allowed,
+                    "max_connections {configured} of forward listener {addr} is more than the \
+                     open file limit allows: clamped to {allowed}; raise the hard limit \
+                     (systemd LimitNOFILE=, ulimit -Hn) or lower max_connections"
+                );
+                allowed
+            }
+            Cap::Derived(n) => {
+                // A UDP table stays within its default size, whatever the budget.
+                let n = match forward.protocol {
+                    ForwardProtocol::Tcp => n,
+                    ForwardProtocol::Udp => n.min(DEFAULT_MAX_SESSIONS as u64),
+                };
+                tracing::info!(
+                    listener = %addr, service = %forward.service, max_connections = n,
+                    "max_connections of forward listener {addr} derived from the fd budget: {n}"
+                );
+                n
+            }
+        };
         let config = ForwardConfig {
             listen: addr,
+            max_connections: Some(max_connections),
             ..forward.clone()
         };
         (config, stats)
@@ -176,6 +274,7 @@ impl Live {
     async fn start_tcp(
         &self,
         forward: &ForwardConfig,
+        cap: Cap,
         stop: CancellationToken,
     ) -> std::io::Result<SocketAddr> {
         let transport = workers::Transport::Tcp {
@@ -184,13 +283,18 @@ impl Live {
         let bound = workers::bind_listener(forward.listen, transport)?;
         let addr = bound.local;
         tracing::info!(service = %forward.service, "forward listening on {addr}");
-        let (config, stats) = self.listener_parts(forward, addr);
+        let (config, stats) = self.listener_parts(forward, addr, cap);
+        let share = Share {
+            fds: Arc::clone(self.board.fds()),
+            cap_from_budget: !matches!(cap, Cap::Configured(_)),
+        };
         let listener = Arc::new(Listener::new(
             config,
             self.hub.clone(),
             Arc::clone(&self.counts),
             self.stop_relays.clone(),
             stats,
+            share,
         ));
         workers::run(bound, stop, &self.relays, move |socket, stop, tracker| {
             Arc::clone(&listener).serve(socket, stop, tracker)
@@ -202,12 +306,13 @@ impl Live {
     async fn start_udp(
         &self,
         forward: &ForwardConfig,
+        cap: Cap,
         stop: CancellationToken,
     ) -> std::io::Result<SocketAddr> {
         let bound = workers::bind_listener(forward.listen, workers::Transport::Udp)?;
         let addr = bound.local;
         tracing::info!(service = %forward.service, "forward listening on udp {addr}");
-        let (config, stats) = self.listener_parts(forward, addr);
+        let (config, stats) = self.listener_parts(forward, addr, cap);
         let listener = Arc::new(UdpListener::new(
             config,
             self.hub.clone(),
@@ -215,6 +320,7 @@ impl Live {
             self.stop_relays.clone(),
             stats,
             bound.sockets(),
+            Arc::clone(self.board.fds()),
         ));
         workers::run(bound, stop, &self.relays, move |socket, stop, tracker| {
             Arc::clone(&listener).serve(socket, stop, tracker)
@@ -302,6 +408,7 @@ impl Live {
             new.limits.read_per_sec,
         )));
         self.hub.set_policy(new.rebalance);
+        self.set_budget(new);
         if let Err((addr, err)) = self.apply_forwards(&new.forwards, &mut applied).await {
             tracing::error!(%addr, %err, "reload could not bind a forward listener; the others are applied");
         }

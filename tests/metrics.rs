@@ -292,10 +292,20 @@ async fn forwarded_connections_move_their_families() {
         matches!(read, Ok(Ok(0)) | Ok(Err(_))),
         "closed at once: {read:?}"
     );
+    // Counted with its reason: the configured cap, not the fd budget.
+    let at_cap = [
+        ("listener", listener.as_str()),
+        ("reason", "max_connections"),
+    ];
     eventually("the refusal counted", || async {
-        (metric(&s, "switchboard_forward_refused_total", &by).await == 1.0).then_some(())
+        (metric(&s, "switchboard_forward_refused_total", &at_cap).await == 1.0).then_some(())
     })
     .await;
+    let at_budget = [("listener", listener.as_str()), ("reason", "fd_budget")];
+    assert_eq!(
+        metric(&s, "switchboard_forward_refused_total", &at_budget).await,
+        0.0
+    );
 
     drop(device);
     eventually("the relay's bytes counted", || async {

@@ -37,7 +37,12 @@ pub async fn metrics(
 ) -> Result<impl IntoResponse, ApiError> {
     state.tokens.load().check(&meta, Access::Admin)?;
     let lag = state.cluster.as_ref().map(ClusterNode::since_last_sync);
-    let text = crate::metrics::render(&state.hub, &state.forwarders.snapshot(), lag);
+    let text = crate::metrics::render(
+        &state.hub,
+        &state.forwarders.snapshot(),
+        state.forwarders.fds(),
+        lag,
+    );
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -1,6 +1,10 @@
-//! One forward listener: accepts devices, enforces `max_connections`, and runs each
-//! connection (connect, PROXY header, relay) in its own task and tracing span. The
-//! backend may be TCP or a Unix socket; TCP options are set on TCP sockets only.
+//! One forward listener: accepts devices, enforces `max_connections` and the fd
+//! budget (two descriptors a relayed connection, taken from the count every listener
+//! shares), and runs each connection (connect, PROXY header, relay) in its own task
+//! and tracing span. A device beyond either is accepted and closed at once, so the
+//! backlog does not fill and the device gets a clean refusal; past the budget that is
+//! said once a second at most. The backend may be TCP or a Unix socket; TCP options
+//! are set on TCP sockets only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,13 +17,15 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::backend::Backend;
-use super::connect::{self, FailTracker};
+use super::budget::{FdBudget, Held, Share, Throttle};
+use super::connect::{self, ConnectError, FailTracker};
 use super::relay::{self, Ending};
-use super::stats::ListenerStats;
+use super::stats::{ListenerStats, Refusal};
 use super::workers;
 use super::{LiveCounts, proxy_protocol};
 use crate::config::{ForwardConfig, ForwardHash};
 use crate::hub::{ForwardTarget, Hub};
+use crate::rlimit::TCP_COST;
 
 /// What every connection of one listener shares.
 #[derive(Debug)]
@@ -30,19 +36,30 @@ pub struct Listener {
     counts: Arc<LiveCounts>,
     /// Permits for `max_connections`; `None` when unlimited.
     slots: Option<Arc<Semaphore>>,
+    /// The descriptors every forward listener of the server shares.
+    fds: Arc<FdBudget>,
+    /// Whether `slots` is the fd budget's cap (derived or clamped), not the
+    /// configured `max_connections`: a refusal at it is then one at the budget.
+    cap_from_budget: bool,
+    /// Refusals at the fd budget: a warning a second at most.
+    budget_log: Throttle,
+    /// EMFILE/ENFILE on a backend connect: a warning a second at most.
+    shortage_log: Throttle,
     /// Fires when relayed connections must stop (the drain deadline passed).
     stop_relays: CancellationToken,
     stats: Arc<ListenerStats>,
 }
 
 impl Listener {
-    /// A listener for `config` over the registry.
+    /// A listener for `config` over the registry, its connections taking their
+    /// descriptors from `share`.
     pub fn new(
         config: ForwardConfig,
         hub: Hub,
         counts: Arc<LiveCounts>,
         stop_relays: CancellationToken,
         stats: Arc<ListenerStats>,
+        share: Share,
     ) -> Self {
         let slots = config.max_connections.map(|max| {
             let max = usize::try_from(max).unwrap_or(Semaphore::MAX_PERMITS);
@@ -54,6 +71,10 @@ impl Listener {
             hub,
             counts,
             slots,
+            fds: share.fds,
+            cap_from_budget: share.cap_from_budget,
+            budget_log: Throttle::default(),
+            shortage_log: Throttle::default(),
             stop_relays,
             stats,
         }
@@ -82,18 +103,28 @@ impl Listener {
                 None => None,
                 Some(slots) => match Arc::clone(slots).try_acquire_owned() {
                     Ok(permit) => Some(permit),
+                    Err(_) if self.cap_from_budget => {
+                        self.refuse_at_budget(peer);
+                        drop(device);
+                        continue;
+                    }
                     Err(_) => {
-                        self.stats.refused();
+                        self.stats.refused(Refusal::MaxConnections);
                         tracing::debug!(%peer, "max_connections reached: closing the new connection");
                         drop(device);
                         continue;
                     }
                 },
             };
+            let Some(held) = self.fds.try_take(TCP_COST) else {
+                self.refuse_at_budget(peer);
+                drop(device);
+                continue;
+            };
             let span = tracing::debug_span!("forward", service = %self.config.service, %peer);
             let me = Arc::clone(&self);
             let stop = stop_relays.clone();
-            tracker.spawn(Box::pin(me.handle(device, peer, permit, stop)).instrument(span));
+            tracker.spawn(Box::pin(me.handle(device, peer, (permit, held), stop)).instrument(span));
         }
         // Closed before it is said to be: a device connecting after the log line
         // must be refused.
@@ -102,11 +133,26 @@ impl Listener {
         tracing::debug!(listen = %self.config.listen, "accept loop closed");
     }
 
+    /// Counts a device refused at the fd budget, and says so once a second at most.
+    fn refuse_at_budget(&self, peer: SocketAddr) {
+        self.stats.refused(Refusal::FdBudget);
+        if let Some(refused) = self.budget_log.hit() {
+            tracing::warn!(
+                listener = %self.config.listen, %peer, refused,
+                held = self.fds.held(), budget = self.fds.total(),
+                "forwarder at its fd budget: closing new device connections \
+                 (the reserve is kept for the API, the store and health checks)"
+            );
+        }
+    }
+
+    /// Runs one accepted connection; `_slots` (its `max_connections` permit and its
+    /// descriptors) are given back when it ends.
     async fn handle(
         self: Arc<Self>,
         device: TcpStream,
         peer: SocketAddr,
-        _permit: Option<OwnedSemaphorePermit>,
+        _slots: (Option<OwnedSemaphorePermit>, Held),
         stop_relays: CancellationToken,
     ) {
         let _active = self.stats.opened();
@@ -127,6 +173,17 @@ impl Listener {
         .await;
         let (mut backend, target) = match connected {
             Ok(pair) => pair,
+            Err(err @ ConnectError::FdShortage { .. }) => {
+                self.stats.refused(Refusal::FdShortage);
+                if let Some(refused) = self.shortage_log.hit() {
+                    tracing::warn!(
+                        listener = %self.config.listen, %peer, %err, refused,
+                        "out of file descriptors connecting to a backend: device closed; \
+                         the backend is not counted failed"
+                    );
+                }
+                return;
+            }
             Err(err) => {
                 tracing::warn!(service = %self.config.service, %peer, %err, "no backend for device; closing");
                 return;

@@ -6,9 +6,11 @@
 //! moves bytes, `proxy_protocol.rs` writes PROXY headers, `health.rs` checks static
 //! instances, `udp.rs` relays UDP sessions (their bounded table in `udp_sessions.rs`).
 //! `backend.rs` is a relayed connection's backend socket (TCP, or Unix for `unix:`).
+//! `budget.rs` counts the descriptors every listener holds against the fd budget.
 //! Must not speak HTTP or SQL.
 
 pub mod backend;
+pub mod budget;
 pub mod connect;
 pub mod health;
 pub mod listener;

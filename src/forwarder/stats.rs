@@ -1,5 +1,6 @@
 //! Live figures of each forward listener: kept as atomics for `GET /v1/forwarders`
-//! (the dashboard) and mirrored into the Prometheus metrics, labelled by listener.
+//! (the dashboard) and mirrored into the Prometheus metrics, labelled by listener;
+//! and, on the board, the fd budget every listener takes its descriptors from.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,7 +8,47 @@ use std::sync::{Arc, RwLock};
 
 use metrics::{Counter, Gauge};
 
+use super::budget::FdBudget;
 use crate::metrics as names;
+
+/// Why a device connection (or a UDP client's first datagram) was turned away: the
+/// `reason` label of [`names::FORWARD_REFUSED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The listener's `max_connections` was reached.
+    MaxConnections,
+    /// The forwarder holds its whole fd budget (the reserve is not touched).
+    FdBudget,
+    /// EMFILE or ENFILE when opening the backend socket: our shortage, not the
+    /// backend's failure.
+    FdShortage,
+}
+
+impl Refusal {
+    /// Every reason, in the order of [`Refusal::index`].
+    pub const ALL: [Refusal; 3] = [
+        Refusal::MaxConnections,
+        Refusal::FdBudget,
+        Refusal::FdShortage,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::FdBudget => "fd_budget",
+            Refusal::FdShortage => "fd_shortage",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Refusal::MaxConnections => 0,
+            Refusal::FdBudget => 1,
+            Refusal::FdShortage => 2,
+        }
+    }
+}
 
 /// One listener's figures.
 #[derive(Debug)]
@@ -21,7 +62,8 @@ pub struct ListenerStats {
     refused: AtomicU64,
     m_active: Gauge,
     m_total: Counter,
-    m_refused: Counter,
+    /// By [`Refusal::index`].
+    m_refused: [Counter; 3],
     m_failures: Counter,
     m_retries: Counter,
     m_up: Counter,
@@ -39,7 +81,7 @@ pub struct ListenerSnapshot {
     pub active: u64,
     /// Connections accepted since start.
     pub total: u64,
-    /// Connections refused at `max_connections`.
+    /// Connections refused, for any [`Refusal`].
     pub refused: u64,
 }
 
@@ -56,7 +98,9 @@ impl ListenerStats {
             refused: AtomicU64::new(0),
             m_active: metrics::gauge!(names::FORWARD_ACTIVE, "listener" => label.clone()),
             m_total: counter(names::FORWARD_TOTAL),
-            m_refused: counter(names::FORWARD_REFUSED),
+            m_refused: Refusal::ALL.map(|reason| {
+                metrics::counter!(names::FORWARD_REFUSED, "listener" => label.clone(), "reason" => reason.as_str())
+            }),
             m_failures: counter(names::FORWARD_CONNECT_FAILURES),
             m_retries: counter(names::FORWARD_RETRIES),
             m_up: metrics::counter!(names::FORWARD_BYTES, "listener" => label.clone(), "direction" => "up"),
@@ -74,10 +118,10 @@ impl ListenerStats {
         ActiveGuard(Arc::clone(self))
     }
 
-    /// A connection was refused at `max_connections`.
-    pub fn refused(&self) {
+    /// A connection was refused, for `reason`.
+    pub fn refused(&self, reason: Refusal) {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        self.m_refused.increment(1);
+        self.m_refused[reason.index()].increment(1);
     }
 
     /// A connect attempt to a backend failed.
@@ -119,13 +163,34 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Every listener's figures, in start order (listeners come and go on reload).
-#[derive(Debug, Default)]
+/// Every listener's figures, in start order (listeners come and go on reload), and
+/// the fd budget they share.
+#[derive(Debug)]
 pub struct ForwardBoard {
     listeners: RwLock<Vec<Arc<ListenerStats>>>,
+    fds: Arc<FdBudget>,
+}
+
+impl Default for ForwardBoard {
+    fn default() -> Self {
+        ForwardBoard::new(FdBudget::unlimited())
+    }
 }
 
 impl ForwardBoard {
+    /// A board with no listener yet, whose listeners share `fds`.
+    pub fn new(fds: FdBudget) -> Self {
+        ForwardBoard {
+            listeners: RwLock::new(Vec::new()),
+            fds: Arc::new(fds),
+        }
+    }
+
+    /// The fd budget every listener takes its descriptors from.
+    pub fn fds(&self) -> &Arc<FdBudget> {
+        &self.fds
+    }
+
     /// Adds a listener's figures.
     pub fn add(&self, stats: Arc<ListenerStats>) {
         self.listeners

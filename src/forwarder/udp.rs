@@ -3,7 +3,11 @@
 //! connected socket to that backend; datagrams relay both ways. A session ends after
 //! `idle_timeout` without traffic, after `udp_responses` datagrams came back, when the
 //! backend refuses (ICMP port unreachable), or when evicted from the bounded table.
-//! Sessions count as the instance's forwarded connections while they last.
+//! Sessions count as the instance's forwarded connections while they last, and each
+//! holds one descriptor of the fd budget: when the budget is full the socket's table
+//! frees a place as at its own cap, and with none to free the client gets no session
+//! (its datagram is dropped, counted, and said once a second at most). EMFILE or
+//! ENFILE opening a session's socket is our shortage, never the backend's failure.
 
 use std::cell::RefCell;
 use std::io;
@@ -19,12 +23,15 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::LiveCounts;
+use super::backend::is_fd_shortage;
+use super::budget::{FdBudget, Held, Throttle};
 use super::connect::FailTracker;
-use super::stats::{ActiveGuard, ListenerStats};
+use super::stats::{ActiveGuard, ListenerStats, Refusal};
 use super::udp_sessions::{SessionLike, SessionTable};
 use crate::config::{DEFAULT_UDP_IDLE_TIMEOUT_SECS, ForwardConfig, ForwardHash};
 use crate::hub::{ForwardTarget, Hub};
 use crate::registry::validate;
+use crate::rlimit::UDP_COST;
 
 /// Largest UDP payload over IPv4 and IPv6 without jumbograms.
 const MAX_DATAGRAM: usize = 65_535;
@@ -55,10 +62,14 @@ struct SessionState {
 }
 
 /// A session as the listener loop holds it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Session {
     backend: Arc<UdpSocket>,
     state: Arc<SessionState>,
+    /// The socket's descriptor in the fd budget, given back when the table lets go
+    /// of the session (swept once ended, replaced, or evicted: then its reply task
+    /// closes its copy of the socket at once).
+    _fds: Held,
 }
 
 impl SessionLike for Session {
@@ -83,12 +94,19 @@ pub struct UdpListener {
     started: Instant,
     /// Sessions each of the listener's sockets may hold: the cap shared out.
     sessions_per_socket: usize,
+    /// The descriptors every forward listener of the server shares.
+    fds: Arc<FdBudget>,
+    /// Clients refused at the fd budget: a warning a second at most.
+    budget_log: Throttle,
+    /// EMFILE/ENFILE opening a session's socket: a warning a second at most.
+    shortage_log: Throttle,
 }
 
 impl UdpListener {
     /// A UDP listener for `config` over the registry, receiving on `sockets` sockets
     /// (each with its own session table, as the kernel sends a client address always
-    /// to the same one), which share the session cap.
+    /// to the same one), which share the session cap; each session's socket is taken
+    /// from `fds`.
     pub fn new(
         config: ForwardConfig,
         hub: Hub,
@@ -96,6 +114,7 @@ impl UdpListener {
         stop_relays: CancellationToken,
         stats: Arc<ListenerStats>,
         sockets: usize,
+        fds: Arc<FdBudget>,
     ) -> Self {
         let evicted = metrics::counter!(
             crate::metrics::FORWARD_UDP_EVICTED,
@@ -117,6 +136,9 @@ impl UdpListener {
             evicted,
             started: Instant::now(),
             sessions_per_socket,
+            fds,
+            budget_log: Throttle::default(),
+            shortage_log: Throttle::default(),
         }
     }
 
@@ -178,8 +200,11 @@ impl UdpListener {
                 }
                 continue;
             }
+            let Some(fds) = self.take_fd(&mut sessions, client) else {
+                continue;
+            };
             let Some(session) = self
-                .open(&socket, client, datagram, &tracker, &stop_relays)
+                .open(&socket, client, datagram, fds, &tracker, &stop_relays)
                 .await
             else {
                 continue;
@@ -193,13 +218,43 @@ impl UdpListener {
         tracing::info!(listen = %self.config.listen, "udp forward listener closed");
     }
 
+    /// The descriptor of `client`'s new session from the fd budget. When the budget
+    /// is full, this socket's table frees a place as it does at its own cap (an ended
+    /// session, else the oldest idle one is evicted); with nothing to free, the
+    /// client is refused (counted, and said once a second at most).
+    fn take_fd(&self, sessions: &mut SessionTable<Session>, client: SocketAddr) -> Option<Held> {
+        if let Some(fds) = self.fds.try_take(UDP_COST) {
+            return Some(fds);
+        }
+        // Bounded: one place freed, one more try.
+        if let Some(evicted) = sessions.free_one() {
+            evicted.state.ended.cancel();
+            self.evicted.increment(1);
+            tracing::debug!(%client, "fd budget full: the oldest idle udp session ended");
+        }
+        if let Some(fds) = self.fds.try_take(UDP_COST) {
+            return Some(fds);
+        }
+        self.stats.refused(Refusal::FdBudget);
+        if let Some(refused) = self.budget_log.hit() {
+            tracing::warn!(
+                listener = %self.config.listen, %client, refused,
+                held = self.fds.held(), budget = self.fds.total(),
+                "forwarder at its fd budget: no new udp session (datagram dropped)"
+            );
+        }
+        None
+    }
+
     /// Starts `client`'s session with its first datagram: picks a backend, connects
-    /// a socket to it, sends, and runs the reply side in its own task.
+    /// a socket to it (its descriptor `fds` taken from the budget), sends, and runs
+    /// the reply side in its own task.
     async fn open(
         self: &Arc<Self>,
         listener: &Arc<UdpSocket>,
         client: SocketAddr,
         first: &[u8],
+        fds: Held,
         tracker: &TaskTracker,
         stop_relays: &CancellationToken,
     ) -> Option<Session> {
@@ -210,6 +265,17 @@ impl UdpListener {
         let target = self.pick(key.as_deref().map(str::as_bytes))?;
         let backend = match connect(&target.address).await {
             Ok(socket) => Arc::new(socket),
+            Err(err) if is_fd_shortage(&err) => {
+                self.stats.refused(Refusal::FdShortage);
+                if let Some(refused) = self.shortage_log.hit() {
+                    tracing::warn!(
+                        listener = %self.config.listen, %client, %err, refused,
+                        "out of file descriptors opening a udp session: datagram dropped; \
+                         the backend is not counted failed"
+                    );
+                }
+                return None;
+            }
             Err(err) => {
                 self.stats.connect_failed();
                 self.fails.failed(&target.address, Instant::now());
@@ -233,6 +299,7 @@ impl UdpListener {
         let session = Session {
             backend: Arc::clone(&backend),
             state: Arc::clone(&state),
+            _fds: fds,
         };
         let span = tracing::debug_span!("udp", service = %self.config.service, %client);
         let me = Arc::clone(self);

@@ -1,7 +1,8 @@
 //! The bounded session table of a UDP listener: one session per client address, at
 //! most `cap` of them; when full, the oldest idle session makes room (a second-chance
 //! clock over insertion order, O(1) amortized), so a flood of source addresses costs
-//! a fixed amount of memory.
+//! a fixed amount of memory. The same eviction frees a place on demand when the
+//! forwarder's fd budget, not the table, is full ([`SessionTable::free_one`]).
 //!
 //! Pure: the listener passes what it knows of each session through [`SessionLike`].
 
@@ -69,6 +70,17 @@ impl<S: SessionLike> SessionTable<S> {
         evicted
     }
 
+    /// Frees one place whatever the cap (the fd budget is full): drops an ended
+    /// session (answering `None`: nothing left to end), or evicts the oldest idle
+    /// live one and answers it for the caller to end and count. `None` when empty.
+    pub fn free_one(&mut self) -> Option<S> {
+        let held = self.map.len();
+        if held == 0 {
+            return None;
+        }
+        self.make_room_below(held)
+    }
+
     /// Drops the sessions that ended, and the order entries nothing refers to.
     pub fn remove_ended(&mut self) {
         self.map.retain(|_, s| !s.is_ended());
@@ -97,8 +109,13 @@ impl<S: SessionLike> SessionTable<S> {
     /// oldest idle, and is evicted. After two passes without one, the front goes
     /// anyway (every session busy: the cap still holds).
     fn make_room(&mut self) -> Option<S> {
+        self.make_room_below(self.cap)
+    }
+
+    /// [`SessionTable::make_room`] until fewer than `cap` sessions are held.
+    fn make_room_below(&mut self, cap: usize) -> Option<S> {
         let mut budget = self.order.len() * 2;
-        while self.map.len() >= self.cap {
+        while self.map.len() >= cap {
             let (client, seen) = self.order.pop_front()?;
             let Some(session) = self.map.get(&client) else {
                 continue;
@@ -208,6 +225,25 @@ mod tests {
             s.ended.set(true);
         }
         assert!(t.order.len() <= 4 * 10 + 16 + 1, "{}", t.order.len());
+    }
+
+    #[test]
+    fn freeing_one_place_drops_an_ended_session_or_evicts_the_oldest_idle() {
+        let mut t = SessionTable::new(10);
+        let (a, b, c) = (Fake::at(1), Fake::at(2), Fake::at(3));
+        t.insert(addr(1), a.clone());
+        t.insert(addr(2), b.clone());
+        t.insert(addr(3), c.clone());
+        a.ended.set(true);
+        assert!(t.free_one().is_none(), "the ended one goes, nothing to end");
+        assert_eq!(t.len(), 2);
+        // Below its cap, yet a place is freed: `b` is busy again, `c` the oldest idle.
+        b.activity.set(10);
+        let evicted = t.free_one().expect("the oldest idle");
+        assert_eq!(evicted.last_activity(), 3);
+        assert_eq!(t.len(), 1);
+        assert!(t.free_one().is_some());
+        assert!(t.free_one().is_none(), "empty");
     }
 
     #[test]

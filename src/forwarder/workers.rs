@@ -40,8 +40,8 @@ pub fn keepalive(socket: SockRef<'_>, time: Option<Duration>) {
 }
 
 /// How many accept loops a listener gets: one per worker thread of a multi-thread
-/// runtime, one inside a current-thread runtime.
-fn loops() -> usize {
+/// runtime, one inside a current-thread runtime. Call it inside a runtime.
+pub fn loops() -> usize {
     match tokio::runtime::Handle::current().runtime_flavor() {
         RuntimeFlavor::CurrentThread => 1,
         _ => std::thread::available_parallelism().map_or(1, usize::from),
