@@ -221,6 +221,9 @@ where
                             return;
                         }
                     };
+                    // Its runtime's descriptors are open from here on (tests that
+                    // count a process's descriptors wait for this line).
+                    tracing::debug!(worker = i, listen = %local, "forward worker ready");
                     // Its own tracker: the runtime must outlive every connection it
                     // started, or dropping it would cut them.
                     let connections = TaskTracker::new();

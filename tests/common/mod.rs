@@ -53,6 +53,9 @@ pub struct Options {
     pub forward: Vec<String>,
     /// Forward listeners expected (from `forward` or the config file).
     pub forwards: usize,
+    /// `RLIMIT_NOFILE`, soft and hard, the process starts with (process servers
+    /// only: the limit is the process's, so it is set by `prlimit` before exec).
+    pub nofile: Option<u64>,
 }
 
 impl Options {
@@ -374,8 +377,8 @@ impl Server {
     /// config file text of `options` would.
     pub async fn start_with(options: Options) -> Server {
         assert!(
-            options.env.is_empty() && options.extra.is_empty(),
-            "environment and extra arguments need a process server (common::process)"
+            options.env.is_empty() && options.extra.is_empty() && options.nofile.is_none(),
+            "environment, extra arguments and an fd limit need a process server (common::process)"
         );
         let logs = LogBuffer::default();
         let subscriber = tracing_subscriber::fmt()

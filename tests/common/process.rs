@@ -47,7 +47,16 @@ impl Server {
     /// forward listeners).
     pub fn start_with(options: Options) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut cmd = Command::new(binary());
+        // prlimit sets the limit on itself and execs the server: same PID, and the
+        // hard limit lowered too, so the server's raising changes nothing.
+        let mut cmd = match options.nofile {
+            None => Command::new(binary()),
+            Some(n) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit.arg(format!("--nofile={n}:{n}")).arg(binary());
+                prlimit
+            }
+        };
         cmd.arg("serve").arg("--http").arg("127.0.0.1:0");
         if options.forwards == 0 {
             cmd.arg("--no-forward");
@@ -147,6 +156,14 @@ impl Server {
             });
             self.seen.push(line);
         }
+    }
+
+    /// Every line logged so far (those not read yet are read now, without waiting).
+    pub fn logged(&mut self) -> &[String] {
+        while let Ok(line) = self.logs.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
     }
 
     /// Waits until a log line contains `needle`.
