@@ -514,15 +514,6 @@ struct Registration {
     first_error: Option<String>,
 }
 
-fn fleet_address(i: usize) -> String {
-    format!(
-        "10.{}.{}.{}:6666",
-        i / 62_500 % 250,
-        i / 250 % 250,
-        i % 250 + 1
-    )
-}
-
 async fn register_fleet(cfg: &Config, addrs: &[SocketAddr]) -> anyhow::Result<Registration> {
     let members: Arc<Mutex<Vec<Option<Member>>>> = Arc::new(Mutex::new(vec![None; cfg.instances]));
     let errors: Arc<Mutex<(u64, Option<String>)>> = Arc::new(Mutex::new((0, None)));
@@ -539,7 +530,7 @@ async fn register_fleet(cfg: &Config, addrs: &[SocketAddr]) -> anyhow::Result<Re
                 while i < n {
                     let body = format!(
                         "{{\"address\":\"{}\",\"ttl_secs\":{TTL_SECS}}}",
-                        fleet_address(i)
+                        http::instance_address(i)
                     );
                     let path = format!("/v1/services/{SERVICE}/instances");
                     let req = request("POST", &path, &[], body.as_bytes());

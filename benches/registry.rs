@@ -307,7 +307,9 @@ struct Workload {
 
 impl Workload {
     fn new(kind: Kind, addr: SocketAddr, n: usize) -> Self {
-        let addresses: Vec<(String, u16)> = (0..n).map(instance_address).collect();
+        let addresses: Vec<(String, u16)> = (0..n)
+            .map(|i| (http::instance_ip(i), http::INSTANCE_PORT))
+            .collect();
         let get = |path: String| http::request("GET", &path, addr, &[], b"");
         let register = addresses
             .iter()
@@ -343,14 +345,6 @@ impl Workload {
             listing,
         }
     }
-}
-
-/// `10.a.b.c:6666`, distinct for each index, host byte never 0.
-fn instance_address(i: usize) -> (String, u16) {
-    let a = (i / 62_500) % 250;
-    let b = (i / 250) % 250;
-    let c = i % 250 + 1;
-    (format!("10.{a}.{b}.{c}"), 6666)
 }
 
 /// Builds heartbeat requests; `seq` picks the instance (round robin over all).

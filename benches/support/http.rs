@@ -78,6 +78,23 @@ pub fn parse_registration(body: &[u8]) -> Result<(String, String), String> {
     }
 }
 
+/// Port of every bench instance's address.
+pub const INSTANCE_PORT: u16 = 6666;
+
+/// The IP of bench instance `i`: `10.a.b.c`, distinct for each `i` below 15,625,000
+/// (250³), host byte never 0. Nothing listens there: the benches only register it.
+pub fn instance_ip(i: usize) -> String {
+    let a = (i / 62_500) % 250;
+    let b = (i / 250) % 250;
+    let c = i % 250 + 1;
+    format!("10.{a}.{b}.{c}")
+}
+
+/// `10.a.b.c:6666`: [`instance_ip`] with [`INSTANCE_PORT`].
+pub fn instance_address(i: usize) -> String {
+    format!("{}:{INSTANCE_PORT}", instance_ip(i))
+}
+
 /// One keep-alive connection.
 pub struct Conn {
     stream: TcpStream,
