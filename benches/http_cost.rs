@@ -1,13 +1,13 @@
 //! HTTP cost benchmark (issue 21): what a registry request costs the server, against
-//! nginx's `return 200` under the same client; ratios against a baseline measured in
-//! the same run, loopback only.
+//! nginx's `return 200` under the same client, and what 100,000 heartbeating
+//! instances cost; ratios against baselines measured in the same run, loopback only.
 //!
 //! ```text
 //! cargo bench --bench http_cost
-//! SB_BENCH_SIZES=1000,10000 cargo bench --bench http_cost
+//! SB_BENCH_SIZES=1000,10000 SB_BENCH_SCALE_BEATS=1000000 cargo bench --bench http_cost
 //! ```
 //!
-//! CPU per request. The load generator is `wrk -t1 -c16 -d<SB_BENCH_SECS>s
+//! Part 1, CPU per request. The load generator is `wrk -t1 -c16 -d<SB_BENCH_SECS>s
 //! --latency` for every phase, its figures printed by a Lua `done` hook; server CPU per
 //! request is utime+stime of the server's PID from `/proc` (before wrk starts, after it
 //! ends plus 1.5 s, so the 1 s heartbeat flush is charged to the phase) over the
@@ -26,25 +26,41 @@
 //!   `{"connections": N}` with the shape's N, so a heartbeat repeats its instance's
 //!   count), then `GET /servers?service=bench&limit=5`.
 //!
+//! Part 2, scale: `SB_BENCH_SCALE_SIZE` instances (uneven) heartbeating at
+//! `SB_BENCH_SCALE_RATE` per second, paced by the bench's own client
+//! (`benches/support/http.rs`) over `SB_BENCH_SCALE_CONNS` keep-alive connections, each
+//! at its share (a send over 2 ms after its slot counts as late), while `/servers` is
+//! sampled `SB_BENCH_SCALE_READS` times a second on a connection and thread of its own:
+//! heartbeats/s achieved, server CPU per heartbeat, `/servers` p50/p99, and RSS after
+//! registration and after the heartbeats as KiB per instance over the idle empty server.
+//!
 //! Goals, printed beside their figures as met or MISSED, never asserted: `/healthz` CPU
 //! ≤ 1.2× nginx's; heartbeat and `/servers` CPU at 1k ≤ 1.5× nginx's; the kept-alive
 //! `/servers` rate ≥ 0.6× nginx's (judged at every size); heartbeat CPU at 100k uneven
-//! ≤ 1.2× that at 1k uneven; ≥ 60,000 heartbeats/s at 100k.
+//! ≤ 1.2× that at 1k uneven; ≥ 60,000 heartbeats/s at 100k; in the scale phase
+//! `/servers` p99 < 5 ms and RSS ≤ 1 KiB per instance after the heartbeats.
 //!
 //! Tools: nothing is installed at run time. Without nginx its phase is skipped (no
-//! ratios); without wrk every phase is (`apt-get install -y nginx-light wrk`).
+//! ratios); without wrk all of part 1 is (`apt-get install -y nginx-light wrk`).
 //!
 //! Knobs (environment): `SB_BENCH_SECS` (seconds per wrk phase, 10),
-//! `SB_BENCH_SIZES` (`1000,10000,100000`), `SB_BENCH_REGISTER_CONNS` (16).
+//! `SB_BENCH_SIZES` (`1000,10000,100000`), `SB_BENCH_REGISTER_CONNS` (16),
+//! `SB_BENCH_SCALE_SIZE` (100000), `SB_BENCH_SCALE_BEATS` (heartbeats in all,
+//! 10,000,000 = 500 s at 20k/s; 0 skips part 2), `SB_BENCH_SCALE_RATE` (20000),
+//! `SB_BENCH_SCALE_CONNS` (8), `SB_BENCH_SCALE_READS` (200). With the defaults a run
+//! takes about 15 minutes, 100,000 registrations at ~1,200/s included.
 //!
 //! This file holds the knobs and the order of the run; `http_cost/nginx.rs` the
 //! baseline's process, `http_cost/wrk.rs` a wrk phase, `http_cost/instances.rs`
-//! registration and load shapes, `http_cost/tables.rs` the report and its goals.
+//! registration and load shapes, `http_cost/scale.rs` part 2, `http_cost/tables.rs`
+//! the report and its goals.
 
 #[path = "http_cost/instances.rs"]
 mod instances;
 #[path = "http_cost/nginx.rs"]
 mod nginx;
+#[path = "http_cost/scale.rs"]
+mod scale;
 mod support;
 #[path = "http_cost/tables.rs"]
 mod tables;
@@ -59,6 +75,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use instances::{Fleet, Shape};
+use scale::{ScaleConfig, ScaleResult};
 use support::procs::{self, LogInfo};
 use support::{http, knobs, sample};
 use wrk::{Measured, Wrk};
@@ -92,6 +109,8 @@ pub struct Config {
     pub secs: u64,
     pub sizes: Vec<usize>,
     pub register_conns: usize,
+    /// `None` when `SB_BENCH_SCALE_BEATS=0`.
+    pub scale: Option<ScaleConfig>,
 }
 
 impl Config {
@@ -99,11 +118,28 @@ impl Config {
         let mut sizes = knobs::sizes("SB_BENCH_SIZES", &[1_000, 10_000, 100_000], 1_000_000);
         sizes.sort_unstable();
         sizes.dedup();
+        let scale = ScaleConfig {
+            size: knobs::count("SB_BENCH_SCALE_SIZE", 100_000, 1, 1_000_000),
+            beats: knobs::num("SB_BENCH_SCALE_BEATS", 10_000_000, 0, 1_000_000_000),
+            rate: knobs::num("SB_BENCH_SCALE_RATE", 20_000, 1, 1_000_000),
+            conns: knobs::count("SB_BENCH_SCALE_CONNS", 8, 1, 256),
+            reads_per_sec: knobs::num("SB_BENCH_SCALE_READS", 200, 1, 10_000),
+        };
         Config {
             secs: knobs::num("SB_BENCH_SECS", 10, 1, 600),
             sizes,
             register_conns: knobs::count("SB_BENCH_REGISTER_CONNS", 16, 1, 256),
+            scale: (scale.beats > 0).then_some(scale),
         }
+    }
+
+    /// The sizes the run registers, in order: each of part 1's, and part 2's.
+    fn stops(&self) -> Vec<usize> {
+        let mut stops = self.sizes.clone();
+        stops.extend(self.scale.as_ref().map(|s| s.size));
+        stops.sort_unstable();
+        stops.dedup();
+        stops
     }
 }
 
@@ -114,6 +150,7 @@ pub struct Results {
     pub healthz: Option<Measured>,
     pub rss_idle_kib: u64,
     pub sizes: Vec<SizeRun>,
+    pub scale: Option<ScaleRun>,
     pub register_failed: usize,
     pub register_error: Option<String>,
     pub log: LogInfo,
@@ -144,6 +181,15 @@ pub struct ShapeRun {
     pub servers: Measured,
 }
 
+/// Part 2 and the RSS around it.
+#[derive(Debug)]
+pub struct ScaleRun {
+    pub cfg: ScaleConfig,
+    pub rss_registered_kib: u64,
+    pub rss_after_kib: u64,
+    pub result: ScaleResult,
+}
+
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let run_started = Instant::now();
     let clk_tck = sample::clock_ticks();
@@ -167,14 +213,26 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             b.display(),
             nginx::version(b, &["-v"])
         ),
-        None => println!("  wrk:         NOT FOUND: every phase is skipped ({missing})"),
+        None => println!("  wrk:         NOT FOUND: part 1 is skipped ({missing})"),
     }
     println!(
-        "  wrk -t{} -c{} -d{}s --latency; sizes {:?}",
+        "  part 1: wrk -t{} -c{} -d{}s --latency; sizes {:?}; part 2: {}",
         wrk::THREADS,
         wrk::CONNS,
         cfg.secs,
-        cfg.sizes
+        cfg.sizes,
+        cfg.scale.as_ref().map_or_else(
+            || "skipped (SB_BENCH_SCALE_BEATS=0)".to_owned(),
+            |s| format!(
+                "{} instances, {} heartbeats at {}/s over {} connections (~{:.0} s), {} /servers/s",
+                s.size,
+                s.beats,
+                s.rate,
+                s.conns,
+                s.planned().as_secs_f64(),
+                s.reads_per_sec
+            )
+        )
     );
     let wrk = wrk_bin.map(|b| Wrk::new(b, cfg.secs)).transpose()?;
     let get_script = wrk.as_ref().map(Wrk::get_script).transpose()?;
@@ -209,7 +267,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     let mut fleet = Fleet::new(addr);
-    for &n in &cfg.sizes {
+    for n in cfg.stops() {
         let before = fleet.list.len();
         println!("\n== {n} instances ==");
         let took = fleet
@@ -242,7 +300,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             idle_pct,
             shapes: Vec::new(),
         };
-        if let (Some(wrk), Some(script)) = (&wrk, &get_script) {
+        if let (Some(wrk), Some(script), true) = (&wrk, &get_script, cfg.sizes.contains(&n)) {
             for shape in Shape::ALL {
                 let (load_took, load_failed) = match shape {
                     Shape::Uneven => (load_took, load_failed),
@@ -256,6 +314,25 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 });
                 server.check_alive()?;
             }
+        }
+        if let Some(scale_cfg) = cfg.scale.as_ref().filter(|s| s.size == n) {
+            if !size.shapes.is_empty() {
+                fleet.set_loads(Shape::Uneven, cfg.register_conns).await?;
+            }
+            println!(
+                "scale: {} heartbeats at {}/s (~{:.0} s)",
+                scale_cfg.beats,
+                scale_cfg.rate,
+                scale_cfg.planned().as_secs_f64()
+            );
+            let result = scale::run(&fleet, scale_cfg, server.pid, clk_tck).await?;
+            server.check_alive()?;
+            results.scale = Some(ScaleRun {
+                cfg: scale_cfg.clone(),
+                rss_registered_kib: rss_kib,
+                rss_after_kib: sample::rss_kib(server.pid)?,
+                result,
+            });
         }
         results.sizes.push(size);
     }

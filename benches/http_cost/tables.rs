@@ -1,15 +1,16 @@
 //! The report: a line per phase as it ends, then a table per phase kind with the
-//! ratios to nginx and each goal beside its figure (met or MISSED, never asserted), a
-//! list of the goals, answers and errors, and the command.
+//! ratios to nginx and each goal beside its figure (met or MISSED, never asserted), the
+//! scale phase, a list of the goals, answers and errors, and the command.
 //!
 //! Owns the goals' thresholds; measures nothing.
 
 use std::time::Duration;
 
 use crate::instances::Shape;
-use crate::support::report::{join, loadavg};
+use crate::scale::{self, LATE};
+use crate::support::report::{Tally, join, loadavg};
 use crate::wrk::{self, Measured};
-use crate::{Config, Results, ShapeRun};
+use crate::{Config, Results, ScaleRun, ShapeRun};
 
 /// `/healthz` CPU per request, at most this times nginx's.
 const HEALTHZ_CPU_X: f64 = 1.2;
@@ -21,6 +22,9 @@ const SERVERS_RATE_X: f64 = 0.6;
 const GROWTH_X: f64 = 1.2;
 /// Heartbeats per second at 100k, at least.
 const BEATS_PER_SEC: f64 = 60_000.0;
+/// Scale phase: `/servers` p99 below this (µs), RSS per instance at most this (KiB).
+const SCALE_P99_US: f64 = 5_000.0;
+const KIB_PER_INSTANCE: f64 = 1.0;
 /// Other processes above this share of a core make rates and latencies noisy.
 const NOISY_PCT: f64 = 25.0;
 
@@ -248,6 +252,10 @@ pub fn print_report(cfg: &Config, r: &Results, took: Duration) {
         }
     }
 
+    if let Some(s) = &r.scale {
+        print_scale(s, r.rss_idle_kib, &mut goals);
+    }
+
     println!("\n-- goals (reported, not asserted) --");
     for line in &goals.0 {
         println!("  {line}");
@@ -273,12 +281,104 @@ pub fn print_report(cfg: &Config, r: &Results, took: Duration) {
     println!("whole run: {:.0} s", took.as_secs_f64());
 
     println!("\nreproduce (from the repository root):");
+    let scale = cfg.scale.as_ref();
     println!(
-        "  SB_BENCH_SECS={} SB_BENCH_SIZES={} SB_BENCH_REGISTER_CONNS={} cargo bench --bench http_cost",
+        "  SB_BENCH_SECS={} SB_BENCH_SIZES={} SB_BENCH_REGISTER_CONNS={} SB_BENCH_SCALE_SIZE={} \
+         SB_BENCH_SCALE_BEATS={} SB_BENCH_SCALE_RATE={} SB_BENCH_SCALE_CONNS={} SB_BENCH_SCALE_READS={} \
+         cargo bench --bench http_cost",
         cfg.secs,
         join(&cfg.sizes, ",", usize::to_string),
         cfg.register_conns,
+        scale.map_or(0, |s| s.size),
+        scale.map_or(0, |s| s.beats),
+        scale.map_or(0, |s| s.rate),
+        scale.map_or(0, |s| s.conns),
+        scale.map_or(0, |s| s.reads_per_sec),
     );
+}
+
+fn print_scale(s: &ScaleRun, rss_idle_kib: u64, goals: &mut Goals) {
+    let (c, m) = (&s.cfg, &s.result);
+    let at = format!("scale {}", size_name(m.n));
+    println!(
+        "\n-- scale: {} instances (uneven), heartbeats paced at {}/s over {} connections, \
+         /servers?limit=5 sampled {}/s on its own --",
+        thousands(m.n as f64),
+        thousands(c.rate as f64),
+        c.conns,
+        c.reads_per_sec
+    );
+    let pct = |part: u64, all: u64| part as f64 * 100.0 / all.max(1) as f64;
+    println!(
+        "heartbeats       {} answered 200 of {} sent ({} asked) in {:.1} s: {}/s (asked {}/s)",
+        thousands(m.beats.ok as f64),
+        thousands(m.sent as f64),
+        thousands(c.beats as f64),
+        m.elapsed.as_secs_f64(),
+        thousands(m.beats_per_sec()),
+        thousands(c.rate as f64)
+    );
+    println!(
+        "  late sends      {} ({:.2}%) more than {LATE:?} after their slot; worst {:.1} ms",
+        thousands(m.late as f64),
+        pct(m.late, m.sent),
+        m.worst_lag.as_secs_f64() * 1e3
+    );
+    println!(
+        "  latency         p50 {} µs, p99 {} µs ({} sampled)",
+        num(scale::percentile_us(&m.beats.latencies, 50)),
+        num(scale::percentile_us(&m.beats.latencies, 99)),
+        thousands(m.beats.latencies.len() as f64)
+    );
+    println!(
+        "server CPU       {} µs per heartbeat (the /servers samples and the 1 s flush included), \
+         {:.0}% of a core; others {:.0}% of a core",
+        num(m.cpu_us()),
+        m.server_pct(),
+        m.other_pct()
+    );
+    let p99 = scale::percentile_us(&m.reads.latencies, 99);
+    let goal = goals.judge(
+        &at,
+        "/servers p99 < 5 ms",
+        p99,
+        |v| format!("{v:.0} µs"),
+        |v| v < SCALE_P99_US,
+    );
+    println!(
+        "/servers         p50 {} µs, p99 {} µs, max {} µs ({} answered 200 of {}); {goal}",
+        num(scale::percentile_us(&m.reads.latencies, 50)),
+        num(p99),
+        num(scale::percentile_us(&m.reads.latencies, 100)),
+        thousands(m.reads.ok as f64),
+        thousands(m.reads.answered as f64)
+    );
+    let per = |rss: u64| (rss as f64 - rss_idle_kib as f64) / m.n.max(1) as f64;
+    let goal = goals.judge(
+        &at,
+        &format!("RSS ≤ {KIB_PER_INSTANCE} KiB/instance after the heartbeats"),
+        Some(per(s.rss_after_kib)),
+        |v| format!("{v:.2} KiB"),
+        |v| v <= KIB_PER_INSTANCE,
+    );
+    println!(
+        "RSS              idle empty {rss_idle_kib} KiB; after registration {} KiB = {:.2} KiB/instance; \
+         after the heartbeats {} KiB = {:.2} KiB/instance; {goal}",
+        s.rss_registered_kib,
+        per(s.rss_registered_kib),
+        s.rss_after_kib,
+        per(s.rss_after_kib)
+    );
+}
+
+fn tally_note(t: &Tally) -> String {
+    let statuses = join(&t.statuses, " ", |(s, c)| format!("{s}x{c}"));
+    let first = t
+        .first_error
+        .as_deref()
+        .map(|e| format!(", first: {e}"))
+        .unwrap_or_default();
+    format!("non-200 [{statuses}], errors {}{first}", t.errors)
 }
 
 fn print_errors(r: &Results) {
@@ -310,6 +410,10 @@ fn print_errors(r: &Results) {
                 wrk_errors(&t.servers)
             );
         }
+    }
+    if let Some(s) = &r.scale {
+        println!("  scale heartbeats         {}", tally_note(&s.result.beats));
+        println!("  scale /servers           {}", tally_note(&s.result.reads));
     }
     let first = r.register_error.as_deref().unwrap_or("none");
     println!(
