@@ -48,7 +48,8 @@
 //! `SB_BENCH_SCALE_SIZE` (100000), `SB_BENCH_SCALE_BEATS` (heartbeats in all,
 //! 10,000,000 = 500 s at 20k/s; 0 skips part 2), `SB_BENCH_SCALE_RATE` (20000),
 //! `SB_BENCH_SCALE_CONNS` (8), `SB_BENCH_SCALE_READS` (200). With the defaults a run
-//! takes about 15 minutes, 100,000 registrations at ~1,200/s included.
+//! took 13 minutes on the 2-core bench machine: 100,000 registrations at ~1,100/s
+//! (85 s), 14 wrk phases of 10 s plus settle, the scale phase's 500 s.
 //!
 //! This file holds the knobs and the order of the run; `http_cost/nginx.rs` the
 //! baseline's process, `http_cost/wrk.rs` a wrk phase, `http_cost/instances.rs`
