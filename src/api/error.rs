@@ -3,7 +3,6 @@
 //!
 //! Also holds [`ApiJson`], the body extractor that answers malformed JSON in that shape.
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -121,14 +120,17 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::BadJson(format!("could not read the request body: {rejection}"))
-            }
-        })?;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::to_bytes(req.into_body(), super::BODY_LIMIT)
+            .await
+            .map_err(|err| {
+                let err = err.into_inner();
+                if err.is::<http_body_util::LengthLimitError>() {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::BadJson(format!("could not read the request body: {err}"))
+                }
+            })?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {

@@ -1,5 +1,5 @@
-//! The HTTP API of SPEC section 2: the router, its layers (body limit, timeout,
-//! tracing) and the shared state. Handlers are thin: extract, validate, one hub call.
+//! The HTTP API of SPEC section 2: the router (in the per-request envelope of
+//! `service.rs`) and the shared state. Handlers are thin: extract, validate, one hub call.
 //!
 //! Must not hold SQL or ranking math.
 
@@ -12,18 +12,15 @@ pub mod openapi;
 pub mod ops;
 pub mod serve;
 pub mod servers;
+pub mod service;
 pub mod services;
+pub mod write_json;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -34,7 +31,7 @@ use crate::hub::Hub;
 use auth::Tokens;
 use error::ApiError;
 
-/// Largest accepted request body.
+/// Largest accepted request body (read by [`error::ApiJson`], the only body reader).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// Longest a request may run: above the 60 s of the longest blocking query.
@@ -62,70 +59,10 @@ pub struct Shared {
     pub shutdown: CancellationToken,
 }
 
-/// Records each request's duration by route (the matched pattern, never the raw
-/// path: label values stay bounded), method and status.
-async fn record_duration(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .cloned();
-    let method = request.method().clone();
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    let seconds = started.elapsed().as_secs_f64();
-    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
-    durations::record(route, &method, response.status(), seconds);
-    response
-}
-
-/// The request-duration histograms, one per route, method and status, looked up
-/// without building their labels: the recorder's lookup by labels (three `String`s
-/// and a hash of them per request) was a visible share of an empty route's cost.
-mod durations {
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-
-    use axum::http::{Method, StatusCode};
-    use metrics::Histogram;
-
-    /// A route's histograms by method and status.
-    type ByStatus = HashMap<(Method, u16), Histogram>;
-
-    thread_local! {
-        /// Per thread, so a lookup takes no lock; bounded by routes × methods ×
-        /// statuses, as the label set is.
-        static HISTOGRAMS: RefCell<HashMap<String, ByStatus>> = RefCell::new(HashMap::new());
-    }
-
-    /// Records `seconds` for one request.
-    pub(super) fn record(route: &str, method: &Method, status: StatusCode, seconds: f64) {
-        HISTOGRAMS.with_borrow_mut(|routes| {
-            if !routes.contains_key(route) {
-                routes.insert(route.to_owned(), HashMap::new());
-            }
-            let by_status = routes.get_mut(route).expect("inserted above");
-            let key = (method.clone(), status.as_u16());
-            by_status
-                .entry(key)
-                .or_insert_with(|| {
-                    metrics::histogram!(
-                        crate::metrics::HTTP_DURATION,
-                        "route" => route.to_owned(),
-                        "method" => method.as_str().to_owned(),
-                        "status" => status.as_u16().to_string(),
-                    )
-                })
-                .record(seconds);
-        });
-    }
-}
-
-/// The router with every endpoint and layer. Routes are registered through
-/// utoipa-axum, so each one is in `/openapi.json` by construction.
-pub fn router(state: AppState) -> Router {
+/// The API: every endpoint, in the per-request envelope of [`service::Api`]. Routes
+/// are registered through utoipa-axum, so each one is in `/openapi.json` by
+/// construction, and the envelope labels requests by the same patterns.
+pub fn router(state: AppState) -> service::Api {
     let (routes, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(dashboard::page))
         .routes(routes!(servers::servers))
@@ -141,15 +78,10 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(openapi::openapi))
         .split_for_parts();
     openapi::publish(&document);
-    routes
+    let patterns = document.paths.paths.keys().cloned();
+    let router = routes
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            REQUEST_TIMEOUT,
-        ))
-        .layer(TraceLayer::new_for_http())
-        .layer(axum::middleware::from_fn(record_duration))
-        .with_state(state)
+        .with_state(state);
+    service::Api::new(router, patterns)
 }

@@ -9,10 +9,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -22,7 +22,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
+
+use super::service::Api;
 
 /// The limits of the HTTP API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +41,7 @@ pub struct HttpLimits {
 /// returns when the last one closed. The caller bounds that wait.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    api: Api,
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) {
@@ -71,7 +72,7 @@ pub async fn serve(
             http.clone(),
             stream,
             peer,
-            router.clone(),
+            api.clone(),
             limits,
             shutdown.clone(),
             permit,
@@ -82,62 +83,72 @@ pub async fn serve(
     connections.wait().await;
 }
 
-/// Requests in flight on one connection, when the last one ended, and since when
-/// the bytes of a request whose headers are not complete yet have been arriving.
+/// What a connection's watchdog reads: requests in flight, when the last one ended,
+/// and since when the bytes of a request whose headers are not complete yet have been
+/// arriving. Atomics, as nanoseconds since the connection began: the socket wrapper and
+/// the requests write them on every request, and a lock there cost more than the rest
+/// of the watchdog.
 #[derive(Debug)]
 struct Activity {
+    began: Instant,
     in_flight: AtomicUsize,
-    last: std::sync::Mutex<Instant>,
-    headers_since: std::sync::Mutex<Option<Instant>>,
-    /// Wakes the connection's watchdog when a request's headers start arriving.
-    started: tokio::sync::Notify,
+    last: AtomicU64,
+    /// [`NOT_STARTED`] while no request's headers are being read.
+    headers_since: AtomicU64,
 }
+
+/// `headers_since` when no request has started.
+const NOT_STARTED: u64 = u64::MAX;
 
 impl Activity {
     fn new() -> Self {
         Activity {
+            began: Instant::now(),
             in_flight: AtomicUsize::new(0),
-            last: std::sync::Mutex::new(Instant::now()),
-            headers_since: std::sync::Mutex::new(None),
-            started: tokio::sync::Notify::new(),
+            last: AtomicU64::new(0),
+            headers_since: AtomicU64::new(NOT_STARTED),
         }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.began.elapsed().as_nanos()).unwrap_or(NOT_STARTED - 1)
+    }
+
+    fn at(&self, nanos: u64) -> Instant {
+        self.began + Duration::from_nanos(nanos)
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         // The headers are complete: hyper handed the request over.
-        *self.headers_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.headers_since.store(NOT_STARTED, Ordering::Relaxed);
         InFlight(Arc::clone(self))
     }
 
     /// Bytes arrived: with no request in flight they start a request's headers.
     fn bytes_arrived(&self) {
-        if self.in_flight.load(Ordering::Relaxed) == 0 {
-            let mut since = self.headers_since.lock().unwrap_or_else(|p| p.into_inner());
-            if since.is_none() {
-                *since = Some(Instant::now());
-                self.started.notify_one();
-            }
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.headers_since.load(Ordering::Relaxed) == NOT_STARTED
+        {
+            self.headers_since.store(self.now(), Ordering::Relaxed);
         }
     }
 
     /// When the headers being read must be complete, if a request has started.
     fn headers_due(&self, timeout: Duration) -> Option<Instant> {
-        self.headers_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|since| since + timeout)
+        match self.headers_since.load(Ordering::Relaxed) {
+            NOT_STARTED => None,
+            since => Some(self.at(since) + timeout),
+        }
     }
 
-    /// When the connection will have been idle for `idle`, if nothing starts.
-    fn idle_at(&self, idle: Duration) -> Instant {
-        let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+    /// When the connection will have been idle for `idle`, if no request is in
+    /// flight and nothing starts.
+    fn idle_at(&self, idle: Duration) -> Option<Instant> {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
-            // Busy: look again one idle period from now.
-            Instant::now() + idle
-        } else {
-            last + idle
+            return None;
         }
+        Some(self.at(self.last.load(Ordering::Relaxed)) + idle)
     }
 }
 
@@ -146,17 +157,22 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.last.store(self.0.now(), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Serves one connection until it closes, its idle timeout passes, or shutdown.
+///
+/// One timer watches both deadlines and is moved only when a deadline comes earlier
+/// than it (headers still incomplete when a poll ends): a request answered within one
+/// poll, the usual case, touches no timer. When the timer fires early (activity
+/// pushed the deadline later) it is set again, once per idle period.
 async fn connection(
     http: http1::Builder,
     stream: TcpStream,
     peer: SocketAddr,
-    router: Router,
+    api: Api,
     limits: HttpLimits,
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
@@ -168,11 +184,11 @@ async fn connection(
         // The peer address, for per-source limits and logs.
         request.extensions_mut().insert(ConnectInfo(peer));
         let in_flight = requests.begin();
-        let router = router.clone();
+        let api = api.clone();
         async move {
-            let response = router.oneshot(request.map(axum::body::Body::new)).await;
+            let response = api.call(request.map(axum::body::Body::new)).await;
             drop(in_flight);
-            response
+            Ok::<_, std::convert::Infallible>(response)
         }
     });
     let watched = Watched {
@@ -180,41 +196,58 @@ async fn connection(
         activity: Arc::clone(&activity),
     };
     let conn = http.serve_connection(TokioIo::new(watched), service);
-    tokio::pin!(conn);
+    let mut conn = std::pin::pin!(conn);
+    let mut stopping = std::pin::pin!(shutdown.cancelled());
+    let mut timer = std::pin::pin!(tokio::time::sleep(idle));
     let mut closing = false;
-    loop {
-        let idle_at = activity.idle_at(idle);
-        let headers_due = activity.headers_due(limits.header_timeout);
-        tokio::select! {
-            done = conn.as_mut() => {
+    std::future::poll_fn(|cx| {
+        // Bounded: a pass that does not return sets `closing` (once) or sets the
+        // timer to a deadline after now.
+        loop {
+            if let Poll::Ready(done) = conn.as_mut().poll(cx) {
                 if let Err(err) = done {
                     tracing::debug!(%peer, %err, "http connection ended with an error");
                 }
-                return;
+                return Poll::Ready(());
             }
-            () = shutdown.cancelled(), if !closing => {
+            if !closing && stopping.as_mut().poll(cx).is_ready() {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+                continue;
             }
-            // Headers started: look at the deadlines again.
-            () = activity.started.notified(), if headers_due.is_none() => {}
-            () = tokio::time::sleep_until(headers_due.unwrap_or(idle_at)), if headers_due.is_some() => {
-                if activity.headers_due(limits.header_timeout).is_some_and(|due| due <= Instant::now()) {
-                    // A request that never completes its headers: dropped, not
-                    // answered (slow-loris).
-                    tracing::debug!(%peer, "request headers not complete in time; closing");
-                    return;
+            let headers_due = activity.headers_due(limits.header_timeout);
+            if let Some(due) = headers_due.filter(|due| *due < timer.deadline()) {
+                timer.as_mut().reset(due);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            if headers_due.is_some_and(|due| due <= now) {
+                // A request that never completes its headers: dropped, not answered
+                // (slow-loris).
+                tracing::debug!(%peer, "request headers not complete in time; closing");
+                return Poll::Ready(());
+            }
+            let next = match activity.idle_at(idle) {
+                Some(at) if at <= now => {
+                    if !closing {
+                        tracing::debug!(%peer, ?idle, "idle http connection closed");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    now + idle
                 }
-            }
-            () = tokio::time::sleep_until(idle_at), if !closing => {
-                if activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_at(idle) <= Instant::now() {
-                    tracing::debug!(%peer, ?idle, "idle http connection closed");
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
+                Some(at) => at,
+                // Busy: look again one idle period from now.
+                None => now + idle,
+            };
+            timer
+                .as_mut()
+                .reset(headers_due.map_or(next, |due| due.min(next)));
         }
-    }
+    })
+    .await;
 }
 
 /// The connection's socket, telling [`Activity`] when bytes arrive.
