@@ -10,6 +10,11 @@ use switchboard::cli::{CheckArgs, Cli, Command, ServeArgs, ServerArgs};
 use switchboard::config::Config;
 use switchboard::operator::{self, Operation};
 
+/// mimalloc instead of glibc's malloc: a request allocates and frees a few dozen small
+/// blocks on one thread, which glibc's arenas made a fifth of its instructions.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let (op, server) = match cli.command {
