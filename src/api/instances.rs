@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -101,11 +101,13 @@ pub struct HeartbeatBody {
     connections: Option<u64>,
 }
 
-/// Answer of a heartbeat.
+/// Answer of a heartbeat. Written by `write_json`; this type is the schema in
+/// `/openapi.json` and the reference the writer is tested against.
 #[derive(Debug, Serialize, ToSchema)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub struct HeartbeatAnswer {
-    ttl_secs: u32,
-    shed: u64,
+    pub(crate) ttl_secs: u32,
+    pub(crate) shed: u64,
 }
 
 /// One instance in the admin listing and the drain answer.
@@ -248,15 +250,12 @@ pub async fn heartbeat(
     Path((service, id)): Path<(String, String)>,
     meta: Meta,
     ApiJson(body): ApiJson<HeartbeatBody>,
-) -> Result<Json<HeartbeatAnswer>, ApiError> {
+) -> Result<Response, ApiError> {
     let lease = meta.lease().unwrap_or("");
     let answer = state
         .hub
         .heartbeat(&service, &id, lease, body.connections)?;
-    Ok(Json(HeartbeatAnswer {
-        ttl_secs: answer.ttl_secs,
-        shed: answer.shed,
-    }))
+    Ok(super::write_json::heartbeat(answer.ttl_secs, answer.shed))
 }
 
 /// `POST /v1/services/{service}/instances/{id}/drain`.

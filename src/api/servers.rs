@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -54,8 +53,10 @@ pub struct ServersParams {
     wait_secs: Option<String>,
 }
 
-/// One server in the answer.
+/// One server in the answer. Written by `write_json`; this type is the schema in
+/// `/openapi.json` and the reference the writer is tested against.
 #[derive(Debug, Serialize, ToSchema)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub struct ServerDto {
     id: String,
     address: String,
@@ -65,8 +66,9 @@ pub struct ServerDto {
     load: f64,
 }
 
-/// The JSON answer.
+/// The JSON answer (see [`ServerDto`] on who writes it).
 #[derive(Debug, Serialize, ToSchema)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub struct ServersAnswer {
     service: String,
     version: u64,
@@ -163,25 +165,34 @@ pub async fn servers(
     if meta.wants_text {
         return Ok(text_answer(&ranked, state.hub.reconnect_jitter_ms()));
     }
-    Ok(Json(ServersAnswer {
+    Ok(super::write_json::servers(
+        service,
+        &ranked,
+        state.hub.reconnect_jitter_ms(),
+    ))
+}
+
+/// The answer as [`ServersAnswer`], which `write_json` is tested against.
+#[cfg(test)]
+pub(crate) fn reference_dto(service: &str, ranked: &Ranked, jitter: u64) -> ServersAnswer {
+    ServersAnswer {
         service: service.to_owned(),
         version: ranked.version,
-        reconnect_jitter_ms: state.hub.reconnect_jitter_ms(),
+        reconnect_jitter_ms: jitter,
         self_preservation: ranked.self_preservation,
         servers: ranked
             .servers
-            .into_iter()
+            .iter()
             .map(|s| ServerDto {
-                id: s.id,
-                address: s.address,
-                zone: s.zone,
+                id: s.id.clone(),
+                address: s.address.clone(),
+                zone: s.zone.clone(),
                 weight: s.weight,
                 connections: s.connections,
                 load: s.load,
             })
             .collect(),
-    })
-    .into_response())
+    }
 }
 
 /// One `host:port` per line, best first.
