@@ -43,7 +43,8 @@
 //! Tools: nothing is installed at run time. Without nginx its phase is skipped (no
 //! ratios); without wrk all of part 1 is (`apt-get install -y nginx-light wrk`).
 //!
-//! Knobs (environment): `SB_BENCH_SECS` (seconds per wrk phase, 10),
+//! Knobs (environment): `SB_BENCH_BIN` (the switchboard binary to measure, by default
+//! this tree's release build: an earlier commit's, for before and after), `SB_BENCH_SECS` (seconds per wrk phase, 10),
 //! `SB_BENCH_SIZES` (`1000,10000,100000`), `SB_BENCH_REGISTER_CONNS` (16),
 //! `SB_BENCH_SCALE_SIZE` (100000), `SB_BENCH_SCALE_BEATS` (heartbeats in all,
 //! 10,000,000 = 500 s at 20k/s; 0 skips part 2), `SB_BENCH_SCALE_RATE` (20000),
@@ -194,7 +195,11 @@ pub struct ScaleRun {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let run_started = Instant::now();
     let clk_tck = sample::clock_ticks();
-    let sb_bin = PathBuf::from(env!("CARGO_BIN_EXE_switchboard"));
+    // SB_BENCH_BIN: another build (an earlier commit's) measured by the same bench.
+    let sb_bin = std::env::var_os("SB_BENCH_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_switchboard")),
+        PathBuf::from,
+    );
     let nginx_bin = nginx::find_tool("nginx");
     let wrk_bin = nginx::find_tool("wrk");
     println!("http_cost bench: loopback only (127.0.0.1); CLK_TCK {clk_tck}");
