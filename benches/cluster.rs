@@ -400,8 +400,7 @@ async fn measure(cfg: &Config, phase: &Phase) -> anyhow::Result<Report> {
         .collect();
 
     // Register the fleet; each instance heartbeats from its registration's answer on.
-    let max_rounds = (REGISTER_DEADLINE + CONVERGE_DEADLINE + cfg.warmup + cfg.window)
-        .as_secs()
+    let max_rounds = (REGISTER_DEADLINE + CONVERGE_DEADLINE + cfg.warmup + cfg.window).as_secs()
         / HEARTBEAT_EVERY.as_secs()
         + 2;
     let beats = Beats::start(
@@ -420,8 +419,16 @@ async fn measure(cfg: &Config, phase: &Phase) -> anyhow::Result<Report> {
         cfg.instances,
         reg.registered as f64 / register_secs.max(1e-9),
         reg.failures,
-        beats.stats.iter().map(|s| s.total().status(200)).sum::<u64>(),
-        beats.stats.iter().map(|s| s.total().status(404)).sum::<u64>(),
+        beats
+            .stats
+            .iter()
+            .map(|s| s.total().status(200))
+            .sum::<u64>(),
+        beats
+            .stats
+            .iter()
+            .map(|s| s.total().status(404))
+            .sum::<u64>(),
     );
     if reg.registered == 0 {
         bail!(
@@ -506,7 +513,10 @@ async fn measure(cfg: &Config, phase: &Phase) -> anyhow::Result<Report> {
         Some(w) => pg::db_ages(&mut w.bench_db).await.ok(),
         None => None,
     };
-    let backends = watch.as_ref().map(|w| w.backends.clone()).unwrap_or_default();
+    let backends = watch
+        .as_ref()
+        .map(|w| w.backends.clone())
+        .unwrap_or_default();
     if let Some(w) = watch.take() {
         let _ = w.admin.close().await;
         let _ = w.bench_db.close().await;
@@ -585,15 +595,17 @@ async fn measure(cfg: &Config, phase: &Phase) -> anyhow::Result<Report> {
     });
     let planned =
         (reg.registered as f64 * window_secs / HEARTBEAT_EVERY.as_secs_f64()).round() as u64;
-    let pg = pg_before.zip(pg_after).map(|((wb, tb), (wa, ta))| PgReport {
-        win: wa.minus(&wb),
-        notify_queue_start: wb.notify_queue,
-        tps_series,
-        cpu_pct: (!backends.is_empty()).then(|| pct(pg_cpu_ticks)),
-        backends: backends.len(),
-        table: tb.zip(ta),
-        db_ages,
-    });
+    let pg = pg_before
+        .zip(pg_after)
+        .map(|((wb, tb), (wa, ta))| PgReport {
+            win: wa.minus(&wb),
+            notify_queue_start: wb.notify_queue,
+            tps_series,
+            cpu_pct: (!backends.is_empty()).then(|| pct(pg_cpu_ticks)),
+            backends: backends.len(),
+            table: tb.zip(ta),
+            db_ages,
+        });
     Ok(Report {
         phase: phase.clone(),
         nodes: node_reports,

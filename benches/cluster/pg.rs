@@ -83,7 +83,11 @@ pub async fn pg_window_counters(conn: &mut PgConnection, db: &str) -> anyhow::Re
 
 /// Transactions per second of `db`, per [`SERIES_EVERY`] slice of the window, read on a
 /// connection of its own to the `postgres` database.
-pub async fn pg_series(db: String, start: tokio::time::Instant, end: tokio::time::Instant) -> Vec<f64> {
+pub async fn pg_series(
+    db: String,
+    start: tokio::time::Instant,
+    end: tokio::time::Instant,
+) -> Vec<f64> {
     let mut out = Vec::new();
     let Ok(mut conn) = PgConnection::connect(&format!("{PG_BASE}/postgres")).await else {
         return out;

@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use serde_json::Value;
 
-use super::{PROBE_POLL, PROBE_SERVICE, PROBE_TIMEOUT, PROBE_TTL_SECS, SAMPLE_EVERY, SERVICE, call, request};
+use super::{
+    PROBE_POLL, PROBE_SERVICE, PROBE_TIMEOUT, PROBE_TTL_SECS, SAMPLE_EVERY, SERVICE, call, request,
+};
 use crate::support::http::{self, Conn};
 
 #[derive(Debug, Default, Clone)]

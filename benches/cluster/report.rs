@@ -325,7 +325,10 @@ fn print_liveness(r: &Report) {
 /// Each node's CPU per heartbeat beside the baseline's, with the ratio and the goal.
 pub fn print_comparison(cluster: &Report, baseline: Option<&Report>) {
     println!();
-    println!("== CPU per heartbeat: {} against the baseline ==", cluster.phase.label);
+    println!(
+        "== CPU per heartbeat: {} against the baseline ==",
+        cluster.phase.label
+    );
     let Some(base) = baseline else {
         println!("  no baseline run (SB_BENCH_BASELINE=none)");
         return;
