@@ -36,6 +36,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Rounds of a blocking query on a name with no service (each ends on a creation).
 const MAX_WAIT_ROUNDS: usize = 10_000;
 
+/// Synced heartbeats applied under one hold of a table lock.
+const BEATS_PER_LOCK: usize = 256;
+
 /// The `service` label of `/servers` answers for a service that has no instances.
 pub const UNKNOWN_SERVICE: &str = "_unknown";
 
@@ -759,12 +762,34 @@ impl Hub {
     /// # Errors
     /// [`StoreError`]; the batch is kept and retried by the next call.
     pub async fn flush_beats(&self) -> Result<usize, StoreError> {
+        self.flush_taken(|table, _| table.take_dirty()).await
+    }
+
+    /// Persists, in one batch, the heartbeats a cluster node writes now (see
+    /// [`ServiceTable::take_due_beats`]: `min_gap` by TTL in seconds); the others wait
+    /// for a later call, and a final [`Hub::flush_beats`] writes them all.
+    ///
+    /// # Errors
+    /// [`StoreError`]; the batch is kept and retried by the next call.
+    pub(crate) async fn flush_due_beats(
+        &self,
+        min_gap: &(dyn Fn(u32) -> Millis + Sync),
+    ) -> Result<usize, StoreError> {
+        self.flush_taken(|table, now| table.take_due_beats(now, min_gap))
+            .await
+    }
+
+    /// Writes what `take` takes from every table, with the batch that failed last time.
+    async fn flush_taken(
+        &self,
+        take: impl Fn(&mut ServiceTable, Millis) -> Vec<table::DirtyBeat>,
+    ) -> Result<usize, StoreError> {
         let clock = self.inner.clock;
         let now = self.now();
         let mut batch = std::mem::take(&mut *lock(&self.inner.unsaved));
         let slots = self.all_slots();
         for slot in slots {
-            for beat in slot.lock().take_dirty() {
+            for beat in take(&mut slot.lock(), now) {
                 batch.insert(
                     beat.id.clone(),
                     BeatRecord {
@@ -861,6 +886,30 @@ impl Hub {
         let now = self.now();
         self.slot_or_create(service)
             .apply(|t| t.apply_synced(instance, now));
+    }
+
+    /// Applies heartbeats other nodes wrote (memory only), `(service, id, connections,
+    /// age in ms)`: one table lock per service and [`BEATS_PER_LOCK`] beats, so a large
+    /// batch never keeps a heartbeat waiting long. Returns how many changed an instance.
+    pub(crate) fn apply_synced_beats(&self, beats: &[(&str, &str, u64, Millis)]) -> usize {
+        let now = self.now();
+        let mut changed = 0;
+        for run in beats.chunk_by(|a, b| a.0 == b.0) {
+            let Some(slot) = self.slot(run[0].0) else {
+                continue;
+            };
+            for chunk in run.chunks(BEATS_PER_LOCK) {
+                changed += slot.apply(|t| {
+                    chunk
+                        .iter()
+                        .filter(|(_, id, conns, age)| {
+                            t.apply_synced_beat(id, *conns, now.saturating_sub(*age), now)
+                        })
+                        .count()
+                });
+            }
+        }
+        changed
     }
 
     /// Forgets an instance that the shared store no longer has (memory only).

@@ -111,6 +111,58 @@ async fn heartbeats_alternating_between_nodes_keep_an_instance_live() {
     assert_eq!(b.heartbeat(&r, 1).await.0, 404);
 }
 
+/// The sum of the heartbeat batch sizes a node wrote: heartbeat rows it wrote.
+async fn beats_written(s: &Server) -> f64 {
+    let text = s.metrics_text().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("switchboard_heartbeat_batch_size_sum "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn heartbeats_on_one_node_keep_an_instance_live_on_the_other_with_half_the_writes() {
+    let db = TestDb::create().await;
+    let a = node(&db.url());
+    let b = node(&db.url());
+    let r = a
+        .register(
+            "default",
+            json!({"address": "10.0.0.1:7000", "ttl_secs": 3}),
+        )
+        .await;
+    converge(&b, "default", &["10.0.0.1:7000"], Duration::from_secs(2)).await;
+    // Four TTLs of heartbeats on A only, every 500 ms (a backend may beat more often
+    // than the advised third of the TTL). A writes a beat only when it is 750 ms
+    // newer than the last one stored (`cluster::beat_gap(3)`), so about every
+    // second one; B reads them and never sees the instance expire.
+    let beats = 24u64;
+    let mut pace = tokio::time::interval(Duration::from_millis(500));
+    for i in 0..beats {
+        pace.tick().await;
+        let (status, _) = a.heartbeat(&r, i).await;
+        assert_eq!(status, 200, "heartbeat {i} on A");
+        assert_eq!(
+            b.servers("").await,
+            ["10.0.0.1:7000"],
+            "expired on B after {i} heartbeats on A"
+        );
+    }
+    // The last beat waits for its gap and is written too: its count reaches B.
+    eventually("the last count to reach B", || async {
+        let listed = b.instance("default", &r.id).await?;
+        (listed["connections"] == beats - 1).then_some(())
+    })
+    .await;
+    let written = beats_written(&a).await;
+    assert!(
+        written <= (beats * 2 / 3) as f64,
+        "A wrote {written} heartbeat rows for {beats} heartbeats"
+    );
+    assert!(written >= 1.0, "A wrote no heartbeat at all");
+    assert_eq!(beats_written(&b).await, 0.0, "B got no heartbeat to write");
+}
+
 #[tokio::test]
 async fn kill_9_under_a_registration_burst_loses_nothing_acknowledged() {
     let db = TestDb::create().await;

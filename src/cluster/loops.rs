@@ -1,7 +1,8 @@
-//! The cluster node's background loops: heartbeat batches and pending hand-outs, the
-//! sync (notifications, periodic pulls, full reads), and the node loop (alive,
-//! removal leadership, purge). Each runs until its cancellation token fires; every
-//! store call in them is bounded.
+//! The cluster node's background loops: heartbeat batches (only the beats liveness
+//! across nodes needs, [`super::beat_gap`]), the heartbeat sync and pending hand-outs;
+//! the row sync (notifications, periodic pulls, full reads); and the node loop
+//! (alive, removal leadership, purge). Each runs until its cancellation token fires;
+//! every store call in them is bounded.
 
 use std::time::Duration;
 
@@ -14,6 +15,10 @@ use crate::store::bounded;
 /// How often the node writes its heartbeat batch and exchanges pending hand-outs:
 /// the delay before other nodes see a heartbeat or a hand-out.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// How often the node reads the heartbeats other nodes wrote: one sequential scan of
+/// the instances table (heartbeat writes touch no index, so none can find them).
+pub const BEAT_SYNC_EVERY: Duration = Duration::from_millis(500);
 
 /// How often the node pulls changes when no notification wakes it sooner.
 pub const SYNC_EVERY: Duration = Duration::from_millis(250);
@@ -37,19 +42,44 @@ fn ticker(every: Duration) -> tokio::time::Interval {
     tick
 }
 
-/// Persists heartbeats and exchanges pending hand-outs every [`FLUSH_EVERY`] until
-/// cancelled. A failed heartbeat batch is kept and retried with the next one.
+/// Every [`FLUSH_EVERY`] until cancelled: persists the heartbeats that are due (see
+/// [`super::beat_gap`]) and exchanges pending hand-outs; every [`BEAT_SYNC_EVERY`],
+/// reads the heartbeats other nodes wrote. A failed heartbeat batch is kept and
+/// retried with the next one; a failed heartbeat sync is read again from the same
+/// horizon.
 pub async fn flush_loop(node: ClusterNode, cancel: CancellationToken) {
     let mut tick = ticker(FLUSH_EVERY);
     let mut failing = false;
+    let mut last_beat_sync = Instant::now();
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        crate::sync::flush_once(node.hub(), &mut failing).await;
+        flush_due(&node, &mut failing).await;
         if let Err(err) = node.exchange_pending().await {
             tracing::debug!(%err, "pending hand-outs not exchanged");
+        }
+        if last_beat_sync.elapsed() >= BEAT_SYNC_EVERY {
+            last_beat_sync = Instant::now();
+            if let Err(err) = node.sync_beats().await {
+                tracing::debug!(%err, "heartbeats of other nodes not read");
+            }
+        }
+    }
+}
+
+/// One batch of due heartbeats, logged like the single node's (`sync::flush_once`).
+async fn flush_due(node: &ClusterNode, failing: &mut bool) {
+    match node.hub().flush_due_beats(&super::beat_gap).await {
+        Ok(saved) if *failing => {
+            *failing = false;
+            tracing::info!(saved, "heartbeat batches persisted again");
+        }
+        Ok(_) => {}
+        Err(err) => {
+            *failing = true;
+            tracing::warn!(%err, "heartbeat batch not persisted; will retry");
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Cluster mode: one registry node among several that share a PostgreSQL store.
 //!
 //! Owns the cluster protocol: the sync by transaction-id horizon (and the periodic
-//! full read, where an instance missing twice goes), the exchange of pending
-//! hand-outs, the removal leadership, the cluster-wide restart grace, and holding
-//! liveness time while the store is unreachable. Drives the [`Hub`] through its
+//! full read, where an instance missing twice goes), the heartbeat sync by a horizon
+//! of its own and how often a heartbeat must reach the store ([`beat_gap`]), the
+//! exchange of pending hand-outs, the removal leadership, the cluster-wide restart
+//! grace, and holding liveness time while the store is unreachable. Drives the [`Hub`] through its
 //! memory-only primitives; every store call is bounded by a timeout and no lock is
 //! held across one. Knows no HTTP and no ranking math. The loops are in `loops.rs`.
 
@@ -16,9 +17,10 @@ use std::time::Duration;
 
 use crate::hub::{self, Hub};
 use crate::lease;
+use crate::registry::Millis;
 use crate::store::{ClusterStore, StoreError, SyncedRow, bounded};
 
-pub use loops::{flush_loop, node_loop, sync_loop};
+pub use loops::{BEAT_SYNC_EVERY, FLUSH_EVERY, flush_loop, node_loop, sync_loop};
 
 /// A node seen within this long is alive (for the cluster-wide restart grace).
 pub const ALIVE_WITHIN: Duration = Duration::from_secs(10);
@@ -28,6 +30,27 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The longest any other cluster store call may take.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How much newer than the last stored heartbeat of an instance a heartbeat must be
+/// before this node writes it (ms), for a TTL of `ttl_secs`: half the TTL, less the
+/// time a written beat takes to reach the other nodes (one [`FLUSH_EVERY`] here, one
+/// [`BEAT_SYNC_EVERY`] there).
+///
+/// Why that is enough: another node's view of an instance is the newest stored beat.
+/// A beat is stored at most `gap` after the previous stored one plus one heartbeat
+/// period `P` (the first heartbeat past the gap is written), so the other nodes see
+/// a heartbeat age of at most `gap + P + FLUSH_EVERY + BEAT_SYNC_EVERY` = `ttl / 2 +
+/// P`; with the advised `P = ttl / 3` that is `5/6` of the TTL, and a live instance
+/// never expires anywhere while its heartbeats come less than `ttl / 6` late. With
+/// `P = ttl / 3` every second heartbeat is written (one row per two heartbeats); a
+/// backend that heartbeats more often is written less often still. A beat that is
+/// not written waits, and goes once it has waited `gap` with no newer one, so the
+/// last heartbeat of an instance that stops is stored too. Short TTLs (under 1.5 s
+/// here) get no throttling at all: every beat is written, as before.
+pub fn beat_gap(ttl_secs: u32) -> Millis {
+    let lag = FLUSH_EVERY + BEAT_SYNC_EVERY;
+    (u64::from(ttl_secs) * 1000 / 2).saturating_sub(lag.as_millis() as u64)
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -48,6 +71,9 @@ struct NodeState {
     name: String,
     /// Where the next incremental sync starts (a transaction-id horizon).
     horizon: AtomicU64,
+    /// Where the next heartbeat sync starts (a transaction-id horizon of heartbeat
+    /// writes).
+    beat_horizon: AtomicU64,
     /// When the store last answered a sync (monotonic ms).
     last_sync_ok: AtomicU64,
     /// Ids this node published a non-zero pending count for, last round.
@@ -75,6 +101,7 @@ impl ClusterNode {
                 store,
                 name: lease::new_id(),
                 horizon: AtomicU64::new(0),
+                beat_horizon: AtomicU64::new(0),
                 last_sync_ok: AtomicU64::new(0),
                 published: Mutex::new(HashSet::new()),
                 missing_once: Mutex::new(HashSet::new()),
@@ -117,6 +144,10 @@ impl ClusterNode {
         let count = batch.rows.len();
         self.apply_batch(batch.rows, true);
         self.inner.horizon.store(batch.horizon, Ordering::Relaxed);
+        // The full read carried every heartbeat up to its snapshot.
+        self.inner
+            .beat_horizon
+            .store(batch.horizon, Ordering::Relaxed);
         Ok(count)
     }
 
@@ -162,6 +193,29 @@ impl ClusterNode {
                 Err(err)
             }
         }
+    }
+
+    /// Pulls the heartbeats other nodes wrote since the last heartbeat sync into memory.
+    /// Returns how many changed an instance here.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store did not answer within [`SYNC_TIMEOUT`]; the next
+    /// call reads from the same horizon, so nothing is skipped.
+    pub async fn sync_beats(&self) -> Result<usize, StoreError> {
+        let horizon = self.inner.beat_horizon.load(Ordering::Relaxed);
+        let batch = bounded(SYNC_TIMEOUT, self.inner.store.beats(Some(horizon))).await?;
+        let mut beats: Vec<(&str, &str, u64, Millis)> = batch
+            .beats
+            .iter()
+            .map(|b| (b.service.as_str(), b.id.as_str(), b.connections, b.age_ms))
+            .collect();
+        // One table lock per service and chunk.
+        beats.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let changed = self.inner.hub.apply_synced_beats(&beats);
+        self.inner
+            .beat_horizon
+            .store(batch.horizon, Ordering::Relaxed);
+        Ok(changed)
     }
 
     fn apply_batch(&self, rows: Vec<SyncedRow>, full: bool) {

@@ -93,6 +93,28 @@ pub struct SyncBatch {
     pub horizon: u64,
 }
 
+/// A heartbeat as a cluster node syncs it from another node's write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncedBeat {
+    /// Service name.
+    pub service: String,
+    /// Instance id.
+    pub id: String,
+    /// Reported connections.
+    pub connections: u64,
+    /// Age of the heartbeat by the database clock.
+    pub age_ms: u64,
+}
+
+/// Heartbeats written since a horizon, and the horizon for the next read.
+#[derive(Debug, Clone, Default)]
+pub struct BeatBatch {
+    /// The newest heartbeat of every live instance written at or after the horizon.
+    pub beats: Vec<SyncedBeat>,
+    /// Pass to the next [`ClusterStore::beats`].
+    pub horizon: u64,
+}
+
 /// What several registry nodes sharing one database need beyond [`Store`].
 #[async_trait]
 pub trait ClusterStore: Store {
@@ -101,6 +123,14 @@ pub trait ClusterStore: Store {
     /// # Errors
     /// [`StoreError`].
     async fn changes(&self, horizon: Option<u64>) -> Result<SyncBatch, StoreError>;
+
+    /// Heartbeats written at or after `horizon` (every live instance's when `None`).
+    /// Heartbeat writes do not move a row into [`ClusterStore::changes`]: they are
+    /// read here, apart, so that they change no indexed column.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn beats(&self, horizon: Option<u64>) -> Result<BeatBatch, StoreError>;
 
     /// Replaces this node's published pending hand-outs (only the given ids change;
     /// a count of 0 withdraws the row) and returns the other nodes' sums per id.

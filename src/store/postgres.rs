@@ -3,7 +3,8 @@
 //! Owns all PostgreSQL SQL. Times that decide liveness come from the database clock
 //! (`now()`), never from a node's. Writes notify the other nodes (`NOTIFY
 //! switchboard`); a node syncs by transaction-id horizon (see the migration), with a
-//! periodic full read as the safety net. One node at a time holds the advisory lock
+//! periodic full read as the safety net; heartbeats have a horizon of their own
+//! (`beat_txid`, migration 0004), so that writing them touches no index. One node at a time holds the advisory lock
 //! that makes it the one removing expired instances.
 
 use std::str::FromStr;
@@ -16,7 +17,8 @@ use tokio::sync::Mutex;
 
 use super::row::{record_from_row, to_i64, to_u64};
 use super::{
-    BeatRecord, ClusterStore, InstanceRecord, Store, StoreError, SyncBatch, SyncedRow, Upserted,
+    BeatBatch, BeatRecord, ClusterStore, InstanceRecord, Store, StoreError, SyncBatch, SyncedBeat,
+    SyncedRow, Upserted,
 };
 
 /// How long a request waits for a pooled connection before failing with 503.
@@ -87,6 +89,21 @@ impl PgStore {
             listener: Mutex::new(None),
             leader: std::sync::Mutex::new(None),
         })
+    }
+
+    /// A read-only transaction on one snapshot, and that snapshot's oldest running
+    /// transaction id: the horizon of the next read. Rows and horizon come from the
+    /// same snapshot, so nothing falls between two reads.
+    async fn snapshot(&self) -> Result<(sqlx::Transaction<'_, sqlx::Postgres>, i64), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let next: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                .fetch_one(&mut *tx)
+                .await?;
+        Ok((tx, next))
     }
 
     async fn notify(&self, conn: &mut PgConnection, service: &str) -> Result<(), StoreError> {
@@ -186,12 +203,15 @@ impl Store for PgStore {
         let conns: Vec<i64> = beats.iter().map(|b| to_i64(b.connections)).collect();
         let ages: Vec<i64> = beats.iter().map(|b| to_i64(b.age_ms)).collect();
         // One statement per batch. Heartbeats of one instance may reach several nodes:
-        // the newest (by database time) wins, whichever batch lands last.
+        // the newest (by database time) wins, whichever batch lands last. Only
+        // unindexed columns change (`beat_txid`, not `txid`), so the update is HOT
+        // (see migration 0004) and the row sync does not re-read the row: other nodes
+        // read heartbeats through `beats`.
         sqlx::query(
             "UPDATE instances AS i SET \
                connections = CASE WHEN b.at >= i.last_heartbeat THEN b.conns ELSE i.connections END, \
                last_heartbeat = GREATEST(i.last_heartbeat, b.at), \
-               txid = pg_current_xact_id() \
+               beat_txid = pg_current_xact_id() \
              FROM (SELECT id, conns, now() - make_interval(secs => age / 1000.0) AS at \
                    FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(id, conns, age)) AS b \
              WHERE i.id = b.id AND NOT i.deleted",
@@ -243,15 +263,7 @@ impl Store for PgStore {
 #[async_trait]
 impl ClusterStore for PgStore {
     async fn changes(&self, horizon: Option<u64>) -> Result<SyncBatch, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // One snapshot for the horizon and the rows, so nothing falls between them.
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let next: i64 =
-            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-                .fetch_one(&mut *tx)
-                .await?;
+        let (mut tx, next) = self.snapshot().await?;
         let rows = match horizon {
             None => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -272,6 +284,39 @@ impl ClusterStore for PgStore {
         tx.commit().await?;
         Ok(SyncBatch {
             rows: rows.iter().map(synced_from_row).collect::<Result<_, _>>()?,
+            horizon: to_u64(next),
+        })
+    }
+
+    async fn beats(&self, horizon: Option<u64>) -> Result<BeatBatch, StoreError> {
+        // A heartbeat batch still running now has a transaction id at or above the
+        // next horizon, so the next read has it.
+        let (mut tx, next) = self.snapshot().await?;
+        // No index on `beat_txid` (it would make heartbeat writes non-HOT): a sequential
+        // scan of the table, once per heartbeat sync period, filtered in the database.
+        let rows = sqlx::query(
+            "SELECT id, service, connections, \
+             GREATEST(0, EXTRACT(EPOCH FROM (now() - last_heartbeat)) * 1000)::bigint AS age_ms \
+             FROM instances WHERE NOT deleted \
+             AND ($1::text IS NULL OR beat_txid >= $1::text::xid8)",
+        )
+        .bind(horizon.map(|h| h.to_string()))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let beats = rows
+            .iter()
+            .map(|r| {
+                Ok(SyncedBeat {
+                    id: r.try_get("id")?,
+                    service: r.try_get("service")?,
+                    connections: to_u64(r.try_get("connections")?),
+                    age_ms: to_u64(r.try_get("age_ms")?),
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(BeatBatch {
+            beats,
             horizon: to_u64(next),
         })
     }

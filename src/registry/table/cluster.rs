@@ -1,10 +1,11 @@
 //! What a cluster node's sync changes in one service: rows applied as another node
-//! stored them, the ids a full read checks for, and the pending hand-outs exchanged
-//! between nodes.
+//! stored them, heartbeats synced from other nodes, which of this node's heartbeats
+//! are due for the store, the ids a full read checks for, and the pending hand-outs
+//! exchanged between nodes. Pure: times are arguments.
 
 use std::collections::HashMap;
 
-use super::ServiceTable;
+use super::{DirtyBeat, ServiceTable};
 use crate::registry::model::{Instance, Millis, Origin};
 
 impl ServiceTable {
@@ -37,7 +38,75 @@ impl ServiceTable {
         if synced.last_seen > local.last_seen {
             local.absorb_heartbeat(Some(synced.connections), synced.last_seen);
         }
+        entry.stored_seen = entry.stored_seen.max(synced.last_seen);
         self.reindex(slot, now);
+    }
+
+    /// Applies a heartbeat another node wrote (`last_seen` derived from the database
+    /// clock): newer than this node's, it renews liveness and absorbs pending
+    /// hand-outs like a local heartbeat, and an unwritten local one is superseded.
+    /// Unknown ids are left to the row sync. True when the instance changed.
+    pub fn apply_synced_beat(
+        &mut self,
+        id: &str,
+        connections: u64,
+        last_seen: Millis,
+        now: Millis,
+    ) -> bool {
+        let Some(&slot) = self.by_id.get(id) else {
+            return false;
+        };
+        let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        entry.stored_seen = entry.stored_seen.max(last_seen);
+        if last_seen <= entry.instance.last_seen {
+            return false;
+        }
+        entry
+            .instance
+            .absorb_heartbeat(Some(connections), last_seen);
+        // The store already holds a newer beat than the one waiting here.
+        entry.dirty = false;
+        self.reindex(slot, now);
+        true
+    }
+
+    /// Takes the heartbeats a cluster node writes now, and leaves the others dirty for
+    /// a later round. A beat is due when it is at least `min_gap(ttl_secs)` newer than
+    /// the newest one the store is known to hold for the instance (so other nodes'
+    /// view of it never falls further behind), or when it has waited that long with
+    /// no newer one (the instance went quiet: its last beat is not lost).
+    pub fn take_due_beats(
+        &mut self,
+        now: Millis,
+        min_gap: &dyn Fn(u32) -> Millis,
+    ) -> Vec<DirtyBeat> {
+        let mut beats = Vec::new();
+        let mut waiting = Vec::new();
+        for slot in std::mem::take(&mut self.dirty) {
+            let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            if !entry.dirty {
+                continue;
+            }
+            let gap = min_gap(entry.instance.spec.ttl_secs);
+            let seen = entry.instance.last_seen;
+            if seen.saturating_sub(entry.stored_seen) >= gap || now.saturating_sub(seen) >= gap {
+                entry.dirty = false;
+                entry.stored_seen = seen;
+                beats.push(DirtyBeat {
+                    id: entry.instance.id.clone(),
+                    connections: entry.instance.connections,
+                    last_seen: seen,
+                });
+            } else {
+                waiting.push(slot);
+            }
+        }
+        self.dirty = waiting;
+        beats
     }
 
     /// Ids of registered instances (not static ones).

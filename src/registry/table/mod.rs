@@ -118,6 +118,10 @@ struct Entry {
     counted: (u64, u32),
     /// Heartbeat not yet persisted.
     dirty: bool,
+    /// The newest heartbeat the store is known to hold (written from here or synced
+    /// from another node): a cluster node writes the next one only when liveness
+    /// across nodes needs it (`take_due_beats`).
+    stored_seen: Millis,
     /// Part of the set frozen by self-preservation: handed out even if expired.
     preserved: bool,
     /// The caller's rendering of the instance's fixed fields (the admin listing's
@@ -257,6 +261,8 @@ impl ServiceTable {
             let entry = Entry {
                 tiebreak: xxh3_64_with_seed(instance.id.as_bytes(), self.tiebreak_seed),
                 id_hash: xxh3_64(instance.id.as_bytes()),
+                // Registered or synced: the store dated it as it arrives here.
+                stored_seen: instance.last_seen,
                 instance,
                 indexed: None,
                 counted: (0, 0),
@@ -575,6 +581,7 @@ impl ServiceTable {
                 && entry.dirty
             {
                 entry.dirty = false;
+                entry.stored_seen = entry.instance.last_seen;
                 beats.push(DirtyBeat {
                     id: entry.instance.id.clone(),
                     connections: entry.instance.connections,

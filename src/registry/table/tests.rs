@@ -1351,3 +1351,31 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn a_cluster_node_writes_a_beat_only_when_liveness_across_nodes_needs_it() {
+    // Gap 750 ms, heartbeats every 500 ms: every second one is written; the one in
+    // between waits and is superseded; a synced beat from another node counts as
+    // stored; the last beat of an instance that went quiet is written after the gap.
+    let gap = |_ttl: u32| 750;
+    let mut t = ServiceTable::new("default");
+    add(&mut t, "a", 0);
+    let mut written = Vec::new();
+    for k in 1..=8u64 {
+        let now = k * 500;
+        beat(&mut t, "a", k, now);
+        written.extend(t.take_due_beats(now, &gap).into_iter().map(|b| b.last_seen));
+    }
+    assert_eq!(written, [1_000, 2_000, 3_000, 4_000]);
+    // Another node wrote a beat at 4 400: the next local one (4 500) is not due.
+    assert!(t.apply_synced_beat("a", 9, 4_400, 4_450));
+    beat(&mut t, "a", 10, 4_500);
+    assert!(t.take_due_beats(4_500, &gap).is_empty());
+    // Quiet from 4 500 on: written once it has waited the gap, and only once.
+    assert!(t.take_due_beats(5_249, &gap).is_empty());
+    let last = t.take_due_beats(5_250, &gap);
+    assert_eq!((last.len(), last[0].connections), (1, 10));
+    assert!(t.take_due_beats(9_000, &gap).is_empty());
+    // A synced beat older than the local one changes nothing.
+    assert!(!t.apply_synced_beat("a", 3, 4_000, 9_000));
+}
