@@ -21,6 +21,11 @@
 //!   `/proc/PID/stat` before and after each phase, and server RSS per instance
 //!   (`VmRSS` after registering N minus `VmRSS` of the idle empty server, over N).
 //!
+//! The registration of the N instances is a phase too: `SB_BENCH_REGISTER_CONNS`
+//! clients (default 64) register concurrently, each waiting for its answer, so a store
+//! that commits concurrent writes together (switchboard's group commit, durable on
+//! SQLite with `synchronous = FULL`) can; r-nacos keeps them in memory (not durable).
+//!
 //! Load generator: a minimal hand-written HTTP/1.1 keep-alive client over tokio
 //! `TcpStream`, on one client thread by default, rather than reqwest. The bench machine
 //! has 2 cores, so the client competes with the server; reqwest/hyper's per-request
@@ -30,6 +35,7 @@
 //!
 //! Knobs (environment): `SB_BENCH_SECS` (seconds per phase, default 10),
 //! `SB_BENCH_SIZES` (default `1000,10000`), `SB_BENCH_CONNS` (default 32),
+//! `SB_BENCH_REGISTER_CONNS` (concurrent registering clients, default 64),
 //! `SB_BENCH_LIST_CONNS` (connections for the full listing, default 4),
 //! `SB_BENCH_CLIENT_THREADS` (default 1), `RNACOS_BIN` (path of the r-nacos binary),
 //! `SB_BENCH_SKIP_RNACOS=1`, `SB_BENCH_INSTALL_RNACOS=1` (run
@@ -51,8 +57,8 @@ use anyhow::{Context, bail};
 
 use support::http::{self, Conn, JSON};
 use support::procs::{self, LogInfo, Server};
-use support::report::{Tally, join, nanos};
-use support::{knobs, sample};
+use support::report::{Tally, fmt_num, fmt_ratio, join, nanos};
+use support::{knobs, rnacos, sample};
 
 /// Service every instance is registered in.
 const SERVICE: &str = "bench";
@@ -90,6 +96,7 @@ struct BenchConfig {
     phase: Duration,
     sizes: Vec<usize>,
     conns: usize,
+    register_conns: usize,
     list_conns: usize,
     client_threads: usize,
 }
@@ -100,6 +107,7 @@ impl BenchConfig {
             phase: Duration::from_secs(knobs::num("SB_BENCH_SECS", 10, 1, 600)),
             sizes: knobs::sizes("SB_BENCH_SIZES", &[1_000, 10_000], 1_000_000),
             conns: knobs::count("SB_BENCH_CONNS", 32, 1, 1024),
+            register_conns: knobs::count("SB_BENCH_REGISTER_CONNS", 64, 1, 1024),
             list_conns: knobs::count("SB_BENCH_LIST_CONNS", 4, 1, 1024),
             client_threads: knobs::count("SB_BENCH_CLIENT_THREADS", 1, 1, 64),
         }
@@ -160,9 +168,9 @@ async fn run(cfg: BenchConfig) -> anyhow::Result<()> {
         println!("r-nacos: skipped (SB_BENCH_SKIP_RNACOS is set); its column stays empty");
         None
     } else {
-        find_or_install_rnacos()
+        rnacos::find_or_install()
     };
-    let rnacos_version = rnacos.as_deref().map(rnacos_version);
+    let rnacos_version = rnacos.as_deref().map(rnacos::version);
 
     println!("registry bench: loopback only (127.0.0.1)");
     println!("  switchboard binary: {}", sb_bin.display());
@@ -225,19 +233,25 @@ async fn run_system(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle_kib = sample::rss_kib(pid)?;
 
-    // Register N instances.
-    let (leases, register) = register_all(kind, addr, cfg.conns, Arc::clone(&work.register))
-        .await
-        .context("registering")?;
+    // Register N instances; the server CPU counted includes a settle second after.
+    let cpu_before = sample::cpu_ticks(pid)?;
+    let (leases, mut register) =
+        register_all(kind, addr, cfg.register_conns, Arc::clone(&work.register))
+            .await
+            .context("registering")?;
     let registered = leases.iter().filter(|l| l.is_some()).count();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    register.cpu_ticks = sample::cpu_ticks(pid)?.saturating_sub(cpu_before);
+    register.clk_tck = clk_tck;
     let rss_loaded_kib = sample::rss_kib(pid)?;
     let listed_before = count_listed(kind, addr, &work.listing).await;
     println!(
-        "{}: registered {registered}/{n} in {:.2} s ({:.0}/s); listing shows {}; RSS idle {} KiB, loaded {} KiB",
+        "{}: registered {registered}/{n} in {:.2} s ({:.0}/s, {} clients, server CPU {:.1} µs each); listing shows {}; RSS idle {} KiB, loaded {} KiB",
         kind.name(),
         register.elapsed.as_secs_f64(),
         register.rps(),
+        cfg.register_conns,
+        register.cpu_us_per_req().unwrap_or(f64::NAN),
         fmt_opt_count(listed_before),
         rss_idle_kib,
         rss_loaded_kib
@@ -737,69 +751,6 @@ fn start_rnacos(bin: &Path) -> anyhow::Result<Server> {
     Ok(server)
 }
 
-fn find_rnacos() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("RNACOS_BIN").map(PathBuf::from) {
-        if p.is_file() {
-            return Some(p);
-        }
-        println!(
-            "RNACOS_BIN={} is not a file; looking elsewhere",
-            p.display()
-        );
-    }
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .take(256)
-            .map(|d| d.join("rnacos"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| {
-        let home = std::env::var_os("CARGO_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
-        let p = home.join("bin").join("rnacos");
-        p.is_file().then_some(p)
-    })
-}
-
-fn find_or_install_rnacos() -> Option<PathBuf> {
-    if let Some(p) = find_rnacos() {
-        return Some(p);
-    }
-    if knobs::flag("SB_BENCH_INSTALL_RNACOS") {
-        println!("r-nacos: not found; running `cargo install rnacos --locked` (a long build)");
-        let status = Command::new("cargo")
-            .args(["install", "rnacos", "--locked"])
-            .status();
-        match status {
-            Ok(s) if s.success() => {
-                if let Some(p) = find_rnacos() {
-                    return Some(p);
-                }
-                println!("r-nacos: installed, but the `rnacos` binary is still not found");
-            }
-            Ok(s) => println!("r-nacos: `cargo install rnacos --locked` failed ({s})"),
-            Err(err) => println!("r-nacos: cannot run cargo: {err}"),
-        }
-    }
-    println!(
-        "r-nacos: SKIPPED - no `rnacos` binary on PATH, in ~/.cargo/bin or in RNACOS_BIN. \
-         Install it with `cargo install rnacos --locked`, or rerun with SB_BENCH_INSTALL_RNACOS=1."
-    );
-    None
-}
-
-fn rnacos_version(bin: &Path) -> String {
-    Command::new(bin)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "version unknown".to_owned())
-}
-
 // ---------------------------------------------------------------------------------
 // Report
 // ---------------------------------------------------------------------------------
@@ -825,33 +776,12 @@ fn print_phase(kind: Kind, phase: &str, r: &PhaseResult) {
     );
 }
 
-fn fmt_num(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v.is_finite() => {
-            if v.abs() >= 100.0 {
-                format!("{v:.0}")
-            } else if v.abs() >= 10.0 {
-                format!("{v:.1}")
-            } else {
-                format!("{v:.2}")
-            }
-        }
-        _ => "-".to_owned(),
-    }
-}
-
-fn fmt_ratio(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if a.is_finite() && b.is_finite() && b != 0.0 => {
-            format!("{:.2}", a / b)
-        }
-        _ => "-".to_owned(),
-    }
-}
-
 type Metric = (&'static str, fn(&SystemRun, usize) -> Option<f64>);
 
 const METRICS: &[Metric] = &[
+    ("register rps", |r, _| Some(r.register.rps())),
+    ("register p99 µs", |r, _| r.register.percentile_us(99)),
+    ("register µs CPU/req", |r, _| r.register.cpu_us_per_req()),
     ("servers rps", |r, _| Some(r.servers.rps())),
     ("servers p50 µs", |r, _| r.servers.percentile_us(50)),
     ("servers p99 µs", |r, _| r.servers.percentile_us(99)),
@@ -865,7 +795,6 @@ const METRICS: &[Metric] = &[
     ("listing p99 µs", |r, _| r.listing.percentile_us(99)),
     ("listing µs CPU/req", |r, _| r.listing.cpu_us_per_req()),
     ("RSS KiB/instance", |r, n| Some(r.rss_per_instance_kib(n))),
-    ("(register rps)", |r, _| Some(r.register.rps())),
     ("(RSS idle KiB)", |r, _| Some(r.rss_idle_kib as f64)),
     ("(client µs CPU/heartbeat)", |r, _| {
         r.beats.client_us_per_req()
@@ -886,10 +815,11 @@ fn print_report(
 ) {
     println!("\n==================== registry bench results ====================");
     println!(
-        "phase {} s; {} keep-alive connections ({} for the full listing); server CPU from /proc (CLK_TCK {clk_tck})",
+        "phase {} s; {} keep-alive connections ({} for the full listing, {} registering); server CPU from /proc (CLK_TCK {clk_tck})",
         cfg.phase.as_secs(),
         cfg.conns,
-        cfg.list_conns
+        cfg.list_conns,
+        cfg.register_conns
     );
     println!(
         "r-nacos: {}",
@@ -991,6 +921,18 @@ fn print_report(
                 );
             }
         }
+        match rn {
+            Some(rn) if rn.register.rps() > 0.0 => {
+                let x = sb.register.rps() / rn.register.rps();
+                println!(
+                    "  N={n}: durable registrations {:.0}/s, {x:.2}x r-nacos's {:.0}/s (not durable) (target ≥ 1x): {}",
+                    sb.register.rps(),
+                    rn.register.rps(),
+                    check(x >= 1.0)
+                );
+            }
+            _ => println!("  N={n}: registrations vs r-nacos: no r-nacos figure"),
+        }
         let rss = sb.rss_per_instance_kib(*n);
         println!(
             "  N={n}: switchboard RSS {rss:.2} KiB/instance (target ≤ 1): {}",
@@ -1015,10 +957,11 @@ fn print_report(
 
     println!("\nreproduce (from the repository root):");
     println!(
-        "  SB_BENCH_SECS={} SB_BENCH_SIZES={} SB_BENCH_CONNS={} SB_BENCH_LIST_CONNS={} SB_BENCH_CLIENT_THREADS={} cargo bench --bench registry",
+        "  SB_BENCH_SECS={} SB_BENCH_SIZES={} SB_BENCH_CONNS={} SB_BENCH_REGISTER_CONNS={} SB_BENCH_LIST_CONNS={} SB_BENCH_CLIENT_THREADS={} cargo bench --bench registry",
         cfg.phase.as_secs(),
         join(&cfg.sizes, ",", usize::to_string),
         cfg.conns,
+        cfg.register_conns,
         cfg.list_conns,
         cfg.client_threads
     );

@@ -2,11 +2,12 @@
 //! and the in-memory tables in the right order, and wakes blocking queries.
 //!
 //! Owns the locks (one table mutex and one write mutex per service) and the clock.
-//! Writes are durable in the store before they change memory; heartbeats and hand-outs
-//! stay in memory and reach the store in batches (`flush_beats`). Knows no HTTP and no
-//! cluster protocol: `cluster/` drives a hub through the per-service primitives at the
-//! end of this file (apply a synced row, forget an id, hold liveness time, allow
-//! removal, pending hand-outs).
+//! Writes are durable in the store before they change memory: they go through the
+//! store's group commit, whose writer applies them to memory in commit order;
+//! heartbeats and hand-outs stay in memory and reach the store in batches
+//! (`flush_beats`). Knows no HTTP and no cluster protocol: `cluster/` drives a hub
+//! through the per-service primitives at the end of this file (apply a synced row,
+//! forget an id, hold liveness time, allow removal, pending hand-outs).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +26,7 @@ use crate::registry::table::{
     RankedServer, ServiceSummary,
 };
 use crate::registry::{Instance, InstanceSpec, Origin, RebalancePolicy, ServiceTable, validate};
+use crate::store::group::{AfterCommit, Done, GroupCommit, Pending, Write};
 use crate::store::{BeatRecord, InstanceRecord, Store, StoreError, bounded};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,9 +115,11 @@ pub struct ForwardTarget {
 /// One service's lock-protected state.
 struct ServiceSlot {
     table: Mutex<ServiceTable>,
-    /// Serializes the store writes of this service so the store and the table apply
-    /// them in the same order.
+    /// Orders how this service's writes enter the store's queue. Held to queue a
+    /// write, not while it commits; see [`Hub::register`] for why that keeps order.
     writes: tokio::sync::Mutex<()>,
+    /// This service's writes queued and not yet applied to the table (or dropped).
+    queued: watch::Sender<usize>,
     version: watch::Sender<u64>,
     counters: names::ServiceCounters,
 }
@@ -154,6 +158,8 @@ pub struct Hub {
 struct Inner {
     services: DashMap<String, Arc<ServiceSlot>>,
     store: Arc<dyn Store>,
+    /// The store's one writer of registrations, drains and deletions.
+    writer: GroupCommit,
     /// While liveness time is held (a cluster node that lost its store), it stands
     /// still here, so the last known state keeps being answered; `u64::MAX` otherwise.
     held_at: AtomicU64,
@@ -186,10 +192,45 @@ async fn timed<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T
     bounded(STORE_TIMEOUT, call).await
 }
 
+/// When a store write begun now must have been answered.
+fn deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + STORE_TIMEOUT
+}
+
+/// Waits until every queued write of `slot`'s service is applied to its table (or
+/// dropped). Called under the service's write mutex, so nothing new is queued
+/// meanwhile and the wait ends within the batches already queued.
+async fn settle(slot: &ServiceSlot, deadline: tokio::time::Instant) -> Result<(), StoreError> {
+    let mut queued = slot.queued.subscribe();
+    tokio::time::timeout_at(deadline, queued.wait_for(|n| *n == 0))
+        .await
+        .map_err(|_| StoreError::Timeout(STORE_TIMEOUT))?
+        .map(|_| ())
+        .map_err(|_| StoreError::Closed)
+}
+
+/// One write of a service counted in its slot's `queued` from its queueing until its
+/// hook ran or was dropped (committed, failed, or its caller gone).
+struct Queued(Arc<ServiceSlot>);
+
+impl Queued {
+    fn new(slot: &Arc<ServiceSlot>) -> Self {
+        slot.queued.send_modify(|n| *n += 1);
+        Queued(Arc::clone(slot))
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.queued.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 impl Hub {
     /// A registry over `store` with an empty memory; call [`Hub::restore`] next (or
-    /// let a cluster node restore it). `tiebreak_seed` orders equal loads: 0 for a
-    /// single node, random per node in a cluster so nodes do not all pick alike.
+    /// let a cluster node restore it). Starts the store's writer: call inside a tokio
+    /// runtime. `tiebreak_seed` orders equal loads: 0 for a single node, random per
+    /// node in a cluster so nodes do not all pick alike.
     pub fn new(
         store: Arc<dyn Store>,
         clock: Clock,
@@ -199,6 +240,7 @@ impl Hub {
         Hub {
             inner: Arc::new(Inner {
                 services: DashMap::new(),
+                writer: GroupCommit::start(Arc::clone(&store)),
                 store,
                 held_at: AtomicU64::new(u64::MAX),
                 may_remove: AtomicBool::new(true),
@@ -212,15 +254,18 @@ impl Hub {
         }
     }
 
-    /// Runs a store write under [`STORE_TIMEOUT`] and records whether the store can
-    /// write, for `/readyz`.
+    /// Runs a store write until `deadline` and records whether the store can write,
+    /// for `/readyz`.
     async fn write<T>(
         &self,
         op: &'static str,
+        deadline: tokio::time::Instant,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let started = std::time::Instant::now();
-        let result = timed(call).await;
+        let result = tokio::time::timeout_at(deadline, call)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(STORE_TIMEOUT)));
         let failing = result.is_err();
         metrics::histogram!(
             names::STORE_WRITE_DURATION,
@@ -280,6 +325,7 @@ impl Hub {
                         self.inner.tiebreak_seed,
                     )),
                     writes: tokio::sync::Mutex::new(()),
+                    queued: watch::Sender::new(0),
                     version: watch::Sender::new(0),
                     counters: names::ServiceCounters::new(service),
                 })
@@ -320,7 +366,68 @@ impl Hub {
         Ok(restored)
     }
 
+    /// Queues a write of `slot`'s service to the store's writer, in this service's
+    /// order, with `then` to run on the table once it is committed. With `settled`,
+    /// first waits until every earlier write of the service is applied, and runs
+    /// `check` on the table as it then is (a decision that reads the table must see
+    /// what is committed before it); nothing of this service is queued meanwhile.
+    async fn queue(
+        &self,
+        slot: &Arc<ServiceSlot>,
+        deadline: tokio::time::Instant,
+        settled: Option<&(dyn Fn() -> Result<(), HubError> + Sync)>,
+        write: Write,
+        then: AfterCommit,
+    ) -> Result<Pending, HubError> {
+        let _order = tokio::time::timeout_at(deadline, slot.writes.lock())
+            .await
+            .map_err(|_| StoreError::Timeout(STORE_TIMEOUT))?;
+        if let Some(check) = settled {
+            settle(slot, deadline).await?;
+            check()?;
+        }
+        // Counted from here, under the mutex (a `settle` waiting under it must not
+        // wait for a write that cannot be queued before it lets go), until the hook
+        // ran or was dropped.
+        let queued = Queued::new(slot);
+        let then: AfterCommit = Box::new(move |done| {
+            then(done);
+            drop(queued);
+        });
+        Ok(self.submit(deadline, write, Some(then)).await?)
+    }
+
+    /// Queues `write` to the store's writer, waiting for room until `deadline`.
+    async fn submit(
+        &self,
+        deadline: tokio::time::Instant,
+        write: Write,
+        then: Option<AfterCommit>,
+    ) -> Result<Pending, StoreError> {
+        tokio::time::timeout_at(deadline, self.inner.writer.submit(write, then))
+            .await
+            .map_err(|_| StoreError::Timeout(STORE_TIMEOUT))?
+    }
+
     /// Registers (or re-registers) an instance; durable before it returns.
+    ///
+    /// Concurrent registrations, of one service or several, share a commit. Why the
+    /// store-before-memory order still holds without holding the service's write
+    /// mutex across the commit (as it once was):
+    /// - the write enters the store's queue under the service's write mutex, so the
+    ///   queue holds this service's writes in the order they were decided;
+    /// - the one writer commits batches one after another in queue order, and inside a
+    ///   batch runs the writes in queue order (only writes of different addresses,
+    ///   so different rows, may share a statement: `group::rounds`);
+    /// - the table is changed by the hook below, which the writer runs after the
+    ///   batch's commit succeeded, in queue order, before it answers anyone. So the
+    ///   table never shows a row that is not committed, the same id's writes reach the
+    ///   table in the order they were committed, a failed batch changes no table, and
+    ///   a caller that stopped waiting cannot leave memory behind the store;
+    /// - writes that decide from the table (drain, deregistration, the sweep's
+    ///   removals) first wait under the mutex until this service's queued writes are
+    ///   applied (`queue` with `settled`), so they see every earlier registration, and
+    ///   none can slip in between their check and their place in the queue.
     ///
     /// # Errors
     /// [`HubError::Store`] when the store fails; nothing changed.
@@ -329,10 +436,10 @@ impl Hub {
         service: &str,
         spec: InstanceSpec,
     ) -> Result<Registered, HubError> {
+        let deadline = deadline();
         let slot = self.slot_or_create(service);
         let lease = lease::new_lease();
         let lease_hash = lease::hash(&lease);
-        let writes = slot.writes.lock().await;
         let now_unix = self.inner.clock.unix_now_ms();
         let record = InstanceRecord {
             id: lease::new_id(),
@@ -351,30 +458,43 @@ impl Hub {
             registered_at_ms: now_unix,
             last_heartbeat_ms: now_unix,
         };
+        let (ttl_secs, heartbeat_secs) = (spec.ttl_secs, spec.heartbeat_secs());
+        let target = Arc::clone(&slot);
+        let clock = self.inner.clock;
+        let then: AfterCommit = Box::new(move |done| {
+            if let Done::Upserted(stored) = done {
+                let now = clock.now();
+                target.apply(|t| {
+                    t.register(
+                        stored.id.clone(),
+                        spec,
+                        lease_hash,
+                        now,
+                        stored.registered_at_ms,
+                    )
+                });
+            }
+        });
         let stored = match self
-            .write("register", self.inner.store.upsert(&record))
+            .queue(&slot, deadline, None, Write::Upsert(record), then)
             .await
         {
+            Ok(pending) => self
+                .write("register", deadline, pending.done())
+                .await
+                .and_then(Done::upserted)
+                .map_err(HubError::from),
+            Err(err) => Err(err),
+        };
+        let stored = match stored {
             Ok(stored) => stored,
             Err(err) => {
                 // Nothing stored, nothing in memory: not even a new, empty service.
-                drop(writes);
                 drop(slot);
                 self.drop_if_unused(service);
-                return Err(err.into());
+                return Err(err);
             }
         };
-        let (ttl_secs, heartbeat_secs) = (spec.ttl_secs, spec.heartbeat_secs());
-        let now = self.inner.clock.now();
-        slot.apply(|t| {
-            t.register(
-                stored.id.clone(),
-                spec,
-                lease_hash,
-                now,
-                stored.registered_at_ms,
-            )
-        });
         let outcome = if stored.created {
             "created"
         } else {
@@ -430,19 +550,37 @@ impl Hub {
         evacuate_per_sec: Option<u32>,
         who: Authority<'_>,
     ) -> Result<InstanceView, HubError> {
+        let deadline = deadline();
         let slot = self.slot(service).ok_or_else(|| unknown(service, id))?;
-        let _writes = slot.writes.lock().await;
-        self.authorize(&slot, service, id, who)?;
-        let stored = self.inner.store.set_draining(service, id, evacuate_per_sec);
-        if !self.write("drain", stored).await? {
+        let target = Arc::clone(&slot);
+        let hub = self.clone();
+        let drained = id.to_owned();
+        let then: AfterCommit = Box::new(move |done| {
+            if matches!(done, Done::Drained(true)) {
+                let now = hub.now();
+                target.apply(|t| t.drain(&drained, evacuate_per_sec, now));
+            }
+        });
+        let write = Write::Drain {
+            service: service.to_owned(),
+            id: id.to_owned(),
+            evacuate_per_sec,
+        };
+        let check = || self.authorize(&slot, service, id, who);
+        let pending = self
+            .queue(&slot, deadline, Some(&check), write, then)
+            .await?;
+        let found = self
+            .write("drain", deadline, pending.done())
+            .await
+            .and_then(Done::drained)?;
+        if !found {
             return Err(unknown(service, id));
         }
         let now = self.now();
-        slot.apply(|t| {
-            t.drain(id, evacuate_per_sec, now);
-            t.view(id, now)
-        })
-        .ok_or_else(|| unknown(service, id))
+        slot.lock()
+            .view(id, now)
+            .ok_or_else(|| unknown(service, id))
     }
 
     /// Deregisters an instance; it disappears from every answer at once.
@@ -455,18 +593,26 @@ impl Hub {
         id: &str,
         who: Authority<'_>,
     ) -> Result<(), HubError> {
+        let deadline = deadline();
         let slot = self.slot(service).ok_or_else(|| unknown(service, id))?;
-        let _writes = slot.writes.lock().await;
-        self.authorize(&slot, service, id, who)?;
-        self.write(
-            "deregister",
-            self.inner.store.delete(service, &[id.to_owned()]),
-        )
-        .await?;
-        slot.apply(|t| t.remove(id));
+        let target = Arc::clone(&slot);
+        let removed = id.to_owned();
+        let then: AfterCommit = Box::new(move |_| {
+            target.apply(|t| t.remove(&removed));
+        });
+        let write = Write::Delete {
+            service: service.to_owned(),
+            ids: vec![id.to_owned()],
+        };
+        let check = || self.authorize(&slot, service, id, who);
+        let pending = self
+            .queue(&slot, deadline, Some(&check), write, then)
+            .await?;
+        self.write("deregister", deadline, pending.done())
+            .await
+            .and_then(Done::deleted)?;
         metrics::counter!(names::REMOVALS, "service" => service.to_owned(), "reason" => "deregistered")
             .increment(1);
-        drop(_writes);
         drop(slot);
         self.drop_if_unused(service);
         Ok(())
@@ -702,10 +848,19 @@ impl Hub {
             .map(|s| (s.key().clone(), Arc::clone(s.value())))
             .collect();
         let mut removed = 0;
+        let mut deletes = Vec::new();
+        let deadline = deadline();
         for (service, slot) in slots {
-            // Hold the write lock so a re-registration cannot interleave between the
-            // table's removal and the store's delete.
-            let _writes = slot.writes.lock().await;
+            // Removals are decided from the table: under the write mutex, once every
+            // queued write of the service is applied, and queued before the mutex
+            // goes, so a re-registration is either seen here or committed after the
+            // delete (see `register`).
+            let Ok(_order) = tokio::time::timeout_at(deadline, slot.writes.lock()).await else {
+                break;
+            };
+            if settle(&slot, deadline).await.is_err() {
+                break;
+            }
             let now = self.now();
             let may_remove = self.may_remove();
             let (outcome, expired) = slot.apply(|t| (t.sweep(now, may_remove), t.take_expiries()));
@@ -733,13 +888,21 @@ impl Hub {
                 .increment(outcome.removed.len() as u64);
             removed += outcome.removed.len();
             tracing::info!(%service, count = outcome.removed.len(), "removed instances after 3 x ttl without heartbeat");
-            if let Err(err) = self
-                .write(
-                    "remove",
-                    self.inner.store.delete(&service, &outcome.removed),
-                )
-                .await
-            {
+            let write = Write::Delete {
+                service: service.clone(),
+                ids: outcome.removed,
+            };
+            match self.submit(deadline, write, None).await {
+                Ok(pending) => deletes.push((service, pending)),
+                Err(err) => {
+                    tracing::warn!(%service, %err, "could not delete removed instances from the store");
+                }
+            }
+        }
+        // The commits are awaited once every service's removals are queued.
+        let deadline = self::deadline();
+        for (service, pending) in deletes {
+            if let Err(err) = self.write("remove", deadline, pending.done()).await {
                 tracing::warn!(%service, %err, "could not delete removed instances from the store");
             }
         }
@@ -807,7 +970,11 @@ impl Hub {
         let beats: Vec<BeatRecord> = batch.values().cloned().collect();
         metrics::histogram!(names::HEARTBEAT_BATCH_SIZE).record(beats.len() as f64);
         match self
-            .write("heartbeats", self.inner.store.save_beats(&beats))
+            .write(
+                "heartbeats",
+                deadline(),
+                self.inner.store.save_beats(&beats),
+            )
             .await
         {
             Ok(()) => Ok(beats.len()),

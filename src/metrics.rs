@@ -42,6 +42,8 @@ pub const HTTP_DURATION: &str = "switchboard_http_request_duration_seconds";
 pub const STORE_WRITE_DURATION: &str = "switchboard_store_write_duration_seconds";
 /// Histogram: heartbeat batch size (instances per persisted batch).
 pub const HEARTBEAT_BATCH_SIZE: &str = "switchboard_heartbeat_batch_size";
+/// Histogram: store batch size (registrations, drains and deletions per group commit).
+pub const STORE_BATCH_SIZE: &str = "switchboard_store_batch_size";
 /// Gauge: seconds since this cluster node's last successful sync.
 pub const CLUSTER_SYNC_LAG: &str = "switchboard_cluster_sync_lag_seconds";
 /// Gauge: relayed connections open now, by forward `listener`.
@@ -110,6 +112,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 /// Buckets for batch sizes.
 const SIZE_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0];
+/// Buckets for writes per group commit (at most 256).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// The process's Prometheus handle. The recorder is global to the process, so every
 /// server started in it (tests start several) reports into the same registry.
@@ -128,6 +132,12 @@ pub fn handle() -> &'static PrometheusHandle {
                 b.set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Full(HEARTBEAT_BATCH_SIZE.into()),
                     SIZE_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(STORE_BATCH_SIZE.into()),
+                    BATCH_BUCKETS,
                 )
             })
             .expect("bucket lists are non-empty")

@@ -172,3 +172,75 @@ async fn a_full_disk_refuses_registrations_and_loses_nothing_acknowledged() {
     );
     drop(s);
 }
+
+#[tokio::test]
+async fn concurrent_registrations_on_a_full_disk_are_refused_together_and_none_is_stored() {
+    let Some(disk) = SmallDisk::mount("3m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); full-disk test not run");
+        return;
+    };
+    let db = disk.path.join("switchboard.db");
+    let s = Server::start_with(Options::db(&db));
+    let mut acknowledged = BTreeSet::new();
+    for port in 1..=20u16 {
+        let address = format!("10.0.0.1:{port}");
+        assert_eq!(try_register(&s, &address).await.0, 201);
+        acknowledged.insert(address);
+    }
+    let filler = disk.path.join("filler");
+    assert!(fill(&filler) > 0, "the filler wrote nothing");
+
+    // 100 clients at once: their writes share batches, and a batch that cannot commit
+    // refuses every write in it. Each answer is 201 (stored) or 503 (not stored).
+    let mut tasks = Vec::new();
+    for port in 1..=100u16 {
+        let url = s.url("/v1/services/default/instances");
+        tasks.push(tokio::spawn(async move {
+            let address = format!("10.0.3.1:{port}");
+            let body = json!({ "address": address, "ttl_secs": 300 });
+            let resp = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("answered");
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.expect("json");
+            (address, status, body)
+        }));
+    }
+    let mut refused = 0;
+    for t in tasks {
+        let (address, status, body) = t.await.unwrap();
+        match status {
+            201 => {
+                acknowledged.insert(address);
+            }
+            503 => {
+                assert_eq!(common::code(&body), "store_unavailable", "{body}");
+                refused += 1;
+            }
+            other => panic!("register on a full disk answered {other}: {body}"),
+        }
+    }
+    eprintln!("full disk, 100 concurrent registrations: {refused} refused");
+    assert!(refused > 0, "a full disk refused no registration");
+    assert_eq!(
+        listed_addresses(&s).await,
+        acknowledged,
+        "memory: none refused"
+    );
+
+    std::fs::remove_file(&filler).expect("free the disk");
+    eventually("/readyz ready once space is freed", || async {
+        (s.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    s.kill();
+    let s = Server::start_with(Options::db(&db));
+    assert_eq!(
+        listed_addresses(&s).await,
+        acknowledged,
+        "after kill -9, exactly the acknowledged registrations are stored"
+    );
+}

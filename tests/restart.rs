@@ -178,3 +178,61 @@ async fn a_paced_evacuation_survives_a_restart() {
     // heartbeat_secs is 1: still 40 per heartbeat after the restart.
     assert_eq!(s.heartbeat(&r, 500).await.1["shed"], 40);
 }
+
+#[tokio::test]
+async fn concurrent_registrations_share_commits_and_all_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("switchboard.db");
+    let s = Server::start_with(Options::db(&db));
+    // 200 clients of their own (a connection each), all at once: they queue behind
+    // each other's commits and share them.
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let url = s.url("/v1/services/fleet/instances");
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let address = format!("10.1.{}.{}:6666", i / 100, i % 100 + 1);
+            let resp = client
+                .post(url)
+                .json(&json!({"address": address}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 201);
+            let body: serde_json::Value = resp.json().await.unwrap();
+            let registered = common::Registered::from_answer("fleet", 201, body);
+            (address, registered)
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for t in tasks {
+        acknowledged.push(t.await.unwrap());
+    }
+    s.kill();
+
+    let s = Server::start_with(Options::db(&db));
+    let (_, body) = s.get("/v1/services/fleet/instances").await;
+    let mut listed: Vec<(String, String)> = body["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let field = |k: &str| i[k].as_str().unwrap().to_owned();
+            (field("address"), field("id"))
+        })
+        .collect();
+    listed.sort();
+    let mut expected: Vec<(String, String)> = acknowledged
+        .iter()
+        .map(|(address, r)| (address.clone(), r.id.clone()))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        listed, expected,
+        "every acknowledged registration, after kill -9"
+    );
+    // Each with the lease its own answer carried.
+    for (_, r) in &acknowledged {
+        assert_eq!(s.heartbeat(r, 1).await.0, 200, "lease of {}", r.id);
+    }
+}

@@ -1,7 +1,8 @@
 //! Support shared by the benchmarks (`registry`, `forwarder`, `cluster`): the HTTP/1.1
-//! keep-alive load generator, process control, `/proc` sampling, environment knobs and
-//! report helpers. Each bench includes it with `mod support;`; this directory is not a
-//! bench target itself (Cargo.toml lists every bench).
+//! keep-alive load generator, process control, `/proc` sampling, environment knobs, the
+//! r-nacos binary (`rnacos.rs`) and report helpers. Each bench includes it with
+//! `mod support;`; this directory is not a bench target itself (Cargo.toml lists every
+//! bench).
 //!
 //! Owns nothing a bench measures on its own: which server runs, what load it gets and
 //! what the tables say stay in the bench files.
@@ -13,4 +14,5 @@ pub mod http;
 pub mod knobs;
 pub mod procs;
 pub mod report;
+pub mod rnacos;
 pub mod sample;

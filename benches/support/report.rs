@@ -85,3 +85,29 @@ pub fn nanos(d: Duration) -> u64 {
 pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
+
+/// A figure with as many decimals as its size warrants; `-` for none.
+pub fn fmt_num(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => {
+            if v.abs() >= 100.0 {
+                format!("{v:.0}")
+            } else if v.abs() >= 10.0 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.2}")
+            }
+        }
+        _ => "-".to_owned(),
+    }
+}
+
+/// `a / b` to two decimals; `-` when either is missing or `b` is 0.
+pub fn fmt_ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if a.is_finite() && b.is_finite() && b != 0.0 => {
+            format!("{:.2}", a / b)
+        }
+        _ => "-".to_owned(),
+    }
+}

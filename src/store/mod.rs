@@ -1,9 +1,11 @@
 //! Persistence of registrations behind one interface: the [`Store`] trait, its records
 //! and [`StoreError`]. All SQL lives in the backends (`sqlite.rs`, `postgres.rs`);
-//! `row.rs` is the one row decoder both use.
+//! `row.rs` is the one row decoder both use; `group.rs` queues registration writes to
+//! one writer that commits them in batches ([`group::GroupCommit`]).
 //!
 //! Must not know about HTTP or ranking. Migrations are under `migrations/<backend>`.
 
+pub mod group;
 pub mod postgres;
 pub mod row;
 pub mod sqlite;
@@ -188,6 +190,13 @@ pub enum StoreError {
         "unsupported database URL {0:?}: expected sqlite://<file>, sqlite::memory: or postgres://..."
     )]
     UnsupportedUrl(String),
+    /// The batch this write was committed with failed (every write in it gets its
+    /// error; none of them was stored).
+    #[error(transparent)]
+    Batch(Arc<StoreError>),
+    /// The store's writer has stopped (the store is closing).
+    #[error("the store is closed")]
+    Closed,
     /// A stored row could not be read back.
     #[error("corrupt stored row {id}: {reason}")]
     Corrupt {
@@ -215,31 +224,17 @@ pub async fn bounded<T>(
 /// Durable storage of registrations.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Inserts or replaces the registration of `(service, address)`, keeping the
-    /// existing id and registration time when the address is already registered.
-    /// Durable when it returns.
+    /// Applies `writes` in their order in ONE transaction, committed before it
+    /// returns (so one fsync for all), and answers one [`group::Done`] per write in
+    /// the same order. An upsert inserts or replaces the registration of
+    /// `(service, address)`, keeping the existing id and registration time when the
+    /// address is already registered; a drain answers whether the row exists; a
+    /// delete how many rows went. Durable when it returns. Called by the one writer of
+    /// [`group::GroupCommit`], never concurrently with itself.
     ///
     /// # Errors
-    /// [`StoreError`]; nothing was written.
-    async fn upsert(&self, record: &InstanceRecord) -> Result<Upserted, StoreError>;
-
-    /// Marks an instance draining, with an optional paced evacuation rate (which
-    /// replaces an earlier one). Returns false when no such row exists.
-    ///
-    /// # Errors
-    /// [`StoreError`]; nothing was written.
-    async fn set_draining(
-        &self,
-        service: &str,
-        id: &str,
-        evacuate_per_sec: Option<u32>,
-    ) -> Result<bool, StoreError>;
-
-    /// Deletes instances by id. Returns how many rows went.
-    ///
-    /// # Errors
-    /// [`StoreError`]; nothing was written.
-    async fn delete(&self, service: &str, ids: &[String]) -> Result<u64, StoreError>;
+    /// [`StoreError`]; nothing of the batch was written.
+    async fn commit(&self, writes: &[group::Write]) -> Result<Vec<group::Done>, StoreError>;
 
     /// Persists a batch of heartbeats in one statement.
     ///

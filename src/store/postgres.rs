@@ -15,10 +15,11 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::Mutex;
 
+use super::group::{self, Done, Write};
 use super::row::{record_from_row, to_i64, to_u64};
 use super::{
     BeatBatch, BeatRecord, ClusterStore, InstanceRecord, Store, StoreError, SyncBatch, SyncedBeat,
-    SyncedRow, Upserted,
+    SyncedRow,
 };
 
 /// How long a request waits for a pooled connection before failing with 503.
@@ -118,81 +119,27 @@ impl PgStore {
 
 #[async_trait]
 impl Store for PgStore {
-    async fn upsert(&self, r: &InstanceRecord) -> Result<Upserted, StoreError> {
+    async fn commit(&self, writes: &[Write]) -> Result<Vec<Done>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // `xmax = 0` tells an inserted row from an updated one.
-        let rows = sqlx::query(
-            "INSERT INTO instances (id, service, address, weight, max_connections, zone, tags, \
-             metadata, ttl_secs, lease_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (service, address) WHERE NOT deleted DO UPDATE SET \
-             weight = excluded.weight, max_connections = excluded.max_connections, \
-             zone = excluded.zone, tags = excluded.tags, metadata = excluded.metadata, \
-             ttl_secs = excluded.ttl_secs, lease_hash = excluded.lease_hash, draining = false, \
-             evacuate_per_sec = NULL, \
-             last_heartbeat = now(), txid = pg_current_xact_id() \
-             RETURNING id, (xmax = 0) AS created, \
-             (EXTRACT(EPOCH FROM registered_at) * 1000)::bigint AS registered_at_ms",
-        )
-        .bind(&r.id)
-        .bind(&r.service)
-        .bind(&r.address)
-        .bind(i32::try_from(r.weight).unwrap_or(i32::MAX))
-        .bind(r.max_connections.map(to_i64))
-        .bind(&r.zone)
-        .bind(&r.tags_json)
-        .bind(&r.metadata_json)
-        .bind(i32::try_from(r.ttl_secs).unwrap_or(i32::MAX))
-        .bind(&r.lease_hash)
-        .fetch_all(&mut *tx)
-        .await?;
-        self.notify(&mut tx, &r.service).await?;
-        // The acknowledgement waits for the commit: an error there means nothing stored.
-        tx.commit().await?;
-        let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
-        Ok(Upserted {
-            id: row.try_get("id")?,
-            created: row.try_get("created")?,
-            registered_at_ms: to_u64(row.try_get("registered_at_ms")?),
-        })
-    }
-
-    async fn set_draining(
-        &self,
-        service: &str,
-        id: &str,
-        evacuate_per_sec: Option<u32>,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE instances SET draining = true, evacuate_per_sec = $3, \
-             txid = pg_current_xact_id() WHERE service = $1 AND id = $2 AND NOT deleted",
-        )
-        .bind(service)
-        .bind(id)
-        .bind(evacuate_per_sec.map(i64::from))
-        .execute(&mut *tx)
-        .await?;
-        self.notify(&mut tx, service).await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn delete(&self, service: &str, ids: &[String]) -> Result<u64, StoreError> {
-        if ids.is_empty() {
-            return Ok(0);
+        let dones = group::run_in_order(&mut *tx, writes, &Statements).await?;
+        // One notification per service the batch changed: the other nodes sync once
+        // for all of them.
+        let mut services: Vec<&str> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Upsert(r) => r.service.as_str(),
+                Write::Drain { service, .. } | Write::Delete { service, .. } => service,
+            })
+            .collect();
+        services.sort_unstable();
+        services.dedup();
+        for service in services {
+            self.notify(&mut tx, service).await?;
         }
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE instances SET deleted = true, txid = pg_current_xact_id() \
-             WHERE service = $1 AND id = ANY($2) AND NOT deleted",
-        )
-        .bind(service)
-        .bind(ids)
-        .execute(&mut *tx)
-        .await?;
-        self.notify(&mut tx, service).await?;
+        // The acknowledgements wait for the commit: an error there means nothing
+        // stored (a dropped transaction rolls back).
         tx.commit().await?;
-        Ok(done.rows_affected())
+        Ok(dones)
     }
 
     async fn save_beats(&self, beats: &[BeatRecord]) -> Result<(), StoreError> {
@@ -466,5 +413,108 @@ impl ClusterStore for PgStore {
                 Err(_) => break,
             }
         }
+    }
+}
+
+/// PostgreSQL's statements of a batch, inside its transaction.
+struct Statements;
+
+#[async_trait]
+impl group::Statements<PgConnection> for Statements {
+    async fn upsert_round(
+        &self,
+        conn: &mut PgConnection,
+        records: &[&InstanceRecord],
+    ) -> Result<Vec<(String, String, String, u64)>, StoreError> {
+        // One statement for the round, as arrays (keys are distinct in a round: one
+        // statement may not touch a row twice). The conflict keeps the old id.
+        let text = |f: fn(&InstanceRecord) -> &String| -> Vec<&str> {
+            records.iter().map(|r| f(r).as_str()).collect()
+        };
+        let weights: Vec<i32> = records
+            .iter()
+            .map(|r| i32::try_from(r.weight).unwrap_or(i32::MAX))
+            .collect();
+        let caps: Vec<Option<i64>> = records
+            .iter()
+            .map(|r| r.max_connections.map(to_i64))
+            .collect();
+        let zones: Vec<Option<&str>> = records.iter().map(|r| r.zone.as_deref()).collect();
+        let ttls: Vec<i32> = records
+            .iter()
+            .map(|r| i32::try_from(r.ttl_secs).unwrap_or(i32::MAX))
+            .collect();
+        let rows = sqlx::query(
+            "INSERT INTO instances (id, service, address, weight, max_connections, zone, tags, \
+             metadata, ttl_secs, lease_hash) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], \
+             $6::text[], $7::text[], $8::text[], $9::int[], $10::text[]) \
+             ON CONFLICT (service, address) WHERE NOT deleted DO UPDATE SET \
+             weight = excluded.weight, max_connections = excluded.max_connections, \
+             zone = excluded.zone, tags = excluded.tags, metadata = excluded.metadata, \
+             ttl_secs = excluded.ttl_secs, lease_hash = excluded.lease_hash, draining = false, \
+             evacuate_per_sec = NULL, \
+             last_heartbeat = now(), txid = pg_current_xact_id() \
+             RETURNING id, service, address, \
+             (EXTRACT(EPOCH FROM registered_at) * 1000)::bigint AS registered_at_ms",
+        )
+        .bind(text(|r| &r.id))
+        .bind(text(|r| &r.service))
+        .bind(text(|r| &r.address))
+        .bind(&weights)
+        .bind(&caps)
+        .bind(&zones)
+        .bind(text(|r| &r.tags_json))
+        .bind(text(|r| &r.metadata_json))
+        .bind(&ttls)
+        .bind(text(|r| &r.lease_hash))
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("id")?,
+                    row.try_get("service")?,
+                    row.try_get("address")?,
+                    to_u64(row.try_get("registered_at_ms")?),
+                ))
+            })
+            .collect()
+    }
+
+    async fn drain(
+        &self,
+        conn: &mut PgConnection,
+        service: &str,
+        id: &str,
+        evacuate_per_sec: Option<u32>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE instances SET draining = true, evacuate_per_sec = $3, \
+             txid = pg_current_xact_id() WHERE service = $1 AND id = $2 AND NOT deleted",
+        )
+        .bind(service)
+        .bind(id)
+        .bind(evacuate_per_sec.map(i64::from))
+        .execute(&mut *conn)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete(
+        &self,
+        conn: &mut PgConnection,
+        service: &str,
+        ids: &[String],
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE instances SET deleted = true, txid = pg_current_xact_id() \
+             WHERE service = $1 AND id = ANY($2) AND NOT deleted",
+        )
+        .bind(service)
+        .bind(ids)
+        .execute(&mut *conn)
+        .await?;
+        Ok(done.rows_affected())
     }
 }

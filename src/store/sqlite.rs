@@ -11,10 +11,11 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite};
+use sqlx::{Row, Sqlite, SqliteConnection};
 
+use super::group::{self, Done, Write};
 use super::row::{record_from_row, to_i64, to_u64};
-use super::{BeatRecord, InstanceRecord, Store, StoreError, Upserted};
+use super::{BeatRecord, InstanceRecord, Store, StoreError};
 
 /// How long a statement waits for SQLite's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -87,105 +88,38 @@ impl SqliteStore {
 
 /// Commits the write transaction of `conn` if its statement succeeded, else rolls it
 /// back; either way the connection goes back to the pool outside any transaction.
-async fn finish<T>(
+async fn finish<T, E: Into<StoreError>>(
     conn: &mut PoolConnection<Sqlite>,
-    outcome: Result<T, sqlx::Error>,
+    outcome: Result<T, E>,
 ) -> Result<T, StoreError> {
     let committed = match outcome {
         Ok(value) => sqlx::raw_sql("COMMIT")
             .execute(&mut **conn)
             .await
-            .map(|_| value),
-        Err(err) => Err(err),
+            .map(|_| value)
+            .map_err(StoreError::from),
+        Err(err) => Err(err.into()),
     };
     if committed.is_err() {
         // Also after a failed COMMIT, which may or may not have rolled back already;
         // "no transaction is active" is then the expected answer.
         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await;
     }
-    Ok(committed?)
+    committed
 }
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn upsert(&self, r: &InstanceRecord) -> Result<Upserted, StoreError> {
-        // An explicit transaction, run to its end, then committed: in autocommit mode
-        // SQLite commits when the statement finishes, after `RETURNING` has already
-        // produced its row, so a failed commit (disk full, I/O error) would go unseen
-        // and the registration be acknowledged but lost.
+    async fn commit(&self, writes: &[Write]) -> Result<Vec<Done>, StoreError> {
+        // One explicit transaction for the whole batch, run to its end, then
+        // committed: in autocommit mode SQLite commits when a statement finishes,
+        // after `RETURNING` has already produced its rows, so a failed commit (disk
+        // full, I/O error) would go unseen and registrations be acknowledged but lost.
+        // With `synchronous = FULL` that one COMMIT is one fsync of the WAL.
         let mut conn = self.begin().await?;
-        // One statement: the conflict target keeps the old id and registration time, so
-        // a returned id equal to the proposed one means the row is new.
-        let rows = sqlx::query(
-            "INSERT INTO instances (id, service, address, weight, max_connections, zone, tags, \
-             metadata, ttl_secs, lease_hash, draining, connections, registered_at_ms, \
-             last_heartbeat_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13) \
-             ON CONFLICT (service, address) DO UPDATE SET weight = excluded.weight, \
-             max_connections = excluded.max_connections, zone = excluded.zone, \
-             tags = excluded.tags, metadata = excluded.metadata, ttl_secs = excluded.ttl_secs, \
-             lease_hash = excluded.lease_hash, draining = 0, evacuate_per_sec = NULL, \
-             last_heartbeat_ms = excluded.last_heartbeat_ms \
-             RETURNING id, registered_at_ms",
-        )
-        .bind(&r.id)
-        .bind(&r.service)
-        .bind(&r.address)
-        .bind(i64::from(r.weight))
-        .bind(r.max_connections.map(to_i64))
-        .bind(&r.zone)
-        .bind(&r.tags_json)
-        .bind(&r.metadata_json)
-        .bind(i64::from(r.ttl_secs))
-        .bind(&r.lease_hash)
-        .bind(to_i64(r.connections))
-        .bind(to_i64(r.registered_at_ms))
-        .bind(to_i64(r.last_heartbeat_ms))
-        .fetch_all(&mut *conn)
-        .await;
-        let rows = finish(&mut conn, rows).await?;
-        let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
-        let id: String = row.try_get("id")?;
-        Ok(Upserted {
-            created: id == r.id,
-            registered_at_ms: to_u64(row.try_get("registered_at_ms")?),
-            id,
-        })
-    }
-
-    async fn set_draining(
-        &self,
-        service: &str,
-        id: &str,
-        evacuate_per_sec: Option<u32>,
-    ) -> Result<bool, StoreError> {
-        let mut conn = self.begin().await?;
-        let done = sqlx::query(
-            "UPDATE instances SET draining = 1, evacuate_per_sec = ?3 \
-             WHERE service = ?1 AND id = ?2",
-        )
-        .bind(service)
-        .bind(id)
-        .bind(evacuate_per_sec.map(i64::from))
-        .execute(&mut *conn)
-        .await;
-        Ok(finish(&mut conn, done).await?.rows_affected() > 0)
-    }
-
-    async fn delete(&self, service: &str, ids: &[String]) -> Result<u64, StoreError> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let ids = serde_json::to_string(ids).expect("a list of strings serializes");
-        let mut conn = self.begin().await?;
-        let done = sqlx::query(
-            "DELETE FROM instances WHERE service = ?1 AND id IN (SELECT value FROM json_each(?2))",
-        )
-        .bind(service)
-        .bind(ids)
-        .execute(&mut *conn)
-        .await;
-        Ok(finish(&mut conn, done).await?.rows_affected())
+        // A failed statement rolls the whole batch back: no half batch is stored.
+        let outcome = group::run_in_order(&mut *conn, writes, &Statements).await;
+        finish(&mut conn, outcome).await
     }
 
     async fn save_beats(&self, beats: &[BeatRecord]) -> Result<(), StoreError> {
@@ -238,5 +172,108 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// SQLite's statements of a batch, inside its transaction.
+struct Statements;
+
+#[async_trait]
+impl group::Statements<SqliteConnection> for Statements {
+    async fn upsert_round(
+        &self,
+        conn: &mut SqliteConnection,
+        records: &[&InstanceRecord],
+    ) -> Result<Vec<(String, String, String, u64)>, StoreError> {
+        // One statement for the round, its rows as one JSON array (keys are distinct
+        // in a round). The conflict target keeps the old id and registration time, so
+        // a returned id equal to the proposed one means the row is new.
+        let rows: Vec<_> = records
+            .iter()
+            .map(|r| {
+                (
+                    &r.id,
+                    &r.service,
+                    &r.address,
+                    r.weight,
+                    r.max_connections.map(to_i64),
+                    &r.zone,
+                    &r.tags_json,
+                    &r.metadata_json,
+                    r.ttl_secs,
+                    &r.lease_hash,
+                    to_i64(r.connections),
+                    to_i64(r.registered_at_ms),
+                    to_i64(r.last_heartbeat_ms),
+                )
+            })
+            .collect();
+        let rows = serde_json::to_string(&rows).expect("strings and integers serialize");
+        // `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the INSERT.
+        let returned = sqlx::query(
+            "INSERT INTO instances (id, service, address, weight, max_connections, zone, tags, \
+             metadata, ttl_secs, lease_hash, draining, connections, registered_at_ms, \
+             last_heartbeat_ms) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
+             value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9, 0, \
+             value ->> 10, value ->> 11, value ->> 12 \
+             FROM json_each(?1) WHERE true \
+             ON CONFLICT (service, address) DO UPDATE SET weight = excluded.weight, \
+             max_connections = excluded.max_connections, zone = excluded.zone, \
+             tags = excluded.tags, metadata = excluded.metadata, ttl_secs = excluded.ttl_secs, \
+             lease_hash = excluded.lease_hash, draining = 0, evacuate_per_sec = NULL, \
+             last_heartbeat_ms = excluded.last_heartbeat_ms \
+             RETURNING id, service, address, registered_at_ms",
+        )
+        .bind(rows)
+        .fetch_all(&mut *conn)
+        .await?;
+        returned
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("id")?,
+                    row.try_get("service")?,
+                    row.try_get("address")?,
+                    to_u64(row.try_get("registered_at_ms")?),
+                ))
+            })
+            .collect()
+    }
+
+    async fn drain(
+        &self,
+        conn: &mut SqliteConnection,
+        service: &str,
+        id: &str,
+        evacuate_per_sec: Option<u32>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE instances SET draining = 1, evacuate_per_sec = ?3 \
+             WHERE service = ?1 AND id = ?2",
+        )
+        .bind(service)
+        .bind(id)
+        .bind(evacuate_per_sec.map(i64::from))
+        .execute(&mut *conn)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete(
+        &self,
+        conn: &mut SqliteConnection,
+        service: &str,
+        ids: &[String],
+    ) -> Result<u64, StoreError> {
+        let ids = serde_json::to_string(ids).expect("a list of strings serializes");
+        let done = sqlx::query(
+            "DELETE FROM instances WHERE service = ?1 AND id IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(service)
+        .bind(ids)
+        .execute(&mut *conn)
+        .await?;
+        Ok(done.rows_affected())
     }
 }
