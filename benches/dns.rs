@@ -468,7 +468,10 @@ fn print_versus(rows: &[Row], pct: u64) {
         "(lost: dnsperf's count; k.drops: /proc/net/udp drops on the server's port; counted: \
          switchboard_dns_dropped_total; machine-wide RcvbufErrors over all four runs: {machine})"
     );
-    let ours = |load: &str| rows.iter().find(|r| r.system == "switchboard" && r.load == load);
+    let ours = |load: &str| {
+        rows.iter()
+            .find(|r| r.system == "switchboard" && r.load == load)
+    };
     let nsd = |load: &str| rows.iter().find(|r| r.system == "nsd" && r.load == load);
     if let (Some(o), Some(n)) = (ours("saturation"), nsd("saturation")) {
         let ratio = o.run.per_cpu_sec() / n.run.per_cpu_sec();

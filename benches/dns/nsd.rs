@@ -56,9 +56,7 @@ fn wait_answering(server: &mut Server) -> anyhow::Result<()> {
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
     // id 0x1234, RD off, one question: the root name, type SOA, class IN. Any answer
     // (REFUSED included) says it listens.
-    let query = [
-        0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 6, 0, 1,
-    ];
+    let query = [0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 6, 0, 1];
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut buf = [0u8; 512];
     for _ in 0..200 {
