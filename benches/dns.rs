@@ -429,7 +429,7 @@ async fn dropped_counted(http_addr: SocketAddr) -> u64 {
 
 fn print_versus(rows: &[Row], pct: u64) {
     println!(
-        "\n{:<12} {:<11} {:>9} {:>10} {:>9} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "\n{:<12} {:<11} {:>9} {:>10} {:>9} {:>11} {:>8} {:>8} {:>16} {:>8} {:>8}",
         "server",
         "load",
         "offered",
@@ -438,7 +438,7 @@ fn print_versus(rows: &[Row], pct: u64) {
         "ans/CPU-s",
         "x NSD",
         "q/s xNSD",
-        "lost",
+        "lost/sent",
         "k.drops",
         "counted"
     );
@@ -449,7 +449,7 @@ fn print_versus(rows: &[Row], pct: u64) {
             .map(|r| &r.run);
         let ratio = |f: fn(&dnsperf::Run) -> f64| nsd.map_or(f64::NAN, |n| f(&row.run) / f(n));
         println!(
-            "{:<12} {:<11} {:>9} {:>10.0} {:>9.2} {:>11.0} {:>8.2} {:>8.2} {:>8} {:>8} {:>8}",
+            "{:<12} {:<11} {:>9} {:>10.0} {:>9.2} {:>11.0} {:>8.2} {:>8.2} {:>16} {:>8} {:>8}",
             row.system,
             row.load,
             row.offered.map_or("max".to_owned(), |q| q.to_string()),
@@ -458,7 +458,7 @@ fn print_versus(rows: &[Row], pct: u64) {
             row.run.per_cpu_sec(),
             ratio(dnsperf::Run::per_cpu_sec),
             ratio(|r| r.qps),
-            row.run.lost,
+            format!("{}/{}", row.run.lost, row.run.sent),
             row.run.kernel_drops,
             row.counted.map_or("-".to_owned(), |c| c.to_string()),
         );
