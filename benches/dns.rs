@@ -20,9 +20,27 @@
 //! the client; queries/s do (the client shares the 2 cores). Every answer counts a
 //! hand-out, as a real lookup does.
 //!
-//! Nothing here asserts a number: the table is printed, with the ratios to `/servers`.
+//! Then the comparison with NSD (Debian's `nsd` and `dnsperf`, skipped with a note when
+//! either is missing; `SB_BENCH_NSD=0` skips it too): NSD on another loopback port,
+//! one server process per core, rate limiting off, a zone of the same shape (SOA, NS,
+//! and as many A records at `bench.<zone>` as our answer carries). dnsperf (`-c
+//! SB_BENCH_DNSPERF_CLIENTS` default 16, `-T SB_BENCH_DNSPERF_THREADS` default 1, `-q
+//! 256`, a query given up after 1 s) asks `A bench.<zone>` of each, in the same run:
+//! first as fast as each answers (saturation), then both at `SB_BENCH_DNS_RATE_PCT`
+//! (default 50) % of the rate we reached. For each: answers/s, server CPU per answer
+//! (utime+stime of the server's processes from `/proc/PID/stat`), answers per CPU
+//! second and its ratio to NSD's, queries dnsperf lost, the kernel's drops on the
+//! server's sockets (`/proc/net/udp`), and for us the drops the server counted
+//! itself (`switchboard_dns_dropped_total`).
+//!
+//! Nothing here asserts a number: the tables are printed, with the ratios.
 
 mod support;
+
+#[path = "dns/dnsperf.rs"]
+mod dnsperf;
+#[path = "dns/nsd.rs"]
+mod nsd;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -154,6 +172,14 @@ async fn run() -> anyhow::Result<()> {
             p.per_sec() / http_phase,
             p.cpu_us() / http_cpu
         );
+    }
+    if knobs::is_set("SB_BENCH_NSD") && !knobs::flag("SB_BENCH_NSD") {
+        println!("\nNSD comparison: skipped (SB_BENCH_NSD)");
+    } else if !nsd::available() || !dnsperf::available() {
+        println!("\nNSD comparison: skipped (apt-get install nsd dnsperf)");
+    } else {
+        versus_nsd(secs, dns_addr, http_addr, server.pid).await?;
+        server.check_alive()?;
     }
     let log = server.stop(Duration::from_secs(10));
     println!("\nserver: {log}; loadavg at the end {}", loadavg());
@@ -287,4 +313,184 @@ async fn http_client(addr: SocketAddr, stop: Arc<AtomicBool>) -> (u64, u64) {
 
 fn rand_id() -> u16 {
     rand::random()
+}
+
+/// Answers our server gives to `A bench.<zone>` (the instances registered, at most the
+/// zone's default `answers`).
+const ANSWERS: usize = 3;
+
+/// One row of the NSD table.
+struct Row {
+    system: &'static str,
+    load: &'static str,
+    offered: Option<u64>,
+    run: dnsperf::Run,
+    /// What our server counted as dropped over the run (`None` for NSD).
+    counted: Option<u64>,
+}
+
+/// dnsperf against us and against NSD, at saturation and below (see the module doc).
+async fn versus_nsd(
+    secs: u64,
+    ours: SocketAddr,
+    http_addr: SocketAddr,
+    our_pid: u32,
+) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut nsd = nsd::start(ZONE, SERVICE, ANSWERS, cores)?;
+    let dir = tempfile::tempdir()?;
+    let queries = dir.path().join("queries");
+    dnsperf::query_file(&queries, &format!("{SERVICE}.{ZONE}"), "A", 1000)?;
+    let mut load = dnsperf::Load {
+        secs,
+        clients: knobs::count("SB_BENCH_DNSPERF_CLIENTS", 16, 1, 256),
+        threads: knobs::count("SB_BENCH_DNSPERF_THREADS", 1, 1, 16),
+        outstanding: 256,
+        qps: None,
+    };
+    println!(
+        "\nvs NSD: dnsperf -c {} -T {} -q {} -t 1 -l {secs}, A {SERVICE}.{ZONE}; NSD {} servers (pid {}), \
+         ours pid {our_pid}; loadavg {}",
+        load.clients,
+        load.threads,
+        load.outstanding,
+        cores,
+        nsd.pid,
+        loadavg()
+    );
+    let mut rows = Vec::new();
+    let ours_at_max = measure_ours(ours, http_addr, our_pid, &queries, load).await?;
+    let max = ours_at_max.run.qps;
+    rows.push(ours_at_max);
+    rows.push(measure_nsd(&mut nsd, &queries, load)?);
+    let pct = knobs::num("SB_BENCH_DNS_RATE_PCT", 50, 1, 100);
+    let below = ((max * pct as f64 / 100.0) as u64).max(1);
+    load.qps = Some(below);
+    let mut row = measure_ours(ours, http_addr, our_pid, &queries, load).await?;
+    row.load = "below";
+    rows.push(row);
+    let mut row = measure_nsd(&mut nsd, &queries, load)?;
+    row.load = "below";
+    rows.push(row);
+    nsd.check_alive()?;
+    let stopped = nsd.stop(Duration::from_secs(10));
+    print_versus(&rows, pct);
+    println!("nsd: {stopped}");
+    Ok(())
+}
+
+async fn measure_ours(
+    ours: SocketAddr,
+    http_addr: SocketAddr,
+    pid: u32,
+    queries: &std::path::Path,
+    load: dnsperf::Load,
+) -> anyhow::Result<Row> {
+    let before = dropped_counted(http_addr).await;
+    // Blocking is fine: the runtime has nothing else to run meanwhile.
+    let run = dnsperf::run(ours, queries, load, pid)?;
+    let after = dropped_counted(http_addr).await;
+    Ok(Row {
+        system: "switchboard",
+        load: "saturation",
+        offered: load.qps,
+        run,
+        counted: Some(after.saturating_sub(before)),
+    })
+}
+
+fn measure_nsd(
+    nsd: &mut support::procs::Server,
+    queries: &std::path::Path,
+    load: dnsperf::Load,
+) -> anyhow::Result<Row> {
+    let run = dnsperf::run(nsd.addr, queries, load, nsd.pid)?;
+    Ok(Row {
+        system: "nsd",
+        load: "saturation",
+        offered: load.qps,
+        run,
+        counted: None,
+    })
+}
+
+/// The sum of `switchboard_dns_dropped_total` over its labels (0 when absent).
+async fn dropped_counted(http_addr: SocketAddr) -> u64 {
+    let req = http::request("GET", "/metrics", http_addr, &[], b"");
+    let Ok(answer) = http::one_shot(http_addr, &req, Duration::from_secs(5)).await else {
+        return 0;
+    };
+    String::from_utf8_lossy(&answer.body)
+        .lines()
+        .filter(|l| l.starts_with("switchboard_dns_dropped_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn print_versus(rows: &[Row], pct: u64) {
+    println!(
+        "\n{:<12} {:<11} {:>9} {:>10} {:>9} {:>11} {:>8} {:>8} {:>16} {:>8} {:>8}",
+        "server",
+        "load",
+        "offered",
+        "answers/s",
+        "CPU us/a",
+        "ans/CPU-s",
+        "x NSD",
+        "q/s xNSD",
+        "lost/sent",
+        "k.drops",
+        "counted"
+    );
+    for row in rows {
+        let nsd = rows
+            .iter()
+            .find(|r| r.system == "nsd" && r.load == row.load)
+            .map(|r| &r.run);
+        let ratio = |f: fn(&dnsperf::Run) -> f64| nsd.map_or(f64::NAN, |n| f(&row.run) / f(n));
+        println!(
+            "{:<12} {:<11} {:>9} {:>10.0} {:>9.2} {:>11.0} {:>8.2} {:>8.2} {:>16} {:>8} {:>8}",
+            row.system,
+            row.load,
+            row.offered.map_or("max".to_owned(), |q| q.to_string()),
+            row.run.qps,
+            row.run.cpu_us(),
+            row.run.per_cpu_sec(),
+            ratio(dnsperf::Run::per_cpu_sec),
+            ratio(|r| r.qps),
+            format!("{}/{}", row.run.lost, row.run.sent),
+            row.run.kernel_drops,
+            row.counted.map_or("-".to_owned(), |c| c.to_string()),
+        );
+    }
+    let machine: u64 = rows.iter().map(|r| r.run.machine_rcvbuf_errors).sum();
+    println!(
+        "(lost: dnsperf's count; k.drops: /proc/net/udp drops on the server's port; counted: \
+         switchboard_dns_dropped_total; machine-wide RcvbufErrors over all four runs: {machine})"
+    );
+    let ours = |load: &str| {
+        rows.iter()
+            .find(|r| r.system == "switchboard" && r.load == load)
+    };
+    let nsd = |load: &str| rows.iter().find(|r| r.system == "nsd" && r.load == load);
+    if let (Some(o), Some(n)) = (ours("saturation"), nsd("saturation")) {
+        let ratio = o.run.per_cpu_sec() / n.run.per_cpu_sec();
+        println!(
+            "goal: answers per CPU second >= 0.5 x NSD's: {ratio:.2} x ({})",
+            if ratio >= 0.5 { "met" } else { "NOT met" }
+        );
+        println!(
+            "goal: every query lost at saturation counted: lost {}, kernel drops {}, counted {}",
+            o.run.lost,
+            o.run.kernel_drops,
+            o.counted.unwrap_or(0)
+        );
+    }
+    if let Some(o) = ours("below") {
+        println!(
+            "goal: 0 lost below saturation ({pct} % of our max): lost {} ({})",
+            o.run.lost,
+            if o.run.lost == 0 { "met" } else { "NOT met" }
+        );
+    }
 }

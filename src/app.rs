@@ -246,7 +246,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
                 dns.queries_per_sec.and_then(std::num::NonZeroU32::new),
                 stop_accepting.child_token(),
                 &tracker,
-            );
+            )
+            .map_err(|source| AppError::Bind {
+                addr: dns.listen,
+                source,
+            })?;
             Some(local)
         }
     };

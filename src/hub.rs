@@ -710,6 +710,31 @@ impl Hub {
         Some(servers.into_iter().map(|s| s.address).collect())
     }
 
+    /// [`Hub::dns_addresses`] handed to `each` address by address under the service's
+    /// lock, nothing copied: the DNS hot path writes them into its answer. False when
+    /// the service is unknown.
+    pub fn dns_each(
+        &self,
+        service: &str,
+        limit: usize,
+        keep: &dyn Fn(&str) -> bool,
+        each: &mut dyn FnMut(&str),
+    ) -> bool {
+        let Some(slot) = self.slot(service) else {
+            return false;
+        };
+        let now = self.now();
+        let query = RankQuery {
+            limit,
+            zone: None,
+            key: None,
+            tag: None,
+        };
+        let exclude = |i: &Instance| i.forward_only || !keep(&i.spec.address);
+        slot.apply(|t| t.rank_each(&query, now, &exclude, &mut |i| each(&i.spec.address)));
+        true
+    }
+
     /// The ranking of one answer without the instances `exclude` names (any zone,
     /// any tag); the first counts a hand-out. `None` for an unknown service.
     fn rank_without(

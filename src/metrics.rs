@@ -73,6 +73,13 @@ pub const FORWARD_UDP_EVICTED: &str = "switchboard_forward_udp_sessions_evicted_
 /// Counter: bytes relayed, by forward `listener` and `direction` (`up`: device to
 /// backend, `down`: backend to device).
 pub const FORWARD_BYTES: &str = "switchboard_forward_bytes_total";
+/// Counter: DNS queries over UDP that got no answer, by `reason`: `receive_buffer`
+/// (the kernel dropped them, the socket's receive queue full: its `drops` in
+/// `/proc/net/udp`, read every second), `send_failed` (the answer could not be sent, or
+/// the send buffer stayed full past its wait), `unanswerable` (a response, or fewer
+/// bytes than a header: nothing to answer to), `rate_limited` (over the source's
+/// `queries_per_sec` and not a query a truncated answer can be made for).
+pub const DNS_DROPPED: &str = "switchboard_dns_dropped_total";
 
 /// One service's counters of the hot paths (heartbeats and `/servers` answers),
 /// registered once when the service appears, so a request increments a handle

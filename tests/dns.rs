@@ -439,3 +439,107 @@ async fn a_source_over_queries_per_sec_gets_tc_and_dig_is_answered_over_tcp() {
         assert_eq!(addresses(&tcp(addr, &q).await), ["10.0.0.1"]);
     }
 }
+
+/// The value of one `switchboard_dns_dropped_total` series (0 when absent).
+fn dropped(metrics: &str, reason: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("switchboard_dns_dropped_total{")
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The kernel's `drops` of the UDP sockets bound to `port` (`/proc/net/udp`).
+fn kernel_drops(port: u16) -> u64 {
+    let want = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1)?
+                .ends_with(&want)
+                .then(|| f.last()?.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn an_instance_registered_is_in_the_next_answer_and_one_gone_leaves_it() {
+    let (s, addr) = dns_server("").await;
+    s.register_addr("mqtt", "10.0.0.1:1883").await;
+    let q = query("mqtt.sb.test.", RecordType::A);
+    assert_eq!(addresses(&udp(addr, &q).await.0), ["10.0.0.1"]);
+    // No wait: the answer after the registration has it, over UDP and over TCP.
+    let second = s.register_addr("mqtt", "10.0.0.2:1883").await;
+    let mut both: Vec<String> = addresses(&udp(addr, &q).await.0);
+    both.sort();
+    assert_eq!(both, ["10.0.0.1", "10.0.0.2"]);
+    assert_eq!(addresses(&tcp(addr, &q).await).len(), 2);
+    // An IPv6 instance answers AAAA and stays out of A.
+    s.register_addr("mqtt", "[2001:db8::7]:1883").await;
+    let aaaa = udp(addr, &query("mqtt.sb.test.", RecordType::AAAA)).await.0;
+    assert_eq!(addresses(&aaaa), ["2001:db8::7"]);
+    assert_eq!(addresses(&udp(addr, &q).await.0).len(), 2);
+    // Deregistered: gone from the next answer.
+    let resp = s
+        .client
+        .delete(s.url(&format!("/v1/services/mqtt/instances/{}", second.id)))
+        .header("X-Lease", &second.lease)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert_eq!(addresses(&udp(addr, &q).await.0), ["10.0.0.1"]);
+}
+
+#[tokio::test]
+async fn queries_the_kernel_drops_or_that_get_no_answer_are_counted() {
+    let (s, addr) = dns_server("").await;
+    // A TTL that outlives a slow flood.
+    s.register("mqtt", json!({"address": "10.0.0.1:1883", "ttl_secs": 300}))
+        .await;
+    let before = s.metrics_text().await;
+    let kernel_before = kernel_drops(addr.port());
+    // A response (QR set) has nothing to answer to.
+    let mut response = query("mqtt.sb.test.", RecordType::A).to_vec().unwrap();
+    response[2] |= 0x80;
+    assert_eq!(
+        udp_raw(addr, &response, Duration::from_millis(300)).await,
+        None
+    );
+    // A flood sent while the server's loop cannot run (it shares this test's
+    // thread): its receive queue fills and the kernel drops the rest.
+    // (Of a name no service has: each answer to `mqtt` would count a hand-out.)
+    let flood = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let nope = query("nope.sb.test.", RecordType::A).to_vec().unwrap();
+    for _ in 0..40_000 {
+        let _ = flood.send_to(&nope, addr);
+    }
+    let wire = query("mqtt.sb.test.", RecordType::A).to_vec().unwrap();
+    let kernel = kernel_drops(addr.port()) - kernel_before;
+    assert!(kernel > 0, "the flood overflowed nothing");
+    // The next datagram read carries the kernel's count; every drop is counted. (A
+    // query sent while the queue is still full is dropped too: ask again.)
+    eventually("the kernel's drops counted", || async {
+        let answer = udp_raw(addr, &wire, Duration::from_millis(500)).await?;
+        let m = Message::from_vec(&answer).unwrap();
+        assert_eq!(addresses(&m), ["10.0.0.1"]);
+        let now = s.metrics_text().await;
+        let counted = dropped(&now, "receive_buffer") - dropped(&before, "receive_buffer");
+        // Queries asked while the queue was still full were dropped too.
+        let kernel_now = kernel_drops(addr.port()) - kernel_before;
+        assert!(
+            counted <= kernel_now,
+            "{counted} counted, {kernel_now} dropped"
+        );
+        (counted == kernel_now && counted >= kernel).then_some(())
+    })
+    .await;
+    let now = s.metrics_text().await;
+    assert!(dropped(&now, "unanswerable") > dropped(&before, "unanswerable"));
+}

@@ -32,6 +32,24 @@ pub trait Fleet {
         limit: usize,
         keep: &dyn Fn(&str) -> bool,
     ) -> Option<Vec<String>>;
+
+    /// [`Fleet::ranked`] handed to `each` address by address instead of collected
+    /// (the same ranking and hand-out); false when no such service is known.
+    fn each_ranked(
+        &self,
+        service: &str,
+        limit: usize,
+        keep: &dyn Fn(&str) -> bool,
+        each: &mut dyn FnMut(&str),
+    ) -> bool {
+        match self.ranked(service, limit, keep) {
+            Some(addresses) => {
+                addresses.iter().for_each(|a| each(a));
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl Fleet for crate::hub::Hub {
@@ -42,6 +60,16 @@ impl Fleet for crate::hub::Hub {
         keep: &dyn Fn(&str) -> bool,
     ) -> Option<Vec<String>> {
         self.dns_addresses(service, limit, keep)
+    }
+
+    fn each_ranked(
+        &self,
+        service: &str,
+        limit: usize,
+        keep: &dyn Fn(&str) -> bool,
+        each: &mut dyn FnMut(&str),
+    ) -> bool {
+        self.dns_each(service, limit, keep, each)
     }
 }
 
@@ -61,6 +89,11 @@ pub struct Zone {
     /// The name servers: `nsN.<apex>` and their addresses.
     name_servers: Vec<(Name, IpAddr)>,
     soa: Record,
+    /// The apex in wire form, for `wire.rs`'s reading of the hot query.
+    apex_wire: Vec<u8>,
+    /// The zone's own first-level labels (`addr`, `_tcp`, `nsN`), lower case: no
+    /// service answers there.
+    reserved: Vec<Vec<u8>>,
 }
 
 impl Zone {
@@ -108,9 +141,13 @@ impl Zone {
                 ttl,
             )),
         );
+        let mut reserved = vec![b"addr".to_vec(), b"_tcp".to_vec()];
+        reserved.extend((1..=name_servers.len()).map(|i| format!("ns{i}").into_bytes()));
         Ok(Zone {
             addr: child("addr")?,
             tcp: child("_tcp")?,
+            apex_wire: super::wire::name_wire(&apex),
+            reserved,
             apex,
             ttl,
             answers: answers.max(1),
@@ -122,6 +159,26 @@ impl Zone {
     /// The zone's apex.
     pub fn apex(&self) -> &Name {
         &self.apex
+    }
+
+    /// The apex in wire form, lower case.
+    pub fn apex_wire(&self) -> &[u8] {
+        &self.apex_wire
+    }
+
+    /// The first-level names that are the zone's own, not services.
+    pub fn reserved_labels(&self) -> &[Vec<u8>] {
+        &self.reserved
+    }
+
+    /// The TTL of every record.
+    pub fn ttl(&self) -> u32 {
+        self.ttl
+    }
+
+    /// Records per answer at most.
+    pub fn answers(&self) -> usize {
+        self.answers
     }
 
     /// The response to `request` (a decoded query), or `None` when none is due (it is

@@ -1,16 +1,20 @@
 //! Load-aware DNS (SPEC 8): an authoritative server for `[dns] domain` on UDP and TCP
 //! (one port), answering from the registry's ranking (`answer.rs`) in hickory's wire
-//! format.
+//! format, and the hot query (`A`/`AAAA` of a service) straight in wire form
+//! (`wire.rs`).
 //!
 //! The transport loops are our own, not hickory-server's `Server`: that one spawns a
 //! task per UDP datagram into an unbounded set, has no bound on TCP connections, and
 //! stops its TCP listener for good on one `ECONNABORTED` from `accept` (hickory-dns
-//! issue 3725, still so in 0.26.3). Here a UDP query is answered inline on the
-//! receive loop (an answer is a ranking, microseconds, so a flood costs CPU, never
-//! memory), TCP connections are capped, and each waits a bounded time per message.
+//! issue 3725, still so in 0.26.3). Here UDP queries are answered inline on one
+//! receive loop per core (`udp.rs`: an answer is a ranking, microseconds, so a flood
+//! costs CPU, never memory), TCP connections are capped, and each waits a bounded
+//! time per message.
 
 pub mod answer;
 pub mod rate;
+mod udp;
+mod wire;
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,7 +24,7 @@ use std::time::Duration;
 use hickory_proto::op::{Message, OpCode, ResponseCode};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,10 +32,8 @@ use tokio_util::task::TaskTracker;
 pub use self::answer::MAX_UDP_PAYLOAD;
 use self::answer::{Fleet, Zone};
 use crate::config::DnsConfig;
+use crate::forwarder::workers;
 use crate::hub::Hub;
-
-/// A UDP query's buffer: longer datagrams are cut, fail to decode and get `FORMERR`.
-const MAX_QUERY: usize = 4096;
 
 /// UDP answer size without EDNS (RFC 1035).
 const CLASSIC_UDP_PAYLOAD: u16 = 512;
@@ -53,25 +55,31 @@ pub const DNS_QUERIES: &str = "switchboard_dns_queries_total";
 /// The bound sockets of a DNS server, not yet serving.
 #[derive(Debug)]
 pub struct Bound {
-    udp: UdpSocket,
+    /// One UDP socket per core (`SO_REUSEPORT`), each to be drained by its thread.
+    udp: workers::Bound,
     tcp: TcpListener,
     /// Where both listen (the port picked when asked for 0).
     pub local: SocketAddr,
 }
 
-/// Binds UDP at `config.listen`, then TCP on the same address and port.
+/// Binds UDP at `config.listen` (a socket per core), then TCP on the same address
+/// and port.
 ///
 /// # Errors
-/// Either socket could not be bound.
+/// Either could not be bound.
 pub async fn bind(config: &DnsConfig) -> io::Result<Bound> {
-    let udp = UdpSocket::bind(config.listen).await?;
-    let local = udp.local_addr()?;
+    let udp = workers::bind_listener(config.listen, workers::Transport::Udp)?;
+    let local = udp.local;
     let tcp = TcpListener::bind(local).await?;
     Ok(Bound { udp, tcp, local })
 }
 
 /// Serves `zone` from `hub` on `bound` until `stop` fires; the loops and TCP
-/// connections run on `tracker`.
+/// connections run on `tracker` (the UDP loops on threads of their own when the
+/// runtime has several workers).
+///
+/// # Errors
+/// A UDP socket could not be handed to tokio, or a worker thread not started.
 pub fn serve(
     bound: Bound,
     zone: Zone,
@@ -79,23 +87,39 @@ pub fn serve(
     queries_per_sec: Option<std::num::NonZeroU32>,
     stop: CancellationToken,
     tracker: &TaskTracker,
-) {
+) -> io::Result<()> {
     let server = Arc::new(Server {
         zone,
         hub,
         counters: QueryCounters::new(),
+        dropped: udp::Dropped::new(),
     });
-    tracing::info!(addr = %bound.local, zone = %server.zone.apex(), "dns listening on {} (udp and tcp)", bound.local);
-    let limit = queries_per_sec.map(rate::SourceLimit::new);
-    tracker.spawn(Arc::clone(&server).udp_loop(bound.udp, limit, stop.clone()));
+    tracing::info!(
+        addr = %bound.local,
+        zone = %server.zone.apex(),
+        sockets = bound.udp.sockets(),
+        "dns listening on {} (udp and tcp)",
+        bound.local
+    );
+    let limit = queries_per_sec.map(|q| Arc::new(rate::SourceLimit::new(q)));
+    let me = Arc::clone(&server);
+    workers::run_as(
+        "dns udp",
+        bound.udp,
+        stop.clone(),
+        tracker,
+        move |socket, stop, _| udp::serve(Arc::clone(&me), socket, limit.clone(), stop),
+    )?;
     tracker.spawn(server.tcp_loop(bound.tcp, stop, tracker.clone()));
+    Ok(())
 }
 
-/// What both loops share.
+/// What the loops share.
 struct Server {
     zone: Zone,
     hub: Hub,
     counters: QueryCounters,
+    dropped: udp::Dropped,
 }
 
 /// The labels of [`DNS_QUERIES`]' `rcode`: the codes this server sends, the rest as
@@ -165,42 +189,6 @@ impl Transport {
 }
 
 impl Server {
-    async fn udp_loop(
-        self: Arc<Self>,
-        socket: UdpSocket,
-        mut limit: Option<rate::SourceLimit>,
-        stop: CancellationToken,
-    ) {
-        let mut buf = vec![0u8; MAX_QUERY];
-        loop {
-            let (len, peer) = tokio::select! {
-                () = stop.cancelled() => break,
-                received = socket.recv_from(&mut buf) => match received {
-                    Ok(pair) => pair,
-                    // An earlier answer's ICMP error, say: nothing to do.
-                    Err(err) => {
-                        tracing::debug!(%err, "dns udp receive failed");
-                        continue;
-                    }
-                },
-            };
-            let query = &buf[..len];
-            let answer = if limit.as_mut().is_none_or(|l| l.allows(peer.ip())) {
-                self.answer(query, Transport::Udp)
-            } else {
-                self.counters.count(Transport::Udp, RATE_LIMITED_SLOT);
-                rate::slip(query)
-            };
-            let Some(answer) = answer else {
-                continue;
-            };
-            if let Err(err) = socket.send_to(&answer, peer).await {
-                tracing::debug!(%peer, %err, "dns udp answer not sent");
-            }
-        }
-        tracing::info!("dns udp listener closed");
-    }
-
     async fn tcp_loop(
         self: Arc<Self>,
         listener: TcpListener,
@@ -241,7 +229,7 @@ impl Server {
     /// idles or reaches the per-connection cap.
     async fn tcp_connection(&self, mut stream: TcpStream) -> io::Result<()> {
         let _ = stream.set_nodelay(true);
-        let mut query = Vec::new();
+        let (mut query, mut answer, mut framed) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..TCP_QUERIES_PER_CONNECTION {
             let mut len = [0u8; 2];
             match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
@@ -253,13 +241,13 @@ impl Server {
             tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "query body too slow"))??;
-            let Some(answer) = self.answer(&query, Transport::Tcp) else {
+            if !self.answer_into(&query, Transport::Tcp, &mut answer) {
                 continue;
-            };
+            }
             let len = u16::try_from(answer.len())
                 .unwrap_or(u16::MAX)
                 .to_be_bytes();
-            let mut framed = Vec::with_capacity(answer.len() + 2);
+            framed.clear();
             framed.extend_from_slice(&len);
             framed.extend_from_slice(&answer);
             tokio::time::timeout(TCP_IDLE, stream.write_all(&framed))
@@ -269,11 +257,68 @@ impl Server {
         Ok(())
     }
 
-    fn answer(&self, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
-        let (answer, rcode) = answer(&self.zone, &self.hub, bytes, transport)?;
-        self.counters.count(transport, rcode_slot(rcode));
-        Some(answer)
+    /// The answer to `bytes` in `out`, counted by its code; false when none is due.
+    fn answer_into(&self, bytes: &[u8], transport: Transport, out: &mut Vec<u8>) -> bool {
+        if answer_plain(&self.zone, &self.hub, bytes, transport, out) {
+            self.counters.count(transport, 0);
+            return true;
+        }
+        match answer(&self.zone, &self.hub, bytes, transport) {
+            Some((answer, rcode)) => {
+                *out = answer;
+                self.counters.count(transport, rcode_slot(rcode));
+                true
+            }
+            None => false,
+        }
     }
+}
+
+/// The answer to a plain `A`/`AAAA` query for a service that has addresses of that
+/// family, written into `out` without hickory (`wire.rs`): the same ranking, the
+/// same hand-out, the same records as [`answer`] gives. False, with nothing counted
+/// or handed out, for any other query (an unknown service, no address of the family,
+/// an answer that would not fit whole): [`answer`] answers those.
+pub fn answer_plain(
+    zone: &Zone,
+    fleet: &dyn Fleet,
+    bytes: &[u8],
+    transport: Transport,
+    out: &mut Vec<u8>,
+) -> bool {
+    let Some(plain) = wire::Plain::read(bytes, zone.apex_wire()) else {
+        return false;
+    };
+    let mut label = [0u8; 63];
+    let Some(service) = plain.service(&mut label, zone.reserved_labels()) else {
+        return false;
+    };
+    let tcp = transport == Transport::Tcp;
+    if !plain.fits(zone.answers(), tcp, MAX_UDP_PAYLOAD) {
+        return false;
+    }
+    let family = plain.family;
+    let keep = |address: &str| {
+        address
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.is_ipv4() == (family == wire::Family::V4))
+    };
+    plain.begin(out);
+    let (ttl, mut records) = (zone.ttl(), 0u16);
+    let known = fleet.each_ranked(service, zone.answers(), &keep, &mut |address| {
+        if let Ok(a) = address.parse::<SocketAddr>()
+            && plain.push(out, a.ip(), ttl)
+        {
+            records = records.saturating_add(1);
+        }
+    });
+    // Nothing kept, nothing handed out: NXDOMAIN and NODATA carry the SOA, which
+    // the general way writes.
+    if !known || records == 0 {
+        return false;
+    }
+    plain.finish(out, records, MAX_UDP_PAYLOAD);
+    true
 }
 
 /// The wire answer to the wire query `bytes`, with its response code, or `None`
@@ -476,6 +521,81 @@ mod tests {
                 }
             }
             checked(&wire, Transport::Udp);
+        }
+    }
+
+    proptest::proptest! {
+        /// The wire-form answer of the hot query means what hickory's answer means:
+        /// same header bits, question, records and EDNS, whatever the case, flags,
+        /// EDNS size and records per answer.
+        #[test]
+        fn the_plain_answer_is_the_general_answer(
+            label in "[a-zA-Z0-9][a-zA-Z0-9-]{0,20}",
+            v6 in proptest::bool::ANY,
+            rd in proptest::bool::ANY,
+            cd in proptest::bool::ANY,
+            id in proptest::num::u16::ANY,
+            edns in proptest::option::of(0u16..5000),
+            answers in 1usize..80,
+            tcp in proptest::bool::ANY,
+        ) {
+            let zone = Zone::new("sb.example.com.", 5, answers, &["192.0.2.1".parse().unwrap()]).unwrap();
+            let mut q = Message::query();
+            q.metadata.id = id;
+            q.metadata.recursion_desired = rd;
+            q.metadata.checking_disabled = cd;
+            let kind = if v6 { RecordType::AAAA } else { RecordType::A };
+            q.add_query(Query::query(Name::from_ascii(format!("{label}.sb.EXAMPLE.com.")).unwrap(), kind));
+            if let Some(size) = edns {
+                let mut e = hickory_proto::op::Edns::new();
+                e.set_max_payload(size);
+                q.set_edns(e);
+            }
+            let wire = q.to_vec().unwrap();
+            let transport = if tcp { Transport::Tcp } else { Transport::Udp };
+            let mut out = Vec::new();
+            let plain = answer_plain(&zone, &Everyone, &wire, transport, &mut out);
+            let lower = label.to_ascii_lowercase();
+            let reserved = ["addr", "ns1"].contains(&lower.as_str());
+            let whole = 12 + wire.len() - if edns.is_some() { 11 } else { 0 } - 12
+                + answers * if v6 { 28 } else { 16 }
+                + if edns.is_some() { 11 } else { 0 };
+            let limit = if tcp { 65_535 } else { usize::from(edns.map_or(512, |e| e.clamp(512, MAX_UDP_PAYLOAD))) };
+            proptest::prop_assert_eq!(plain, !reserved && whole <= limit, "{} bytes, limit {}", whole, limit);
+            if plain {
+                let (general, rcode) = answer(&zone, &Everyone, &wire, transport).unwrap();
+                proptest::prop_assert_eq!(rcode, ResponseCode::NoError);
+                let (ours, theirs) = (Message::from_vec(&out).unwrap(), Message::from_vec(&general).unwrap());
+                proptest::prop_assert_eq!(ours, theirs);
+                proptest::prop_assert_eq!(out.len(), general.len());
+            }
+        }
+    }
+
+    /// A fleet with one service and no address: the plain way leaves NODATA and
+    /// NXDOMAIN to the general way, which writes the SOA.
+    struct Empty;
+
+    impl Fleet for Empty {
+        fn ranked(&self, service: &str, _: usize, _: &dyn Fn(&str) -> bool) -> Option<Vec<String>> {
+            (service == "known").then(Vec::new)
+        }
+    }
+
+    #[test]
+    fn nodata_and_nxdomain_go_the_general_way() {
+        let zone = Zone::new("sb.example.com.", 5, 3, &[]).unwrap();
+        for name in ["known.sb.example.com.", "unknown.sb.example.com."] {
+            let mut q = Message::query();
+            q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+            let mut out = Vec::new();
+            assert!(!answer_plain(
+                &zone,
+                &Empty,
+                &q.to_vec().unwrap(),
+                Transport::Udp,
+                &mut out
+            ));
         }
     }
 

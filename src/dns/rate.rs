@@ -6,8 +6,12 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hickory_proto::op::{Message, MessageType};
 
@@ -18,44 +22,72 @@ const MAX_TRACKED: usize = 100_000;
 /// How often idle sources are forgotten.
 const TIDY_EVERY: Duration = Duration::from_secs(10);
 
-/// The limit of one UDP receive loop (it alone uses it: no lock).
+/// How often the number of sources tracked is looked at (counting them walks every
+/// shard of the map: not per query).
+const COUNT_EVERY: Duration = Duration::from_millis(100);
+
+/// The limit all UDP receive loops share, so that a source is limited the same
+/// whichever socket the kernel hands its datagrams to (`SO_REUSEPORT` spreads one
+/// address's ports over them). The keyed limiter is itself concurrent; tidying is
+/// done by one loop at a time.
 #[derive(Debug)]
 pub struct SourceLimit {
     per_sec: NonZeroU32,
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
-    next_tidy: Instant,
+    limiter: ArcSwap<DefaultKeyedRateLimiter<IpAddr>>,
+    started: Instant,
+    /// Milliseconds after `started` when the count is next looked at.
+    next_count_ms: AtomicU64,
+    /// When idle sources are next forgotten; held by the loop tidying.
+    next_tidy: Mutex<Instant>,
 }
 
 impl SourceLimit {
     /// `per_sec` queries per second per source address, bursts of as many.
     pub fn new(per_sec: NonZeroU32) -> SourceLimit {
+        let started = Instant::now();
         SourceLimit {
             per_sec,
-            limiter: RateLimiter::keyed(Quota::per_second(per_sec)),
-            next_tidy: Instant::now() + TIDY_EVERY,
+            limiter: ArcSwap::from_pointee(RateLimiter::keyed(Quota::per_second(per_sec))),
+            started,
+            next_count_ms: AtomicU64::new(0),
+            next_tidy: Mutex::new(started + TIDY_EVERY),
         }
     }
 
     /// Whether `source` may have a full answer now (the query is counted).
-    pub fn allows(&mut self, source: IpAddr) -> bool {
+    pub fn allows(&self, source: IpAddr) -> bool {
         self.tidy();
-        self.limiter.check_key(&source).is_ok()
+        self.limiter.load().check_key(&source).is_ok()
     }
 
-    fn tidy(&mut self) {
+    fn tidy(&self) {
         let now = Instant::now();
-        if now < self.next_tidy && self.limiter.len() < MAX_TRACKED {
+        let ms = u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
+        if ms < self.next_count_ms.load(Ordering::Relaxed) {
             return;
         }
-        self.next_tidy = now + TIDY_EVERY;
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
-        if self.limiter.len() >= MAX_TRACKED {
+        // Another loop is at it.
+        let Ok(mut next_tidy) = self.next_tidy.try_lock() else {
+            return;
+        };
+        let step = u64::try_from(COUNT_EVERY.as_millis()).unwrap_or(100);
+        self.next_count_ms.store(ms + step, Ordering::Relaxed);
+        let limiter = self.limiter.load();
+        if now < *next_tidy && limiter.len() < MAX_TRACKED {
+            return;
+        }
+        *next_tidy = now + TIDY_EVERY;
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+        if limiter.len() >= MAX_TRACKED {
             tracing::warn!(
-                tracked = self.limiter.len(),
+                tracked = limiter.len(),
                 "dns: too many query sources to track; their rate limits start over"
             );
-            self.limiter = RateLimiter::keyed(Quota::per_second(self.per_sec));
+            self.limiter
+                .store(Arc::new(RateLimiter::keyed(Quota::per_second(
+                    self.per_sec,
+                ))));
         }
     }
 }
@@ -84,7 +116,7 @@ mod tests {
 
     #[test]
     fn a_source_over_its_rate_is_refused_and_others_are_not() {
-        let mut limit = SourceLimit::new(NonZeroU32::new(5).unwrap());
+        let limit = SourceLimit::new(NonZeroU32::new(5).unwrap());
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         let allowed = (0..20).filter(|_| limit.allows(a)).count();
         assert_eq!(

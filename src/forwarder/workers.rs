@@ -1,4 +1,5 @@
-//! Where a forward listener receives: one `SO_REUSEPORT` socket per worker thread,
+//! Where a forward listener (and the DNS server's UDP side, through [`run_as`])
+//! receives: one `SO_REUSEPORT` socket per worker thread,
 //! each thread with its own current-thread runtime, so a TCP connection is accepted,
 //! connected and relayed, and a UDP session opened and relayed, on one thread with no
 //! cross-thread wake-up (as nginx's worker processes do; the kernel spreads new
@@ -178,6 +179,26 @@ where
     S: Fn(L, CancellationToken, TaskTracker) -> F + Send + Clone + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    run_as("forward", bound, stop, relays, serve)
+}
+
+/// [`run`] for another server than a forward listener (DNS): `role` names its
+/// threads (`<role>-N`) and its log lines.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_as<L, S, F>(
+    role: &'static str,
+    bound: Bound,
+    stop: CancellationToken,
+    relays: &TaskTracker,
+    serve: S,
+) -> io::Result<()>
+where
+    L: FromBound,
+    S: Fn(L, CancellationToken, TaskTracker) -> F + Send + Clone + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
     // Said once, when the last of the listener's sockets is closed: a device that
     // connects after the line must be refused.
     let open = Arc::new(AtomicUsize::new(bound.sockets.len()));
@@ -187,7 +208,7 @@ where
         async move {
             serve(listener, stop, tracker).await;
             if open.fetch_sub(1, Ordering::AcqRel) == 1 {
-                tracing::info!(listen = %local, "forward listener closed");
+                tracing::info!(listen = %local, "{role} listener closed");
             }
         }
     };
@@ -201,7 +222,7 @@ where
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         let (serve, stop) = (serve.clone(), stop.clone());
         std::thread::Builder::new()
-            .name(format!("forward-{i}"))
+            .name(format!("{role}-{i}"))
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -209,7 +230,7 @@ where
                 {
                     Ok(runtime) => runtime,
                     Err(err) => {
-                        tracing::error!(%err, "forward worker: cannot start its runtime");
+                        tracing::error!(%err, "{role} worker: cannot start its runtime");
                         return;
                     }
                 };
@@ -217,13 +238,13 @@ where
                     let listener = match L::from_bound(socket) {
                         Ok(listener) => listener,
                         Err(err) => {
-                            tracing::error!(%err, "forward worker: cannot use its socket");
+                            tracing::error!(%err, "{role} worker: cannot use its socket");
                             return;
                         }
                     };
                     // Its runtime's descriptors are open from here on (tests that
                     // count a process's descriptors wait for this line).
-                    tracing::debug!(worker = i, listen = %local, "forward worker ready");
+                    tracing::debug!(worker = i, listen = %local, "{role} worker ready");
                     // Its own tracker: the runtime must outlive every connection it
                     // started, or dropping it would cut them.
                     let connections = TaskTracker::new();

@@ -453,6 +453,34 @@ impl ServiceTable {
         now: Millis,
         exclude: &dyn Fn(&Instance) -> bool,
     ) -> Ranked {
+        let mut servers = Vec::new();
+        let version = self.rank_each(query, now, exclude, &mut |instance| {
+            servers.push(RankedServer {
+                id: instance.id.clone(),
+                address: instance.spec.address.clone(),
+                zone: instance.spec.zone.clone(),
+                weight: instance.spec.weight,
+                connections: instance.connections,
+                load: instance.load(),
+            });
+        });
+        Ranked {
+            version,
+            servers,
+            self_preservation: self.self_preservation(),
+        }
+    }
+
+    /// [`ServiceTable::rank_excluding`]'s answer handed to `each`, best first, before
+    /// the first counts its hand-out, with nothing copied (DNS writes the addresses
+    /// straight into its answer). Returns the version.
+    pub fn rank_each(
+        &mut self,
+        query: &RankQuery<'_>,
+        now: Millis,
+        exclude: &dyn Fn(&Instance) -> bool,
+        each: &mut dyn FnMut(&Instance),
+    ) -> u64 {
         let tag = query.tag;
         let exclude =
             &|i: &Instance| exclude(i) || tag.is_some_and(|t| !i.spec.tags.iter().any(|x| x == t));
@@ -465,27 +493,13 @@ impl ServiceTable {
             }
             order = self.order(query, now, exclude);
         }
-        let servers = order
-            .slots
-            .iter()
-            .filter_map(|&slot| self.entry(slot))
-            .map(|entry| RankedServer {
-                id: entry.instance.id.clone(),
-                address: entry.instance.spec.address.clone(),
-                zone: entry.instance.spec.zone.clone(),
-                weight: entry.instance.spec.weight,
-                connections: entry.instance.connections,
-                load: entry.instance.load(),
-            })
-            .collect();
+        for entry in order.slots.iter().filter_map(|&slot| self.entry(slot)) {
+            each(&entry.instance);
+        }
         if let Some(&slot) = order.slots.first() {
             self.count_hand_out(slot, now);
         }
-        Ranked {
-            version: self.version,
-            servers,
-            self_preservation: self.self_preservation(),
-        }
+        self.version
     }
 
     /// The answer's slots, best first, and the indexed slots found expired on the way.
