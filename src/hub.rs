@@ -1139,6 +1139,20 @@ impl Hub {
             slot.apply(|t| t.set_remote_pending(remote, now));
         }
     }
+
+    /// Sets the other nodes' pending hand-outs of the given instances only; returns,
+    /// in the same order, whether some service here holds each id.
+    pub(crate) fn set_remote_pending_of(&self, changes: &[(String, u64)]) -> Vec<bool> {
+        let mut found = vec![false; changes.len()];
+        if changes.is_empty() {
+            return found;
+        }
+        let now = self.now();
+        for slot in self.all_slots() {
+            slot.apply(|t| t.set_remote_pending_of(changes, &mut found, now));
+        }
+        found
+    }
 }
 
 fn unknown(service: &str, id: &str) -> HubError {

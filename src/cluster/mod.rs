@@ -11,7 +11,7 @@
 mod loops;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,6 +27,10 @@ pub const ALIVE_WITHIN: Duration = Duration::from_secs(10);
 
 /// The longest a sync may take before the store counts as unreachable.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often this node rewrites a pending count that did not change, so that the other
+/// nodes (which count rows written within the last 15 s) keep seeing it.
+pub const PENDING_REFRESH: Duration = Duration::from_secs(5);
 
 /// The longest any other cluster store call may take.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,8 +80,13 @@ struct NodeState {
     beat_horizon: AtomicU64,
     /// When the store last answered a sync (monotonic ms).
     last_sync_ok: AtomicU64,
-    /// Ids this node published a non-zero pending count for, last round.
-    published: Mutex<HashSet<String>>,
+    /// This node's published non-zero pending counts, and when each was last written
+    /// (monotonic ms).
+    published: Mutex<HashMap<String, (u64, Millis)>>,
+    /// The other nodes' pending sums as last applied to the tables.
+    remote: Mutex<HashMap<String, u64>>,
+    /// Set by a full row sync: the next exchange sets every instance's remote sum.
+    pending_reset: AtomicBool,
     /// Ids missing from the previous full sync: removed if missing again.
     missing_once: Mutex<HashSet<String>>,
 }
@@ -103,7 +112,9 @@ impl ClusterNode {
                 horizon: AtomicU64::new(0),
                 beat_horizon: AtomicU64::new(0),
                 last_sync_ok: AtomicU64::new(0),
-                published: Mutex::new(HashSet::new()),
+                published: Mutex::new(HashMap::new()),
+                remote: Mutex::new(HashMap::new()),
+                pending_reset: AtomicBool::new(true),
                 missing_once: Mutex::new(HashSet::new()),
             }),
         }
@@ -242,6 +253,7 @@ impl ClusterNode {
         }
         if full {
             self.forget_missing_twice(&seen);
+            self.inner.pending_reset.store(true, Ordering::Relaxed);
         }
     }
 
@@ -263,27 +275,77 @@ impl ClusterNode {
         *missing_once = missing_now;
     }
 
-    /// Publishes this node's pending hand-outs and takes the other nodes'.
+    /// Publishes this node's pending hand-outs and takes the other nodes', as deltas:
+    /// only counts that changed since the last round are written (and unchanged ones
+    /// once per [`PENDING_REFRESH`], so that other nodes' 15 s window keeps them), and
+    /// only instances whose remote sum changed are touched here. Every full row sync
+    /// sets every instance's remote sum again (see [`Self::sync`]), so an instance
+    /// this node learnt of after its count arrived has it within one full read, and
+    /// is offered again each round until then.
     ///
     /// # Errors
     /// [`StoreError`] when the store did not answer.
     pub async fn exchange_pending(&self) -> Result<(), StoreError> {
         let hub = &self.inner.hub;
-        let mut mine = hub.local_pending();
-        let now_ids: HashSet<String> = mine.iter().map(|(id, _)| id.clone()).collect();
-        {
+        let now = hub.clock().now();
+        let counted = hub.local_pending();
+        let mine: Vec<(String, u64)> = {
             let published = lock(&self.inner.published);
+            let now_ids: HashSet<&str> = counted.iter().map(|(id, _)| id.as_str()).collect();
+            let changed = counted.iter().filter(|(id, n)| {
+                published.get(id).is_none_or(|&(sent, at)| {
+                    sent != *n || now.saturating_sub(at) >= PENDING_REFRESH.as_millis() as u64
+                })
+            });
             // Withdraw what went back to zero since the last round.
-            mine.extend(published.difference(&now_ids).map(|id| (id.clone(), 0)));
-        }
+            let withdrawn = published
+                .keys()
+                .filter(|id| !now_ids.contains(id.as_str()))
+                .map(|id| (id.clone(), 0));
+            changed.cloned().chain(withdrawn).collect()
+        };
         let remote = bounded(
             STORE_TIMEOUT,
             self.inner.store.exchange_pending(&self.inner.name, &mine),
         )
         .await?;
-        *lock(&self.inner.published) = now_ids;
+        {
+            let mut published = lock(&self.inner.published);
+            for (id, n) in mine {
+                if n == 0 {
+                    published.remove(&id);
+                } else {
+                    published.insert(id, (n, now));
+                }
+            }
+        }
         let remote: HashMap<String, u64> = remote.into_iter().collect();
-        hub.set_remote_pending(&remote);
+        if self.inner.pending_reset.swap(false, Ordering::Relaxed) {
+            hub.set_remote_pending(&remote);
+            *lock(&self.inner.remote) = remote;
+            return Ok(());
+        }
+        let mut applied = lock(&self.inner.remote);
+        let mut changes: Vec<(String, u64)> = remote
+            .iter()
+            .filter(|&(id, n)| applied.get(id) != Some(n))
+            .map(|(id, n)| (id.clone(), *n))
+            .collect();
+        changes.extend(
+            applied
+                .keys()
+                .filter(|id| !remote.contains_key(*id))
+                .map(|id| (id.clone(), 0)),
+        );
+        let found = hub.set_remote_pending_of(&changes);
+        let mut remote = remote;
+        // A count for an instance not synced here yet is offered again next round.
+        for ((id, _), found) in changes.iter().zip(found) {
+            if !found {
+                remote.remove(id);
+            }
+        }
+        *applied = remote;
         Ok(())
     }
 }

@@ -28,6 +28,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 const CHANNEL: &str = "switchboard";
 /// Notifications already received that one wake-up absorbs at most.
 const MAX_COALESCED: usize = 100_000;
+/// Own heartbeat batches remembered at most (four a second; the horizon passes them
+/// within a second unless a transaction stays open that long).
+const MAX_OWN_BEATS: usize = 256;
 /// Advisory lock key of the removal leader ("swbd" in ASCII).
 const LEADER_LOCK: i64 = 0x7377_6264;
 
@@ -48,6 +51,9 @@ pub struct PgStore {
     /// The connection holding the leader lock, while this node leads. A std mutex:
     /// it is only ever held to take or put the connection, never across a call.
     leader: std::sync::Mutex<Option<PgConnection>>,
+    /// Transaction ids of this node's heartbeat batches not yet behind the heartbeat
+    /// horizon (at most [`MAX_OWN_BEATS`]).
+    own_beats: std::sync::Mutex<Vec<u64>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -89,6 +95,7 @@ impl PgStore {
             options,
             listener: Mutex::new(None),
             leader: std::sync::Mutex::new(None),
+            own_beats: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -154,20 +161,33 @@ impl Store for PgStore {
         // unindexed columns change (`beat_txid`, not `txid`), so the update is HOT
         // (see migration 0004) and the row sync does not re-read the row: other nodes
         // read heartbeats through `beats`.
-        sqlx::query(
-            "UPDATE instances AS i SET \
+        //
+        // `beat_txid` is stamped only where this batch's beat is the newest: a row
+        // whose newest beat another node wrote keeps that node's stamp, so the row is
+        // this node's own (and left out of its `beats` reads) only when it holds this
+        // node's beat. The statement returns the batch's transaction id for that.
+        let txid: i64 = sqlx::query_scalar(
+            "WITH b AS (SELECT id, conns, now() - make_interval(secs => age / 1000.0) AS at \
+                   FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(id, conns, age)), \
+             u AS (UPDATE instances AS i SET \
                connections = CASE WHEN b.at >= i.last_heartbeat THEN b.conns ELSE i.connections END, \
-               last_heartbeat = GREATEST(i.last_heartbeat, b.at), \
-               beat_txid = pg_current_xact_id() \
-             FROM (SELECT id, conns, now() - make_interval(secs => age / 1000.0) AS at \
-                   FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(id, conns, age)) AS b \
-             WHERE i.id = b.id AND NOT i.deleted",
+               beat_txid = CASE WHEN b.at >= i.last_heartbeat THEN pg_current_xact_id() \
+                           ELSE i.beat_txid END, \
+               last_heartbeat = GREATEST(i.last_heartbeat, b.at) \
+             FROM b WHERE i.id = b.id AND NOT i.deleted RETURNING 1) \
+             SELECT pg_current_xact_id()::text::bigint",
         )
         .bind(&ids)
         .bind(&conns)
         .bind(&ages)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
+        let mut own = lock(&self.own_beats);
+        if own.len() == MAX_OWN_BEATS {
+            // Forgetting one only means reading its rows back, as before.
+            own.remove(0);
+        }
+        own.push(to_u64(txid));
         Ok(())
     }
 
@@ -239,15 +259,27 @@ impl ClusterStore for PgStore {
         // A heartbeat batch still running now has a transaction id at or above the
         // next horizon, so the next read has it.
         let (mut tx, next) = self.snapshot().await?;
+        // This node's own heartbeat batches since the horizon: rows that hold one of
+        // them hold a beat this node already has, and are not sent back to it (a third
+        // of the rows with three nodes).
+        let own: Vec<String> = {
+            let mut own = lock(&self.own_beats);
+            if let Some(h) = horizon {
+                own.retain(|&t| t >= h);
+            }
+            own.iter().map(u64::to_string).collect()
+        };
         // No index on `beat_txid` (it would make heartbeat writes non-HOT): a sequential
         // scan of the table, once per heartbeat sync period, filtered in the database.
         let rows = sqlx::query(
             "SELECT id, service, connections, \
              GREATEST(0, EXTRACT(EPOCH FROM (now() - last_heartbeat)) * 1000)::bigint AS age_ms \
              FROM instances WHERE NOT deleted \
-             AND ($1::text IS NULL OR beat_txid >= $1::text::xid8)",
+             AND ($1::text IS NULL OR beat_txid >= $1::text::xid8) \
+             AND (beat_txid IS NULL OR beat_txid <> ALL($2::text[]::xid8[]))",
         )
         .bind(horizon.map(|h| h.to_string()))
+        .bind(&own)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

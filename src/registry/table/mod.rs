@@ -18,7 +18,7 @@ use index::{HoleSums, RankIndex};
 pub use listing::{Card, CardRow, InstanceView, ServiceSummary};
 pub use sweep::{PreservationEvent, SweepOutcome};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use subtle::ConstantTimeEq;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
@@ -145,6 +145,10 @@ pub struct ServiceTable {
     ring: Option<Ring>,
     preservation: Option<Preservation>,
     dirty: Vec<u32>,
+    /// Slots that may hold this node's pending hand-outs (every slot a hand-out was
+    /// counted on, until its count is seen back at zero): what a cluster node
+    /// publishes, found without walking the whole table.
+    pending: HashSet<u32>,
     tiebreak_seed: u64,
     /// Registered instances sweeps found expired, not yet taken (for metrics).
     expiries: u64,
@@ -173,6 +177,7 @@ impl ServiceTable {
             ring: None,
             preservation: None,
             dirty: Vec::new(),
+            pending: HashSet::new(),
             tiebreak_seed: seed,
             expiries: 0,
             recent_shed: RecentShed::default(),
@@ -234,6 +239,16 @@ impl ServiceTable {
     /// Inserts or replaces an instance (registration, restore from the store, or a
     /// change seen from another node). Returns true when the id was new here.
     pub fn upsert(&mut self, instance: Instance, now: Millis) -> bool {
+        let carries_pending = instance.local_pending() > 0;
+        let (slot, new) = self.place(instance, now);
+        if carries_pending {
+            self.pending.insert(slot);
+        }
+        new
+    }
+
+    /// [`Self::upsert`]'s work: the slot the instance is in, and whether it is new.
+    fn place(&mut self, instance: Instance, now: Millis) -> (u32, bool) {
         // An address belongs to one id: drop a stale holder (possible when another
         // registry node re-registered the address under the store's id).
         if let Some(&slot) = self.by_address.get(&instance.spec.address) {
@@ -256,7 +271,7 @@ impl ServiceTable {
             // the counts do not show): put it in again even if its key is the same.
             let want = self.wanted_key(slot, now);
             self.set_indexed(slot, want);
-            false
+            (slot, false)
         } else {
             let entry = Entry {
                 tiebreak: xxh3_64_with_seed(instance.id.as_bytes(), self.tiebreak_seed),
@@ -286,7 +301,7 @@ impl ServiceTable {
             self.by_address
                 .insert(entry.instance.spec.address.clone(), slot);
             self.reindex(slot, now);
-            true
+            (slot, true)
         }
     }
 
@@ -648,6 +663,7 @@ impl ServiceTable {
     fn count_hand_out(&mut self, slot: u32, now: Millis) {
         if let Some(entry) = self.slots[slot as usize].as_mut() {
             entry.instance.pending_recent = entry.instance.pending_recent.saturating_add(1);
+            self.pending.insert(slot);
         }
         self.reindex(slot, now);
     }

@@ -1379,3 +1379,21 @@ fn a_cluster_node_writes_a_beat_only_when_liveness_across_nodes_needs_it() {
     // A synced beat older than the local one changes nothing.
     assert!(!t.apply_synced_beat("a", 3, 4_000, 9_000));
 }
+
+#[test]
+fn local_pending_lists_the_hand_outs_until_a_heartbeat_absorbs_them_and_across_a_re_registration() {
+    let mut t = ServiceTable::new("svc");
+    for id in ["a", "b", "c"] {
+        add(&mut t, id, 0);
+    }
+    assert!(t.local_pending().is_empty());
+    let got = first(&mut t, 10);
+    assert_eq!(t.local_pending(), vec![(got.clone(), 1)]);
+    // A heartbeat that reports the connection absorbs it.
+    beat(&mut t, &got, 1, 20);
+    assert!(t.local_pending().is_empty(), "{:?}", t.local_pending());
+    // A re-registration keeps the count, and it stays listed.
+    let again = first(&mut t, 50);
+    assert!(!t.register(again.clone(), spec(&again), lease_of(&again), 60, 1_700_000_000_000));
+    assert_eq!(t.local_pending(), vec![(again, 1)]);
+}
