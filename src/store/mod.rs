@@ -126,9 +126,11 @@ pub trait ClusterStore: Store {
     /// [`StoreError`].
     async fn changes(&self, horizon: Option<u64>) -> Result<SyncBatch, StoreError>;
 
-    /// Heartbeats written at or after `horizon` (every live instance's when `None`).
-    /// Heartbeat writes do not move a row into [`ClusterStore::changes`]: they are
-    /// read here, apart, so that they change no indexed column.
+    /// Heartbeats written at or after `horizon` (every live instance's when `None`),
+    /// less the rows whose newest beat this store's own heartbeat batches wrote (the
+    /// node has those already). Heartbeat writes do not move a row into
+    /// [`ClusterStore::changes`]: they are read here, apart, so that they change no
+    /// indexed column.
     ///
     /// # Errors
     /// [`StoreError`].

@@ -1394,6 +1394,12 @@ fn local_pending_lists_the_hand_outs_until_a_heartbeat_absorbs_them_and_across_a
     assert!(t.local_pending().is_empty(), "{:?}", t.local_pending());
     // A re-registration keeps the count, and it stays listed.
     let again = first(&mut t, 50);
-    assert!(!t.register(again.clone(), spec(&again), lease_of(&again), 60, 1_700_000_000_000));
+    assert!(!t.register(
+        again.clone(),
+        spec(&again),
+        lease_of(&again),
+        60,
+        1_700_000_000_000
+    ));
     assert_eq!(t.local_pending(), vec![(again, 1)]);
 }
