@@ -25,11 +25,17 @@ impl ServiceTable {
         {
             entry.card = None;
         }
-        let local = &mut entry.instance;
-        if local.spec.address != synced.spec.address {
+        if entry.instance.spec.address != synced.spec.address {
             self.upsert(synced, now);
             return;
         }
+        // A new zone or new tags move it between group indexes: out under the old.
+        let regroup = entry.instance.spec.zone != synced.spec.zone
+            || entry.instance.spec.tags != synced.spec.tags;
+        if regroup {
+            self.groups.rekey(&entry.instance, entry.indexed, None);
+        }
+        let local = &mut entry.instance;
         local.spec = synced.spec;
         local.lease_hash = synced.lease_hash;
         local.draining = synced.draining;
@@ -39,6 +45,9 @@ impl ServiceTable {
             local.absorb_heartbeat(Some(synced.connections), synced.last_seen);
         }
         entry.stored_seen = entry.stored_seen.max(synced.last_seen);
+        if regroup {
+            self.groups.rekey(&entry.instance, None, entry.indexed);
+        }
         self.reindex(slot, now);
     }
 

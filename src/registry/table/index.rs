@@ -133,6 +133,16 @@ impl RankIndex {
         self.root = self.insert_at(self.root, id);
     }
 
+    /// Number of keys in the index.
+    pub fn len(&self) -> usize {
+        self.nodes.len() - self.free.len()
+    }
+
+    /// Whether no key is in the index.
+    pub fn is_empty(&self) -> bool {
+        self.root == NIL
+    }
+
     /// Removes `key`; returns whether it was there.
     pub fn remove(&mut self, key: &RankKey) -> bool {
         let (root, removed) = self.remove_at(self.root, key);

@@ -1,17 +1,19 @@
 //! In-memory state of one service: its instances, the ranking index, pending
-//! hand-outs, the version and the affinity ring. The sweep and its self-preservation
-//! episode are in `sweep.rs`, the admin listing and its card cache in `listing.rs`,
+//! hand-outs, the version and the affinity ring. The per-zone and per-tag indexes are
+//! in `groups.rs`, the sweep and its self-preservation episode in `sweep.rs`, the admin listing and its card cache in `listing.rs`,
 //! what a cluster node's sync changes in `cluster.rs`.
 //!
 //! Pure and synchronous: the caller holds it under a lock, passes `now`, and does the
 //! I/O (store writes, waking blocking queries) around it.
 
 mod cluster;
+mod groups;
 mod in_flight;
 mod index;
 mod listing;
 mod sweep;
 
+use groups::Groups;
 use in_flight::RecentShed;
 use index::{HoleSums, RankIndex};
 
@@ -140,6 +142,8 @@ pub struct ServiceTable {
     by_id: HashMap<String, u32>,
     by_address: HashMap<String, u32>,
     index: RankIndex,
+    /// The keys of `index` again, per zone and per tag.
+    groups: Groups,
     totals: Totals,
     version: u64,
     ring: Option<Ring>,
@@ -172,6 +176,7 @@ impl ServiceTable {
             by_id: HashMap::new(),
             by_address: HashMap::new(),
             index: RankIndex::default(),
+            groups: Groups::default(),
             totals: Totals::default(),
             version: 0,
             ring: None,
@@ -211,7 +216,7 @@ impl ServiceTable {
     /// Steps taken in the ranking index so far (nodes visited): the cost measure that
     /// shows whether a request's work grows with the number of instances.
     pub fn index_steps(&self) -> u64 {
-        self.index.steps()
+        self.index.steps() + self.groups.steps()
     }
 
     /// Whether self-preservation is on.
@@ -263,10 +268,13 @@ impl ServiceTable {
                 self.by_address.remove(&old);
                 self.by_address.insert(instance.spec.address.clone(), slot);
             }
+            // Its zone and tags may change: out of the old groups, into the new.
+            self.leave_groups(slot);
             if let Some(entry) = self.slots[slot as usize].as_mut() {
                 entry.instance = instance;
                 entry.card = None;
             }
+            self.join_groups(slot);
             // The whole instance changed (its forward-only mark too, which the key and
             // the counts do not show): put it in again even if its key is the same.
             let want = self.wanted_key(slot, now);
@@ -518,6 +526,28 @@ impl ServiceTable {
     }
 
     /// The answer's slots, best first, and the indexed slots found expired on the way.
+    ///
+    /// The answer is: the keyed pick, if any; then the instances `exclude` accepts
+    /// that are below their cap, in the zone first, then the others; then those at
+    /// their cap, in the zone first, then the others; each part in index order, the
+    /// whole cut at `limit`.
+    ///
+    /// Each part is walked in the smallest index that holds all of it, so the walk
+    /// does not grow with the fleet (issue 21):
+    /// - `outer` holds every instance the query may answer: the tag's index with a
+    ///   tag, else the main one;
+    /// - `inner` holds every one of those in the zone: the zone's index, or with a tag
+    ///   too the smaller of the zone's and the tag's.
+    ///
+    /// The in-zone parts are walked in `inner`, the others in `outer`, skipping the
+    /// in-zone keys. Those skips are bounded: the walk of `outer` below the cap starts
+    /// only once `inner`'s keys below the cap are used up, so every in-zone key it
+    /// skips there is one `inner`'s walk already visited (the same at the cap). A
+    /// request thus visits at most twice the keys it takes (`limit`), plus the keyed
+    /// pick, the keys `exclude` rejects (forward-only ones for `/servers`, backends in
+    /// `fail_timeout` for the forwarder), the expired ones met (taken out at once),
+    /// and, with both a zone and a tag, the other filter's misses in `inner`; each of
+    /// the four walks starts with an O(log N) descent.
     fn order(
         &mut self,
         query: &RankQuery<'_>,
@@ -528,38 +558,76 @@ impl ServiceTable {
         let first = query
             .key
             .and_then(|key| self.keyed_pick(key, query.zone, now, exclude));
-        let mut buckets: [Vec<u32>; 4] = Default::default();
-        let mut stale = Vec::new();
-        for key in self.index.iter() {
+        let mut order = Order {
+            slots: first.into_iter().collect(),
+            stale: Vec::new(),
+        };
+        let outer = match query.tag {
+            Some(tag) => self.groups.tag(tag),
+            None => Some(&self.index),
+        };
+        let mut outer_keys = walk(outer);
+        let mut take = |keys: &mut std::iter::Peekable<_>, over_cap, zone| {
+            self.take_run(keys, over_cap, zone, first, now, exclude, limit, &mut order);
+        };
+        match query.zone {
+            None => {
+                take(&mut outer_keys, false, None);
+                take(&mut outer_keys, true, None);
+            }
+            Some(zone) => {
+                let in_zone = self.groups.zone(zone);
+                let inner = match (in_zone, query.tag.and(outer)) {
+                    (Some(z), Some(t)) if t.len() < z.len() => Some(t),
+                    (z, _) => z,
+                };
+                let mut inner_keys = walk(inner);
+                take(&mut inner_keys, false, Some((zone, true)));
+                take(&mut outer_keys, false, Some((zone, false)));
+                take(&mut inner_keys, true, Some((zone, true)));
+                take(&mut outer_keys, true, Some((zone, false)));
+            }
+        }
+        order
+    }
+
+    /// Appends to `order` the keys of `keys` on one side of the cap (`over_cap`),
+    /// until the answer holds `limit` or that side ends, leaving the next key in
+    /// `keys`. Takes only those `exclude` accepts and, with `zone = (z, want)`, those
+    /// whose being in `z` is `want`; expired ones go to `order.stale`.
+    #[allow(clippy::too_many_arguments)]
+    fn take_run(
+        &self,
+        keys: &mut std::iter::Peekable<impl Iterator<Item = RankKey>>,
+        over_cap: bool,
+        zone: Option<(&str, bool)>,
+        first: Option<u32>,
+        now: Millis,
+        exclude: &dyn Fn(&Instance) -> bool,
+        limit: usize,
+        order: &mut Order,
+    ) {
+        while order.slots.len() < limit {
+            let Some(key) = keys.next_if(|k| k.over_cap == over_cap) else {
+                return;
+            };
             if Some(key.slot) == first {
                 continue;
             }
             let Some(entry) = self.entry(key.slot) else {
                 continue;
             };
+            if zone.is_some_and(|(z, want)| zone_matches(Some(z), &entry.instance) != want) {
+                continue;
+            }
             if !self.handed_out(entry, now) {
-                stale.push(key.slot);
+                order.stale.push(key.slot);
                 continue;
             }
-            if exclude(&entry.instance) {
-                continue;
-            }
-            let in_zone = zone_matches(query.zone, &entry.instance);
-            let bucket = usize::from(key.over_cap) * 2 + usize::from(!in_zone);
-            if buckets[bucket].len() < limit {
-                buckets[bucket].push(key.slot);
-            }
-            // Best bucket full: nothing later in the index can come before these.
-            if buckets[0].len() + usize::from(first.is_some()) >= limit {
-                break;
+            if !exclude(&entry.instance) {
+                order.slots.push(key.slot);
             }
         }
-        let slots = first
-            .into_iter()
-            .chain(buckets.into_iter().flatten())
-            .take(limit)
-            .collect();
-        Order { slots, stale }
     }
 
     /// Finds the affinity key's server: its owner on the ring unless that is over the
@@ -707,6 +775,7 @@ impl ServiceTable {
             return;
         };
         let was = entry.indexed;
+        self.groups.rekey(&entry.instance, was, want);
         if let Some(old) = was {
             self.index.remove(&old);
             let (assumed, weight) = entry.counted;
@@ -741,6 +810,27 @@ impl ServiceTable {
             self.ring = None;
         }
     }
+}
+
+impl ServiceTable {
+    /// Takes an indexed entry out of its zone's and tags' indexes, before they change.
+    fn leave_groups(&mut self, slot: u32) {
+        if let Some(entry) = self.slots.get(slot as usize).and_then(Option::as_ref) {
+            self.groups.rekey(&entry.instance, entry.indexed, None);
+        }
+    }
+
+    /// Puts an indexed entry into its zone's and tags' indexes, after they changed.
+    fn join_groups(&mut self, slot: u32) {
+        if let Some(entry) = self.slots.get(slot as usize).and_then(Option::as_ref) {
+            self.groups.rekey(&entry.instance, None, entry.indexed);
+        }
+    }
+}
+
+/// The keys of an index, best first, with a look at the next; none for no index.
+fn walk(index: Option<&RankIndex>) -> std::iter::Peekable<impl Iterator<Item = RankKey> + '_> {
+    index.into_iter().flat_map(RankIndex::iter).peekable()
 }
 
 /// An instance's share of the version: its id hash, masked to 53 bits.

@@ -105,12 +105,22 @@ fn slot_of(t: &ServiceTable, id: &str) -> u32 {
 }
 
 /// The reference ranking of what the table holds: every live, non-draining instance
-/// through `rank::rank`, cut at the limit.
-fn reference(t: &ServiceTable, q: &RankQuery<'_>, now: Millis) -> Vec<String> {
+/// `exclude` accepts and that carries the query's tag, through `rank::rank`, cut at
+/// the limit.
+fn reference_excluding(
+    t: &ServiceTable,
+    q: &RankQuery<'_>,
+    now: Millis,
+    exclude: &dyn Fn(&Instance) -> bool,
+) -> Vec<String> {
     let views = t.listing(now);
     let candidates: Vec<Candidate> = views
         .iter()
-        .filter(|v| v.state == State::Up)
+        .filter(|v| v.state == State::Up && !exclude(&v.instance))
+        .filter(|v| {
+            q.tag
+                .is_none_or(|tag| v.instance.spec.tags.iter().any(|t| t == tag))
+        })
         .map(|v| Candidate {
             slot: slot_of(t, &v.instance.id),
             assumed_connections: v.instance.assumed_connections(),
@@ -127,6 +137,59 @@ fn reference(t: &ServiceTable, q: &RankQuery<'_>, now: Millis) -> Vec<String> {
         .take(q.limit.max(1))
         .map(|slot| t.entry(slot).expect("ranked slot").instance.id.clone())
         .collect()
+}
+
+/// The zone and tag indexes hold exactly the main index's keys of each zone and tag,
+/// in the same order, and no other zone or tag has one.
+fn assert_groups_match(t: &ServiceTable) {
+    let mut zones: BTreeMap<String, Vec<RankKey>> = BTreeMap::new();
+    let mut tags: BTreeMap<String, Vec<RankKey>> = BTreeMap::new();
+    for key in t.index.iter() {
+        let spec = &t.entry(key.slot).expect("indexed slot").instance.spec;
+        if let Some(zone) = &spec.zone {
+            zones.entry(zone.clone()).or_default().push(key);
+        }
+        let distinct: BTreeSet<&String> = spec.tags.iter().collect();
+        for tag in distinct {
+            tags.entry(tag.clone()).or_default().push(key);
+        }
+    }
+    let (mut zone_names, mut tag_names) = t.groups.names();
+    zone_names.sort_unstable();
+    tag_names.sort_unstable();
+    assert_eq!(
+        zone_names,
+        zones.keys().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        tag_names,
+        tags.keys().map(String::as_str).collect::<Vec<_>>()
+    );
+    for (zone, keys) in &zones {
+        let got: Vec<RankKey> = t.groups.zone(zone).expect("indexed").iter().collect();
+        assert_eq!(&got, keys, "zone {zone}");
+    }
+    for (tag, keys) in &tags {
+        let got: Vec<RankKey> = t.groups.tag(tag).expect("indexed").iter().collect();
+        assert_eq!(&got, keys, "tag {tag}");
+    }
+}
+
+/// Tags of the random tables, picked by the bits of a mask; the last bit repeats the
+/// first tag (a tag given twice is one membership).
+const TAGS: [&str; 3] = ["v1", "v2", "canary"];
+
+fn tags_of(mask: u8) -> Vec<String> {
+    let mut tags: Vec<String> = TAGS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, t)| (*t).to_owned())
+        .collect();
+    if mask & 8 != 0 {
+        tags.push(TAGS[0].to_owned());
+    }
+    tags
 }
 
 /// Assumed connections and weights summed over the live, non-draining instances.
@@ -830,8 +893,8 @@ fn summary_counts_states_and_live_connections() {
 // ---- properties ----
 
 /// One instance of a random table: weight, reported connections, cap, zone, draining,
-/// and whether it stopped heartbeating long ago.
-type Shape = (u32, u64, Option<u64>, usize, bool, bool);
+/// whether it stopped heartbeating long ago, and its tags (a mask for [`tags_of`]).
+type Shape = (u32, u64, Option<u64>, usize, bool, bool, u8);
 
 fn arb_shape() -> impl Strategy<Value = Shape> {
     (
@@ -841,6 +904,7 @@ fn arb_shape() -> impl Strategy<Value = Shape> {
         0..ZONES.len(),
         prop::bool::weighted(0.15),
         prop::bool::weighted(0.2),
+        0u8..16,
     )
 }
 
@@ -849,18 +913,19 @@ fn arb_shape() -> impl Strategy<Value = Shape> {
 /// pending hand-outs from `warmup` rankings partly absorbed by their heartbeat.
 fn build(shapes: &[Shape], warmup: usize, sweep: bool) -> ServiceTable {
     let mut t = ServiceTable::new("default");
-    for (i, &(weight, _, max_connections, zone, _, _)) in shapes.iter().enumerate() {
+    for (i, &(weight, _, max_connections, zone, _, _, tags)) in shapes.iter().enumerate() {
         let id = format!("i{i}");
         let mut s = spec(&id);
         s.weight = weight;
         s.max_connections = max_connections;
         s.zone = ZONES[zone].map(str::to_owned);
+        s.tags = tags_of(tags);
         add_spec(&mut t, &id, s, 0);
     }
     for _ in 0..warmup {
         t.rank(&query(1), 0);
     }
-    for (i, &(_, connections, _, _, draining, expired)) in shapes.iter().enumerate() {
+    for (i, &(_, connections, _, _, draining, expired, _)) in shapes.iter().enumerate() {
         let id = format!("i{i}");
         let at = if expired { 0 } else { NOW };
         beat(&mut t, &id, connections, at);
@@ -876,12 +941,29 @@ fn build(shapes: &[Shape], warmup: usize, sweep: bool) -> ServiceTable {
 
 const NOW: Millis = 2_500;
 
-fn arb_query() -> impl Strategy<Value = (usize, Option<&'static str>, Option<u16>)> {
+/// A query: limit, zone, affinity key, tag, and whether the forwarder asks (it
+/// ranks forward-only instances and excludes those in their `fail_timeout`).
+type ArbQuery = (
+    usize,
+    Option<&'static str>,
+    Option<u16>,
+    Option<&'static str>,
+    bool,
+);
+
+fn arb_query() -> impl Strategy<Value = ArbQuery> {
     (
         1usize..=30,
         prop::sample::select(vec![None, Some("eu-1"), Some("eu-2"), Some("nowhere")]),
         prop::option::weighted(0.3, any::<u16>()),
+        prop::sample::select(vec![None, None, Some("v1"), Some("canary"), Some("absent")]),
+        prop::bool::weighted(0.3),
     )
+}
+
+/// Backends the forwarder's random queries find in their `fail_timeout`.
+fn failing(i: &Instance) -> bool {
+    xxh3_64(i.id.as_bytes()).is_multiple_of(4)
 }
 
 proptest! {
@@ -894,23 +976,40 @@ proptest! {
         shapes in prop::collection::vec(arb_shape(), 1..25),
         warmup in 0usize..20,
         sweep in any::<bool>(),
+        forward_only in prop::collection::vec((0..ZONES.len(), 0u8..16, 0u64..300), 0..4),
         queries in prop::collection::vec(arb_query(), 1..8),
     ) {
         let mut t = build(&shapes, warmup, sweep);
-        for (limit, zone, key) in queries {
+        for (n, &(zone, tags, connections)) in forward_only.iter().enumerate() {
+            let id = format!("unix{n}");
+            let mut unix = new_instance(id.clone(), InstanceSpec {
+                address: format!("unix:/run/{id}.sock"),
+                zone: ZONES[zone].map(str::to_owned),
+                tags: tags_of(tags),
+                ..spec(&id)
+            }, lease_of(&id), NOW, 0);
+            unix.forward_only = true;
+            unix.connections = connections;
+            t.upsert(unix, NOW);
+        }
+        assert_groups_match(&t);
+        for (limit, zone, key, tag, forwarder) in queries {
             let key = key.map(|k| format!("device-{k}"));
-            let q = RankQuery { limit, zone, key: key.as_ref().map(String::as_bytes), tag: None };
+            let q = RankQuery { limit, zone, key: key.as_ref().map(String::as_bytes), tag };
+            let exclude: &dyn Fn(&Instance) -> bool =
+                if forwarder { &failing } else { &|i| i.forward_only };
             let before = t.clone();
-            let expected = reference(&before, &q, NOW);
+            let expected = reference_excluding(&before, &q, NOW, exclude);
             let up = before.listing(NOW).iter().filter(|v| v.state == State::Up).count() as u64;
-            let ranked = t.rank(&q, NOW);
+            let ranked = t.rank_excluding(&q, NOW, exclude);
+            assert_groups_match(&t);
             let got = ids(&ranked);
             prop_assert_eq!(got.len(), expected.len());
             if q.key.is_none() {
                 prop_assert_eq!(&got, &expected);
             } else if let Some(head) = got.first() {
                 // The keyed pick goes first; the others keep the reference order.
-                let mut rest = reference(&before, &RankQuery { limit: usize::MAX, ..q }, NOW);
+                let mut rest = reference_excluding(&before, &RankQuery { limit: usize::MAX, ..q }, NOW, exclude);
                 prop_assert!(rest.contains(head), "{} is not handed out", head);
                 rest.retain(|id| id != head);
                 rest.truncate(limit - 1);
@@ -935,7 +1034,8 @@ proptest! {
             let stale = before.totals().count != up;
             let moved = ranked.version != before.version();
             prop_assert!(!moved || stale);
-            if stale && q.key.is_none() && limit as u64 >= before.totals().count {
+            // (A tag's walk meets only the tagged ones.)
+            if stale && q.key.is_none() && q.tag.is_none() && limit as u64 >= before.totals().count {
                 prop_assert!(moved);
                 prop_assert_eq!(t.totals().count, up);
             }
@@ -1096,7 +1196,9 @@ proptest! {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Register(usize),
+    /// Pool index, zone, tags (a mask for [`tags_of`]): a re-registration may move
+    /// the instance to other groups.
+    Register(usize, usize, u8),
     Drain(usize),
     Remove(usize),
     Beat(usize, u64),
@@ -1108,7 +1210,7 @@ enum Op {
 fn arb_op() -> impl Strategy<Value = Op> {
     const POOL: usize = 6;
     prop_oneof![
-        3 => (0..POOL).prop_map(Op::Register),
+        3 => (0..POOL, 0..ZONES.len(), 0u8..16).prop_map(|(i, z, t)| Op::Register(i, z, t)),
         1 => (0..POOL).prop_map(Op::Drain),
         1 => (0..POOL).prop_map(Op::Remove),
         4 => (0..POOL, 0u64..50).prop_map(|(i, c)| Op::Beat(i, c)),
@@ -1131,7 +1233,7 @@ proptest! {
         for op in ops {
             let version = t.version();
             match &op {
-                Op::Register(i) => {
+                Op::Register(i, zone, tags) => {
                     let address = format!("10.0.0.{i}:6666");
                     let id = t.id_of_address(&address).map(str::to_owned).unwrap_or_else(|| {
                         fresh += 1;
@@ -1139,6 +1241,8 @@ proptest! {
                     });
                     let mut s = spec(&id);
                     s.address = address;
+                    s.zone = ZONES[*zone].map(str::to_owned);
+                    s.tags = tags_of(*tags);
                     t.register(id.clone(), s, lease_of(&id), now, 0);
                 }
                 Op::Drain(i) => {
@@ -1169,6 +1273,7 @@ proptest! {
                     }
                 }
             }
+            assert_groups_match(&t);
             let answer = t.clone().rank(&query(10_000), now);
             // The table's own version, which wakes blocking queries, is already current:
             // the answer did not have to move it.
@@ -1244,36 +1349,71 @@ fn a_paced_evacuation_sheds_its_rate_until_empty_and_re_registration_clears_it()
     assert_eq!((again.draining, again.evacuate_per_sec), (false, None));
 }
 
-/// Index steps per heartbeat and per `/servers?limit=5` answer on a table of `n`
-/// instances whose reported loads are `load(i)`; each heartbeat moves its instance
-/// in the index, as real counts do.
-fn steps_per_request(n: usize, load: &dyn Fn(usize) -> u64) -> (f64, f64) {
+/// The `/servers` queries whose index work is counted: label, zone, tag and how many
+/// servers each answers. Three instances, whatever the fleet's size, are in zone
+/// `rare` and carry tag `rare`; the others are in one of three common zones and carry
+/// `v1`; nobody is in zone `nowhere`.
+const COUNTED_QUERIES: [(&str, Option<&str>, Option<&str>, usize); 6] = [
+    ("/servers", None, None, 5),
+    ("?zone=<common>", Some("zone-1"), None, 5),
+    ("?zone=<rare>", Some("rare"), None, 5),
+    ("?zone=<absent>", Some("nowhere"), None, 5),
+    ("?tag=<rare>", None, Some("rare"), 3),
+    ("?zone=<common>&tag=<rare>", Some("zone-1"), Some("rare"), 3),
+];
+
+/// Index steps per heartbeat and per answer to each of [`COUNTED_QUERIES`] (limit 5)
+/// on a table of `n` instances whose reported loads are `load(i)`; each heartbeat
+/// moves its instance in the index, as real counts do.
+fn steps_per_request(n: usize, load: &dyn Fn(usize) -> u64) -> (f64, Vec<f64>) {
     let mut t = ServiceTable::new("default");
     let ids: Vec<String> = (0..n).map(|i| format!("i{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
-        add(&mut t, id, 0);
+        let mut s = spec(id);
+        let rare = i % (n / 3) == 1;
+        s.zone = Some(if rare {
+            "rare".into()
+        } else {
+            format!("zone-{}", i % 3)
+        });
+        s.tags = vec![if rare { "rare" } else { "v1" }.into()];
+        add_spec(&mut t, id, s, 0);
         beat(&mut t, id, load(i), 0);
     }
     const ROUNDS: usize = 2_000;
+    // Fewer answers than heartbeats: enough for a steady mean, and an O(N) walk
+    // (the failure this test is for) still ends in seconds.
+    const ANSWERS: usize = 500;
     let before = t.index_steps();
     for r in 0..ROUNDS {
         let i = (r * 7_919) % n;
         beat(&mut t, &ids[i], load(i) + (r % 3) as u64, 1);
     }
     let heartbeat = (t.index_steps() - before) as f64 / ROUNDS as f64;
-    let before = t.index_steps();
-    for _ in 0..ROUNDS {
-        assert_eq!(t.rank(&query(5), 1).servers.len(), 5);
-    }
-    let servers = (t.index_steps() - before) as f64 / ROUNDS as f64;
+    let servers = COUNTED_QUERIES
+        .iter()
+        .map(|&(label, zone, tag, answers)| {
+            let q = RankQuery {
+                zone,
+                tag,
+                ..query(5)
+            };
+            let before = t.index_steps();
+            for _ in 0..ANSWERS {
+                assert_eq!(t.rank(&q, 1).servers.len(), answers, "{label}");
+            }
+            (t.index_steps() - before) as f64 / ANSWERS as f64
+        })
+        .collect();
     (heartbeat, servers)
 }
 
 /// A heartbeat's and a `/servers` answer's work must not grow with the fleet,
 /// whatever the loads (issue 11: the hole search walked every instance under the
-/// floor, 2.2 ms per heartbeat at 100k uneven instances). Steps are counted, not
-/// timed: an O(log N) index takes about 1.7× the steps at 100k that it takes at 1k,
-/// an O(N) walk 100×.
+/// floor, 2.2 ms per heartbeat at 100k uneven instances), nor whatever zone or tag it
+/// asks for (issue 21: a rare or absent zone, or a rare tag, walked every instance).
+/// Steps are counted, not timed: an O(log N) index takes about 1.7× the steps at 100k
+/// that it takes at 1k, an O(N) walk 100×.
 #[test]
 fn a_requests_index_work_does_not_grow_with_the_fleet() {
     let distributions: [(&str, &dyn Fn(usize) -> u64); 4] = [
@@ -1290,23 +1430,28 @@ fn a_requests_index_work_does_not_grow_with_the_fleet() {
             }
         }),
     ];
+    let mut failures = Vec::new();
     for (name, load) in distributions {
         let (beat_1k, servers_1k) = steps_per_request(1_000, load);
         let (beat_100k, servers_100k) = steps_per_request(100_000, load);
-        println!(
-            "{name}: steps per heartbeat {beat_1k:.1} at 1k, {beat_100k:.1} at 100k; \
-             per /servers {servers_1k:.1} at 1k, {servers_100k:.1} at 100k"
-        );
-        assert!(
-            beat_100k <= 2.5 * beat_1k,
-            "{name}: a heartbeat takes {beat_100k:.1} index steps at 100k instances, \
-             {beat_1k:.1} at 1k"
-        );
-        assert!(
-            servers_100k <= 2.5 * servers_1k,
-            "{name}: /servers takes {servers_100k:.1} index steps at 100k, {servers_1k:.1} at 1k"
-        );
+        println!("{name}: steps per heartbeat {beat_1k:.1} at 1k, {beat_100k:.1} at 100k");
+        if beat_100k > 2.5 * beat_1k {
+            failures.push(format!(
+                "{name}: a heartbeat takes {beat_100k:.1} index steps at 100k instances, \
+                 {beat_1k:.1} at 1k"
+            ));
+        }
+        for (i, (label, ..)) in COUNTED_QUERIES.iter().enumerate() {
+            let (at_1k, at_100k) = (servers_1k[i], servers_100k[i]);
+            println!("  {label}: steps per answer {at_1k:.1} at 1k, {at_100k:.1} at 100k");
+            if at_100k > 2.5 * at_1k {
+                failures.push(format!(
+                    "{name}: {label} takes {at_100k:.1} index steps at 100k, {at_1k:.1} at 1k"
+                ));
+            }
+        }
     }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 proptest! {
@@ -1402,4 +1547,32 @@ fn local_pending_lists_the_hand_outs_until_a_heartbeat_absorbs_them_and_across_a
         1_700_000_000_000
     ));
     assert_eq!(t.local_pending(), vec![(again, 1)]);
+}
+
+#[test]
+fn a_synced_row_with_another_zone_and_tags_moves_between_group_indexes() {
+    let mut t = ServiceTable::new("s");
+    let mut s = spec("a");
+    s.zone = Some("eu-1".into());
+    s.tags = vec!["v1".into()];
+    add_spec(&mut t, "a", s.clone(), 0);
+    add(&mut t, "b", 0);
+    assert_groups_match(&t);
+    let mut synced = t.get("a").expect("present").clone();
+    synced.spec.zone = Some("eu-2".into());
+    synced.spec.tags = vec!["v2".into(), "v2".into()];
+    t.apply_synced(synced, 10);
+    assert_groups_match(&t);
+    let in_zone = |t: &mut ServiceTable, zone, tag| {
+        let q = RankQuery {
+            zone: Some(zone),
+            tag,
+            ..query(1)
+        };
+        ids(&t.rank(&q, 10))
+    };
+    assert_eq!(in_zone(&mut t, "eu-2", Some("v2")), ["a"]);
+    assert!(in_zone(&mut t, "eu-1", Some("v1")).is_empty());
+    assert!(t.remove("a"));
+    assert_groups_match(&t);
 }
