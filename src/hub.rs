@@ -953,7 +953,7 @@ impl Hub {
         self.flush_taken(|table, _| table.take_dirty()).await
     }
 
-    /// Persists, in one batch, the heartbeats a cluster node writes now (see
+    /// Persists, in one batch, the heartbeats due now (see
     /// [`ServiceTable::take_due_beats`]: `min_gap` by TTL in seconds); the others wait
     /// for a later call, and a final [`Hub::flush_beats`] writes them all.
     ///

@@ -81,8 +81,9 @@ impl ServiceTable {
         true
     }
 
-    /// Takes the heartbeats a cluster node writes now, and leaves the others dirty for
-    /// a later round. A beat is due when it is at least `min_gap(ttl_secs)` newer than
+    /// Takes the heartbeats due to be written now (both modes' flush:
+    /// `cluster::beat_gap`, `sync::persist_gap`), and leaves the others dirty for a
+    /// later round. A beat is due when it is at least `min_gap(ttl_secs)` newer than
     /// the newest one the store is known to hold for the instance (so other nodes'
     /// view of it never falls further behind), or when it has waited that long with
     /// no newer one (the instance went quiet: its last beat is not lost).
