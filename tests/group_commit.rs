@@ -187,7 +187,10 @@ async fn a_large_round(store: Arc<dyn Store>) {
             other => panic!("{other:?}"),
         })
         .collect();
-    assert!(rows == wanted, "every field of every row stored, nothing else");
+    assert!(
+        rows == wanted,
+        "every field of every row stored, nothing else"
+    );
     let again: Vec<Write> = (0..n)
         .map(|i| Write::Upsert(record(&format!("new{i}"), &format!("10.0.1.{i}:7"), "h2")))
         .collect();
