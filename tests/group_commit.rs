@@ -148,3 +148,71 @@ async fn postgres_commits_a_batch_in_order_and_fails_it_whole() {
     let db = TestDb::create().await;
     one_batch_in_order(store::open(&db.url()).await.expect("open").store).await;
 }
+
+/// A batch of more distinct addresses than one upsert statement carries (SQLite's
+/// holds 64 rows, padded with NULL rows when fewer): every write answered in order,
+/// each stored once with every field, and all of them replaced (ids kept) by the next.
+async fn a_large_round(store: Arc<dyn Store>) {
+    let n = 150;
+    let first: Vec<Write> = (0..n)
+        .map(|i| {
+            let mut r = record(&format!("id{i}"), &format!("10.0.1.{i}:7"), "h1");
+            r.zone = (i % 2 == 0).then(|| format!("z{i}"));
+            r.max_connections = (i % 3 == 0).then_some(i);
+            Write::Upsert(r)
+        })
+        .collect();
+    let dones = store.commit(&first).await.expect("commits");
+    assert_eq!(dones.len(), n as usize);
+    for (i, done) in dones.iter().enumerate() {
+        assert_eq!(upserted(done), (format!("id{i}").as_str(), true));
+    }
+    // PostgreSQL dates rows by its own clock: times are left out of the comparison.
+    let undated = |mut r: InstanceRecord| {
+        (r.registered_at_ms, r.last_heartbeat_ms) = (0, 0);
+        r
+    };
+    let mut rows: Vec<InstanceRecord> = store
+        .load_all()
+        .await
+        .expect("load")
+        .into_iter()
+        .map(undated)
+        .collect();
+    rows.sort_by_key(|r| r.id[2..].parse::<u64>().expect("an index"));
+    let wanted: Vec<InstanceRecord> = first
+        .iter()
+        .map(|w| match w {
+            Write::Upsert(r) => undated(r.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(
+        rows == wanted,
+        "every field of every row stored, nothing else"
+    );
+    let again: Vec<Write> = (0..n)
+        .map(|i| Write::Upsert(record(&format!("new{i}"), &format!("10.0.1.{i}:7"), "h2")))
+        .collect();
+    let dones = store.commit(&again).await.expect("commits");
+    for (i, done) in dones.iter().enumerate() {
+        assert_eq!(upserted(done), (format!("id{i}").as_str(), false));
+    }
+    let rows = stored(&*store).await;
+    assert_eq!(rows.len(), n as usize);
+    assert!(rows.iter().all(|(_, _, lease, _)| lease == "h2"));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_commits_a_round_larger_than_one_statement() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("large.db").display());
+    a_large_round(store::open(&url).await.expect("open").store).await;
+}
+
+#[tokio::test]
+async fn postgres_commits_a_round_larger_than_one_statement() {
+    let db = TestDb::create().await;
+    a_large_round(store::open(&db.url()).await.expect("open").store).await;
+}

@@ -1,4 +1,5 @@
-//! Hand-written JSON for the two hot answers, `/servers` and a heartbeat's: the bytes
+//! Hand-written JSON for the hot answers, `/servers`, a heartbeat's and a
+//! registration's: the bytes
 //! serde_json writes for their DTOs (tests compare the two on generated inputs), into
 //! one buffer sized up front. serde_json through axum's `Json` was a third of a
 //! `/servers` request: it escapes strings byte by byte (ids, addresses and keys that
@@ -7,7 +8,7 @@
 //! Owns only the encoding; the DTOs in `servers.rs` and `instances.rs` stay the
 //! schema of `/openapi.json`.
 
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::registry::table::Ranked;
@@ -106,6 +107,41 @@ fn heartbeat_body(ttl_secs: u32, shed: u64) -> Vec<u8> {
     out
 }
 
+/// A registration's answer (`instances::RegisterAnswer`'s fields, in its order).
+pub fn registered(
+    status: StatusCode,
+    id: &str,
+    service: &str,
+    lease: &str,
+    ttl_secs: u32,
+    heartbeat_secs: u32,
+) -> Response {
+    let body = registered_body(id, service, lease, ttl_secs, heartbeat_secs);
+    (status, answer(body)).into_response()
+}
+
+fn registered_body(
+    id: &str,
+    service: &str,
+    lease: &str,
+    ttl_secs: u32,
+    heartbeat_secs: u32,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(80 + id.len() + service.len() + lease.len());
+    out.extend_from_slice(b"{\"id\":");
+    push_str(&mut out, id);
+    out.extend_from_slice(b",\"service\":");
+    push_str(&mut out, service);
+    out.extend_from_slice(b",\"lease\":");
+    push_str(&mut out, lease);
+    out.extend_from_slice(b",\"ttl_secs\":");
+    push_u64(&mut out, u64::from(ttl_secs));
+    out.extend_from_slice(b",\"heartbeat_secs\":");
+    push_u64(&mut out, u64::from(heartbeat_secs));
+    out.push(b'}');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -157,6 +193,21 @@ mod tests {
             let ranked = Ranked { version, servers, self_preservation };
             let mine = servers_body(&service, &ranked, jitter);
             let reference = serde_json::to_vec(&crate::api::servers::reference_dto(&service, &ranked, jitter)).unwrap();
+            prop_assert_eq!(String::from_utf8(mine).unwrap(), String::from_utf8(reference).unwrap());
+        }
+
+        #[test]
+        fn registrations_match_serde_json(
+            id in "\\PC{0,40}|[\"\\\\\\x00-\\x1f]{1,4}",
+            service in "\\PC{0,20}",
+            lease in "[0-9a-f]{64}|\\PC{0,10}",
+            ttl_secs: u32,
+            heartbeat_secs: u32,
+        ) {
+            let mine = registered_body(&id, &service, &lease, ttl_secs, heartbeat_secs);
+            let reference = serde_json::to_vec(&crate::api::instances::RegisterAnswer {
+                id, service, lease, ttl_secs, heartbeat_secs,
+            }).unwrap();
             prop_assert_eq!(String::from_utf8(mine).unwrap(), String::from_utf8(reference).unwrap());
         }
 
