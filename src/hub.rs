@@ -961,9 +961,9 @@ impl Hub {
     /// [`StoreError`]; the batch is kept and retried by the next call.
     pub(crate) async fn flush_due_beats(
         &self,
-        min_gap: &(dyn Fn(u32) -> Millis + Sync),
+        rule: &table::BeatRule,
     ) -> Result<usize, StoreError> {
-        self.flush_taken(|table, now| table.take_due_beats(now, min_gap))
+        self.flush_taken(|table, now| table.take_due_beats(now, rule))
             .await
     }
 

@@ -56,6 +56,13 @@ pub fn persist_gap(ttl_secs: u32) -> crate::registry::Millis {
     (u64::from(ttl_secs) * 1000 / 2).min(cap)
 }
 
+/// A single node's store serves only its own restart, so a moved count waits its
+/// gap like any other beat: the next heartbeat after a restart replaces it anyway.
+pub const PERSIST_RULE: crate::registry::table::BeatRule = crate::registry::table::BeatRule {
+    min_gap: persist_gap,
+    count_moved: |_stored, _now| false,
+};
+
 /// Persists heartbeats every [`FLUSH_EVERY`] until cancelled, each instance's at most
 /// every [`persist_gap`]. A failed batch is kept and retried with the next one.
 pub async fn flush_loop(hub: Hub, cancel: CancellationToken) {
@@ -72,7 +79,7 @@ pub async fn flush_loop(hub: Hub, cancel: CancellationToken) {
 /// One heartbeat batch, logged: a failure once per outage's batch, and the first
 /// success after one (`failing` carries that state between calls).
 pub async fn flush_once(hub: &Hub, failing: &mut bool) {
-    match hub.flush_due_beats(&persist_gap).await {
+    match hub.flush_due_beats(&PERSIST_RULE).await {
         Ok(saved) if *failing => {
             *failing = false;
             tracing::info!(saved, "heartbeat batches persisted again");

@@ -71,7 +71,7 @@ pub async fn flush_loop(node: ClusterNode, cancel: CancellationToken) {
 
 /// One batch of due heartbeats, logged like the single node's (`sync::flush_once`).
 async fn flush_due(node: &ClusterNode, failing: &mut bool) {
-    match node.hub().flush_due_beats(&super::beat_gap).await {
+    match node.hub().flush_due_beats(&super::BEAT_RULE).await {
         Ok(saved) if *failing => {
             *failing = false;
             tracing::info!(saved, "heartbeat batches persisted again");

@@ -56,6 +56,24 @@ pub fn beat_gap(ttl_secs: u32) -> Millis {
     (u64::from(ttl_secs) * 1000 / 2).saturating_sub(lag.as_millis() as u64)
 }
 
+/// Whether a heartbeat's count moved far enough from the stored one to be written
+/// at once: by more than 1/64 of the stored count (any change below 64). The other
+/// nodes rank by the stored count, and a node releases its pending hand-outs once a
+/// backend's heartbeat counts them, so a count held back for [`beat_gap`] would hide
+/// those devices from every other node (a device that landed through one node was
+/// invisible to the other for up to half a TTL). Within 1/64 a held-back count
+/// shifts no ranking by more than the rebalancing tolerance does, and a fleet whose
+/// counts barely move keeps the gap's saving.
+pub fn count_moved(stored: u64, now: u64) -> bool {
+    stored.abs_diff(now) > stored / 64
+}
+
+/// When a cluster node writes a heartbeat: [`beat_gap`] and [`count_moved`].
+pub const BEAT_RULE: crate::registry::table::BeatRule = crate::registry::table::BeatRule {
+    min_gap: beat_gap,
+    count_moved,
+};
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()

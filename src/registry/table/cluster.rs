@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::{DirtyBeat, ServiceTable};
+use super::{BeatRule, DirtyBeat, ServiceTable};
 use crate::registry::model::{Instance, Millis, Origin};
 
 impl ServiceTable {
@@ -44,7 +44,10 @@ impl ServiceTable {
         if synced.last_seen > local.last_seen {
             local.absorb_heartbeat(Some(synced.connections), synced.last_seen);
         }
-        entry.stored_seen = entry.stored_seen.max(synced.last_seen);
+        if synced.last_seen >= entry.stored_seen {
+            entry.stored_seen = synced.last_seen;
+            entry.stored_connections = synced.connections;
+        }
         if regroup {
             self.groups.rekey(&entry.instance, None, entry.indexed);
         }
@@ -68,7 +71,10 @@ impl ServiceTable {
         let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
             return false;
         };
-        entry.stored_seen = entry.stored_seen.max(last_seen);
+        if last_seen >= entry.stored_seen {
+            entry.stored_seen = last_seen;
+            entry.stored_connections = connections;
+        }
         if last_seen <= entry.instance.last_seen {
             return false;
         }
@@ -81,17 +87,13 @@ impl ServiceTable {
         true
     }
 
-    /// Takes the heartbeats due to be written now (both modes' flush:
-    /// `cluster::beat_gap`, `sync::persist_gap`), and leaves the others dirty for a
-    /// later round. A beat is due when it is at least `min_gap(ttl_secs)` newer than
-    /// the newest one the store is known to hold for the instance (so other nodes'
-    /// view of it never falls further behind), or when it has waited that long with
-    /// no newer one (the instance went quiet: its last beat is not lost).
-    pub fn take_due_beats(
-        &mut self,
-        now: Millis,
-        min_gap: &dyn Fn(u32) -> Millis,
-    ) -> Vec<DirtyBeat> {
+    /// Takes the heartbeats due to be written now (both modes' flush, by `rule`), and
+    /// leaves the others dirty for a later round. A beat is due when it is at least
+    /// `min_gap(ttl_secs)` newer than the newest one the store is known to hold for
+    /// the instance (so other nodes' view of it never falls further behind), when it
+    /// has waited that long with no newer one (the instance went quiet: its last beat
+    /// is not lost), or when its count moved from the stored one (`count_moved`).
+    pub fn take_due_beats(&mut self, now: Millis, rule: &BeatRule) -> Vec<DirtyBeat> {
         let mut beats = Vec::new();
         let mut waiting = Vec::new();
         for slot in std::mem::take(&mut self.dirty) {
@@ -101,11 +103,16 @@ impl ServiceTable {
             if !entry.dirty {
                 continue;
             }
-            let gap = min_gap(entry.instance.spec.ttl_secs);
+            let gap = (rule.min_gap)(entry.instance.spec.ttl_secs);
             let seen = entry.instance.last_seen;
-            if seen.saturating_sub(entry.stored_seen) >= gap || now.saturating_sub(seen) >= gap {
+            let count = entry.instance.connections;
+            if seen.saturating_sub(entry.stored_seen) >= gap
+                || now.saturating_sub(seen) >= gap
+                || (rule.count_moved)(entry.stored_connections, count)
+            {
                 entry.dirty = false;
                 entry.stored_seen = seen;
+                entry.stored_connections = count;
                 beats.push(DirtyBeat {
                     id: entry.instance.id.clone(),
                     connections: entry.instance.connections,

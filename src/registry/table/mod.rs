@@ -100,6 +100,17 @@ pub struct DirtyBeat {
     pub last_seen: Millis,
 }
 
+/// When a heartbeat held in memory is due for the store (`take_due_beats`); each
+/// mode's flush brings its own (`cluster::BEAT_RULE`, `sync::PERSIST_RULE`).
+#[derive(Debug, Clone, Copy)]
+pub struct BeatRule {
+    /// How much newer than the stored beat a beat must be, by TTL in seconds.
+    pub min_gap: fn(u32) -> Millis,
+    /// Whether a count moved far enough from the stored one `(stored, now)` to be
+    /// written at once, whatever its age: other nodes rank by the stored count.
+    pub count_moved: fn(u64, u64) -> bool,
+}
+
 /// Slots of one answer, and expired slots met while ordering.
 struct Order {
     slots: Vec<u32>,
@@ -124,6 +135,8 @@ struct Entry {
     /// from another node): a cluster node writes the next one only when liveness
     /// across nodes needs it (`take_due_beats`).
     stored_seen: Millis,
+    /// The connection count of that stored heartbeat.
+    stored_connections: u64,
     /// Part of the set frozen by self-preservation: handed out even if expired.
     preserved: bool,
     /// The caller's rendering of the instance's fixed fields (the admin listing's
@@ -286,6 +299,7 @@ impl ServiceTable {
                 id_hash: xxh3_64(instance.id.as_bytes()),
                 // Registered or synced: the store dated it as it arrives here.
                 stored_seen: instance.last_seen,
+                stored_connections: instance.connections,
                 instance,
                 indexed: None,
                 counted: (0, 0),
@@ -679,6 +693,7 @@ impl ServiceTable {
             {
                 entry.dirty = false;
                 entry.stored_seen = entry.instance.last_seen;
+                entry.stored_connections = entry.instance.connections;
                 beats.push(DirtyBeat {
                     id: entry.instance.id.clone(),
                     connections: entry.instance.connections,

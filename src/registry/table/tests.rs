@@ -1502,7 +1502,11 @@ fn a_cluster_node_writes_a_beat_only_when_liveness_across_nodes_needs_it() {
     // Gap 750 ms, heartbeats every 500 ms: every second one is written; the one in
     // between waits and is superseded; a synced beat from another node counts as
     // stored; the last beat of an instance that went quiet is written after the gap.
-    let gap = |_ttl: u32| 750;
+    // Counts move on every beat here, and this rule ignores that (`count_moved`).
+    let gap = BeatRule {
+        min_gap: |_ttl| 750,
+        count_moved: |_stored, _now| false,
+    };
     let mut t = ServiceTable::new("default");
     add(&mut t, "a", 0);
     let mut written = Vec::new();
@@ -1523,6 +1527,37 @@ fn a_cluster_node_writes_a_beat_only_when_liveness_across_nodes_needs_it() {
     assert!(t.take_due_beats(9_000, &gap).is_empty());
     // A synced beat older than the local one changes nothing.
     assert!(!t.apply_synced_beat("a", 3, 4_000, 9_000));
+}
+
+#[test]
+fn a_cluster_node_writes_a_moved_count_at_once_and_holds_back_a_steady_one() {
+    // The cluster's rule: a gap of 750 ms, and a count that moved by more than 1/64
+    // of the stored one (any change below 64) is due whatever its age.
+    let rule = BeatRule {
+        min_gap: |_ttl| 750,
+        count_moved: crate::cluster::count_moved,
+    };
+    let mut t = ServiceTable::new("default");
+    add(&mut t, "a", 0);
+    let due = |t: &mut ServiceTable, count: u64, now: Millis| {
+        beat(t, "a", count, now);
+        let taken = t.take_due_beats(now, &rule);
+        taken.first().map(|b| b.connections)
+    };
+    // 0 -> 1: the device that landed is visible to the other nodes at once.
+    assert_eq!(due(&mut t, 1, 100), Some(1));
+    // The same count 100 ms later waits for the gap.
+    assert_eq!(due(&mut t, 1, 200), None);
+    assert_eq!(due(&mut t, 2, 300), Some(2));
+    // From 6,400 stored, moves of up to 100 (1/64) wait; 101 does not.
+    assert_eq!(due(&mut t, 6_400, 400), Some(6_400));
+    assert_eq!(due(&mut t, 6_500, 500), None);
+    assert_eq!(due(&mut t, 6_300, 600), None);
+    assert_eq!(due(&mut t, 6_501, 700), Some(6_501));
+    // A count another node stored is the base the next move is measured from.
+    assert!(t.apply_synced_beat("a", 10, 800, 800));
+    assert_eq!(due(&mut t, 10, 900), None);
+    assert_eq!(due(&mut t, 11, 1_000), Some(11));
 }
 
 #[test]
