@@ -178,6 +178,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         )),
         shutting_down: Arc::clone(&shutting_down),
         shutdown: shutdown.clone(),
+        scraped: crate::metrics::ScrapedServices::default(),
     });
     let router = api::router(Arc::clone(&state));
 

@@ -176,21 +176,28 @@ pub async fn upkeep_loop(cancel: tokio_util::sync::CancellationToken) {
     }
 }
 
+/// The services one registry's last scrape set gauges for, so the next scrape sets a
+/// service that went to 0. One per registry, not per process: several registries in
+/// one process (the tests) would otherwise zero each other's services, as they did
+/// between a gauge's set and the render.
+#[derive(Debug, Default)]
+pub struct ScrapedServices(Mutex<BTreeSet<String>>);
+
 /// Sets the gauges that are read off the registry and the listeners (instances,
 /// connections, pending, self-preservation, active relays, the fd budget and what
 /// it holds, sync lag), then renders everything in Prometheus text format.
 pub fn render(
     hub: &Hub,
+    scraped: &ScrapedServices,
     forwarders: &[ListenerSnapshot],
     fds: &FdBudget,
     cluster_sync_age: Option<Duration>,
 ) -> String {
-    static LAST_SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     let handle = handle();
     let summaries = hub.summaries();
     let now: BTreeSet<String> = summaries.iter().map(|s| s.name.clone()).collect();
     {
-        let mut seen = LAST_SEEN.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = scraped.0.lock().unwrap_or_else(|p| p.into_inner());
         // A service that went (its last instance left) reads 0, not its last value.
         for gone in seen.difference(&now) {
             for state in ["up", "draining", "expired"] {

@@ -57,6 +57,8 @@ pub struct Shared {
     pub shutting_down: Arc<AtomicBool>,
     /// Fires at shutdown; blocking queries answer at once instead of holding it up.
     pub shutdown: CancellationToken,
+    /// The services `/metrics` last set gauges for.
+    pub scraped: crate::metrics::ScrapedServices,
 }
 
 /// The API: every endpoint, in the per-request envelope of [`service::Api`]. Routes

@@ -44,6 +44,7 @@ pub async fn metrics(
     let lag = state.cluster.as_ref().map(ClusterNode::since_last_sync);
     let text = crate::metrics::render(
         &state.hub,
+        &state.scraped,
         &state.forwarders.snapshot(),
         state.forwarders.fds(),
         lag,
