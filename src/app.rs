@@ -261,6 +261,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         header_timeout: config.http_header_timeout,
         idle_timeout: config.http_idle_timeout,
         max_connections: config.http_max_connections,
+        fast_path: config.http_fast_path,
     };
     let stop = shutdown.clone();
     let server = tokio::spawn(api::serve::serve(listener, router, limits, stop.clone()));

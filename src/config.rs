@@ -325,6 +325,9 @@ pub struct Config {
     pub http_idle_timeout: Duration,
     /// Open HTTP connections at most (`http_max_connections`).
     pub http_max_connections: usize,
+    /// Answer the hot routes on the hand-written HTTP/1.1 path (`api/fast/`). Not a
+    /// config key: always on, but for tests that compare it with hyper's in-process.
+    pub http_fast_path: bool,
     /// Tokens.
     pub tokens: TokenConfig,
     /// Forward listeners.
@@ -349,6 +352,7 @@ impl std::fmt::Debug for Config {
             .field("http_header_timeout", &self.http_header_timeout)
             .field("http_idle_timeout", &self.http_idle_timeout)
             .field("http_max_connections", &self.http_max_connections)
+            .field("http_fast_path", &self.http_fast_path)
             .field("tokens", &self.tokens)
             .field("forwards", &self.forwards)
             .field("statics", &self.statics)
@@ -572,6 +576,7 @@ impl Config {
             http_header_timeout,
             http_idle_timeout,
             http_max_connections,
+            http_fast_path: true,
             tokens,
             forwards,
             statics,

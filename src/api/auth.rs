@@ -75,23 +75,40 @@ impl std::fmt::Debug for Meta {
     }
 }
 
+impl Meta {
+    /// From the headers the API reads (each header's first value, as `HeaderMap::get`
+    /// gives it) and the client's address: one place for both HTTP paths.
+    pub fn new(
+        authorization: Option<HeaderValue>,
+        lease: Option<HeaderValue>,
+        accept: Option<&HeaderValue>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Meta {
+        Meta {
+            authorization,
+            lease,
+            wants_text: accept
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("text/plain") && !a.contains("application/json")),
+            peer,
+        }
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Meta {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let headers = &parts.headers;
-        Ok(Meta {
-            authorization: headers.get(axum::http::header::AUTHORIZATION).cloned(),
-            lease: headers.get("x-lease").cloned(),
-            wants_text: headers
-                .get(axum::http::header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|a| a.contains("text/plain") && !a.contains("application/json")),
-            peer: parts
+        Ok(Meta::new(
+            headers.get(axum::http::header::AUTHORIZATION).cloned(),
+            headers.get("x-lease").cloned(),
+            headers.get(axum::http::header::ACCEPT),
+            parts
                 .extensions
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map(|info| info.0.ip()),
-        })
+        ))
     }
 }
 

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
+use super::answer::Answer;
 use crate::hub::HubError;
 use crate::registry::validate::Invalid;
 use crate::store::StoreError;
@@ -92,18 +93,27 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The answer: `{"error": {"code", "message"}}` with the status (and
+    /// `Retry-After` for a rate limit), as both HTTP paths write it.
+    pub fn answer(&self) -> Answer {
         let (status, code) = self.status_and_code();
         let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
-        let mut response = (status, axum::Json(body)).into_response();
-        if let ApiError::RateLimited(wait) = &self {
-            response.headers_mut().insert(
+        let body = serde_json::to_vec(&body).expect("a JSON value serialises");
+        let mut answer = Answer::json(status, body);
+        if let ApiError::RateLimited(wait) = self {
+            answer.extra.push((
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(wait.as_secs()),
-            );
+            ));
         }
-        response
+        answer
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.answer().into_response()
     }
 }
 
@@ -120,9 +130,24 @@ where
 {
     type Rejection = ApiError;
 
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// The request body as bytes, read up to [`super::BODY_LIMIT`] (413 beyond), for a
+/// handler that parses it with [`parse_json`] itself.
+#[derive(Debug, Clone, Default)]
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::to_bytes(req.into_body(), super::BODY_LIMIT)
+        axum::body::to_bytes(req.into_body(), super::BODY_LIMIT)
             .await
+            .map(RawBody)
             .map_err(|err| {
                 let err = err.into_inner();
                 if err.is::<http_body_util::LengthLimitError>() {
@@ -130,23 +155,31 @@ where
                 } else {
                     ApiError::BadJson(format!("could not read the request body: {err}"))
                 }
-            })?;
-        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
-        let mut de = serde_json::Deserializer::from_slice(text);
-        let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            classify(&path, &inner)
-        })?;
-        de.end().map_err(|err| {
-            ApiError::BadJson(format!("trailing data after the JSON body: {err}"))
-        })?;
-        Ok(ApiJson(value))
+            })
     }
+}
+
+/// Parses a body as [`ApiJson`] does: strictly, an all-blank body as `{}`, errors
+/// named after their field.
+///
+/// # Errors
+/// [`ApiError::BadJson`], [`ApiError::UnknownField`] or a field's
+/// [`ApiError::Invalid`].
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        classify(&path, &inner)
+    })?;
+    de.end()
+        .map_err(|err| ApiError::BadJson(format!("trailing data after the JSON body: {err}")))?;
+    Ok(value)
 }
 
 /// Names a JSON error after the field it happened in.

@@ -6,14 +6,15 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::AppState;
+use super::answer::Answer;
 use super::auth::{Access, Meta};
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, RawBody, parse_json};
 use super::limits::Limit;
+use super::{AppState, Shared};
 use crate::clock::rfc3339;
 use crate::hub::Authority;
 use crate::registry::table::{Card, InstanceView};
@@ -254,13 +255,30 @@ pub async fn heartbeat(
     State(state): State<AppState>,
     Path((service, id)): Path<(String, String)>,
     meta: Meta,
-    ApiJson(body): ApiJson<HeartbeatBody>,
-) -> Result<Response, ApiError> {
-    let lease = meta.lease().unwrap_or("");
-    let answer = state
-        .hub
-        .heartbeat(&service, &id, lease, body.connections)?;
-    Ok(super::write_json::heartbeat(answer.ttl_secs, answer.shed))
+    RawBody(body): RawBody,
+) -> Answer {
+    heartbeat_answer(&state, &service, &id, &meta, &body)
+}
+
+/// The answer of a heartbeat, for both HTTP paths: the body (already read within
+/// the limit), then the hub checks the lease and applies it.
+pub fn heartbeat_answer(
+    state: &Shared,
+    service: &str,
+    id: &str,
+    meta: &Meta,
+    body: &[u8],
+) -> Answer {
+    let beat = || -> Result<Answer, ApiError> {
+        let body: HeartbeatBody = parse_json(body)?;
+        let lease = meta.lease().unwrap_or("");
+        let answer = state.hub.heartbeat(service, id, lease, body.connections)?;
+        Ok(Answer::json(
+            StatusCode::OK,
+            super::write_json::heartbeat_body(answer.ttl_secs, answer.shed),
+        ))
+    };
+    beat().unwrap_or_else(|err| err.answer())
 }
 
 /// `POST /v1/services/{service}/instances/{id}/drain`.

@@ -3,9 +3,11 @@
 //!
 //! Must not hold SQL or ranking math.
 
+pub mod answer;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod fast;
 pub mod instances;
 pub mod limits;
 pub mod openapi;
@@ -31,7 +33,8 @@ use crate::hub::Hub;
 use auth::Tokens;
 use error::ApiError;
 
-/// Largest accepted request body (read by [`error::ApiJson`], the only body reader).
+/// Largest accepted request body (read by [`error::RawBody`] and, on the fast path, by
+/// `fast/`).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// Longest a request may run: above the 60 s of the longest blocking query.
@@ -65,6 +68,7 @@ pub struct Shared {
 /// are registered through utoipa-axum, so each one is in `/openapi.json` by
 /// construction, and the envelope labels requests by the same patterns.
 pub fn router(state: AppState) -> service::Api {
+    let state_for_fast = Arc::clone(&state);
     let (routes, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(dashboard::page))
         .routes(routes!(servers::servers))
@@ -85,5 +89,5 @@ pub fn router(state: AppState) -> service::Api {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state);
-    service::Api::new(router, patterns)
+    service::Api::new(router, patterns, state_for_fast)
 }

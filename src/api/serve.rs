@@ -5,7 +5,9 @@
 //! kernel's backlog: the permit is taken before `accept`), and failed accepts back
 //! off instead of spinning.
 //!
-//! Owns the HTTP/1 connection handling (hyper); knows nothing of the endpoints.
+//! Owns the HTTP/1 connection handling: each connection starts on the hand-written
+//! path of the hot routes (`fast/`, unless [`HttpLimits::fast_path`] is off), which
+//! hands it to hyper here at its first other request. Knows nothing of the endpoints.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +36,9 @@ pub struct HttpLimits {
     pub idle_timeout: Duration,
     /// At most this many connections are open at once.
     pub max_connections: usize,
+    /// Answer the hot routes on the hand-written path (`fast/`); off, every request
+    /// goes through hyper and axum (tests compare the two).
+    pub fast_path: bool,
 }
 
 /// Accepts and serves until `shutdown` fires; then stops accepting, lets each
@@ -162,12 +167,7 @@ impl Drop for InFlight {
     }
 }
 
-/// Serves one connection until it closes, its idle timeout passes, or shutdown.
-///
-/// One timer watches both deadlines and is moved only when a deadline comes earlier
-/// than it (headers still incomplete when a poll ends): a request answered within one
-/// poll, the usual case, touches no timer. When the timer fires early (activity
-/// pushed the deadline later) it is set again, once per idle period.
+/// Serves one accepted connection, holding its permit until it closes.
 async fn connection(
     http: http1::Builder,
     stream: TcpStream,
@@ -177,6 +177,30 @@ async fn connection(
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
 ) {
+    if limits.fast_path {
+        super::fast::connection(stream, peer, http, api, limits, shutdown).await;
+    } else {
+        hyper_connection(http, stream, peer, api, limits, shutdown).await;
+    }
+}
+
+/// Serves a connection with hyper until it closes, its idle timeout passes, or
+/// shutdown.
+///
+/// One timer watches both deadlines and is moved only when a deadline comes earlier
+/// than it (headers still incomplete when a poll ends): a request answered within one
+/// poll, the usual case, touches no timer. When the timer fires early (activity
+/// pushed the deadline later) it is set again, once per idle period.
+pub(super) async fn hyper_connection<S>(
+    http: http1::Builder,
+    stream: S,
+    peer: SocketAddr,
+    api: Api,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let idle = limits.idle_timeout;
     let activity = Arc::new(Activity::new());
     let requests = Arc::clone(&activity);
@@ -251,12 +275,12 @@ async fn connection(
 }
 
 /// The connection's socket, telling [`Activity`] when bytes arrive.
-struct Watched {
-    stream: TcpStream,
+struct Watched<S> {
+    stream: S,
     activity: Arc<Activity>,
 }
 
-impl tokio::io::AsyncRead for Watched {
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<S> {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -272,7 +296,7 @@ impl tokio::io::AsyncRead for Watched {
     }
 }
 
-impl tokio::io::AsyncWrite for Watched {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

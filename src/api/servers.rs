@@ -3,16 +3,16 @@
 
 use std::time::Duration;
 
-use axum::extract::{Query, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
+use super::answer::Answer;
 use super::auth::{Access, Meta};
 use super::error::ApiError;
 use super::limits::Limit;
+use super::{AppState, Shared};
 use crate::registry::table::{RankQuery, Ranked};
 use crate::registry::validate::{self, Invalid};
 
@@ -110,12 +110,36 @@ fn parse_number(raw: Option<&str>, code: &'static str, name: &str) -> Result<Opt
 pub async fn servers(
     State(state): State<AppState>,
     meta: Meta,
-    query: Result<Query<ServersParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    state.tokens.load().check(&meta, Access::Read)?;
+    RawQuery(query): RawQuery,
+) -> Answer {
+    answer(&state, query.as_deref(), &meta).await
+}
+
+/// The answer of `GET /servers` for a query string (without the `?`), for both HTTP
+/// paths: the read token, the read rate limit, the parameters, then the ranking.
+pub async fn answer(state: &Shared, query: Option<&str>, meta: &Meta) -> Answer {
+    match ranked(state, query, meta).await {
+        Ok(answer) => answer,
+        Err(err) => err.answer(),
+    }
+}
+
+/// Parses a query string as axum's `Query` does (serde_urlencoded through
+/// serde_path_to_error), with its rejection's message.
+fn parse_query(query: Option<&str>) -> Result<ServersParams, Invalid> {
+    let pairs = form_urlencoded::parse(query.unwrap_or_default().as_bytes());
+    serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(pairs)).map_err(|e| {
+        Invalid::new(
+            "invalid_query",
+            format!("malformed query string: Failed to deserialize query string: {e}"),
+        )
+    })
+}
+
+async fn ranked(state: &Shared, query: Option<&str>, meta: &Meta) -> Result<Answer, ApiError> {
+    state.tokens.load().check(meta, Access::Read)?;
     state.limits.load().check(Limit::Read, meta.peer)?;
-    let Query(params) =
-        query.map_err(|e| Invalid::new("invalid_query", format!("malformed query string: {e}")))?;
+    let params = parse_query(query)?;
     let service = params.service.as_deref().unwrap_or("default");
     validate::service_name(service)?;
     let limit = match parse_number(params.limit.as_deref(), "invalid_limit", "limit")? {
@@ -165,10 +189,9 @@ pub async fn servers(
     if meta.wants_text {
         return Ok(text_answer(&ranked, state.hub.reconnect_jitter_ms()));
     }
-    Ok(super::write_json::servers(
-        service,
-        &ranked,
-        state.hub.reconnect_jitter_ms(),
+    Ok(Answer::json(
+        StatusCode::OK,
+        super::write_json::servers_body(service, &ranked, state.hub.reconnect_jitter_ms()),
     ))
 }
 
@@ -196,25 +219,49 @@ pub(crate) fn reference_dto(service: &str, ranked: &Ranked, jitter: u64) -> Serv
 }
 
 /// One `host:port` per line, best first.
-fn text_answer(ranked: &Ranked, reconnect_jitter_ms: u64) -> Response {
+fn text_answer(ranked: &Ranked, reconnect_jitter_ms: u64) -> Answer {
     let mut body = String::with_capacity(ranked.servers.len() * 24);
     for server in &ranked.servers {
         body.push_str(&server.address);
         body.push('\n');
     }
-    (
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+    Answer {
+        status: StatusCode::OK,
+        content_type: Some("text/plain; charset=utf-8"),
+        extra: vec![
             (
-                header::HeaderName::from_static("x-switchboard-version"),
-                ranked.version.to_string(),
+                HeaderName::from_static("x-switchboard-version"),
+                HeaderValue::from(ranked.version),
             ),
             (
-                header::HeaderName::from_static("x-reconnect-jitter-ms"),
-                reconnect_jitter_ms.to_string(),
+                HeaderName::from_static("x-reconnect-jitter-ms"),
+                HeaderValue::from(reconnect_jitter_ms),
             ),
         ],
-        body,
-    )
-        .into_response()
+        body: body.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The same parameters and the same message as axum's `Query` extractor.
+        #[test]
+        fn queries_parse_as_axum_parses_them(
+            query in "([a-z_]{0,9}=?[a-zA-Z0-9%+&=;._-]{0,12}){0,4}",
+        ) {
+            let uri: axum::http::Uri = format!("/servers?{query}").parse().unwrap();
+            let axum = axum::extract::Query::<ServersParams>::try_from_uri(&uri);
+            let mine = parse_query(Some(&query));
+            match (axum, mine) {
+                (Ok(axum::extract::Query(a)), Ok(m)) => prop_assert_eq!(format!("{a:?}"), format!("{m:?}")),
+                (Err(a), Err(m)) => prop_assert_eq!(format!("malformed query string: {a}"), m.message.clone()),
+                (a, m) => prop_assert!(false, "axum {:?}, mine {:?}", a.map(|q| format!("{:?}", q.0)), m),
+            }
+        }
+    }
 }

@@ -4,20 +4,22 @@
 //! cost more than a whole `/healthz`: axum wraps each route in every layer and clones
 //! and boxes that stack on each request, and `from_fn` boxes again.
 //!
-//! Owns that per-request envelope; knows nothing of the endpoints and holds no state
-//! but the router and the route patterns.
+//! Owns that per-request envelope, which the hand-written path of the hot routes
+//! (`fast/`) goes through too ([`Api::finish`]); knows nothing of the endpoints and
+//! holds no state but the router, the route patterns and the shared state it hands
+//! to that path.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use super::REQUEST_TIMEOUT;
+use super::{AppState, REQUEST_TIMEOUT};
 
 /// Label of a request whose path is no route's.
 const UNMATCHED: &str = "unmatched";
@@ -31,6 +33,21 @@ pub struct Api {
     routes: Arc<matchit::Router<usize>>,
     /// The patterns, then [`UNMATCHED`]; a request's label is one of these.
     patterns: Arc<[String]>,
+    /// The handlers' state, for the hand-written path of the hot routes.
+    state: AppState,
+    /// The label indices of the hot routes.
+    hot: HotRoutes,
+}
+
+/// The label indices (in `patterns`) of the routes `fast/` answers itself.
+#[derive(Debug, Clone, Copy)]
+pub struct HotRoutes {
+    /// `GET /healthz`.
+    pub healthz: usize,
+    /// `GET /servers`.
+    pub servers: usize,
+    /// `PUT /v1/services/{service}/instances/{id}/heartbeat`.
+    pub heartbeat: usize,
 }
 
 impl std::fmt::Debug for Api {
@@ -43,7 +60,7 @@ impl Api {
     /// The envelope around `router`, whose routes are `patterns` (axum's syntax,
     /// `/v1/services/{service}`). A pattern matchit refuses is left unlabelled
     /// (`unmatched`) rather than failing start-up: the label is for metrics only.
-    pub fn new(router: Router, patterns: impl IntoIterator<Item = String>) -> Api {
+    pub fn new(router: Router, patterns: impl IntoIterator<Item = String>, state: AppState) -> Api {
         let mut routes = matchit::Router::new();
         let mut labels = Vec::new();
         for pattern in patterns {
@@ -53,11 +70,33 @@ impl Api {
             }
         }
         labels.push(UNMATCHED.to_owned());
-        Api {
+        let mut api = Api {
             router,
             routes: Arc::new(routes),
             patterns: labels.into(),
-        }
+            state,
+            hot: HotRoutes {
+                healthz: 0,
+                servers: 0,
+                heartbeat: 0,
+            },
+        };
+        api.hot = HotRoutes {
+            healthz: api.route_of("/healthz"),
+            servers: api.route_of("/servers"),
+            heartbeat: api.route_of("/v1/services/s/instances/i/heartbeat"),
+        };
+        api
+    }
+
+    /// The handlers' state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The label indices of the hot routes.
+    pub fn hot(&self) -> HotRoutes {
+        self.hot
     }
 
     /// The index in `patterns` of the route `path` matches, else of `unmatched`: a
@@ -81,16 +120,21 @@ impl Api {
             Ok(Err(never)) => match never {},
             Err(_elapsed) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
         };
-        let elapsed = started.elapsed();
-        let status = response.status();
+        self.finish(index, &method, response.status(), started.elapsed());
+        response
+    }
+
+    /// What every answered request gets, on either HTTP path: a server error's log
+    /// line (else a debug one) and its duration in the histogram of its route
+    /// (`index` from [`Api::hot`] or the router's labels), method and status.
+    pub fn finish(&self, index: usize, method: &Method, status: StatusCode, elapsed: Duration) {
         let route = self.patterns[index].as_str();
         if status.is_server_error() {
             tracing::error!(%method, route, status = status.as_u16(), latency = ?elapsed, "response failed");
         } else {
             tracing::debug!(%method, route, status = status.as_u16(), latency = ?elapsed, "request answered");
         }
-        durations::record(index, route, &method, status, elapsed.as_secs_f64());
-        response
+        durations::record(index, route, method, status, elapsed.as_secs_f64());
     }
 }
 

@@ -48,12 +48,8 @@ fn push_f64(out: &mut Vec<u8>, value: f64) {
     }
 }
 
-/// The `/servers` answer (`servers::ServersAnswer`'s fields, in its order).
-pub fn servers(service: &str, ranked: &Ranked, reconnect_jitter_ms: u64) -> Response {
-    answer(servers_body(service, ranked, reconnect_jitter_ms))
-}
-
-fn servers_body(service: &str, ranked: &Ranked, reconnect_jitter_ms: u64) -> Vec<u8> {
+/// The `/servers` JSON body (`servers::ServersAnswer`'s fields, in its order).
+pub fn servers_body(service: &str, ranked: &Ranked, reconnect_jitter_ms: u64) -> Vec<u8> {
     // About what one server takes (a 32-digit id, an IPv4 address, a short zone).
     let mut out = Vec::with_capacity(128 + ranked.servers.len() * 144);
     out.extend_from_slice(b"{\"service\":");
@@ -92,12 +88,8 @@ fn servers_body(service: &str, ranked: &Ranked, reconnect_jitter_ms: u64) -> Vec
     out
 }
 
-/// A heartbeat's answer (`instances::HeartbeatAnswer`'s fields, in its order).
-pub fn heartbeat(ttl_secs: u32, shed: u64) -> Response {
-    answer(heartbeat_body(ttl_secs, shed))
-}
-
-fn heartbeat_body(ttl_secs: u32, shed: u64) -> Vec<u8> {
+/// A heartbeat's JSON body (`instances::HeartbeatAnswer`'s fields, in its order).
+pub fn heartbeat_body(ttl_secs: u32, shed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(40);
     out.extend_from_slice(b"{\"ttl_secs\":");
     push_u64(&mut out, u64::from(ttl_secs));
