@@ -19,6 +19,7 @@ pub mod echo;
 pub mod pg;
 pub mod process;
 pub mod proxy_header;
+pub mod raw;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -56,6 +57,9 @@ pub struct Options {
     /// `RLIMIT_NOFILE`, soft and hard, the process starts with (process servers
     /// only: the limit is the process's, so it is set by `prlimit` before exec).
     pub nofile: Option<u64>,
+    /// Every request through hyper and axum, without the hand-written path of the
+    /// hot routes (in-process servers only; tests compare the two).
+    pub no_fast_path: bool,
 }
 
 impl Options {
@@ -394,8 +398,9 @@ impl Server {
             no_forward: options.forwards == 0,
             ..ServeArgs::default()
         };
-        let config = Config::from_toml(options.config.as_deref().unwrap_or(""), &args)
+        let mut config = Config::from_toml(options.config.as_deref().unwrap_or(""), &args)
             .unwrap_or_else(|err| panic!("test configuration: {err}"));
+        config.http_fast_path = !options.no_fast_path;
         let running = app::start(config)
             .await
             .unwrap_or_else(|err| panic!("server did not start: {err}; log:\n{}", logs.text()));

@@ -46,6 +46,10 @@ impl Server {
     /// Starts a server and waits for its HTTP listener (and `options.forwards`
     /// forward listeners).
     pub fn start_with(options: Options) -> Server {
+        assert!(
+            !options.no_fast_path,
+            "the fast path's knob is in-process only (common::Server)"
+        );
         let dir = tempfile::tempdir().expect("temp dir");
         // prlimit sets the limit on itself and execs the server: same PID, and the
         // hard limit lowered too, so the server's raising changes nothing.
