@@ -531,67 +531,8 @@ fn count_rustc() -> usize {
 }
 
 // ---------------------------------------------------------------------------------
-// /proc accounting.
+// The kernel's socket memory.
 // ---------------------------------------------------------------------------------
-
-/// `root` and all its descendants.
-fn process_tree(root: u32) -> Vec<u32> {
-    let parent: Vec<(u32, u32)> = sample::pids()
-        .into_iter()
-        .filter_map(|pid| Some((pid, sample::stat(pid)?.ppid)))
-        .collect();
-    let mut tree = vec![root];
-    // Bounded: at most one pass per process found.
-    for _ in 0..parent.len() {
-        let before = tree.len();
-        for &(pid, ppid) in &parent {
-            if tree.contains(&ppid) && !tree.contains(&pid) {
-                tree.push(pid);
-            }
-        }
-        if tree.len() == before {
-            break;
-        }
-    }
-    tree
-}
-
-/// Busy ticks of all CPUs (`/proc/stat`: everything but idle and iowait).
-fn machine_busy_ticks() -> u64 {
-    sample::machine().map_or(0, sample::Machine::busy)
-}
-
-fn cpu_ticks(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|&p| sample::stat(p))
-        .map(|s| s.ticks)
-        .sum()
-}
-
-fn status_sum(pids: &[u32], field: &str) -> u64 {
-    pids.iter()
-        .filter_map(|&p| sample::status_field(p, field))
-        .sum()
-}
-
-/// Whether `127.0.0.1:port` has a listening TCP socket, or with `udp` a bound UDP one
-/// (without connecting to it: a probe connection would reach the backend, which
-/// confuses iperf3's server).
-fn is_listening(port: u16, udp: bool) -> bool {
-    let (table, state) = if udp {
-        ("/proc/net/udp", "07")
-    } else {
-        ("/proc/net/tcp", "0A")
-    };
-    let Ok(table) = fs::read_to_string(table) else {
-        return false;
-    };
-    let want = format!("0100007F:{port:04X}");
-    table.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&state)
-    })
-}
 
 /// The TCP sockets whose local port is `local` or whose peer port is `peer`, and the
 /// bytes the kernel holds for them: r + w + f of `skmem` in `ss -tmnO` (receive queue,
@@ -674,7 +615,7 @@ impl Proxy {
     /// A started proxy listening on `listen`, its workers remembered.
     fn started(listen: SocketAddr, server: Server) -> Proxy {
         let root = server.pid;
-        let extra = process_tree(root)
+        let extra = sample::process_tree(root)
             .into_iter()
             .filter(|&p| p != root)
             .filter_map(|p| sample::stat(p).map(|s| (p, s.start)))
@@ -690,18 +631,20 @@ impl Proxy {
     fn pids(&self) -> Vec<u32> {
         self.server
             .as_ref()
-            .map(|s| process_tree(s.pid))
+            .map(|s| sample::process_tree(s.pid))
             .unwrap_or_default()
     }
 
     fn cpu(&self) -> Option<u64> {
-        self.server.as_ref().map(|_| cpu_ticks(&self.pids()))
+        self.server
+            .as_ref()
+            .map(|_| sample::ticks_sum(&self.pids()))
     }
 
     fn rss(&self) -> Option<u64> {
         self.server
             .as_ref()
-            .map(|_| status_sum(&self.pids(), "VmRSS:"))
+            .map(|_| sample::status_sum(&self.pids(), "VmRSS:"))
     }
 
     /// The warning and error lines the proxy logged so far (its stderr; nginx's
@@ -764,7 +707,7 @@ fn spawn_listening(
         if let Some(status) = server.child.try_wait()? {
             bail!("exited with {status}: {}", server.log_text().trim());
         }
-        if is_listening(port, udp) {
+        if procs::is_listening(port, udp) {
             // Let a master fork its workers.
             std::thread::sleep(Duration::from_millis(300));
             return Ok(server);
@@ -801,7 +744,7 @@ fn start_nginx(backend: SocketAddr, extra: &str, cfg: &Config) -> Result<Proxy> 
 /// listener is: sessions per client address (`reuseport`), 20 s idle, and with
 /// `Sessions::PerRequest` one reply per session.
 fn start_nginx_udp(backends: [SocketAddr; 2], sessions: Sessions, cfg: &Config) -> Result<Proxy> {
-    let port = free_udp_port()?;
+    let port = procs::free_udp_port()?;
     let [a, b] = backends;
     let responses = match sessions {
         Sessions::PerClient => "",
@@ -868,12 +811,6 @@ stream {{
         SocketAddr::from(([127, 0, 0, 1], port)),
         server,
     ))
-}
-
-/// A loopback UDP port free right now.
-fn free_udp_port() -> Result<u16> {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("finding a free UDP port")?;
-    Ok(socket.local_addr()?.port())
 }
 
 fn start_haproxy(backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
@@ -1173,18 +1110,18 @@ fn measure_transfers(
     // server; the proxy is counted apart.
     let ours = || {
         let me = std::process::id();
-        cpu_ticks(&[me, iperf_pid]) + sample::stat(me).map_or(0, |s| s.child_ticks)
+        sample::ticks_sum(&[me, iperf_pid]) + sample::stat(me).map_or(0, |s| s.child_ticks)
     };
     for (slot, streams) in out.iter_mut().zip([1, 8]) {
         let before = proxy.cpu();
-        let (machine_before, ours_before) = (machine_busy_ticks(), ours());
+        let (machine_before, ours_before) = (sample::busy_ticks(), ours());
         let started = Instant::now();
         let (bps, bytes) = run_iperf(proxy.listen, streams, cfg.secs)
             .with_context(|| format!("{} -P {streams}", setup.name()))?;
         let secs = started.elapsed().as_secs_f64();
         let after = proxy.cpu();
         let cpu = before.zip(after).map(|(b, a)| a.saturating_sub(b));
-        let machine = machine_busy_ticks().saturating_sub(machine_before);
+        let machine = sample::busy_ticks().saturating_sub(machine_before);
         let iperf = ours().saturating_sub(ours_before);
         let ours = iperf + cpu.unwrap_or(0);
         *slot = Transfer {
@@ -1588,14 +1525,14 @@ fn measured<F: Future<Output = Load>>(
         bail!("nothing echoed through {} during warm-up", proxy.listen);
     }
     let cpu_before = proxy.cpu();
-    let bench_before = cpu_ticks(&[std::process::id()]);
-    let machine_before = machine_busy_ticks();
+    let bench_before = sample::ticks_sum(&[std::process::id()]);
+    let machine_before = sample::busy_ticks();
     let started = Instant::now();
     let done = runtime.block_on(load(secs));
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = proxy.cpu();
-    let bench_after = cpu_ticks(&[std::process::id()]);
-    let machine_after = machine_busy_ticks();
+    let bench_after = sample::ticks_sum(&[std::process::id()]);
+    let machine_after = sample::busy_ticks();
     if let Some(err) = &done.first_error {
         eprintln!("  {} error(s); first: {err}", done.errors);
     }
@@ -1864,7 +1801,7 @@ fn measure_memory(
         held: held.len(),
         at: [base, idle, burst],
         processes: pids.len(),
-        threads: status_sum(&pids, "Threads:"),
+        threads: sample::status_sum(&pids, "Threads:"),
     };
     drop(held);
     // Let the proxy see the closes before it is stopped.
