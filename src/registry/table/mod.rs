@@ -101,7 +101,7 @@ pub struct DirtyBeat {
 }
 
 /// When a heartbeat held in memory is due for the store (`take_due_beats`); each
-/// mode's flush brings its own (`cluster::BEAT_RULE`, `sync::PERSIST_RULE`).
+/// mode's flush brings its own (`cluster::BEAT_RULE`, `upkeep::PERSIST_RULE`).
 #[derive(Debug, Clone, Copy)]
 pub struct BeatRule {
     /// How much newer than the stored beat a beat must be, by TTL in seconds.
