@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::{ForwardTarget, Hub, MAX_WAIT_ROUNDS, UNKNOWN_SERVICE};
 use crate::lease;
 use crate::metrics as names;
-use crate::registry::table::{self, RankQuery, Ranked, RankedServer, ServiceSummary};
+use crate::registry::table::{self, RankQuery, Ranked, ServiceSummary};
 use crate::registry::{Instance, InstanceSpec, Origin, RebalancePolicy, ServiceTable, validate};
 
 impl Hub {
@@ -36,7 +36,7 @@ impl Hub {
         match self.slot(service) {
             Some(slot) => {
                 slot.counters.servers_answers.increment(1);
-                slot.apply(|t| t.rank(query, now))
+                slot.apply(|t| Ranked::of(t, query, now))
             }
             // Not labelled by the asked name: anyone may ask for any name, and label
             // values must stay bounded.
@@ -61,17 +61,20 @@ impl Hub {
         limit: usize,
         is_out: &dyn Fn(&str) -> bool,
     ) -> Vec<ForwardTarget> {
-        self.rank_without(service, key, limit, &|i| is_out(&i.spec.address))
-            .map(|servers| {
-                servers
-                    .into_iter()
-                    .map(|s| ForwardTarget {
-                        id: s.id,
-                        address: s.address,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut targets = Vec::new();
+        self.rank(
+            service,
+            key,
+            limit,
+            &|i| is_out(&i.spec.address),
+            &mut |i| {
+                targets.push(ForwardTarget {
+                    id: i.id.clone(),
+                    address: i.spec.address.clone(),
+                });
+            },
+        );
+        targets
     }
 
     /// The addresses DNS hands out for a service, best first by the `/servers`
@@ -83,9 +86,9 @@ impl Hub {
         limit: usize,
         keep: &dyn Fn(&str) -> bool,
     ) -> Option<Vec<String>> {
-        let exclude = |i: &Instance| i.forward_only || !keep(&i.spec.address);
-        let servers = self.rank_without(service, None, limit, &exclude)?;
-        Some(servers.into_iter().map(|s| s.address).collect())
+        let mut addresses = Vec::new();
+        let known = self.dns_each(service, limit, keep, &mut |a| addresses.push(a.to_owned()));
+        known.then_some(addresses)
     }
 
     /// [`Hub::dns_addresses`] handed to `each` address by address under the service's
@@ -98,6 +101,23 @@ impl Hub {
         keep: &dyn Fn(&str) -> bool,
         each: &mut dyn FnMut(&str),
     ) -> bool {
+        let exclude = |i: &Instance| i.forward_only || !keep(&i.spec.address);
+        self.rank(service, None, limit, &exclude, &mut |i| {
+            each(&i.spec.address)
+        })
+    }
+
+    /// The one ranking every adapter above goes through (any zone, any tag): the
+    /// service's answer without the instances `exclude` names, handed to `each` under
+    /// the service's lock; the first counts a hand-out. False for an unknown service.
+    fn rank(
+        &self,
+        service: &str,
+        key: Option<&[u8]>,
+        limit: usize,
+        exclude: &dyn Fn(&Instance) -> bool,
+        each: &mut dyn FnMut(&Instance),
+    ) -> bool {
         let Some(slot) = self.slot(service) else {
             return false;
         };
@@ -105,35 +125,11 @@ impl Hub {
         let query = RankQuery {
             limit,
             zone: None,
-            key: None,
-            tag: None,
-        };
-        let exclude = |i: &Instance| i.forward_only || !keep(&i.spec.address);
-        slot.apply(|t| t.rank_each(&query, now, &exclude, &mut |i| each(&i.spec.address)));
-        true
-    }
-
-    /// The ranking of one answer without the instances `exclude` names (any zone,
-    /// any tag); the first counts a hand-out. `None` for an unknown service.
-    fn rank_without(
-        &self,
-        service: &str,
-        key: Option<&[u8]>,
-        limit: usize,
-        exclude: &dyn Fn(&Instance) -> bool,
-    ) -> Option<Vec<RankedServer>> {
-        let slot = self.slot(service)?;
-        let now = self.now();
-        let query = RankQuery {
-            limit,
-            zone: None,
             key,
             tag: None,
         };
-        Some(
-            slot.apply(|t| t.rank_excluding(&query, now, exclude))
-                .servers,
-        )
+        slot.apply(|t| t.rank(&query, now, exclude, each));
+        true
     }
 
     /// Counts one hand-out for an instance (the forwarder's retry on a later candidate).
