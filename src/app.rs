@@ -215,7 +215,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         loops.child_token(),
         fd_limit,
     ));
-    supervisor.set_budget(&config);
+    supervisor.set_budget(&config, reload::dns_tcp_connections(&config));
     let mut applied = Applied::default();
     supervisor.apply_statics(&config.statics, &config.forwards, &mut applied);
     supervisor

@@ -14,6 +14,16 @@ use crate::hub::Hub;
 
 pub use crate::forwarder::supervisor::Applied;
 
+/// The descriptors the DNS server's TCP side may hold under `config` (0 without
+/// `[dns]`), for the fd budget's reserve.
+pub fn dns_tcp_connections(config: &Config) -> u64 {
+    if config.dns.is_some() {
+        crate::dns::MAX_TCP_CONNECTIONS as u64
+    } else {
+        0
+    }
+}
+
 /// Applies a reloaded configuration: tokens and limits (`api_settings`), rebalancing,
 /// the fd budget, listeners and static instances. What cannot change live (the HTTP
 /// address, the store, the HTTP limits) is kept, with a warning when it differs.
@@ -44,7 +54,7 @@ pub async fn apply(
     }
     api_settings(new);
     hub.set_policy(new.rebalance);
-    supervisor.set_budget(new);
+    supervisor.set_budget(new, dns_tcp_connections(new));
     if let Err((addr, err)) = supervisor.apply_forwards(&new.forwards, &mut applied).await {
         tracing::error!(%addr, %err, "reload could not bind a forward listener; the others are applied");
     }

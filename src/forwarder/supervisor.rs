@@ -110,19 +110,16 @@ impl Supervisor {
     }
 
     /// Shares the open-file limit out for `config` (the reserve first, the rest for
-    /// the forwarder) and sets the forwarder's fd budget to its part; logs it.
-    /// Call it inside the runtime the listeners run on.
-    pub fn set_budget(&self, config: &Config) -> Budget {
+    /// the forwarder) and sets the forwarder's fd budget to its part; logs it. The
+    /// DNS server's TCP connections (`dns_tcp`, 0 without `[dns]`) are part of the
+    /// reserve. Call it inside the runtime the listeners run on.
+    pub fn set_budget(&self, config: &Config, dns_tcp: u64) -> Budget {
         let loops = u64::try_from(workers::loops()).unwrap_or(1);
         let needs = rlimit::Needs {
             http_max_connections: u64::try_from(config.http_max_connections).unwrap_or(u64::MAX),
             forward_loops: loops.saturating_mul(config.forwards.len() as u64),
             statics: config.statics.len() as u64,
-            dns_tcp_connections: if config.dns.is_some() {
-                crate::dns::MAX_TCP_CONNECTIONS as u64
-            } else {
-                0
-            },
+            dns_tcp_connections: dns_tcp,
         };
         let budget = rlimit::budget(self.fd_limit, &needs);
         self.board.fds().set_total(budget.forward);
