@@ -26,7 +26,7 @@ use support::knobs;
 use switchboard::forwarder::proxy_protocol;
 use switchboard::lease;
 use switchboard::registry::ring::{self, Ring};
-use switchboard::registry::table::RankQuery;
+use switchboard::registry::table::{RankQuery, Ranked};
 use switchboard::registry::{InstanceSpec, LeaseHash, RebalancePolicy, ServiceTable};
 
 /// Instances on the ring and in the keyed-pick table.
@@ -120,7 +120,7 @@ fn registry(c: &mut Criterion) {
                 (table.index_steps() - steps_before) as f64 / beats.max(1) as f64
             );
             c.bench_function(&format!("/servers limit 5, {n} instances, {name}"), |b| {
-                b.iter(|| black_box(table.rank(black_box(&query), NOW)))
+                b.iter(|| black_box(Ranked::of(&mut table, black_box(&query), NOW)))
             });
         }
     }
@@ -136,7 +136,7 @@ fn registry(c: &mut Criterion) {
                 key: Some(&keys[k % KEYS]),
                 ..RankQuery::default()
             };
-            black_box(table.rank(&query, NOW))
+            black_box(Ranked::of(&mut table, &query, NOW))
         })
     });
 }

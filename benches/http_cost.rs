@@ -11,7 +11,10 @@
 //! --latency` for every phase, its figures printed by a Lua `done` hook; server CPU per
 //! request is utime+stime of the server's PID from `/proc` (before wrk starts, after it
 //! ends plus 1.5 s, so the 1 s heartbeat flush is charged to the phase) over the
-//! requests wrk counted. Phases:
+//! requests wrk counted; after a heartbeat phase the window runs on until the server
+//! has written no heartbeat to its store for 9.5 s (`wrk::STORE_QUIET`), as a beat
+//! may wait 8 s to be written and those writes belong to the heartbeats, not to the
+//! `/servers` phase that follows. Phases:
 //! - nginx `return 200 "ok\n"`, one process (`daemon off; master_process off;
 //!   worker_processes 1;`, `access_log off;`, `keepalive_requests` raised so that it,
 //!   like switchboard, keeps every connection), prefix, pid and logs in a temp dir;
@@ -248,7 +251,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         let mut server = nginx::start(bin).await.context("starting nginx")?;
         let url = format!("http://{}/", server.addr);
         println!("\nnginx: pid {} on {}", server.pid, server.addr);
-        let m = wrk.run(script, &url, server.pid, clk_tck).await?;
+        let m = wrk.run(script, &url, server.pid, clk_tck, None).await?;
         tables::print_phase("nginx return 200", &m);
         server.check_alive()?;
         println!("nginx: {}", server.stop(STOP_TIMEOUT));
@@ -267,7 +270,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     results.rss_idle_kib = sample::rss_kib(server.pid)?;
     if let (Some(wrk), Some(script)) = (&wrk, &get_script) {
         let url = format!("http://{addr}/healthz");
-        let m = wrk.run(script, &url, server.pid, clk_tck).await?;
+        let m = wrk.run(script, &url, server.pid, clk_tck, None).await?;
         tables::print_phase("switchboard /healthz", &m);
         results.healthz = Some(m);
     }
@@ -371,10 +374,12 @@ async fn shape_phases(
         .map(|(i, inst)| (inst.id.clone(), inst.lease.clone(), shape.connections(i, n)));
     let script = wrk.heartbeat_script(&format!("beats-{n}-{}", shape.name()), beats)?;
     let url = format!("http://{}/", fleet.addr);
-    let beats = wrk.run(&script, &url, pid, clk_tck).await?;
+    let beats = wrk
+        .run(&script, &url, pid, clk_tck, Some(fleet.addr))
+        .await?;
     tables::print_phase(&format!("{label} heartbeat"), &beats);
     let url = format!("http://{}/servers?service={SERVICE}&limit=5", fleet.addr);
-    let servers = wrk.run(get_script, &url, pid, clk_tck).await?;
+    let servers = wrk.run(get_script, &url, pid, clk_tck, None).await?;
     tables::print_phase(&format!("{label} /servers"), &servers);
     Ok(ShapeRun {
         shape,

@@ -22,10 +22,11 @@ use crate::clock::Clock;
 use crate::cluster::{self, ClusterNode};
 use crate::config::Config;
 use crate::forwarder::stats::ForwardBoard;
+use crate::forwarder::supervisor::Supervisor;
 use crate::hub::Hub;
-use crate::reload::{Applied, Live};
+use crate::reload::{self, Applied};
 use crate::store::{self, StoreError};
-use crate::{rlimit, sync};
+use crate::{rlimit, upkeep};
 
 /// The longest the store may take to close at shutdown.
 const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,6 +45,9 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+    /// The DNS zone of `[dns]` cannot be built.
+    #[error("dns.domain: {0}")]
+    Zone(#[from] crate::dns::answer::ZoneError),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
@@ -66,7 +70,7 @@ pub struct Running {
 /// What a reload needs: the running parts and the configuration they run.
 #[derive(Debug)]
 struct Reloader {
-    live: Arc<Live>,
+    supervisor: Arc<Supervisor>,
     state: AppState,
     /// Reloads apply one at a time, each against the configuration before it.
     config: tokio::sync::Mutex<Config>,
@@ -94,21 +98,20 @@ impl Running {
     }
 
     /// Applies a new, validated configuration without a restart: forward listeners,
-    /// static instances, tokens, limits and `[rebalance]` (what [`Live`] can change).
+    /// static instances, tokens, limits and `[rebalance]` (what [`reload::apply`] can change).
     pub async fn reload(&self, new: Config) -> Applied {
         let mut current = self.reload.config.lock().await;
-        let applied = self
-            .reload
-            .live
-            .apply(&current, &new, &self.reload.state)
-            .await;
+        let state = &self.reload.state;
+        let supervisor = &self.reload.supervisor;
+        let api_settings = |c: &Config| state.apply_settings(c);
+        let applied = reload::apply(&current, &new, supervisor, &state.hub, &api_settings).await;
         *current = new;
         applied
     }
 
     /// Where each forward listener listens now (reloads add and remove them).
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
-        self.reload.live.listen_addrs()
+        self.reload.supervisor.listen_addrs()
     }
 
     /// A token that starts the graceful shutdown when cancelled.
@@ -178,18 +181,18 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         )),
         shutting_down: Arc::clone(&shutting_down),
         shutdown: shutdown.clone(),
-        scraped: crate::metrics::ScrapedServices::default(),
+        scraped: api::scrape::ScrapedServices::default(),
     });
     let router = api::router(Arc::clone(&state));
 
     let loops = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(sync::sweep_loop(hub.clone(), loops.child_token()));
+    tracker.spawn(upkeep::sweep_loop(hub.clone(), loops.child_token()));
     tracker.spawn(crate::metrics::upkeep_loop(loops.child_token()));
     tracker.spawn(forget_idle_limits(Arc::clone(&state), loops.child_token()));
     match node {
         None => {
-            tracker.spawn(sync::flush_loop(hub.clone(), loops.child_token()));
+            tracker.spawn(upkeep::flush_loop(hub.clone(), loops.child_token()));
         }
         Some(node) => {
             tracing::info!(node = %node.name(), "cluster mode: sharing the store with other nodes");
@@ -202,7 +205,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let stop_accepting = CancellationToken::new();
     let stop_relays = CancellationToken::new();
     let relays = TaskTracker::new();
-    let live = Arc::new(Live::new(
+    let supervisor = Arc::new(Supervisor::new(
         hub.clone(),
         Arc::clone(&forwarders),
         relays.clone(),
@@ -212,13 +215,14 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         loops.child_token(),
         fd_limit,
     ));
-    live.set_budget(&config);
+    supervisor.set_budget(&config, reload::dns_tcp_connections(&config));
     let mut applied = Applied::default();
-    live.apply_statics(&config.statics, &config.forwards, &mut applied);
-    live.apply_forwards(&config.forwards, &mut applied)
+    supervisor.apply_statics(&config.statics, &config.forwards, &mut applied);
+    supervisor
+        .apply_forwards(&config.forwards, &mut applied)
         .await
         .map_err(|(addr, source)| AppError::Bind { addr, source })?;
-    let forward_addrs = live.listen_addrs();
+    let forward_addrs = supervisor.listen_addrs();
     let dns_addr = match &config.dns {
         None => None,
         Some(dns) => {
@@ -234,11 +238,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
                 dns.ttl_secs,
                 dns.answers,
                 &dns.name_servers,
-            )
-            .map_err(|e| AppError::Bind {
-                addr: dns.listen,
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-            })?;
+            )?;
             // Stops with the forward listeners: a node shutting down answers no more.
             crate::dns::serve(
                 bound,
@@ -310,7 +310,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         shutdown,
         done,
         reload: Reloader {
-            live,
+            supervisor,
             state,
             config: tokio::sync::Mutex::new(config),
         },

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use common::{Echo, Options, PATIENCE, Registered, Server, as_time_passes, eventually};
 use serde_json::{Value, json};
-use switchboard::sync::SWEEP_EVERY;
+use switchboard::upkeep::SWEEP_EVERY;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

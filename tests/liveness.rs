@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{Server, as_time_passes, eventually, jump};
 use serde_json::json;
-use switchboard::sync::SWEEP_EVERY;
+use switchboard::upkeep::SWEEP_EVERY;
 
 #[tokio::test]
 async fn an_instance_expires_after_its_ttl_and_is_removed_after_three() {

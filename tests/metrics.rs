@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use common::{Echo, Options, Server, as_time_passes, eventually};
 use serde_json::json;
-use switchboard::sync::SWEEP_EVERY;
+use switchboard::upkeep::SWEEP_EVERY;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One sample of the text format: name, labels, value.

@@ -123,28 +123,7 @@ pub fn run(server: SocketAddr, queries: &Path, load: Load, root: u32) -> anyhow:
 /// CPU ticks of `root` and its live descendants: NSD's first process becomes xfrd and
 /// its child is the main process, whose children are the servers.
 fn tree_ticks(root: u32) -> u64 {
-    let procs: Vec<(u32, sample::Stat)> = sample::pids()
-        .into_iter()
-        .filter_map(|pid| sample::stat(pid).map(|s| (pid, s)))
-        .collect();
-    let mut tree = vec![root];
-    // Bounded: each round adds at least one process or ends.
-    for _ in 0..procs.len() {
-        let before = tree.len();
-        for (pid, s) in &procs {
-            if !tree.contains(pid) && tree.contains(&s.ppid) {
-                tree.push(*pid);
-            }
-        }
-        if tree.len() == before {
-            break;
-        }
-    }
-    procs
-        .iter()
-        .filter(|(pid, _)| tree.contains(pid))
-        .map(|(_, s)| s.ticks)
-        .sum()
+    sample::ticks_sum(&sample::process_tree(root))
 }
 
 /// Sum of the `drops` column of `/proc/net/udp` and `/proc/net/udp6` over the

@@ -1,6 +1,7 @@
 //! One wrk phase: `wrk -t1 -c16 -d<secs>s --latency -s <script> <url>` against a server
 //! process, its CPU (utime+stime of the PID, `/proc`) read before wrk starts and after
-//! it ends plus [`SETTLE`]; and the Lua scripts wrk runs: a `done` that prints the
+//! it ends plus [`SETTLE`] (after heartbeats: until the store is quiet,
+//! [`STORE_QUIET`]); and the Lua scripts wrk runs: a `done` that prints the
 //! figures on one line, and for heartbeats a `request` cycling over the instances.
 //!
 //! Owns no goal: the bench's root file judges the figures.
@@ -24,6 +25,16 @@ pub const CONNS: u32 = 16;
 /// work is charged to the phase that caused it (switchboard writes heartbeats to its
 /// store in a batch every second).
 pub const SETTLE: Duration = Duration::from_millis(1500);
+/// After a heartbeat phase the window runs on until the server has written no
+/// heartbeat for this long (`switchboard_heartbeat_batch_size_sum` unchanged): a beat
+/// is held back for up to 8 s (`sync::persist_gap`), so without it the writes a
+/// heartbeat phase causes were charged to the `/servers` phase after it (at 100k
+/// instances, tens of thousands of rows).
+pub const STORE_QUIET: Duration = Duration::from_millis(9_500);
+/// The longest wait for [`STORE_QUIET`].
+const STORE_QUIET_LIMIT: Duration = Duration::from_secs(90);
+/// How often `/metrics` is read while waiting for it.
+const STORE_POLL: Duration = Duration::from_millis(500);
 /// How much longer than its `-d` wrk may take (starting, loading its script) before
 /// it is killed.
 const GRACE: Duration = Duration::from_secs(60);
@@ -208,6 +219,7 @@ end
         url: &str,
         server_pid: u32,
         clk_tck: u64,
+        store_of: Option<std::net::SocketAddr>,
     ) -> anyhow::Result<Measured> {
         let before = Ticks::now(server_pid)?;
         let started = std::time::Instant::now();
@@ -228,7 +240,10 @@ end
             Ok(out) => out.context("waiting for wrk")?,
             Err(_) => bail!("wrk did not finish within {limit:?}; killed"),
         };
-        tokio::time::sleep(SETTLE).await;
+        match store_of {
+            Some(addr) => store_quiet(addr).await?,
+            None => tokio::time::sleep(SETTLE).await,
+        }
         let window = started.elapsed();
         let after = Ticks::now(server_pid)?;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -247,6 +262,34 @@ end
         m.clk_tck = clk_tck;
         Ok(m)
     }
+}
+
+/// Waits until the server at `addr` has written no heartbeat to its store for
+/// [`STORE_QUIET`], for at most [`STORE_QUIET_LIMIT`].
+async fn store_quiet(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut last = (beats_written(addr).await?, std::time::Instant::now());
+    while started.elapsed() < STORE_QUIET_LIMIT {
+        tokio::time::sleep(STORE_POLL).await;
+        let now = beats_written(addr).await?;
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        } else if last.1.elapsed() >= STORE_QUIET {
+            return Ok(());
+        }
+    }
+    bail!("the server still wrote heartbeats {STORE_QUIET_LIMIT:?} after wrk ended")
+}
+
+/// `switchboard_heartbeat_batch_size_sum`: heartbeats written to the store in all.
+async fn beats_written(addr: std::net::SocketAddr) -> anyhow::Result<f64> {
+    let req = crate::support::http::request("GET", "/metrics", addr, &[], b"");
+    let answer = crate::support::http::one_shot(addr, &req, Duration::from_secs(5)).await?;
+    Ok(String::from_utf8_lossy(&answer.body)
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_heartbeat_batch_size_sum "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
 }
 
 /// The figures of the `done` hook's line.

@@ -275,3 +275,28 @@ pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }
+
+/// A loopback UDP port free right now.
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("finding a free UDP port")?;
+    Ok(socket.local_addr()?.port())
+}
+
+/// Whether `127.0.0.1:port` has a listening TCP socket, or with `udp` a bound UDP one,
+/// by `/proc/net/tcp` or `/proc/net/udp` (without connecting to it: a probe connection
+/// would reach the backend, which confuses iperf3's server).
+pub fn is_listening(port: u16, udp: bool) -> bool {
+    let (table, state) = if udp {
+        ("/proc/net/udp", "07")
+    } else {
+        ("/proc/net/tcp", "0A")
+    };
+    let Ok(table) = fs::read_to_string(table) else {
+        return false;
+    };
+    let want = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&state)
+    })
+}

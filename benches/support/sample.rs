@@ -1,5 +1,6 @@
-//! `/proc` readings: CPU ticks and RSS of processes, busy ticks of the machine, the
-//! kernel's socket memory (`/proc/net/sockstat`, `/proc/slabinfo`).
+//! `/proc` readings: CPU ticks and RSS of processes and of a process and its
+//! descendants, busy ticks of the machine, the kernel's socket memory
+//! (`/proc/net/sockstat`, `/proc/slabinfo`).
 
 use std::fs;
 use std::process::Command;
@@ -68,6 +69,38 @@ pub fn pids() -> Vec<u32> {
         .collect()
 }
 
+/// `root` and all its descendants (a master and its workers).
+pub fn process_tree(root: u32) -> Vec<u32> {
+    let parent: Vec<(u32, u32)> = pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, stat(pid)?.ppid)))
+        .collect();
+    let mut tree = vec![root];
+    // Bounded: at most one pass per process found.
+    for _ in 0..parent.len() {
+        let before = tree.len();
+        for &(pid, ppid) in &parent {
+            if tree.contains(&ppid) && !tree.contains(&pid) {
+                tree.push(pid);
+            }
+        }
+        if tree.len() == before {
+            break;
+        }
+    }
+    tree
+}
+
+/// utime + stime summed over `pids` (those still there), in clock ticks.
+pub fn ticks_sum(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|&p| stat(p)).map(|s| s.ticks).sum()
+}
+
+/// A numeric `/proc/PID/status` field (`VmRSS:`, `Threads:`) summed over `pids`.
+pub fn status_sum(pids: &[u32], field: &str) -> u64 {
+    pids.iter().filter_map(|&p| status_field(p, field)).sum()
+}
+
 /// Ticks of all cores from the `cpu` line of `/proc/stat`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Machine {
@@ -102,6 +135,11 @@ pub fn machine() -> anyhow::Result<Machine> {
         procs: f(0) + f(1) + f(2) + f(7),
         irq: f(5) + f(6),
     })
+}
+
+/// Busy ticks of all CPUs now ([`Machine::busy`]), 0 when `/proc/stat` cannot be read.
+pub fn busy_ticks() -> u64 {
+    machine().map_or(0, Machine::busy)
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`), 100 when it cannot be read.

@@ -12,6 +12,7 @@ pub mod instances;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
+pub mod scrape;
 pub mod serve;
 pub mod servers;
 pub mod service;
@@ -61,7 +62,18 @@ pub struct Shared {
     /// Fires at shutdown; blocking queries answer at once instead of holding it up.
     pub shutdown: CancellationToken,
     /// The services `/metrics` last set gauges for.
-    pub scraped: crate::metrics::ScrapedServices,
+    pub scraped: scrape::ScrapedServices,
+}
+
+impl Shared {
+    /// Takes the tokens and rate limits of a reloaded configuration (swapped whole).
+    pub fn apply_settings(&self, config: &crate::config::Config) {
+        self.tokens.store(Arc::new(Tokens::new(&config.tokens)));
+        self.limits.store(Arc::new(limits::RateLimits::new(
+            config.limits.register_per_sec,
+            config.limits.read_per_sec,
+        )));
+    }
 }
 
 /// The API: every endpoint, in the per-request envelope of [`service::Api`]. Routes

@@ -48,7 +48,7 @@ pub async fn metrics(
 ) -> Result<impl IntoResponse, ApiError> {
     state.tokens.load().check(&meta, Access::Admin)?;
     let lag = state.cluster.as_ref().map(ClusterNode::since_last_sync);
-    let text = crate::metrics::render(
+    let text = super::scrape::render(
         &state.hub,
         &state.scraped,
         &state.forwarders.snapshot(),

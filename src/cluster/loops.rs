@@ -69,7 +69,7 @@ pub async fn flush_loop(node: ClusterNode, cancel: CancellationToken) {
     }
 }
 
-/// One batch of due heartbeats, logged like the single node's (`sync::flush_once`).
+/// One batch of due heartbeats, logged like the single node's (`upkeep::flush_once`).
 async fn flush_due(node: &ClusterNode, failing: &mut bool) {
     match node.hub().flush_due_beats(&super::BEAT_RULE).await {
         Ok(saved) if *failing => {

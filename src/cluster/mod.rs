@@ -12,11 +12,12 @@ mod loops;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::hub::{self, Hub};
+use crate::hub::Hub;
 use crate::lease;
+use crate::locks::lock;
 use crate::registry::Millis;
 use crate::store::{ClusterStore, StoreError, SyncedRow, bounded};
 
@@ -32,8 +33,8 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 /// nodes (which count rows written within the last 15 s) keep seeing it.
 pub const PENDING_REFRESH: Duration = Duration::from_secs(5);
 
-/// The longest any other cluster store call may take.
-pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest any other cluster store call may take (the registry's own bound).
+pub use crate::store::health::STORE_TIMEOUT;
 
 /// How much newer than the last stored heartbeat of an instance a heartbeat must be
 /// before this node writes it (ms), for a TTL of `ttl_secs`: half the TTL, less the
@@ -73,12 +74,6 @@ pub const BEAT_RULE: crate::registry::table::BeatRule = crate::registry::table::
     min_gap: beat_gap,
     count_moved,
 };
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Cheap-to-clone handle on this node's cluster state.
 #[derive(Clone)]
@@ -258,7 +253,7 @@ impl ClusterNode {
                 continue;
             }
             let age = row.age_ms;
-            match hub::instance_from_record(row.record, now) {
+            match crate::store::encoding::instance_from_record(row.record, now) {
                 Ok(mut instance) => {
                     instance.last_seen = now.saturating_sub(age);
                     if full {

@@ -73,6 +73,11 @@ impl Fleet for crate::hub::Hub {
     }
 }
 
+/// Why a zone cannot be built: a name in it is not a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ZoneError(String);
+
 /// The zone and how it answers.
 #[derive(Debug, Clone)]
 pub struct Zone {
@@ -102,28 +107,28 @@ impl Zone {
     /// (named `ns1`, `ns2`, ... in the zone).
     ///
     /// # Errors
-    /// `domain` is not a valid DNS name.
+    /// [`ZoneError`] when `domain` (or a name under it) is not a valid DNS name.
     pub fn new(
         domain: &str,
         ttl: u32,
         answers: usize,
         name_servers: &[IpAddr],
-    ) -> Result<Zone, String> {
+    ) -> Result<Zone, ZoneError> {
         let apex = Name::from_ascii(domain)
-            .map_err(|e| format!("{domain:?} is not a DNS name: {e}"))?
+            .map_err(|e| ZoneError(format!("{domain:?} is not a DNS name: {e}")))?
             .to_lowercase();
         let mut apex = apex;
         apex.set_fqdn(true);
         let child = |label: &str| {
             Name::from_ascii(label)
                 .and_then(|l| l.append_domain(&apex))
-                .map_err(|e| format!("{label}.{apex} is not a DNS name: {e}"))
+                .map_err(|e| ZoneError(format!("{label}.{apex} is not a DNS name: {e}")))
         };
         let name_servers = name_servers
             .iter()
             .enumerate()
             .map(|(i, ip)| Ok((child(&format!("ns{}", i + 1))?, *ip)))
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, ZoneError>>()?;
         let primary = match name_servers.first() {
             Some((name, _)) => name.clone(),
             None => apex.clone(),

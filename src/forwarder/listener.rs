@@ -121,7 +121,13 @@ impl Listener {
                 drop(device);
                 continue;
             };
-            let span = tracing::debug_span!("forward", service = %self.config.service, %peer);
+            // `backend` is filled in once one is chosen (`handle`).
+            let span = tracing::debug_span!(
+                "forward",
+                service = %self.config.service,
+                %peer,
+                backend = tracing::field::Empty
+            );
             let me = Arc::clone(&self);
             let stop = stop_relays.clone();
             tracker.spawn(Box::pin(me.handle(device, peer, (permit, held), stop)).instrument(span));
@@ -172,7 +178,10 @@ impl Listener {
         ))
         .await;
         let (mut backend, target) = match connected {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                tracing::Span::current().record("backend", pair.1.address.as_str());
+                pair
+            }
             Err(err @ ConnectError::FdShortage { .. }) => {
                 self.stats.refused(Refusal::FdShortage);
                 if let Some(refused) = self.shortage_log.hit() {

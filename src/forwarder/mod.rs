@@ -7,6 +7,7 @@
 //! instances, `udp.rs` relays UDP sessions (their bounded table in `udp_sessions.rs`).
 //! `backend.rs` is a relayed connection's backend socket (TCP, or Unix for `unix:`).
 //! `budget.rs` counts the descriptors every listener holds against the fd budget.
+//! `supervisor.rs` starts, keeps and stops the listeners and health loops.
 //! Must not speak HTTP or SQL.
 
 pub mod backend;
@@ -17,6 +18,7 @@ pub mod listener;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod stats;
+pub mod supervisor;
 pub mod udp;
 pub mod udp_sessions;
 pub mod workers;

@@ -301,7 +301,12 @@ impl UdpListener {
             state: Arc::clone(&state),
             _fds: fds,
         };
-        let span = tracing::debug_span!("udp", service = %self.config.service, %client);
+        let span = tracing::debug_span!(
+            "udp",
+            service = %self.config.service,
+            %client,
+            backend = %target.address
+        );
         let me = Arc::clone(self);
         let listener = Arc::clone(listener);
         tracker.spawn(

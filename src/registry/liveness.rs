@@ -3,7 +3,10 @@
 //! Pure: every function takes the current time and ages as arguments, like r-nacos's
 //! `Service::time_check` with its cut-offs passed in.
 
-use super::model::Millis;
+/// Milliseconds on the registry's monotonic clock (since process start). Defined
+/// here, where the rules on ages live, so that `model.rs` uses liveness and not the
+/// other way round.
+pub type Millis = u64;
 
 /// Removal happens after this many TTLs without a heartbeat.
 pub const REMOVE_AFTER_TTLS: u64 = 3;

@@ -5,8 +5,7 @@
 
 use std::collections::BTreeMap;
 
-/// Milliseconds on the registry's monotonic clock (since process start).
-pub type Millis = u64;
+pub use super::liveness::Millis;
 
 /// What a backend says about itself when it registers. Validated before it gets here.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::collections::{BinaryHeap, HashMap};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::registry::table::RankQuery;
+use crate::registry::table::{RankQuery, Ranked};
 use crate::registry::{InstanceSpec, LeaseHash, Millis, RebalancePolicy, ServiceTable};
 
 use super::report::Round;
@@ -309,7 +309,7 @@ impl Fleet {
                 limit: (tried.len() + 1).min(self.settings.list_limit),
                 ..RankQuery::default()
             };
-            let answer = self.table.rank(&query, self.now);
+            let answer = Ranked::of(&mut self.table, &query, self.now);
             let pick = answer
                 .servers
                 .iter()

@@ -1,11 +1,15 @@
 //! Persistence of registrations behind one interface: the [`Store`] trait, its records
 //! and [`StoreError`]. All SQL lives in the backends (`sqlite.rs`, `postgres.rs`);
-//! `row.rs` is the one row decoder both use; `group.rs` queues registration writes to
+//! `row.rs` is the one row decoder both use; `encoding.rs` maps an instance to its
+//! columns and back; `health.rs` bounds and times store calls and says whether the
+//! store can write (`/readyz`); `group.rs` queues registration writes to
 //! one writer that commits them in batches ([`group::GroupCommit`]).
 //!
 //! Must not know about HTTP or ranking. Migrations are under `migrations/<backend>`.
 
+pub mod encoding;
 pub mod group;
+pub mod health;
 pub mod postgres;
 pub mod row;
 pub mod sqlite;

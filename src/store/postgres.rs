@@ -21,6 +21,7 @@ use super::{
     BeatBatch, BeatRecord, ClusterStore, InstanceRecord, Store, StoreError, SyncBatch, SyncedBeat,
     SyncedRow,
 };
+use crate::locks::lock;
 
 /// How long a request waits for a pooled connection before failing with 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,12 +61,6 @@ impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore").finish_non_exhaustive()
     }
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn synced_from_row(row: &PgRow) -> Result<SyncedRow, StoreError> {

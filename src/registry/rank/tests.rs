@@ -4,6 +4,7 @@ use std::cmp::Ordering;
 
 use proptest::prelude::*;
 
+use super::reference::{Candidate, rank};
 use super::*;
 
 fn candidate(slot: u32, assumed: u64, weight: u32) -> Candidate {

@@ -27,8 +27,8 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::liveness::Preservation;
 use super::model::{Instance, InstanceSpec, LeaseHash, Millis, Origin};
-use super::rank::{self, BOUNDED_LOAD_FACTOR, RankKey, RebalancePolicy, Totals};
-use super::ring::{self, Ring};
+use super::rank::{self, RankKey, RebalancePolicy, Totals, select};
+use super::ring::Ring;
 
 /// Why a lease-protected operation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +80,40 @@ pub struct Ranked {
     pub self_preservation: bool,
 }
 
+impl Ranked {
+    /// The `/servers` answer of `table`: its ranking ([`ServiceTable::rank`]) without
+    /// the instances only the forwarder can reach (`unix:` sockets), each server
+    /// copied; the first counts a hand-out.
+    pub fn of(table: &mut ServiceTable, query: &RankQuery<'_>, now: Millis) -> Ranked {
+        Ranked::excluding(table, query, now, &|i| i.forward_only)
+    }
+
+    /// The ranking of `table` without the instances `exclude` names, each server copied.
+    pub fn excluding(
+        table: &mut ServiceTable,
+        query: &RankQuery<'_>,
+        now: Millis,
+        exclude: &dyn Fn(&Instance) -> bool,
+    ) -> Ranked {
+        let mut servers = Vec::new();
+        let version = table.rank(query, now, exclude, &mut |instance| {
+            servers.push(RankedServer {
+                id: instance.id.clone(),
+                address: instance.spec.address.clone(),
+                zone: instance.spec.zone.clone(),
+                weight: instance.spec.weight,
+                connections: instance.connections,
+                load: instance.load(),
+            });
+        });
+        Ranked {
+            version,
+            servers,
+            self_preservation: table.self_preservation(),
+        }
+    }
+}
+
 /// What a heartbeat answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeartbeatAnswer {
@@ -101,7 +135,7 @@ pub struct DirtyBeat {
 }
 
 /// When a heartbeat held in memory is due for the store (`take_due_beats`); each
-/// mode's flush brings its own (`cluster::BEAT_RULE`, `sync::PERSIST_RULE`).
+/// mode's flush brings its own (`cluster::BEAT_RULE`, `upkeep::PERSIST_RULE`).
 #[derive(Debug, Clone, Copy)]
 pub struct BeatRule {
     /// How much newer than the stored beat a beat must be, by TTL in seconds.
@@ -414,38 +448,22 @@ impl ServiceTable {
         Ok(HeartbeatAnswer { ttl_secs, shed })
     }
 
-    /// What the rebalancing rule needs: the mean load; the lowest load of an instance
-    /// that can take a connection; when that is a hole, what it would take to fill
-    /// every hole; and the devices shed recently that are still expected back.
-    ///
-    /// The index keeps, per subtree, the weights and assumed connections of the keys a
-    /// shed device can land on (not over their cap, not forward-only: a shed device
-    /// asks `/servers`, which never lands it on a `unix:` backend, so an idle one is
-    /// no hole), so both the lowest load and the deficit under the floor,
-    /// `Σ (floor − load) × weight = floor × Σ weight − Σ assumed`, are one descent of
-    /// the index: O(log N) whatever the loads (walking the keys under the floor cost a
-    /// heartbeat 2.2 ms at 100k uneven instances).
+    /// What the rebalancing rule needs ([`rank::balance`]), from the index: it keeps,
+    /// per subtree, the weights and assumed connections of the keys a shed device can
+    /// land on (not over their cap, not forward-only: a shed device asks `/servers`,
+    /// which never lands it on a `unix:` backend, so an idle one is no hole), so the
+    /// lowest load and the sums under the floor are each one descent.
     fn balance(&self, now: Millis, policy: &RebalancePolicy) -> rank::Balance {
-        let mean_load = self.totals.mean_load();
-        let min_load = self.index.first_counted().map(|key| key.load());
-        let floor = mean_load * (1.0 - policy.tolerance);
-        let hole_deficit = if min_load.is_some_and(|min| min < floor) {
-            let under = self.index.sums_below(&RankKey::new(false, floor, 0, 0));
-            (floor * under.weight as f64 - under.assumed as f64).max(0.0)
-        } else {
-            0.0
-        };
-        rank::Balance {
-            mean_load,
-            min_load,
-            hole_deficit,
-            // Only a hole needs it: no heartbeat pays for it otherwise.
-            in_flight: if hole_deficit > 0.0 {
-                self.recent_shed.in_flight(now, policy.reconnect_jitter_ms)
-            } else {
-                0.0
+        rank::balance(
+            &self.totals,
+            self.index.first_counted().map(|key| key.load()),
+            policy,
+            |floor| {
+                let under = self.index.sums_below(&RankKey::new(false, floor, 0, 0));
+                (under.weight, under.assumed)
             },
-        }
+            || self.recent_shed.in_flight(now, policy.reconnect_jitter_ms),
+        )
     }
 
     /// Marks an instance draining: never handed out again.
@@ -475,43 +493,12 @@ impl ServiceTable {
         true
     }
 
-    /// Ranks the service for a `/servers` answer and counts a pending hand-out for the
-    /// first. Instances only the forwarder can reach (`unix:` sockets) are left out.
-    pub fn rank(&mut self, query: &RankQuery<'_>, now: Millis) -> Ranked {
-        self.rank_excluding(query, now, &|i| i.forward_only)
-    }
-
-    /// The forwarder's ranking: forward-only instances take part, those `exclude`
-    /// rejects (backends in their `fail_timeout`) do not; the hand-out goes to the
-    /// first one left.
-    pub fn rank_excluding(
-        &mut self,
-        query: &RankQuery<'_>,
-        now: Millis,
-        exclude: &dyn Fn(&Instance) -> bool,
-    ) -> Ranked {
-        let mut servers = Vec::new();
-        let version = self.rank_each(query, now, exclude, &mut |instance| {
-            servers.push(RankedServer {
-                id: instance.id.clone(),
-                address: instance.spec.address.clone(),
-                zone: instance.spec.zone.clone(),
-                weight: instance.spec.weight,
-                connections: instance.connections,
-                load: instance.load(),
-            });
-        });
-        Ranked {
-            version,
-            servers,
-            self_preservation: self.self_preservation(),
-        }
-    }
-
-    /// [`ServiceTable::rank_excluding`]'s answer handed to `each`, best first, before
-    /// the first counts its hand-out, with nothing copied (DNS writes the addresses
-    /// straight into its answer). Returns the version.
-    pub fn rank_each(
+    /// Ranks the service for one answer (`/servers`, the forwarder, DNS): hands the
+    /// instances of the answer to `each`, best first, before the first counts its
+    /// hand-out; those `exclude` rejects, and those without the query's tag, take no
+    /// part. Nothing is copied (DNS writes the addresses straight into its answer).
+    /// Returns the version. The order is [`select::Selection`]'s.
+    pub fn rank(
         &mut self,
         query: &RankQuery<'_>,
         now: Millis,
@@ -521,6 +508,13 @@ impl ServiceTable {
         let tag = query.tag;
         let exclude =
             &|i: &Instance| exclude(i) || tag.is_some_and(|t| !i.spec.tags.iter().any(|x| x == t));
+        if query.key.is_some() && self.ring.is_none() {
+            let members = self
+                .index
+                .iter()
+                .filter_map(|k| self.entry(k.slot).map(|e| (k.slot, e.instance.id.as_str())));
+            self.ring = Some(Ring::build(members));
+        }
         let mut order = self.order(query, now, exclude);
         // An instance that expired since the last sweep was skipped: take it out of the
         // index now, so the answer's version already reflects the smaller set.
@@ -539,149 +533,58 @@ impl ServiceTable {
         self.version
     }
 
-    /// The answer's slots, best first, and the indexed slots found expired on the way.
-    ///
-    /// The answer is: the keyed pick, if any; then the instances `exclude` accepts
-    /// that are below their cap, in the zone first, then the others; then those at
-    /// their cap, in the zone first, then the others; each part in index order, the
-    /// whole cut at `limit`.
-    ///
-    /// Each part is walked in the smallest index that holds all of it, so the walk
-    /// does not grow with the fleet (issue 21):
-    /// - `outer` holds every instance the query may answer: the tag's index with a
-    ///   tag, else the main one;
-    /// - `inner` holds every one of those in the zone: the zone's index, or with a tag
-    ///   too the smaller of the zone's and the tag's.
-    ///
-    /// The in-zone parts are walked in `inner`, the others in `outer`, skipping the
-    /// in-zone keys. Those skips are bounded: the walk of `outer` below the cap starts
-    /// only once `inner`'s keys below the cap are used up, so every in-zone key it
-    /// skips there is one `inner`'s walk already visited (the same at the cap). A
-    /// request thus visits at most twice the keys it takes (`limit`), plus the keyed
-    /// pick, the keys `exclude` rejects (forward-only ones for `/servers`, backends in
-    /// `fail_timeout` for the forwarder), the expired ones met (taken out at once),
-    /// and, with both a zone and a tag, the other filter's misses in `inner`; each of
-    /// the four walks starts with an O(log N) descent.
+    /// The answer's slots, best first, and the indexed slots found expired on the way:
+    /// the selection over the smallest indexes that hold each part of the answer
+    /// (`outer`: the tag's index with a tag, else the main one; `inner`: the zone's,
+    /// or with a tag too the smaller of the zone's and the tag's).
     fn order(
-        &mut self,
+        &self,
         query: &RankQuery<'_>,
         now: Millis,
         exclude: &dyn Fn(&Instance) -> bool,
     ) -> Order {
-        let limit = query.limit.max(1);
-        let first = query
-            .key
-            .and_then(|key| self.keyed_pick(key, query.zone, now, exclude));
-        let mut order = Order {
-            slots: first.into_iter().collect(),
-            stale: Vec::new(),
+        let seen = |slot: u32| self.seen(slot, now);
+        let first = match (query.key, self.ring.as_ref()) {
+            (Some(key), Some(ring)) => {
+                select::keyed_pick(ring, key, query.zone, &self.totals, seen, exclude)
+            }
+            _ => None,
         };
         let outer = match query.tag {
             Some(tag) => self.groups.tag(tag),
             None => Some(&self.index),
         };
-        let mut outer_keys = walk(outer);
-        let mut take = |keys: &mut std::iter::Peekable<_>, over_cap, zone| {
-            self.take_run(keys, over_cap, zone, first, now, exclude, limit, &mut order);
-        };
-        match query.zone {
-            None => {
-                take(&mut outer_keys, false, None);
-                take(&mut outer_keys, true, None);
-            }
-            Some(zone) => {
-                let in_zone = self.groups.zone(zone);
-                let inner = match (in_zone, query.tag.and(outer)) {
+        let inner =
+            query.zone.and_then(
+                |zone| match (self.groups.zone(zone), query.tag.and(outer)) {
                     (Some(z), Some(t)) if t.len() < z.len() => Some(t),
                     (z, _) => z,
-                };
-                let mut inner_keys = walk(inner);
-                take(&mut inner_keys, false, Some((zone, true)));
-                take(&mut outer_keys, false, Some((zone, false)));
-                take(&mut inner_keys, true, Some((zone, true)));
-                take(&mut outer_keys, true, Some((zone, false)));
+                },
+            );
+        let walks = select::Walks {
+            outer: walk(outer),
+            inner: walk(inner),
+        };
+        let mut order = Order {
+            slots: Vec::with_capacity(query.limit.clamp(1, 100)),
+            stale: Vec::new(),
+        };
+        for step in select::Selection::new(walks, query.zone, first, query.limit, seen, exclude) {
+            match step {
+                select::Step::Take(slot) => order.slots.push(slot),
+                select::Step::Expired(slot) => order.stale.push(slot),
             }
         }
         order
     }
 
-    /// Appends to `order` the keys of `keys` on one side of the cap (`over_cap`),
-    /// until the answer holds `limit` or that side ends, leaving the next key in
-    /// `keys`. Takes only those `exclude` accepts and, with `zone = (z, want)`, those
-    /// whose being in `z` is `want`; expired ones go to `order.stale`.
-    #[allow(clippy::too_many_arguments)]
-    fn take_run(
-        &self,
-        keys: &mut std::iter::Peekable<impl Iterator<Item = RankKey>>,
-        over_cap: bool,
-        zone: Option<(&str, bool)>,
-        first: Option<u32>,
-        now: Millis,
-        exclude: &dyn Fn(&Instance) -> bool,
-        limit: usize,
-        order: &mut Order,
-    ) {
-        while order.slots.len() < limit {
-            let Some(key) = keys.next_if(|k| k.over_cap == over_cap) else {
-                return;
-            };
-            if Some(key.slot) == first {
-                continue;
-            }
-            let Some(entry) = self.entry(key.slot) else {
-                continue;
-            };
-            if zone.is_some_and(|(z, want)| zone_matches(Some(z), &entry.instance) != want) {
-                continue;
-            }
-            if !self.handed_out(entry, now) {
-                order.stale.push(key.slot);
-                continue;
-            }
-            if !exclude(&entry.instance) {
-                order.slots.push(key.slot);
-            }
+    /// What the selection sees at `slot` now.
+    fn seen(&self, slot: u32, now: Millis) -> select::Seen<'_> {
+        match self.entry(slot) {
+            None => select::Seen::Gone,
+            Some(entry) if !self.handed_out(entry, now) => select::Seen::Expired,
+            Some(entry) => select::Seen::Live(&entry.instance),
         }
-    }
-
-    /// Finds the affinity key's server: its owner on the ring unless that is over the
-    /// bounded load, then the next owner that is not. In-zone first when a zone is asked.
-    fn keyed_pick(
-        &mut self,
-        key: &[u8],
-        zone: Option<&str>,
-        now: Millis,
-        exclude: &dyn Fn(&Instance) -> bool,
-    ) -> Option<u32> {
-        if self.ring.is_none() {
-            let members = self
-                .index
-                .iter()
-                .filter_map(|k| self.entry(k.slot).map(|e| (k.slot, e.instance.id.as_str())));
-            self.ring = Some(Ring::build(members));
-        }
-        let ring = self.ring.as_ref().expect("built above");
-        let hash = ring::key_hash(key);
-        let totals = self.totals;
-        let fits = |slot: u32, want_zone: bool| {
-            self.entry(slot).is_some_and(|e| {
-                self.handed_out(e, now)
-                    && !exclude(&e.instance)
-                    && !e.instance.over_cap()
-                    && (!want_zone || zone_matches(zone, &e.instance))
-                    && rank::fits_bound(
-                        e.instance.assumed_connections(),
-                        e.instance.spec.weight,
-                        &totals,
-                        BOUNDED_LOAD_FACTOR,
-                    )
-            })
-        };
-        let in_zone = zone
-            .is_some()
-            .then(|| ring.pick(hash, |slot| fits(slot, true)))
-            .flatten();
-        in_zone.or_else(|| ring.pick(hash, |slot| fits(slot, false)))
     }
 
     /// Takes the heartbeats not yet persisted.
@@ -844,17 +747,14 @@ impl ServiceTable {
 }
 
 /// The keys of an index, best first, with a look at the next; none for no index.
-fn walk(index: Option<&RankIndex>) -> std::iter::Peekable<impl Iterator<Item = RankKey> + '_> {
-    index.into_iter().flat_map(RankIndex::iter).peekable()
+/// The keys of an index, best first; none when there is no index.
+fn walk(index: Option<&RankIndex>) -> impl Iterator<Item = RankKey> + '_ {
+    index.into_iter().flat_map(RankIndex::iter)
 }
 
 /// An instance's share of the version: its id hash, masked to 53 bits.
 fn entry_version_bits(id_hash: u64) -> u64 {
     id_hash & ((1 << 53) - 1)
-}
-
-fn zone_matches(zone: Option<&str>, instance: &Instance) -> bool {
-    zone.is_none_or(|z| instance.spec.zone.as_deref() == Some(z))
 }
 
 /// Builds an instance for insertion (registration or restore).

@@ -6,7 +6,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::registry::model::State;
-use crate::registry::rank::Candidate;
+use crate::registry::rank::reference::{self, Candidate};
+use crate::registry::ring;
 
 /// `ttl_secs` of every test instance, in milliseconds.
 const TTL: Millis = 1_000;
@@ -86,12 +87,12 @@ fn ids(ranked: &Ranked) -> Vec<String> {
 }
 
 fn first(t: &mut ServiceTable, now: Millis) -> String {
-    ids(&t.rank(&query(1), now)).remove(0)
+    ids(&Ranked::of(t, &query(1), now)).remove(0)
 }
 
 /// What `/servers` would hand out now, without counting a hand-out.
 fn handed_out(t: &ServiceTable, now: Millis) -> BTreeSet<String> {
-    ids(&t.clone().rank(&query(10_000), now))
+    ids(&Ranked::of(&mut t.clone(), &query(10_000), now))
         .into_iter()
         .collect()
 }
@@ -105,7 +106,7 @@ fn slot_of(t: &ServiceTable, id: &str) -> u32 {
 }
 
 /// The reference ranking of what the table holds: every live, non-draining instance
-/// `exclude` accepts and that carries the query's tag, through `rank::rank`, cut at
+/// `exclude` accepts and that carries the query's tag, through `reference::rank`, cut at
 /// the limit.
 fn reference_excluding(
     t: &ServiceTable,
@@ -132,7 +133,7 @@ fn reference_excluding(
                 .is_none_or(|z| v.instance.spec.zone.as_deref() == Some(z)),
         })
         .collect();
-    rank::rank(&candidates)
+    reference::rank(&candidates)
         .into_iter()
         .take(q.limit.max(1))
         .map(|slot| t.entry(slot).expect("ranked slot").instance.id.clone())
@@ -234,7 +235,7 @@ fn only_the_first_server_counts_a_hand_out() {
     for id in ["a", "b", "c"] {
         add(&mut t, id, 0);
     }
-    let ranked = t.rank(&query(3), 1);
+    let ranked = Ranked::of(&mut t, &query(3), 1);
     assert_eq!(ranked.servers.len(), 3);
     assert!(ranked.servers.iter().all(|s| s.load == 0.0));
     let counts: Vec<u64> = ids(&ranked).iter().map(|id| pending(&t, id)).collect();
@@ -451,7 +452,7 @@ fn self_preservation_hands_out_the_last_known_set_and_removes_nothing() {
         })
     );
     assert!(t.self_preservation());
-    assert!(t.rank(&query(5), TTL + 1).self_preservation);
+    assert!(Ranked::of(&mut t, &query(5), TTL + 1).self_preservation);
     assert!(t.summary(TTL + 1).self_preservation);
     assert_eq!(handed_out(&t, TTL + 1), set(&["a", "b", "c", "d"]));
     // The admin listing keeps the truth.
@@ -580,17 +581,17 @@ fn forward_only_instances_are_ranked_for_the_forwarder_only() {
     // The idle unix instance would come first; `/servers` never sees it, at any
     // limit or with a key, and it gets no hand-out from those answers.
     for _ in 0..3 {
-        assert_eq!(ids(&t.rank(&query(10), 0)), ["tcp"]);
+        assert_eq!(ids(&Ranked::of(&mut t, &query(10), 0)), ["tcp"]);
         let keyed = RankQuery {
             key: Some(b"device-1"),
             ..query(1)
         };
-        assert_eq!(ids(&t.rank(&keyed, 0)), ["tcp"]);
+        assert_eq!(ids(&Ranked::of(&mut t, &keyed, 0)), ["tcp"]);
     }
     assert_eq!(pending(&t, "unix"), 0);
     // The forwarder's ranking has it, first.
     assert_eq!(
-        ids(&t.rank_excluding(&query(10), 0, &|_| false)),
+        ids(&Ranked::excluding(&mut t, &query(10), 0, &|_| false)),
         ["unix", "tcp"]
     );
     assert_eq!(pending(&t, "unix"), 1);
@@ -779,7 +780,7 @@ fn keyed_pick_prefers_the_zone_and_skips_the_capped() {
             key: Some(key.as_bytes()),
             tag: None,
         };
-        t.clone().rank(&q, 2).servers.remove(0)
+        Ranked::of(&mut t.clone(), &q, 2).servers.remove(0)
     };
     let keys: Vec<String> = (0..50).map(|k| format!("device-{k}")).collect();
     for key in &keys {
@@ -821,7 +822,7 @@ fn keyed_pick_follows_membership() {
                 key: Some(key.as_bytes()),
                 tag: None,
             };
-            let head = ids(&t.rank(&q, 5)).remove(0);
+            let head = ids(&Ranked::of(t, &q, 5)).remove(0);
             let owner = ring.owner(ring::key_hash(key.as_bytes())).expect("members");
             same += usize::from(slot_of(t, &head) == owner);
         }
@@ -923,7 +924,7 @@ fn build(shapes: &[Shape], warmup: usize, sweep: bool) -> ServiceTable {
         add_spec(&mut t, &id, s, 0);
     }
     for _ in 0..warmup {
-        t.rank(&query(1), 0);
+        Ranked::of(&mut t, &query(1), 0);
     }
     for (i, &(_, connections, _, _, draining, expired, _)) in shapes.iter().enumerate() {
         let id = format!("i{i}");
@@ -1001,7 +1002,7 @@ proptest! {
             let before = t.clone();
             let expected = reference_excluding(&before, &q, NOW, exclude);
             let up = before.listing(NOW).iter().filter(|v| v.state == State::Up).count() as u64;
-            let ranked = t.rank_excluding(&q, NOW, exclude);
+            let ranked = Ranked::excluding(&mut t, &q, NOW, exclude);
             assert_groups_match(&t);
             let got = ids(&ranked);
             prop_assert_eq!(got.len(), expected.len());
@@ -1079,7 +1080,7 @@ proptest! {
                 .pick(ring::key_hash(key.as_bytes()), fits)
                 .expect("the least loaded always fits");
             let q = RankQuery { limit: 3, zone: None, key: Some(key.as_bytes()), tag: None };
-            let head = ids(&t.rank(&q, 1)).remove(0);
+            let head = ids(&Ranked::of(&mut t, &q, 1)).remove(0);
             prop_assert_eq!(slot_of(&t, &head), expected);
             // After the hand-out, within the bound computed before it.
             let i = t.get(&head).expect("present");
@@ -1113,7 +1114,7 @@ proptest! {
                 let key = format!("device-{k}");
                 let owner = ring.owner(ring::key_hash(key.as_bytes())).expect("non-empty");
                 let q = RankQuery { limit: 1, zone: None, key: Some(key.as_bytes()), tag: None };
-                let head = ids(&t.rank(&q, 2 + round)).remove(0);
+                let head = ids(&Ranked::of(&mut t, &q, 2 + round)).remove(0);
                 prop_assert_eq!(slot_of(&t, &head), owner, "round {}", round);
             }
             for (i, id) in names.iter().enumerate() {
@@ -1263,7 +1264,7 @@ proptest! {
                 Op::Rank(key) => {
                     let key = key.map(|k| format!("device-{k}"));
                     let q = RankQuery { limit: 3, zone: None, key: key.as_ref().map(String::as_bytes), tag: None };
-                    t.rank(&q, now);
+                    Ranked::of(&mut t, &q, now);
                 }
                 Op::Advance(ms) => {
                     now += ms;
@@ -1274,7 +1275,7 @@ proptest! {
                 }
             }
             assert_groups_match(&t);
-            let answer = t.clone().rank(&query(10_000), now);
+            let answer = Ranked::of(&mut t.clone(), &query(10_000), now);
             // The table's own version, which wakes blocking queries, is already current:
             // the answer did not have to move it.
             prop_assert_eq!(answer.version, t.version(), "after {:?}", op);
@@ -1311,13 +1312,13 @@ fn a_tag_filter_ranks_only_the_tagged_instances() {
         tag: Some("v2"),
         ..query(10)
     };
-    assert_eq!(ids(&t.rank(&tagged, 2)), ["canary"]);
+    assert_eq!(ids(&Ranked::of(&mut t, &tagged, 2)), ["canary"]);
     let keyed = RankQuery {
         key: Some(b"device-1"),
         ..tagged
     };
     assert_eq!(
-        ids(&t.rank(&keyed, 2)),
+        ids(&Ranked::of(&mut t, &keyed, 2)),
         ["canary"],
         "the ring respects the tag"
     );
@@ -1325,8 +1326,12 @@ fn a_tag_filter_ranks_only_the_tagged_instances() {
         tag: Some("v3"),
         ..query(10)
     };
-    assert!(t.rank(&none, 2).servers.is_empty());
-    assert_eq!(ids(&t.rank(&query(1), 2)), ["plain"], "no tag: everyone");
+    assert!(Ranked::of(&mut t, &none, 2).servers.is_empty());
+    assert_eq!(
+        ids(&Ranked::of(&mut t, &query(1), 2)),
+        ["plain"],
+        "no tag: everyone"
+    );
 }
 
 #[test]
@@ -1400,7 +1405,7 @@ fn steps_per_request(n: usize, load: &dyn Fn(usize) -> u64) -> (f64, Vec<f64>) {
             };
             let before = t.index_steps();
             for _ in 0..ANSWERS {
-                assert_eq!(t.rank(&q, 1).servers.len(), answers, "{label}");
+                assert_eq!(Ranked::of(&mut t, &q, 1).servers.len(), answers, "{label}");
             }
             (t.index_steps() - before) as f64 / ANSWERS as f64
         })
@@ -1604,7 +1609,7 @@ fn a_synced_row_with_another_zone_and_tags_moves_between_group_indexes() {
             tag,
             ..query(1)
         };
-        ids(&t.rank(&q, 10))
+        ids(&Ranked::of(t, &q, 10))
     };
     assert_eq!(in_zone(&mut t, "eu-2", Some("v2")), ["a"]);
     assert!(in_zone(&mut t, "eu-1", Some("v1")).is_empty());

@@ -1,5 +1,6 @@
-//! Background loops of the registry that every mode runs: the liveness sweep, and
-//! (single node) the batched heartbeat persistence, each instance's beat at most
+//! The registry's background upkeep loops (the work is the hub's, `hub/upkeep.rs`):
+//! the liveness sweep, which every mode runs, and (single node) the batched heartbeat
+//! persistence, each instance's beat at most
 //! every [`persist_gap`]. A cluster node flushes with its
 //! own loop (`cluster/loops.rs`). Each runs until its cancellation token fires; the
 //! last flush happens in `app` after the HTTP server has stopped.
