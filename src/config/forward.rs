@@ -81,34 +81,32 @@ pub struct ForwardConfig {
 }
 
 /// The forward listeners: none with `--no-forward`; the `--forward` flags, which
-/// replace the file's; the file's `[[forward]]`; or the default one.
+/// replace the file's; the file's `[[forward]]`; or the default one. Each comes with
+/// the key its errors name (`--forward[0]`, `forward[0]`, or `forward` for the default).
 pub(super) fn merge(
     file: Option<Vec<FileForward>>,
     args: &ServeArgs,
-) -> Result<Vec<ForwardConfig>, ConfigError> {
-    let forwards = if args.no_forward {
-        Vec::new()
+) -> Result<Vec<(String, ForwardConfig)>, ConfigError> {
+    let keyed = |key: String, f: FileForward| Ok((key.clone(), validate_forward(&key, f)?));
+    if args.no_forward {
+        Ok(Vec::new())
     } else if !args.forward.is_empty() {
         args.forward
             .iter()
             .enumerate()
-            .map(|(i, spec)| {
-                parse_forward_flag(spec)
-                    .and_then(|f| validate_forward(&format!("--forward[{i}]"), f))
-            })
-            .collect::<Result<_, _>>()?
+            .map(|(i, spec)| keyed(format!("--forward[{i}]"), parse_forward_flag(spec)?))
+            .collect()
     } else if let Some(list) = file {
         list.into_iter()
             .enumerate()
-            .map(|(i, f)| validate_forward(&format!("forward[{i}]"), f))
-            .collect::<Result<_, _>>()?
+            .map(|(i, f)| keyed(format!("forward[{i}]"), f))
+            .collect()
     } else {
-        vec![validate_forward(
-            "forward",
+        Ok(vec![keyed(
+            "forward".to_owned(),
             parse_forward_flag(DEFAULT_FORWARD)?,
-        )?]
-    };
-    Ok(forwards)
+        )?])
+    }
 }
 
 fn parse_forward_flag(spec: &str) -> Result<FileForward, ConfigError> {

@@ -4,7 +4,8 @@
 //! This file owns [`Config`], the order of the merge and the top-level keys (`http`,
 //! `db`, `insecure`, `drain_timeout_secs`, `http_*`); each section has its own file
 //! (`file.rs` the TOML types, `forward.rs`, `statics.rs`, `tokens.rs`, `limits.rs`,
-//! `rebalance.rs`, `dns.rs`; `error.rs` the error).
+//! `rebalance.rs`, `dns.rs`; `error.rs` the error); `listeners.rs` checks every
+//! listener's address against the others'.
 //!
 //! Must not open sockets or the store.
 
@@ -13,6 +14,7 @@ mod error;
 mod file;
 mod forward;
 mod limits;
+mod listeners;
 mod rebalance;
 mod statics;
 mod tokens;
@@ -161,6 +163,9 @@ impl Config {
             10_000,
             1_000_000,
         )? as usize;
+        let tokens = tokens::merge(file.tokens, &env)?;
+        let (forward_keys, forwards): (Vec<String>, Vec<ForwardConfig>) =
+            forward::merge(file.forward, args)?.into_iter().unzip();
         let config = Config {
             http,
             db,
@@ -169,13 +174,14 @@ impl Config {
             http_header_timeout,
             http_idle_timeout,
             http_max_connections,
-            tokens: tokens::merge(file.tokens, &env)?,
-            forwards: forward::merge(file.forward, args)?,
+            tokens,
+            forwards,
             statics: statics::merge(file.statics)?,
             limits: limits::merge(file.limits)?,
             rebalance: rebalance::merge(file.rebalance)?,
             dns: dns::validate_dns(file.dns, args.dns.as_deref())?,
         };
+        listeners::check(&listeners::of(&config, &forward_keys))?;
         if !config.http.ip().is_loopback() && config.tokens.register.is_empty() && !config.insecure
         {
             return Err(ConfigError::InsecureBind(config.http));
