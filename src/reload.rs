@@ -5,7 +5,7 @@
 //! [`Supervisor`], `[rebalance]` to the hub, tokens and rate limits to the API
 //! through the caller's `api_settings`. Registrations are never touched.
 //!
-//! Owns no parsing (config.rs validates before anything is applied), no running task
+//! Owns no parsing (`config/` validates before anything is applied), no running task
 //! and nothing of the API.
 
 use crate::config::Config;

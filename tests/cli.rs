@@ -19,6 +19,19 @@ fn serve(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// `serve` on a config file with this text and an in-memory store.
+fn serve_config(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(&path, config).unwrap();
+    serve(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--db",
+        "sqlite::memory:",
+    ])
+}
+
 #[test]
 fn help_describes_every_flag() {
     let out = Command::new(binary())
@@ -59,28 +72,10 @@ fn a_public_bind_without_register_token_is_refused() {
 
 #[test]
 fn an_unknown_config_key_stops_the_start_and_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "http = \"127.0.0.1:0\"\nlisten_backlog = 5\n").unwrap();
-    let (code, err) = serve(&[
-        "--config",
-        path.to_str().unwrap(),
-        "--db",
-        "sqlite::memory:",
-    ]);
+    let (code, err) = serve_config("http = \"127.0.0.1:0\"\nlisten_backlog = 5\n");
     assert_ne!(code, 0);
     assert!(err.contains("listen_backlog"), "{err}");
-    std::fs::write(
-        &path,
-        "[[forward]]\nlisten = \"127.0.0.1:0\"\nhash = \"cookie\"\n",
-    )
-    .unwrap();
-    let (code, err) = serve(&[
-        "--config",
-        path.to_str().unwrap(),
-        "--db",
-        "sqlite::memory:",
-    ]);
+    let (code, err) = serve_config("[[forward]]\nlisten = \"127.0.0.1:0\"\nhash = \"cookie\"\n");
     assert_ne!(code, 0);
     assert!(err.contains("forward[0].hash"), "{err}");
 }
@@ -167,4 +162,57 @@ fn check_validates_a_config_file_without_starting_anything() {
             "{bad:?}: the message names {key}: {stderr}"
         );
     }
+}
+
+/// The README's old example: a UDP forward listener and `[dns]` on one address.
+const SHARED_ADDRESS: &str = "http = \"127.0.0.1:0\"\n\
+    [[forward]]\nlisten = \"127.0.0.1:0\"\n\
+    [[forward]]\nlisten = \"127.0.0.1:45353\"\nservice = \"dns\"\nprotocol = \"udp\"\n\
+    [dns]\nlisten = \"127.0.0.1:45353\"\n";
+
+#[test]
+fn check_refuses_two_listeners_on_one_address_naming_both_keys() {
+    let (code, _, stderr) = check(SHARED_ADDRESS);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("invalid dns.listen") && stderr.contains("forward[1].listen"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = check(
+        "[[forward]]\nlisten = \"127.0.0.1:46665\"\nservice = \"a\"\n\
+         [[forward]]\nlisten = \"127.0.0.1:46665\"\nservice = \"b\"\n",
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("invalid forward[1].listen") && stderr.contains("forward[0].listen"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = check(
+        "[[forward]]\nlisten = \"127.0.0.1:46665\"\n\
+         [[forward]]\nlisten = \"127.0.0.1:46665\"\nprotocol = \"udp\"\n",
+    );
+    assert_eq!(code, 0, "one port, two protocols: {stderr}");
+    assert!(stdout.contains("is valid"), "{stdout}");
+}
+
+#[test]
+fn the_start_refuses_two_listeners_on_one_address() {
+    let (code, err) = serve_config(SHARED_ADDRESS);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("invalid dns.listen") && err.contains("forward[1].listen"),
+        "{err}"
+    );
+    assert!(!err.contains("listening"), "bound before refusing: {err}");
+}
+
+#[test]
+fn the_readme_configuration_example_passes_check() {
+    let readme = include_str!("../README.md");
+    let section = &readme[readme.find("## Configuration").expect("config section")..];
+    let start = section.find("```toml\n").expect("a toml example") + "```toml\n".len();
+    let example = &section[start..start + section[start..].find("```").expect("its end")];
+    let (code, stdout, stderr) = check(example);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("is valid"), "{stdout}");
 }
