@@ -68,11 +68,29 @@ pub struct Bound {
 /// # Errors
 /// Either could not be bound.
 pub async fn bind(config: &DnsConfig) -> io::Result<Bound> {
-    let udp = workers::bind_listener(config.listen, workers::Transport::Udp)?;
-    let local = udp.local;
-    let tcp = TcpListener::bind(local).await?;
-    Ok(Bound { udp, tcp, local })
+    // With port 0 the kernel picks the UDP port; the same TCP port may already be
+    // someone else's (another server starting at once took it), so a few fresh
+    // picks are tried. A fixed port gets one try: its error is the operator's.
+    let tries = if config.listen.port() == 0 {
+        BIND_TRIES
+    } else {
+        1
+    };
+    let mut last = None;
+    for _ in 0..tries {
+        let udp = workers::bind_listener(config.listen, workers::Transport::Udp)?;
+        let local = udp.local;
+        match TcpListener::bind(local).await {
+            Ok(tcp) => return Ok(Bound { udp, tcp, local }),
+            Err(err) if err.kind() == io::ErrorKind::AddrInUse => last = Some(err),
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
 }
+
+/// Picks of a port-0 DNS address tried before giving up (see [`bind`]).
+const BIND_TRIES: usize = 8;
 
 /// Serves `zone` from `hub` on `bound` until `stop` fires; the loops and TCP
 /// connections run on `tracker` (the UDP loops on threads of their own when the
