@@ -183,6 +183,22 @@ async fn heartbeat_answers_ttl_and_shed_and_refuses_bad_leases() {
     };
     let (status, body) = s.heartbeat(&forged, 1).await;
     assert_eq!((status, code(&body)), (403, "bad_lease"));
+    // No X-Lease at all: the same refusal, saying what is missing.
+    let resp = s
+        .client
+        .put(s.url(&format!(
+            "/v1/services/default/instances/{}/heartbeat",
+            r.id
+        )))
+        .json(&json!({"connections": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(code(&body), "bad_lease");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no X-Lease header"), "{message}");
     let unknown = common::Registered {
         id: "does-not-exist".into(),
         ..r.clone()

@@ -16,7 +16,7 @@ use super::error::{ApiError, ApiJson, RawBody, parse_json};
 use super::limits::Limit;
 use super::{AppState, Shared};
 use crate::clock::rfc3339;
-use crate::hub::Authority;
+use crate::hub::{Authority, HubError};
 use crate::registry::table::{Card, InstanceView};
 use crate::registry::{InstanceSpec, Origin, State as InstanceState, validate};
 
@@ -271,8 +271,19 @@ pub fn heartbeat_answer(
 ) -> Answer {
     let beat = || -> Result<Answer, ApiError> {
         let body: HeartbeatBody = parse_json(body)?;
-        let lease = meta.lease().unwrap_or("");
-        let answer = state.hub.heartbeat(service, id, lease, body.connections)?;
+        let answer = match meta.lease() {
+            Some(lease) => state.hub.heartbeat(service, id, lease, body.connections)?,
+            // An unknown id still answers 404 (the backend registers again; no lease
+            // matches the empty one); a known one is told the header is missing.
+            None => match state.hub.heartbeat(service, id, "", body.connections) {
+                Err(HubError::BadLease(_)) => {
+                    return Err(ApiError::BadLease(format!(
+                        "no X-Lease header: send the lease instance {id} was registered with"
+                    )));
+                }
+                other => other?,
+            },
+        };
         Ok(Answer::json(
             StatusCode::OK,
             super::write_json::heartbeat_body(answer.ttl_secs, answer.shed),
