@@ -51,6 +51,8 @@ impl ServiceTable {
         if regroup {
             self.groups.rekey(&entry.instance, None, entry.indexed);
         }
+        // Another node may have stored a shorter TTL.
+        self.note_expiry(slot);
         self.reindex(slot, now);
     }
 

@@ -203,6 +203,11 @@ pub struct ServiceTable {
     tiebreak_seed: u64,
     /// Registered instances sweeps found expired, not yet taken (for metrics).
     expiries: u64,
+    /// Until when a sweep has nothing to do (`sweep.rs`): the earliest moment an
+    /// instance that was live at the last full sweep can expire, lowered whenever an
+    /// instance is placed or its TTL changes (a heartbeat only moves expiry later).
+    /// 0 when the last sweep found an instance expired, or during self-preservation.
+    sweep_quiet_until: Millis,
     /// `shed` answered lately, for the devices still expected to reconnect.
     recent_shed: RecentShed,
 }
@@ -232,6 +237,7 @@ impl ServiceTable {
             pending: HashSet::new(),
             tiebreak_seed: seed,
             expiries: 0,
+            sweep_quiet_until: 0,
             recent_shed: RecentShed::default(),
         }
     }
@@ -296,7 +302,16 @@ impl ServiceTable {
         if carries_pending {
             self.pending.insert(slot);
         }
+        self.note_expiry(slot);
         new
+    }
+
+    /// Lowers [`Self::sweep_quiet_until`] to the moment the instance at `slot` expires.
+    fn note_expiry(&mut self, slot: u32) {
+        if let Some(entry) = self.entry(slot) {
+            let expires = entry.instance.last_seen + entry.instance.spec.ttl_ms();
+            self.sweep_quiet_until = self.sweep_quiet_until.min(expires);
+        }
     }
 
     /// [`Self::upsert`]'s work: the slot the instance is in, and whether it is new.
@@ -630,6 +645,8 @@ impl ServiceTable {
                 entry.instance.absorb_heartbeat(Some(connections), now);
             }
         }
+        // A static instance that was down at the last sweep is not in its floor.
+        self.note_expiry(slot);
         self.reindex(slot, now);
         true
     }

@@ -1535,6 +1535,43 @@ fn a_cluster_node_writes_a_beat_only_when_liveness_across_nodes_needs_it() {
 }
 
 #[test]
+fn a_quiet_sweep_still_expires_and_removes_on_time() {
+    // TTL 15 s: "a" heartbeats, "b" does not. Sweeps every 250 ms, most of them with
+    // nothing to do, must still see "b" expire just after 15 s and go after 45 s, and
+    // a re-registration with a shorter TTL must bring its expiry forward.
+    let mut t = ServiceTable::new("default");
+    let ttl15 = |id: &str| InstanceSpec {
+        ttl_secs: 15,
+        ..spec(id)
+    };
+    add_spec(&mut t, "a", ttl15("a"), 0);
+    add_spec(&mut t, "b", ttl15("b"), 0);
+    let mut expired_at = None;
+    let mut removed_at = None;
+    for k in 0..=200u64 {
+        let now = k * 250;
+        if now % 5_000 == 0 {
+            beat(&mut t, "a", 1, now);
+        }
+        let outcome = t.sweep(now, true);
+        if expired_at.is_none() && t.take_expiries() > 0 {
+            expired_at = Some(now);
+        }
+        if removed_at.is_none() && outcome.removed.contains(&"b".to_owned()) {
+            removed_at = Some(now);
+        }
+    }
+    assert_eq!(expired_at, Some(15_250), "b expires at the first sweep past its TTL");
+    assert_eq!(removed_at, Some(45_250), "and goes after 3 x TTL");
+    // "a" re-registered with a TTL of 1 s and then silent: expired a second later.
+    assert!(!t.register("a".to_owned(), spec("a"), lease_of("a"), 50_000, 0));
+    assert!(t.sweep(50_500, true).removed.is_empty());
+    assert_eq!(t.take_expiries(), 0);
+    t.sweep(51_250, true);
+    assert_eq!(t.take_expiries(), 1, "the shorter TTL is seen at once");
+}
+
+#[test]
 fn a_cluster_node_writes_a_moved_count_at_once_and_holds_back_a_steady_one() {
     // The cluster's rule: a gap of 750 ms, and a count that moved by more than 1/64
     // of the stored one (any change below 64) is due whatever its age.
