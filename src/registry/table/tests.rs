@@ -1561,7 +1561,11 @@ fn a_quiet_sweep_still_expires_and_removes_on_time() {
             removed_at = Some(now);
         }
     }
-    assert_eq!(expired_at, Some(15_250), "b expires at the first sweep past its TTL");
+    assert_eq!(
+        expired_at,
+        Some(15_250),
+        "b expires at the first sweep past its TTL"
+    );
     assert_eq!(removed_at, Some(45_250), "and goes after 3 x TTL");
     // "a" re-registered with a TTL of 1 s and then silent: expired a second later.
     assert!(!t.register("a".to_owned(), spec("a"), lease_of("a"), 50_000, 0));
