@@ -6,23 +6,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 
-use common::raw::exchange;
+use common::raw::{addr, exchange, fast_and_hyper};
 use common::{Options, Registered, Server};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 
 const CONFIG: &str = "[tokens]\nread = \"rt\"\n[rebalance]\nenabled = false\n";
-
-fn addr(s: &Server) -> SocketAddr {
-    s.url("")
-        .trim_start_matches("http://")
-        .parse()
-        .expect("addr")
-}
 
 /// Copies a SQLite store (and its journal files, if any).
 fn copy_store(from: &Path, to: &Path) {
@@ -295,18 +287,7 @@ async fn both_paths_answer_generated_requests_byte_for_byte() {
 
 #[tokio::test]
 async fn a_rate_limited_read_answers_429_with_retry_after_on_both_paths() {
-    let config = "[limits]\nread_per_sec = 1\n";
-    let fast = Server::start_with(Options {
-        config: Some(config.into()),
-        ..Options::default()
-    })
-    .await;
-    let slow = Server::start_with(Options {
-        config: Some(config.into()),
-        no_fast_path: true,
-        ..Options::default()
-    })
-    .await;
+    let (fast, slow) = fast_and_hyper("[limits]\nread_per_sec = 1\n").await;
     let request = b"GET /servers?limit=2 HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut answers = Vec::new();
     for server in [&fast, &slow] {

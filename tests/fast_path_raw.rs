@@ -7,30 +7,8 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::raw::{Conn, normalized};
+use common::raw::{Conn, addr, fast_and_hyper, normalized};
 use common::{Options, Server};
-
-fn addr(s: &Server) -> SocketAddr {
-    s.url("")
-        .trim_start_matches("http://")
-        .parse()
-        .expect("addr")
-}
-
-async fn pair(config: &str) -> (Server, Server) {
-    let fast = Server::start_with(Options {
-        config: Some(config.into()),
-        ..Options::default()
-    })
-    .await;
-    let slow = Server::start_with(Options {
-        config: Some(config.into()),
-        no_fast_path: true,
-        ..Options::default()
-    })
-    .await;
-    (fast, slow)
-}
 
 /// Sends `chunks` one write each on one connection; then reads `answers` responses.
 async fn run(addr: SocketAddr, chunks: &[&[u8]], answers: usize) -> Vec<String> {
@@ -55,7 +33,7 @@ const UNKNOWN_BEAT: &[u8] = b"PUT /v1/services/svc/instances/nope/heartbeat HTTP
 
 #[tokio::test]
 async fn pipelined_requests_in_one_write_are_answered_in_order() {
-    let (fast, slow) = pair("").await;
+    let (fast, slow) = fast_and_hyper("").await;
     let all = [HEALTHZ, SERVERS, UNKNOWN_BEAT, HEALTHZ].concat();
     let a = run(addr(&fast), &[&all], 4).await;
     assert_eq!(a, run(addr(&slow), &[&all], 4).await);
@@ -65,7 +43,7 @@ async fn pipelined_requests_in_one_write_are_answered_in_order() {
 
 #[tokio::test]
 async fn a_head_split_byte_by_byte_and_a_body_in_pieces() {
-    let (fast, slow) = pair("").await;
+    let (fast, slow) = fast_and_hyper("").await;
     let bytes: Vec<&[u8]> = SERVERS.chunks(1).collect();
     let a = run(addr(&fast), &bytes, 1).await;
     assert_eq!(a, run(addr(&slow), &bytes, 1).await);
@@ -84,7 +62,7 @@ async fn a_head_split_byte_by_byte_and_a_body_in_pieces() {
 
 #[tokio::test]
 async fn other_requests_hand_the_connection_to_hyper_with_what_was_read() {
-    let (fast, slow) = pair("").await;
+    let (fast, slow) = fast_and_hyper("").await;
     let metrics = b"GET /v1/services HTTP/1.1\r\nHost: x\r\n\r\n";
     // One by one, then all in one write (the hand-off with hot requests after it).
     let chunks: [&[u8]; 3] = [HEALTHZ, metrics, SERVERS];
@@ -99,7 +77,7 @@ async fn other_requests_hand_the_connection_to_hyper_with_what_was_read() {
 
 #[tokio::test]
 async fn connection_close_and_http_1_0_close_after_the_answer() {
-    let (fast, slow) = pair("").await;
+    let (fast, slow) = fast_and_hyper("").await;
     for request in [
         &b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n"[..],
         b"GET /servers HTTP/1.0\r\n\r\n",
@@ -139,7 +117,7 @@ async fn the_header_and_idle_timeouts_still_close() {
 
 #[tokio::test]
 async fn an_oversize_body_is_answered_413_as_before() {
-    let (fast, slow) = pair("").await;
+    let (fast, slow) = fast_and_hyper("").await;
     let body = vec![b' '; 64 * 1024 + 1];
     let head = format!(
         "PUT /v1/services/svc/instances/x/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::{Options, Server};
+
 /// One client connection and the bytes read from it but not yet taken.
 pub struct Conn {
     pub stream: TcpStream,
@@ -109,4 +111,29 @@ pub async fn exchange(addr: SocketAddr, request: &[u8]) -> (String, String) {
         None => "<closed>".to_owned(),
     };
     (first, next)
+}
+
+/// Where an in-process server's API listens.
+pub fn addr(s: &Server) -> SocketAddr {
+    s.url("")
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr")
+}
+
+/// Two in-process servers on `config`: one with the fast path, one answering every
+/// request through hyper, to compare the two.
+pub async fn fast_and_hyper(config: &str) -> (Server, Server) {
+    let fast = Server::start_with(Options {
+        config: Some(config.into()),
+        ..Options::default()
+    })
+    .await;
+    let slow = Server::start_with(Options {
+        config: Some(config.into()),
+        no_fast_path: true,
+        ..Options::default()
+    })
+    .await;
+    (fast, slow)
 }
