@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,16 +36,11 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard")
 }
 
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
-}
-
 /// Whether node, chromium and playwright-core are there. Missing ones fail the test in
 /// CI and skip it (with a `SKIPPED` line) elsewhere.
 fn browser_ready(test: &str) -> bool {
     let mut missing = Vec::new();
-    if !on_path("node") {
+    if !common::tools::on_path("node") {
         missing.push("node".to_owned());
     }
     if !Path::new(CHROMIUM).is_file() {
@@ -58,18 +52,7 @@ fn browser_ready(test: &str) -> bool {
     {
         missing.push("playwright-core (npm ci in tests/dashboard)".to_owned());
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
-    assert!(!ci, "{test}: missing {missing:?} (CI is set; see .ci/run)");
-    // Straight to stderr, past the test harness's capture, so that the skip shows.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: missing {}",
-        missing.join(", ")
-    );
-    false
+    common::tools::ready(test, &missing)
 }
 
 /// `GET` with the admin token.

@@ -27,11 +27,7 @@ fn config(forwards: &[&str], statics: &[String]) -> String {
 }
 
 fn hup(s: &Server) {
-    let sent = std::process::Command::new("kill")
-        .args(["-HUP", &s.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
+    s.hup();
 }
 
 /// Each connection still echoes its own bytes.

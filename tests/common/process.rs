@@ -21,6 +21,8 @@ pub fn binary() -> &'static str {
 pub struct Server {
     child: Child,
     api: Api,
+    /// Where the HTTP API listens.
+    pub http_addr: std::net::SocketAddr,
     /// Where each forward listener listens, in start order.
     pub forward_addrs: Vec<std::net::SocketAddr>,
     /// Every line the server logged so far is sent here.
@@ -126,6 +128,7 @@ impl Server {
         let mut server = Server {
             child,
             api: Api::new(([127, 0, 0, 1], port).into()),
+            http_addr: ([127, 0, 0, 1], port).into(),
             forward_addrs: Vec::new(),
             logs: rx,
             seen,
@@ -177,6 +180,15 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends SIGHUP (to this child, by PID): reload.
+    pub fn hup(&self) {
+        let sent = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
     }
 
     /// Sends SIGTERM (to this child, by PID) and waits for the exit code.
