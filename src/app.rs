@@ -26,6 +26,7 @@ use crate::forwarder::supervisor::Supervisor;
 use crate::hub::Hub;
 use crate::reload::{self, Applied};
 use crate::store::{self, StoreError};
+use crate::tls::ServerTls;
 use crate::{rlimit, upkeep};
 
 /// The longest the store may take to close at shutdown.
@@ -48,6 +49,9 @@ pub enum AppError {
     /// The DNS zone of `[dns]` cannot be built.
     #[error("dns.domain: {0}")]
     Zone(#[from] crate::dns::answer::ZoneError),
+    /// A TLS file of `[tls]` cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
@@ -72,6 +76,8 @@ pub struct Running {
 struct Reloader {
     supervisor: Arc<Supervisor>,
     state: AppState,
+    /// The API's TLS, when `[tls]` was configured at start.
+    tls: Option<Arc<ServerTls>>,
     /// Reloads apply one at a time, each against the configuration before it.
     config: tokio::sync::Mutex<Config>,
 }
@@ -104,7 +110,13 @@ impl Running {
         let state = &self.reload.state;
         let supervisor = &self.reload.supervisor;
         let api_settings = |c: &Config| state.apply_settings(c);
-        let applied = reload::apply(&current, &new, supervisor, &state.hub, &api_settings).await;
+        let parts = reload::Parts {
+            supervisor,
+            hub: &state.hub,
+            api_tls: self.reload.tls.as_deref(),
+            api_settings: &api_settings,
+        };
+        let applied = reload::apply(&current, &new, &parts).await;
         *current = new;
         applied
     }
@@ -128,6 +140,15 @@ impl Running {
 pub async fn start(config: Config) -> Result<Running, AppError> {
     // Before anything takes a metric handle: a handle taken earlier records nowhere.
     crate::metrics::handle();
+    // Before the store: a certificate that cannot be served stops the start at once.
+    let api_tls = match &config.tls {
+        Some(tls) => Some(Arc::new(ServerTls::load(
+            tls,
+            "http",
+            crate::tls::API_ALPN,
+        )?)),
+        None => None,
+    };
     let opened = store::open(&config.db).await?;
     // Nodes of a cluster break equal-load ties each their own way, so that they do
     // not all hand out the same instance at once.
@@ -161,7 +182,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         addr: config.http,
         source,
     })?;
-    tracing::info!(addr = %http_addr, "http listening on {http_addr}");
+    let scheme = if api_tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %http_addr, scheme, "http listening on {http_addr} ({scheme})");
+    if let Some(warning) = api::ops::cleartext_warning(&config) {
+        tracing::warn!("{warning}");
+    }
     let shutdown = CancellationToken::new();
     let shutting_down = Arc::new(AtomicBool::new(false));
     let forwarders = Arc::new(ForwardBoard::default());
@@ -174,7 +199,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         hub: hub.clone(),
         cluster: node.clone(),
         forwarders: Arc::clone(&forwarders),
-        tokens: arc_swap::ArcSwap::from_pointee(api::auth::Tokens::new(&config.tokens)),
+        tokens: arc_swap::ArcSwap::from_pointee(api::auth::Tokens::new(
+            &config.tokens,
+            config.register_needs_client_cert(),
+        )),
         limits: arc_swap::ArcSwap::from_pointee(RateLimits::new(
             config.limits.register_per_sec,
             config.limits.read_per_sec,
@@ -182,6 +210,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         shutting_down: Arc::clone(&shutting_down),
         shutdown: shutdown.clone(),
         scraped: api::scrape::ScrapedServices::default(),
+        cleartext_warning: arc_swap::ArcSwapOption::from(
+            api::ops::cleartext_warning(&config).map(Arc::new),
+        ),
     });
     let router = api::router(Arc::clone(&state));
 
@@ -264,7 +295,13 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         fast_path: config.http_fast_path,
     };
     let stop = shutdown.clone();
-    let server = tokio::spawn(api::serve::serve(listener, router, limits, stop.clone()));
+    let server = tokio::spawn(api::serve::serve(
+        listener,
+        router,
+        limits,
+        api_tls.clone(),
+        stop.clone(),
+    ));
     let done = tokio::spawn(async move {
         stop.cancelled().await;
         shutting_down.store(true, Ordering::Relaxed);
@@ -312,6 +349,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         reload: Reloader {
             supervisor,
             state,
+            tls: api_tls,
             config: tokio::sync::Mutex::new(config),
         },
     })

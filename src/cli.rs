@@ -89,7 +89,8 @@ pub struct ServeArgs {
 /// How the operator commands reach a running server.
 #[derive(Clone, Args)]
 pub struct ServerArgs {
-    /// The server's HTTP API, http://HOST:PORT (HOST:PORT alone means http://).
+    /// The server's HTTP API, http://HOST:PORT or https://HOST:PORT (HOST:PORT alone
+    /// means http://).
     #[arg(
         long,
         value_name = "URL",
@@ -106,9 +107,40 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// For an https:// server: trust only this CA (PEM) instead of the system's roots.
+    #[arg(long, value_name = "FILE", env = "SWITCHBOARD_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// For an https:// server asking for client certificates: this certificate (PEM,
+    /// its chain after it), with --client-key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SWITCHBOARD_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SWITCHBOARD_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<std::path::PathBuf>,
     /// Print the server's JSON answer (pretty-printed) instead of a table, for scripts.
     #[arg(long)]
     pub json: bool,
+}
+
+impl ServerArgs {
+    /// The TLS files the flags name.
+    pub fn tls_files(&self) -> crate::tls::client::ClientFiles {
+        crate::tls::client::ClientFiles {
+            ca_cert: self.ca_cert.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerArgs {
@@ -117,6 +149,9 @@ impl std::fmt::Debug for ServerArgs {
         f.debug_struct("ServerArgs")
             .field("server", &self.server)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("ca_cert", &self.ca_cert)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .field("json", &self.json)
             .finish()
     }

@@ -25,4 +25,5 @@ pub mod reload;
 pub mod rlimit;
 pub mod simulation;
 pub mod store;
+pub mod tls;
 pub mod upkeep;

@@ -56,7 +56,16 @@ fn check(args: CheckArgs) -> ExitCode {
         ..ServeArgs::default()
     };
     match Config::load(&serve) {
-        Ok(_) => {
+        Ok(config) => {
+            // The certificate and key are read as a start would read them.
+            if let Some(tls) = &config.tls {
+                let api_tls =
+                    switchboard::tls::ServerTls::load(tls, "http", switchboard::tls::API_ALPN);
+                if let Err(err) = api_tls {
+                    eprintln!("error: {err}");
+                    return ExitCode::from(2);
+                }
+            }
             println!("configuration {} is valid", args.config.display());
             ExitCode::SUCCESS
         }
@@ -78,6 +87,7 @@ fn operate(op: &Operation, server: &ServerArgs) -> anyhow::Result<ExitCode> {
         op,
         &server.server,
         server.token.as_deref(),
+        &server.tls_files(),
         server.json,
     ));
     match result {

@@ -77,6 +77,13 @@ pub const FORWARD_BYTES: &str = "switchboard_forward_bytes_total";
 /// bytes than a header: nothing to answer to), `rate_limited` (over the source's
 /// `queries_per_sec` and not a query a truncated answer can be made for).
 pub const DNS_DROPPED: &str = "switchboard_dns_dropped_total";
+/// Gauge: when the served certificate expires, as Unix seconds, by `listener`
+/// (`http` for the API).
+pub const TLS_CERT_EXPIRY: &str = "switchboard_tls_certificate_expiry_timestamp_seconds";
+/// Counter: TLS handshakes, by `listener` and `result` (`ok`; `failed`: the peer's
+/// hello or certificate was refused, or it closed; `timeout`: not done within the
+/// header timeout).
+pub const TLS_HANDSHAKES: &str = "switchboard_tls_handshakes_total";
 
 /// One service's counters of the hot paths (heartbeats and `/servers` answers),
 /// registered once when the service appears, so a request increments a handle

@@ -1,8 +1,10 @@
-//! What a running server can change without a restart (SPEC section 4, `SIGHUP`):
-//! forward listeners, static instances, tokens, rate limits and `[rebalance]`. Diffs
-//! a new validated [`Config`] against the running one, warns about what needs a
-//! restart, and hands the rest on: listeners and static instances to the forwarder's
-//! [`Supervisor`], `[rebalance]` to the hub, tokens and rate limits to the API
+//! What a running server can change without a restart (SPEC sections 4 and 9,
+//! `SIGHUP`): forward listeners, static instances, tokens, rate limits, `[rebalance]`
+//! and the API's certificate. Diffs a new validated [`Config`] against the running
+//! one, warns about what needs a restart, and hands the rest on: listeners and static
+//! instances to the forwarder's [`Supervisor`], `[rebalance]` to the hub, the `[tls]`
+//! files to the API's [`ServerTls`] (read again even when the file names did not
+//! change: that is how a certificate is rotated), tokens and rate limits to the API
 //! through the caller's `api_settings`. Registrations are never touched.
 //!
 //! Owns no parsing (`config/` validates before anything is applied), no running task
@@ -11,6 +13,7 @@
 use crate::config::Config;
 use crate::forwarder::supervisor::Supervisor;
 use crate::hub::Hub;
+use crate::tls::ServerTls;
 
 pub use crate::forwarder::supervisor::Applied;
 
@@ -24,18 +27,37 @@ pub fn dns_tcp_connections(config: &Config) -> u64 {
     }
 }
 
-/// Applies a reloaded configuration: tokens and limits (`api_settings`), rebalancing,
-/// the fd budget, listeners and static instances. What cannot change live (the HTTP
-/// address, the store, the HTTP limits) is kept, with a warning when it differs.
-pub async fn apply(
-    old: &Config,
-    new: &Config,
-    supervisor: &Supervisor,
-    hub: &Hub,
-    api_settings: &dyn Fn(&Config),
-) -> Applied {
+/// The running parts a reload hands its changes to.
+#[allow(missing_debug_implementations)] // `api_settings` is a closure.
+pub struct Parts<'a> {
+    /// The forward listeners and static instances.
+    pub supervisor: &'a Supervisor,
+    /// The registry (`[rebalance]`).
+    pub hub: &'a Hub,
+    /// The API's TLS, when it serves HTTPS.
+    pub api_tls: Option<&'a ServerTls>,
+    /// Takes the tokens and rate limits (`api::Shared::apply_settings`).
+    pub api_settings: &'a dyn Fn(&Config),
+}
+
+/// Applies a reloaded configuration: the API's certificate, tokens and limits,
+/// rebalancing, the fd budget, listeners and static instances. What cannot change
+/// live (the HTTP address, the store, the HTTP limits, turning `[tls]` on or off) is
+/// kept, with a warning when it differs; a certificate that fails to load leaves the
+/// running one, logged.
+pub async fn apply(old: &Config, new: &Config, parts: &Parts<'_>) -> Applied {
+    let Parts {
+        supervisor,
+        hub,
+        api_tls,
+        api_settings,
+    } = *parts;
     let mut applied = Applied::default();
     for (what, changed) in [
+        (
+            "tls (turning HTTPS on or off)",
+            old.tls.is_some() != new.tls.is_some(),
+        ),
         ("http", old.http != new.http),
         ("db", old.db != new.db),
         (
@@ -52,7 +74,18 @@ pub async fn apply(
             );
         }
     }
-    api_settings(new);
+    if let (Some(api_tls), Some(files)) = (api_tls, &new.tls)
+        && let Err(err) = api_tls.reload(files)
+    {
+        tracing::error!(%err, "tls: the new certificate was not loaded; the running one stays");
+    }
+    // Turning HTTPS on needs a restart, so the running one's client-certificate rule
+    // stays with the running listener.
+    let mut settings = new.clone();
+    if old.tls.is_some() != new.tls.is_some() {
+        settings.tls.clone_from(&old.tls);
+    }
+    api_settings(&settings);
     hub.set_policy(new.rebalance);
     supervisor.set_budget(new, dns_tcp_connections(new));
     if let Err((addr, err)) = supervisor.apply_forwards(&new.forwards, &mut applied).await {

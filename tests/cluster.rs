@@ -387,7 +387,9 @@ async fn a_node_reports_its_sync_lag_in_metrics() {
     let db = TestDb::create().await;
     let a = node(&db.url());
     let lag = eventually("a sync lag sample", || async {
-        let text = reqwest::get(a.url("/metrics"))
+        let text = switchboard::tls::client::reqwest_client()
+            .get(a.url("/metrics"))
+            .send()
             .await
             .ok()?
             .text()

@@ -198,7 +198,7 @@ async fn concurrent_registrations_on_a_full_disk_are_refused_together_and_none_i
         tasks.push(tokio::spawn(async move {
             let address = format!("10.0.3.1:{port}");
             let body = json!({ "address": address, "ttl_secs": 300 });
-            let resp = reqwest::Client::new()
+            let resp = switchboard::tls::client::reqwest_client()
                 .post(url)
                 .json(&body)
                 .send()

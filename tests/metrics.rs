@@ -47,7 +47,11 @@ fn parse(text: &str) -> Vec<Sample> {
 
 /// The sum of every sample of `name` whose labels include `want`.
 async fn metric(s: &Server, name: &str, want: &[(&str, &str)]) -> f64 {
-    let resp = reqwest::get(s.url("/metrics")).await.expect("GET /metrics");
+    let resp = switchboard::tls::client::reqwest_client()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
     assert_eq!(resp.status(), 200);
     let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(content_type.starts_with("text/plain"), "{content_type}");
@@ -328,7 +332,11 @@ async fn metrics_need_the_admin_token_when_one_is_set() {
         ..Options::default()
     })
     .await;
-    let resp = reqwest::get(s.url("/metrics")).await.unwrap();
+    let resp = switchboard::tls::client::reqwest_client()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     let resp = s
         .client
@@ -338,7 +346,11 @@ async fn metrics_need_the_admin_token_when_one_is_set() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let resp = reqwest::get(s.url("/v1/forwarders")).await.unwrap();
+    let resp = switchboard::tls::client::reqwest_client()
+        .get(s.url("/v1/forwarders"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     s.stop().await;
 }

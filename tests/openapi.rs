@@ -33,7 +33,11 @@ const ROUTES: &[&str] = &[
 ];
 
 async fn document(s: &Server) -> Value {
-    let resp = reqwest::get(s.url("/openapi.json")).await.unwrap();
+    let resp = switchboard::tls::client::reqwest_client()
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     resp.json().await.expect("the document is JSON")
 }
@@ -79,7 +83,7 @@ async fn the_document_covers_every_route_and_each_is_served() {
     let expected: BTreeSet<String> = ROUTES.iter().map(|r| (*r).to_owned()).collect();
     assert_eq!(operations(&doc), expected);
     // Each documented operation is routed: no `not_found` or `method_not_allowed`.
-    let client = reqwest::Client::new();
+    let client = switchboard::tls::client::reqwest_client();
     for op in operations(&doc) {
         let (method, path) = op.split_once(' ').unwrap();
         let path = path.replace("{service}", "default").replace("{id}", "nope");

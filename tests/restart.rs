@@ -190,7 +190,7 @@ async fn concurrent_registrations_share_commits_and_all_survive_kill_9() {
     for i in 0..200u32 {
         let url = s.url("/v1/services/fleet/instances");
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = switchboard::tls::client::reqwest_client();
             let address = format!("10.1.{}.{}:6666", i / 100, i % 100 + 1);
             let resp = client
                 .post(url)

@@ -292,7 +292,8 @@ impl<'k> Fleet<'k> {
             registry: None,
             backends: Vec::new(),
             swarm: None,
-            http: reqwest::Client::builder()
+            http: switchboard::tls::client::reqwest_builder(&Default::default())
+                .map_err(anyhow::Error::msg)?
                 .timeout(Duration::from_secs(2))
                 .build()?,
         };

@@ -11,6 +11,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The TLS settings (`ca_pem`, `identity_pem`) cannot be used.
+    #[error("invalid TLS settings: {0}")]
+    Tls(String),
     /// No registry URL answered (connection refused, timeout, or a 5xx from every
     /// node). `last` is the last node's failure.
     #[error("no registry answered; last error: {last}")]

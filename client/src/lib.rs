@@ -51,6 +51,7 @@ mod backend;
 mod device;
 mod error;
 mod registry;
+mod tls;
 mod watch;
 
 pub use backend::{BACKOFF_MAX, BACKOFF_MIN, Backend, ConnectionCount, SHED_QUEUE};

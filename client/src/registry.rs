@@ -10,6 +10,7 @@ use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::error::{Error, Result};
+use crate::tls::TlsSettings;
 
 /// How long one request may take by default (a blocking query adds its wait).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,6 +81,7 @@ pub struct RegistryBuilder {
     urls: Vec<String>,
     tokens: Tokens,
     timeout: Duration,
+    tls: TlsSettings,
 }
 
 impl std::fmt::Debug for RegistryBuilder {
@@ -110,6 +112,32 @@ impl RegistryBuilder {
         self
     }
 
+    /// For `https://` registries behind a private CA: trust only these CA certificates
+    /// (PEM) instead of the system's roots.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let registry = switchboard_client::Registry::builder(["https://registry.lan:8443"])
+    ///     .ca_pem(std::fs::read("/etc/switchboard/ca.pem")?)
+    ///     .build()?;
+    /// # drop(registry); Ok(()) }
+    /// ```
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// A client certificate (PEM, its chain after it) and its private key (PEM), for a
+    /// registry that asks for one (`[tls] client_auth`).
+    pub fn identity_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
     /// How long one request may take (default [`DEFAULT_REQUEST_TIMEOUT`]).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -119,7 +147,8 @@ impl RegistryBuilder {
     /// The registry handle.
     ///
     /// # Errors
-    /// [`Error::InvalidUrl`] when no URL is given or one is not `http(s)://host[:port]`.
+    /// [`Error::InvalidUrl`] when no URL is given or one is not `http(s)://host[:port]`,
+    /// [`Error::Tls`] when the CA or the client identity cannot be used.
     pub fn build(self) -> Result<Registry> {
         if self.urls.is_empty() {
             return Err(Error::InvalidUrl {
@@ -132,7 +161,9 @@ impl RegistryBuilder {
             .iter()
             .map(|raw| parse_node(raw))
             .collect::<Result<Vec<_>>>()?;
+        let tls = crate::tls::client_config(&self.tls).map_err(Error::Tls)?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .connect_timeout(self.timeout.min(Duration::from_secs(3)))
             .build()
             .map_err(|e| Error::InvalidUrl {
@@ -472,6 +503,7 @@ impl Registry {
             urls: urls.into_iter().map(Into::into).collect(),
             tokens: Tokens::default(),
             timeout: DEFAULT_REQUEST_TIMEOUT,
+            tls: TlsSettings::default(),
         }
     }
 

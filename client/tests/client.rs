@@ -46,7 +46,9 @@ where
 
 /// The admin listing of a service, raw.
 async fn listing(url: &str, service: &str) -> Vec<serde_json::Value> {
-    let body: serde_json::Value = reqwest::get(format!("{url}/v1/services/{service}/instances"))
+    let body: serde_json::Value = switchboard::tls::client::reqwest_client()
+        .get(format!("{url}/v1/services/{service}/instances"))
+        .send()
         .await
         .expect("listing")
         .json()

@@ -122,7 +122,9 @@ async fn the_rust_backend_and_device_work_end_to_end() {
     // The backend's heartbeat carries its live count to the registry.
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let body: serde_json::Value = reqwest::get(format!("{url}/v1/services/default/instances"))
+        let body: serde_json::Value = switchboard::tls::client::reqwest_client()
+            .get(format!("{url}/v1/services/default/instances"))
+            .send()
             .await
             .unwrap()
             .json()
@@ -158,7 +160,9 @@ async fn the_rust_device_lands_on_the_less_loaded_backend() {
     }
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let body: serde_json::Value = reqwest::get(format!("{url}/v1/services/default/instances"))
+        let body: serde_json::Value = switchboard::tls::client::reqwest_client()
+            .get(format!("{url}/v1/services/default/instances"))
+            .send()
             .await
             .unwrap()
             .json()

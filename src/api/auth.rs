@@ -1,5 +1,7 @@
 //! Bearer tokens of SPEC section 6: which token each endpoint needs, compared in
-//! constant time. An unset token leaves its endpoints open (loopback default).
+//! constant time. An unset token leaves its endpoints open (loopback default). With
+//! `[tls] register_requires_client_cert`, a backend's own writes also need the
+//! verified client certificate its connection presented ([`Peer`]).
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderValue;
@@ -17,6 +19,30 @@ pub struct Tokens {
     admin: Option<Digest32>,
     register: Vec<Digest32>,
     read: Option<Digest32>,
+    /// `[tls] register_requires_client_cert`.
+    register_needs_client_cert: bool,
+}
+
+/// Who is at the other end of a connection: its address, and whether it presented a
+/// client certificate that verified against `[tls] client_ca` (only then does rustls
+/// keep one). Set per connection by `serve.rs`; the hyper path carries it as a
+/// request extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: std::net::SocketAddr,
+    /// A verified client certificate was presented.
+    pub client_cert: bool,
+}
+
+impl Peer {
+    /// A peer on a plain connection.
+    pub fn plain(addr: std::net::SocketAddr) -> Peer {
+        Peer {
+            addr,
+            client_cert: false,
+        }
+    }
 }
 
 type Digest32 = [u8; 32];
@@ -47,6 +73,8 @@ pub struct Meta {
     pub wants_text: bool,
     /// The client's address (absent when the router runs without a server).
     pub peer: Option<std::net::IpAddr>,
+    /// The connection presented a verified client certificate.
+    pub client_cert: bool,
 }
 
 impl Meta {
@@ -71,18 +99,19 @@ impl std::fmt::Debug for Meta {
             .field("lease", &self.lease.is_some())
             .field("wants_text", &self.wants_text)
             .field("peer", &self.peer)
+            .field("client_cert", &self.client_cert)
             .finish()
     }
 }
 
 impl Meta {
     /// From the headers the API reads (each header's first value, as `HeaderMap::get`
-    /// gives it) and the client's address: one place for both HTTP paths.
+    /// gives it) and the connection's peer: one place for both HTTP paths.
     pub fn new(
         authorization: Option<HeaderValue>,
         lease: Option<HeaderValue>,
         accept: Option<&HeaderValue>,
-        peer: Option<std::net::IpAddr>,
+        peer: Option<Peer>,
     ) -> Meta {
         Meta {
             authorization,
@@ -90,7 +119,8 @@ impl Meta {
             wants_text: accept
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|a| a.contains("text/plain") && !a.contains("application/json")),
-            peer,
+            peer: peer.map(|p| p.addr.ip()),
+            client_cert: peer.is_some_and(|p| p.client_cert),
         }
     }
 }
@@ -104,10 +134,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
             headers.get(axum::http::header::AUTHORIZATION).cloned(),
             headers.get("x-lease").cloned(),
             headers.get(axum::http::header::ACCEPT),
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|info| info.0.ip()),
+            parts.extensions.get::<Peer>().copied().or_else(|| {
+                parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|info| Peer::plain(info.0))
+            }),
         ))
     }
 }
@@ -120,12 +152,31 @@ fn matches(given: &Digest32, expected: &Digest32) -> bool {
 }
 
 impl Tokens {
-    /// The checker for the configured tokens.
-    pub fn new(config: &TokenConfig) -> Self {
+    /// The checker for the configured tokens; `register_needs_client_cert` is
+    /// `[tls] register_requires_client_cert`.
+    pub fn new(config: &TokenConfig, register_needs_client_cert: bool) -> Self {
         Tokens {
             admin: config.admin.as_deref().map(digest),
             register: config.register.iter().map(|t| digest(t)).collect(),
             read: config.read.as_deref().map(digest),
+            register_needs_client_cert,
+        }
+    }
+
+    /// A backend's own writes (registering, heartbeating, draining or deregistering by
+    /// lease) need a verified client certificate when `[tls]
+    /// register_requires_client_cert` is set; the admin token stands for one.
+    ///
+    /// # Errors
+    /// [`ApiError::Unauthorized`] when a certificate is needed and none verified.
+    pub fn check_client_cert(&self, meta: &Meta) -> Result<(), ApiError> {
+        if !self.register_needs_client_cert || meta.client_cert || self.bearer_is_admin(meta) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized(
+                "a verified client certificate is required for this \
+                 ([tls] register_requires_client_cert)",
+            ))
         }
     }
 
@@ -158,8 +209,14 @@ impl Tokens {
             Access::Read => self.read.as_slice(),
             Access::Admin => self.admin.as_slice(),
         };
+        if self.is_admin(given) {
+            return Ok(());
+        }
+        if access == Access::Register {
+            self.check_client_cert(meta)?;
+        }
         let open = expected.is_empty() && (access != Access::Admin || self.admin.is_none());
-        if open || self.is_admin(given) {
+        if open {
             return Ok(());
         }
         // Compare with every token so the time taken does not say which one matched.
@@ -196,11 +253,14 @@ mod tests {
         };
         let shown = format!("{meta:?}");
         assert!(!shown.contains("sekrit"), "{shown}");
-        let tokens = Tokens::new(&TokenConfig {
-            admin: Some("sekrit-admin".into()),
-            register: vec!["sekrit-reg".into()],
-            read: None,
-        });
+        let tokens = Tokens::new(
+            &TokenConfig {
+                admin: Some("sekrit-admin".into()),
+                register: vec!["sekrit-reg".into()],
+                read: None,
+            },
+            false,
+        );
         assert!(!format!("{tokens:?}").contains("sekrit"));
     }
 
@@ -209,11 +269,14 @@ mod tests {
         let open = Tokens::default();
         assert!(open.check(&headers(None), Access::Register).is_ok());
         assert!(open.check(&headers(None), Access::Admin).is_ok());
-        let set = Tokens::new(&TokenConfig {
-            admin: Some("adm".into()),
-            register: vec!["r1".into(), "r2".into()],
-            read: None,
-        });
+        let set = Tokens::new(
+            &TokenConfig {
+                admin: Some("adm".into()),
+                register: vec!["r1".into(), "r2".into()],
+                read: None,
+            },
+            false,
+        );
         assert!(set.check(&headers(Some("r2")), Access::Register).is_ok());
         assert!(set.check(&headers(Some("adm")), Access::Register).is_ok());
         assert!(set.check(&headers(Some("x")), Access::Register).is_err());
@@ -221,5 +284,64 @@ mod tests {
         assert!(set.check(&headers(None), Access::Read).is_ok());
         assert!(set.check(&headers(Some("r1")), Access::Admin).is_err());
         assert!(set.check(&headers(Some("adm")), Access::Admin).is_ok());
+    }
+
+    #[test]
+    fn a_client_certificate_is_needed_to_register_when_configured() {
+        let with_cert = |token: Option<&str>, client_cert: bool| Meta {
+            client_cert,
+            ..headers(token)
+        };
+        let cert_only = Tokens::new(&TokenConfig::default(), true);
+        assert!(
+            cert_only
+                .check(&with_cert(None, true), Access::Register)
+                .is_ok()
+        );
+        assert!(
+            cert_only
+                .check(&with_cert(None, false), Access::Register)
+                .is_err()
+        );
+        assert!(
+            cert_only
+                .check_client_cert(&with_cert(None, false))
+                .is_err()
+        );
+        // Reads are not guarded by it.
+        assert!(
+            cert_only
+                .check(&with_cert(None, false), Access::Read)
+                .is_ok()
+        );
+        let both = Tokens::new(
+            &TokenConfig {
+                admin: Some("adm".into()),
+                register: vec!["r1".into()],
+                read: None,
+            },
+            true,
+        );
+        assert!(
+            both.check(&with_cert(Some("r1"), true), Access::Register)
+                .is_ok()
+        );
+        assert!(
+            both.check(&with_cert(Some("r1"), false), Access::Register)
+                .is_err()
+        );
+        assert!(
+            both.check(&with_cert(None, true), Access::Register)
+                .is_err()
+        );
+        // The admin token stands for the certificate (operator commands).
+        assert!(
+            both.check(&with_cert(Some("adm"), false), Access::Register)
+                .is_ok()
+        );
+        assert!(
+            both.check_client_cert(&with_cert(Some("adm"), false))
+                .is_ok()
+        );
     }
 }

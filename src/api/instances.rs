@@ -172,7 +172,10 @@ fn authority<'a>(state: &AppState, meta: &'a Meta) -> Result<Authority<'a>, ApiE
         return Ok(Authority::Admin);
     }
     match meta.lease() {
-        Some(lease) => Ok(Authority::Lease(lease)),
+        Some(lease) => {
+            state.tokens.load().check_client_cert(meta)?;
+            Ok(Authority::Lease(lease))
+        }
         None if !state.tokens.load().admin_configured() => Ok(Authority::Admin),
         None => Err(ApiError::Unauthorized(
             "send the instance's lease in X-Lease, or the admin token",
@@ -270,6 +273,7 @@ pub fn heartbeat_answer(
     body: &[u8],
 ) -> Answer {
     let beat = || -> Result<Answer, ApiError> {
+        state.tokens.load().check_client_cert(meta)?;
         let body: HeartbeatBody = parse_json(body)?;
         let answer = match meta.lease() {
             Some(lease) => state.hub.heartbeat(service, id, lease, body.connections)?,

@@ -63,12 +63,20 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// The services `/metrics` last set gauges for.
     pub scraped: scrape::ScrapedServices,
+    /// What `/readyz` says beside `ready` (tokens in clear), set again on reload.
+    pub cleartext_warning: arc_swap::ArcSwapOption<String>,
 }
 
 impl Shared {
-    /// Takes the tokens and rate limits of a reloaded configuration (swapped whole).
+    /// Takes the tokens and rate limits of a reloaded configuration (swapped whole),
+    /// and says again whether they travel in clear.
     pub fn apply_settings(&self, config: &crate::config::Config) {
-        self.tokens.store(Arc::new(Tokens::new(&config.tokens)));
+        self.cleartext_warning
+            .store(ops::cleartext_warning(config).map(Arc::new));
+        self.tokens.store(Arc::new(Tokens::new(
+            &config.tokens,
+            config.register_needs_client_cert(),
+        )));
         self.limits.store(Arc::new(limits::RateLimits::new(
             config.limits.register_per_sec,
             config.limits.read_per_sec,

@@ -126,5 +126,23 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .ready()
         .await
         .map_err(|err| ApiError::StoreUnavailable(format!("store unavailable: {err}")))?;
-    Ok(Json(json!({"status": "ready"})))
+    match state.cleartext_warning.load().as_deref() {
+        None => Ok(Json(json!({"status": "ready"}))),
+        Some(warning) => Ok(Json(json!({"status": "ready", "warnings": [warning]}))),
+    }
+}
+
+/// The warning an operator must see (at start, and in `/readyz`'s body): tokens
+/// configured on an API that listens beyond loopback without `[tls]` cross the
+/// network in clear, and so do leases.
+pub fn cleartext_warning(config: &crate::config::Config) -> Option<String> {
+    let tokens = &config.tokens;
+    let any_token = tokens.admin.is_some() || !tokens.register.is_empty() || tokens.read.is_some();
+    (config.tls.is_none() && any_token && !config.http.ip().is_loopback()).then(|| {
+        format!(
+            "the HTTP API listens on {} (not loopback) without [tls]: tokens and leases \
+             travel in clear; set [tls] cert and key to serve HTTPS",
+            config.http
+        )
+    })
 }

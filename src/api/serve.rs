@@ -5,6 +5,10 @@
 //! kernel's backlog: the permit is taken before `accept`), and failed accepts back
 //! off instead of spinning.
 //!
+//! With `[tls]` each connection is a TLS handshake first (`crate::tls`), which must
+//! finish within the header timeout and holds a connection permit meanwhile, so
+//! clients that open connections and never finish a handshake cannot hold the API.
+//!
 //! Owns the HTTP/1 connection handling: each connection starts on the hand-written
 //! path of the hot routes (`fast/`, unless [`HttpLimits::fast_path`] is off), which
 //! hands it to hyper here at its first other request. Knows nothing of the endpoints.
@@ -25,7 +29,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::auth::Peer;
 use super::service::Api;
+use crate::tls::{HandshakeFailed, ServerTls};
 
 /// The limits of the HTTP API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +54,7 @@ pub async fn serve(
     listener: TcpListener,
     api: Api,
     limits: HttpLimits,
+    tls: Option<Arc<ServerTls>>,
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -79,6 +86,7 @@ pub async fn serve(
             peer,
             api.clone(),
             limits,
+            tls.clone(),
             shutdown.clone(),
             permit,
         ));
@@ -167,16 +175,54 @@ impl Drop for InFlight {
     }
 }
 
-/// Serves one accepted connection, holding its permit until it closes.
+/// Serves one accepted connection (after its TLS handshake, with `[tls]`), holding
+/// its permit until it closes.
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     http: http1::Builder,
     stream: TcpStream,
     peer: SocketAddr,
     api: Api,
     limits: HttpLimits,
+    tls: Option<Arc<ServerTls>>,
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
 ) {
+    let Some(tls) = tls else {
+        return http_connection(http, stream, Peer::plain(peer), api, limits, shutdown).await;
+    };
+    let stream = tokio::select! {
+        () = shutdown.cancelled() => return,
+        done = tls.accept(stream, limits.header_timeout) => match done {
+            Ok(stream) => stream,
+            Err(HandshakeFailed::Timeout) => {
+                tracing::debug!(%peer, "tls handshake not done within the header timeout; closing");
+                return;
+            }
+            Err(HandshakeFailed::Refused(err)) => {
+                tracing::debug!(%peer, %err, "tls handshake refused");
+                return;
+            }
+        },
+    };
+    let peer = Peer {
+        addr: peer,
+        client_cert: crate::tls::has_verified_client_cert(&stream),
+    };
+    http_connection(http, stream, peer, api, limits, shutdown).await;
+}
+
+/// HTTP/1 on a connection: the fast path first, unless it is off.
+async fn http_connection<S>(
+    http: http1::Builder,
+    stream: S,
+    peer: Peer,
+    api: Api,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     if limits.fast_path {
         super::fast::connection(stream, peer, http, api, limits, shutdown).await;
     } else {
@@ -194,7 +240,7 @@ async fn connection(
 pub(super) async fn hyper_connection<S>(
     http: http1::Builder,
     stream: S,
-    peer: SocketAddr,
+    peer: Peer,
     api: Api,
     limits: HttpLimits,
     shutdown: CancellationToken,
@@ -205,8 +251,9 @@ pub(super) async fn hyper_connection<S>(
     let activity = Arc::new(Activity::new());
     let requests = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        // The peer address, for per-source limits and logs.
-        request.extensions_mut().insert(ConnectInfo(peer));
+        // The peer, for per-source limits, logs and client certificates.
+        request.extensions_mut().insert(ConnectInfo(peer.addr));
+        request.extensions_mut().insert(peer);
         let in_flight = requests.begin();
         let api = api.clone();
         async move {
@@ -230,7 +277,7 @@ pub(super) async fn hyper_connection<S>(
         loop {
             if let Poll::Ready(done) = conn.as_mut().poll(cx) {
                 if let Err(err) = done {
-                    tracing::debug!(%peer, %err, "http connection ended with an error");
+                    tracing::debug!(peer = %peer.addr, %err, "http connection ended with an error");
                 }
                 return Poll::Ready(());
             }
@@ -250,13 +297,13 @@ pub(super) async fn hyper_connection<S>(
             if headers_due.is_some_and(|due| due <= now) {
                 // A request that never completes its headers: dropped, not answered
                 // (slow-loris).
-                tracing::debug!(%peer, "request headers not complete in time; closing");
+                tracing::debug!(peer = %peer.addr, "request headers not complete in time; closing");
                 return Poll::Ready(());
             }
             let next = match activity.idle_at(idle) {
                 Some(at) if at <= now => {
                     if !closing {
-                        tracing::debug!(%peer, ?idle, "idle http connection closed");
+                        tracing::debug!(peer = %peer.addr, ?idle, "idle http connection closed");
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }

@@ -37,6 +37,7 @@ pub enum ConfigError {
     #[error(
         "refusing to serve the HTTP API on {0} (not loopback) without a register token: \
          set [tokens] register in the config file or SWITCHBOARD_REGISTER_TOKEN, \
+         or require client certificates to register ([tls] register_requires_client_cert), \
          or pass --insecure to accept registrations from anyone who can reach it"
     )]
     InsecureBind(SocketAddr),

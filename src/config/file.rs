@@ -95,6 +95,18 @@ pub(super) struct FileConfig {
     pub(super) rebalance: Option<FileRebalance>,
     pub(super) limits: Option<FileLimits>,
     pub(super) dns: Option<FileDns>,
+    pub(super) tls: Option<FileTls>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileTls {
+    pub(super) cert: Option<String>,
+    pub(super) key: Option<String>,
+    pub(super) client_ca: Option<String>,
+    pub(super) client_auth: Option<String>,
+    pub(super) register_requires_client_cert: Option<bool>,
 }
 
 /// `[dns]`.

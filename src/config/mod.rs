@@ -4,7 +4,7 @@
 //! This file owns [`Config`], the order of the merge and the top-level keys (`http`,
 //! `db`, `insecure`, `drain_timeout_secs`, `http_*`); each section has its own file
 //! (`file.rs` the TOML types, `forward.rs`, `statics.rs`, `tokens.rs`, `limits.rs`,
-//! `rebalance.rs`, `dns.rs`; `error.rs` the error); `listeners.rs` checks every
+//! `rebalance.rs`, `dns.rs`, `tls.rs`; `error.rs` the error); `listeners.rs` checks every
 //! listener's address against the others'.
 //!
 //! Must not open sockets or the store.
@@ -17,6 +17,7 @@ mod limits;
 mod listeners;
 mod rebalance;
 mod statics;
+mod tls;
 mod tokens;
 
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ pub use self::forward::{
 };
 pub use self::limits::LimitsConfig;
 pub use self::statics::StaticConfig;
+pub use self::tls::{ClientAuth, TlsConfig};
 pub use self::tokens::TokenConfig;
 use crate::cli::ServeArgs;
 use crate::registry::RebalancePolicy;
@@ -77,6 +79,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The DNS server, when configured.
     pub dns: Option<DnsConfig>,
+    /// HTTPS on the API (`[tls]`), when configured.
+    pub tls: Option<TlsConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -95,6 +99,8 @@ impl std::fmt::Debug for Config {
             .field("statics", &self.statics)
             .field("rebalance", &self.rebalance)
             .field("limits", &self.limits)
+            .field("dns", &self.dns)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -114,6 +120,14 @@ pub fn redact_url(url: &str) -> String {
 }
 
 impl Config {
+    /// `[tls] register_requires_client_cert`: a backend's own writes need a verified
+    /// client certificate.
+    pub fn register_needs_client_cert(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.register_requires_client_cert)
+    }
+
     /// Loads the file named by `--config` (if any), the environment and the flags.
     ///
     /// # Errors
@@ -185,10 +199,13 @@ impl Config {
             limits: limits::merge(file.limits)?,
             rebalance: rebalance::merge(file.rebalance)?,
             dns: dns::validate_dns(file.dns, args.dns.as_deref())?,
+            tls: tls::merge(file.tls)?,
         };
         listeners::check(&listeners::of(&config, &forward_keys))?;
-        if !config.http.ip().is_loopback() && config.tokens.register.is_empty() && !config.insecure
-        {
+        // A verified client certificate to register stands for the register token.
+        let register_guarded =
+            !config.tokens.register.is_empty() || config.register_needs_client_cert();
+        if !config.http.ip().is_loopback() && !register_guarded && !config.insecure {
             return Err(ConfigError::InsecureBind(config.http));
         }
         Ok(config)

@@ -49,15 +49,22 @@ struct ErrorFields {
 }
 
 impl Client {
-    /// A client of the server at `server` (`http://host:port`, optionally with a path
-    /// prefix; `host:port` alone means `http://host:port`). An empty `token` counts as
+    /// A client of the server at `server` (`http://host:port` or `https://host:port`,
+    /// optionally with a path prefix; `host:port` alone means `http://host:port`),
+    /// whose HTTPS trusts and presents what `tls` names. An empty `token` counts as
     /// none.
     ///
     /// # Errors
-    /// [`OperatorError::BadServerUrl`] when `server` is not a usable `http://` URL.
-    pub fn new(server: &str, token: Option<&str>) -> Result<Client, OperatorError> {
+    /// [`OperatorError::BadServerUrl`] when `server` is not a usable URL,
+    /// [`OperatorError::BadTlsFiles`] when a TLS file cannot be used.
+    pub fn new(
+        server: &str,
+        token: Option<&str>,
+        tls: &crate::tls::client::ClientFiles,
+    ) -> Result<Client, OperatorError> {
         let base = parse_server(server)?;
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client::reqwest_builder(tls)
+            .map_err(|reason| OperatorError::BadTlsFiles { reason })?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             // The API never redirects; a redirect means something else answers there.
@@ -230,13 +237,12 @@ fn parse_server(server: &str) -> Result<Url, OperatorError> {
     let mut url = Url::parse(&with_scheme)
         .map_err(|err| bad(&format!("{err}; expected http://HOST:PORT")))?;
     match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(bad(
-                "https is not supported: the server speaks plain HTTP (use http://HOST:PORT)",
-            ));
+        "http" | "https" => {}
+        other => {
+            return Err(bad(&format!(
+                "scheme {other:?}; expected http://HOST:PORT or https://HOST:PORT"
+            )));
         }
-        other => return Err(bad(&format!("scheme {other:?}; expected http://HOST:PORT"))),
     }
     if url.host_str().is_none_or(str::is_empty) || url.cannot_be_a_base() {
         return Err(bad("no host; expected http://HOST:PORT"));
@@ -295,10 +301,10 @@ mod tests {
             url("http://[::1]:8080/sb/").unwrap(),
             "http://[::1]:8080/sb/"
         );
+        assert_eq!(url("https://x:8443").unwrap(), "https://x:8443/");
         for bad in [
             "",
             "  ",
-            "https://x:1",
             "ftp://x",
             "http://",
             "http://a b:1",
@@ -315,13 +321,13 @@ mod tests {
 
     #[test]
     fn paths_are_encoded_one_segment_each() {
-        let client = Client::new("http://127.0.0.1:1/prefix/", None).unwrap();
+        let client = Client::new("http://127.0.0.1:1/prefix/", None, &Default::default()).unwrap();
         let url = client.url(&["v1", "services", "a b/c", "instances"]);
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:1/prefix/v1/services/a%20b%2Fc/instances"
         );
-        let client = Client::new("http://127.0.0.1:1", Some("")).unwrap();
+        let client = Client::new("http://127.0.0.1:1", Some(""), &Default::default()).unwrap();
         assert_eq!(client.url(&["v1"]).as_str(), "http://127.0.0.1:1/v1");
         assert!(client.token.is_none(), "an empty token is none");
         assert!(!format!("{client:?}").contains("prefix"));
@@ -329,7 +335,8 @@ mod tests {
 
     #[test]
     fn the_token_stays_out_of_debug() {
-        let client = Client::new("http://127.0.0.1:1", Some("s3cret")).unwrap();
+        let client =
+            Client::new("http://127.0.0.1:1", Some("s3cret"), &Default::default()).unwrap();
         assert!(!format!("{client:?}").contains("s3cret"));
     }
 

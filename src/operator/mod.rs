@@ -73,6 +73,12 @@ pub enum OperatorError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// `--ca-cert`, `--client-cert` or `--client-key` cannot be used.
+    #[error("invalid TLS files (--ca-cert, --client-cert, --client-key): {reason}")]
+    BadTlsFiles {
+        /// Which file and why.
+        reason: String,
+    },
     /// Nothing answered at the server's address.
     #[error("cannot reach the server at {url}: {cause}")]
     Unreachable {
@@ -123,7 +129,7 @@ impl OperatorError {
     /// The process exit code for this error (see [`EXIT_CODES_HELP`]).
     pub fn exit_code(&self) -> u8 {
         match self {
-            OperatorError::BadServerUrl { .. } => EXIT_USAGE,
+            OperatorError::BadServerUrl { .. } | OperatorError::BadTlsFiles { .. } => EXIT_USAGE,
             OperatorError::Unreachable { .. } | OperatorError::Timeout { .. } => EXIT_UNREACHABLE,
             OperatorError::Refused { .. } | OperatorError::Unexpected { .. } => EXIT_REFUSED,
         }
@@ -144,9 +150,10 @@ pub async fn run(
     op: &Operation,
     server: &str,
     token: Option<&str>,
+    tls: &crate::tls::client::ClientFiles,
     json: bool,
 ) -> Result<String, OperatorError> {
-    let client = Client::new(server, token)?;
+    let client = Client::new(server, token, tls)?;
     let text = match op {
         Operation::Services => {
             let answer = client.services().await?;

@@ -15,11 +15,13 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod echo;
 pub mod pg;
 pub mod process;
 pub mod proxy_header;
 pub mod raw;
+pub mod tools;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -89,7 +91,32 @@ impl Api {
     pub fn new(addr: SocketAddr) -> Api {
         Api {
             base: format!("http://{addr}"),
-            client: reqwest::Client::new(),
+            client: switchboard::tls::client::reqwest_client(),
+        }
+    }
+
+    /// A client of `https://localhost:PORT` that trusts only `ca_pem` (and presents
+    /// `identity`, certificate and key PEM, when given).
+    pub fn https(addr: SocketAddr, ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Api {
+        let mut files = switchboard::tls::client::ClientFiles::default();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |name: &str, pem: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).expect("write PEM");
+            Some(path)
+        };
+        files.ca_cert = write("ca.pem", ca_pem);
+        if let Some((cert, key)) = identity {
+            files.client_cert = write("client.pem", cert);
+            files.client_key = write("client.key", key);
+        }
+        let client = switchboard::tls::client::reqwest_builder(&files)
+            .expect("TLS client files")
+            .build()
+            .expect("HTTPS client");
+        Api {
+            base: format!("https://localhost:{}", addr.port()),
+            client,
         }
     }
 
@@ -354,6 +381,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
 /// subscriber): one in-process server per test.
 pub struct Server {
     api: Api,
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
     /// Where each forward listener listens, in configuration order.
     pub forward_addrs: Vec<SocketAddr>,
     /// Where the DNS server listens, when `[dns]` is configured.
@@ -411,6 +440,7 @@ impl Server {
         );
         Server {
             api: Api::new(running.http_addr),
+            http_addr: running.http_addr,
             forward_addrs: running.forward_addrs.clone(),
             dns_addr: running.dns_addr,
             running: Some(running),

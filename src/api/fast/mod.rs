@@ -21,7 +21,6 @@ pub mod reply;
 pub mod rewind;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::task::Poll;
 
 use axum::http::{HeaderValue, Method, StatusCode};
@@ -32,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::answer::Answer;
-use super::auth::Meta;
+use super::auth::{Meta, Peer};
 use super::serve::HttpLimits;
 use super::service::Api;
 use head::{Head, Parsed, Route};
@@ -47,7 +46,7 @@ const READ_CHUNK: usize = 2048;
 /// Serves one connection: hot requests here, then hyper from the first other one.
 pub(super) async fn connection<S>(
     mut io: S,
-    peer: SocketAddr,
+    peer: Peer,
     http: http1::Builder,
     api: Api,
     limits: HttpLimits,
@@ -90,7 +89,7 @@ struct Conn<'a> {
     buf: Buffer,
     /// Answers not written yet (pipelined requests are written together).
     out: Vec<u8>,
-    peer: SocketAddr,
+    peer: Peer,
     api: &'a Api,
     limits: HttpLimits,
     shutdown: &'a CancellationToken,
@@ -188,11 +187,11 @@ impl Conn<'_> {
                     let now = Instant::now();
                     if deadline <= now {
                         if body_since.is_some() {
-                            tracing::debug!(peer = %self.peer, "request body not complete in time; closing");
+                            tracing::debug!(peer = %self.peer.addr, "request body not complete in time; closing");
                         } else if head_since.is_some() {
-                            tracing::debug!(peer = %self.peer, "request headers not complete in time; closing");
+                            tracing::debug!(peer = %self.peer.addr, "request headers not complete in time; closing");
                         } else {
-                            tracing::debug!(peer = %self.peer, ?idle, "idle http connection closed");
+                            tracing::debug!(peer = %self.peer.addr, ?idle, "idle http connection closed");
                         }
                         return End::Closed;
                     }
@@ -231,7 +230,7 @@ impl Conn<'_> {
 /// Answers one hot request into `out` through its route's core and the envelope.
 async fn answer(
     api: &Api,
-    peer: SocketAddr,
+    peer: Peer,
     shutdown: &CancellationToken,
     out: &mut Vec<u8>,
     head: &Head<'_>,
@@ -254,7 +253,7 @@ async fn answer(
             else {
                 return Step::HandOff;
             };
-            let meta = Meta::new(authorization, None, accept.as_ref(), Some(peer.ip()));
+            let meta = Meta::new(authorization, None, accept.as_ref(), Some(peer));
             let ranked = super::servers::answer(state, query, &meta).instrument(span);
             let answer = within(super::REQUEST_TIMEOUT, ranked)
                 .await
@@ -265,7 +264,7 @@ async fn answer(
             let Some(lease) = value(head.lease) else {
                 return Step::HandOff;
             };
-            let meta = Meta::new(None, lease, None, Some(peer.ip()));
+            let meta = Meta::new(None, lease, None, Some(peer));
             let answer = span
                 .in_scope(|| super::instances::heartbeat_answer(state, service, id, &meta, body));
             (hot.heartbeat, answer)
