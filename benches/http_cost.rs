@@ -203,8 +203,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         || PathBuf::from(env!("CARGO_BIN_EXE_switchboard")),
         PathBuf::from,
     );
-    let nginx_bin = nginx::find_tool("nginx");
-    let wrk_bin = nginx::find_tool("wrk");
+    let nginx_bin = support::nginx::find_tool("nginx");
+    let wrk_bin = support::nginx::find_tool("wrk");
     println!("http_cost bench: loopback only (127.0.0.1); CLK_TCK {clk_tck}");
     println!("  switchboard: {}", sb_bin.display());
     let missing = "install it with `apt-get install -y nginx-light wrk`";
@@ -212,7 +212,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(b) => println!(
             "  nginx:       {} ({})",
             b.display(),
-            nginx::version(b, &["-v"])
+            support::nginx::version(b, &["-v"])
         ),
         None => println!("  nginx:       NOT FOUND: its phase is skipped, no ratios ({missing})"),
     }
@@ -220,7 +220,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(b) => println!(
             "  wrk:         {} ({})",
             b.display(),
-            nginx::version(b, &["-v"])
+            support::nginx::version(b, &["-v"])
         ),
         None => println!("  wrk:         NOT FOUND: part 1 is skipped ({missing})"),
     }

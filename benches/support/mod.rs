@@ -1,5 +1,5 @@
 //! Support shared by the benchmarks (`registry`, `forwarder`, `cluster`): the HTTP/1.1
-//! keep-alive load generator, process control, `/proc` sampling, environment knobs, the
+//! keep-alive load generator, finding nginx and its temp paths, process control, `/proc` sampling, environment knobs, the
 //! r-nacos binary (`rnacos.rs`) and report helpers. Each bench includes it with
 //! `mod support;`; this directory is not a bench target itself (Cargo.toml lists every
 //! bench).
@@ -12,6 +12,7 @@
 
 pub mod http;
 pub mod knobs;
+pub mod nginx;
 pub mod procs;
 pub mod report;
 pub mod rnacos;
