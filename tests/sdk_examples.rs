@@ -8,6 +8,13 @@
 //! and to deregister on SIGTERM. `seed_scenario_*` is the setup our first users describe:
 //! two Netty servers behind the forwarder, four devices landing 2 / 2.
 //!
+//! The `*_over_https` tests run the same life against a server with `[tls]` (a server
+//! certificate under a private root CA, made by `common/certs.rs`): the examples get
+//! `https://localhost:PORT` and that root in `SWITCHBOARD_CA_CERT`, and a device without
+//! it must refuse the server. Over mutual TLS, the backends that can show a client
+//! certificate (Python, Node.js, shell) register with one and are refused without it.
+//! The harness's own calls speak TLS then (rustls, showing the test client certificate).
+//!
 //! A missing toolchain (java, javac, Debian's libnetty-java, node, python3, gcc, curl,
 //! ss) fails the test where `CI` is set, and prints `SKIPPED` otherwise. Self-contained
 //! on purpose: std sockets, child processes killed by PID, every wait under a deadline.
@@ -21,7 +28,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Value, json};
+
+// The test PKI that tests/tls.rs uses too; this file uses a part of it.
+#[allow(dead_code)]
+#[path = "common/certs.rs"]
+mod certs;
+#[path = "common/tools.rs"]
+mod tools;
+use certs::Pki;
 
 /// How long any one condition may take to become true.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -47,36 +64,6 @@ const NETTY_JARS: [&str; 6] = [
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk-examples")
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path)
-            .any(|dir| std::fs::metadata(dir.join(tool)).is_ok_and(|m| m.is_file() && m.len() > 0))
-    })
-}
-
-/// Whether the tools and files are there. Missing ones fail the test in CI and skip it
-/// (with a `SKIPPED` line) elsewhere.
-fn toolchain(test: &str, tools: &[&str], files: &[&str]) -> bool {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| !on_path(t))
-        .chain(files.iter().copied().filter(|f| !Path::new(f).is_file()))
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
-    assert!(!ci, "{test}: missing {missing:?} (CI is set; see .ci/run)");
-    // Straight to stderr, past the test harness's capture, so that the skip shows.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: missing {}",
-        missing.join(", ")
-    );
-    false
 }
 
 /// Polls `probe` until it gives a value, for at most [`PATIENCE`].
@@ -207,20 +194,84 @@ fn after<'a>(line: &'a str, needle: &str) -> &'a str {
 }
 
 /// The real server: `serve` with one forward listener for `default`, and a short
-/// reconnect jitter.
+/// reconnect jitter; HTTPS only when started with [`Server::start_https`].
 struct Server {
     /// Killed (by PID) when the server drops.
     _proc: Proc,
     http: SocketAddr,
     forward: SocketAddr,
+    /// Set when the API serves HTTPS.
+    tls: Option<Tls>,
     _dir: tempfile::TempDir,
+}
+
+/// An HTTPS server's certificates and the harness's TLS client for it.
+struct Tls {
+    /// `ca.pem` is the root the examples trust (`SWITCHBOARD_CA_CERT`).
+    pki: Pki,
+    /// Trusts only `ca.pem`; shows `client.pem` when the server asks for a certificate.
+    client: Arc<rustls::ClientConfig>,
+}
+
+/// `[tls]` lines that ask every client for a certificate (`client.pem` verifies) and
+/// let only a backend that shows one register, heartbeat or deregister.
+fn mutual_tls(pki: &Pki) -> String {
+    format!(
+        "client_ca = {:?}\nclient_auth = \"optional\"\nregister_requires_client_cert = true\n",
+        pki.path("client-ca.pem")
+    )
+}
+
+impl Tls {
+    fn new(pki: Pki) -> Tls {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pki.read("ca.pem")) {
+            roots.add(cert.expect("ca.pem")).expect("a root CA");
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&pki.read("client.pem"))
+                .map(|cert| cert.expect("client.pem"))
+                .collect();
+        let key = PrivateKeyDer::from_pem_slice(&pki.read("client.key")).expect("client.key");
+        // The server's provider. rustls 0.23.48 deprecates it (no post-quantum key
+        // exchange), which the test does not need.
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("client certificate");
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Tls {
+            pki,
+            client: Arc::new(client),
+        }
+    }
 }
 
 impl Server {
     fn start() -> Server {
+        Server::spawn(None)
+    }
+
+    /// HTTPS only: `[tls]` with a new [`Pki`]'s `server.pem` (for `localhost` and
+    /// `127.0.0.1`, under an intermediate) and `extra` lines.
+    fn start_https(extra: impl FnOnce(&Pki) -> String) -> Server {
+        let pki = Pki::new();
+        let section = pki.tls_section(&extra(&pki));
+        Server::spawn(Some((Tls::new(pki), section)))
+    }
+
+    fn spawn(tls: Option<(Tls, String)>) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("switchboard.toml");
-        let toml = format!("[rebalance]\nreconnect_jitter_ms = {JITTER_MS}\n");
+        let mut toml = format!("[rebalance]\nreconnect_jitter_ms = {JITTER_MS}\n");
+        let tls = tls.map(|(tls, section)| {
+            toml.push_str(&section);
+            tls
+        });
         std::fs::write(&config, toml).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
         cmd.arg("serve")
@@ -248,15 +299,27 @@ impl Server {
             _proc: proc,
             http,
             forward,
+            tls,
             _dir: dir,
         }
     }
 
+    /// What the examples get as `SWITCHBOARD_SERVER`: over HTTPS the name the
+    /// certificate is for.
     fn url(&self) -> String {
-        format!("http://{}", self.http)
+        match self.tls {
+            None => format!("http://{}", self.http),
+            Some(_) => format!("https://localhost:{}", self.http.port()),
+        }
     }
 
-    /// One HTTP/1.0 request (as the C device makes them): status and body.
+    /// The root CA an HTTPS server's certificate chains to (PEM).
+    fn ca_cert(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|tls| tls.pki.path("ca.pem"))
+    }
+
+    /// One HTTP/1.0 request (as the C device makes them; over TLS for an HTTPS server):
+    /// status and body.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
         self.call_with(method, path, "", body)
     }
@@ -270,19 +333,42 @@ impl Server {
         body: Option<Value>,
     ) -> (u16, String) {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut conn = TcpStream::connect_timeout(&self.http, Duration::from_secs(5))
+        let conn = TcpStream::connect_timeout(&self.http, Duration::from_secs(5))
             .expect("connect to the registry");
         conn.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("read timeout");
+        conn.set_write_timeout(Some(Duration::from_secs(5)))
+            .expect("write timeout");
+        let host = match self.tls {
+            None => self.http.to_string(),
+            Some(_) => format!("localhost:{}", self.http.port()),
+        };
         let request = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\n\
+            "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\n\
              {headers}Content-Length: {}\r\n\r\n{body}",
-            self.http,
             body.len()
         );
-        conn.write_all(request.as_bytes()).expect("send request");
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer).expect("read answer");
+        let mut conn: Box<dyn ReadWrite> = match &self.tls {
+            None => Box::new(conn),
+            Some(tls) => {
+                let name = ServerName::try_from("localhost").expect("server name");
+                let session = rustls::ClientConnection::new(Arc::clone(&tls.client), name)
+                    .expect("TLS client");
+                Box::new(rustls::StreamOwned::new(session, conn))
+            }
+        };
+        conn.write_all(request.as_bytes())
+            .and_then(|()| conn.flush())
+            .unwrap_or_else(|e| panic!("send {method} {path}: {e}"));
+        let mut raw = Vec::new();
+        match conn.read_to_end(&mut raw) {
+            Ok(_) => {}
+            // The server closed the TCP connection without a TLS close_notify: the answer
+            // (HTTP/1.0, ended by the close) is all there.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+            Err(e) => panic!("read the answer to {method} {path}: {e}"),
+        }
+        let answer = String::from_utf8_lossy(&raw);
         let status = answer
             .split_whitespace()
             .nth(1)
@@ -339,6 +425,10 @@ impl Server {
     }
 }
 
+/// A plain or a TLS connection, for [`Server::call_with`].
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// A free loopback port (bound, then released).
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
@@ -393,6 +483,8 @@ impl EchoServer {
 }
 
 /// `program args...` with the environment every example reads, pointed at `server`.
+/// For an HTTPS server, also `SWITCHBOARD_CA_CERT` (its root CA); never a client
+/// certificate (see [`with_client_cert`]).
 fn example(server: &Server, program: &str, args: &[&dyn AsRef<OsStr>]) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -402,7 +494,22 @@ fn example(server: &Server, program: &str, args: &[&dyn AsRef<OsStr>]) -> Comman
         .env("TTL_SECS", TTL_SECS)
         .env("PING_SECS", "1")
         .env("ADVERTISE_HOST", "127.0.0.1")
-        .env_remove("PORT");
+        .env_remove("PORT")
+        .env_remove("SWITCHBOARD_CA_CERT")
+        .env_remove("SWITCHBOARD_CLIENT_CERT")
+        .env_remove("SWITCHBOARD_CLIENT_KEY");
+    if let Some(ca) = server.ca_cert() {
+        cmd.env("SWITCHBOARD_CA_CERT", ca);
+    }
+    cmd
+}
+
+/// `cmd` showing the HTTPS server's `client.pem` (issued under its root, CN
+/// `backend-1`) and `client.key`.
+fn with_client_cert(server: &Server, mut cmd: Command) -> Command {
+    let pki = &server.tls.as_ref().expect("an HTTPS server").pki;
+    cmd.env("SWITCHBOARD_CLIENT_CERT", pki.path("client.pem"))
+        .env("SWITCHBOARD_CLIENT_KEY", pki.path("client.key"));
     cmd
 }
 
@@ -516,7 +623,7 @@ fn java(server: &Server, class: &str, args: &[&dyn AsRef<OsStr>]) -> Command {
 }
 
 fn java_ready(test: &str) -> bool {
-    toolchain(test, &["java", "javac"], &NETTY_JARS)
+    tools::tools_ready(test, &["java", "javac"], &NETTY_JARS)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -525,7 +632,7 @@ fn java_ready(test: &str) -> bool {
 
 #[test]
 fn python_backend_and_device() {
-    if !toolchain("python_backend_and_device", &["python3"], &[]) {
+    if !tools::tools_ready("python_backend_and_device", &["python3"], &[]) {
         return;
     }
     let server = Server::start();
@@ -537,7 +644,7 @@ fn python_backend_and_device() {
 
 #[test]
 fn node_backend_and_device() {
-    if !toolchain("node_backend_and_device", &["node"], &[]) {
+    if !tools::tools_ready("node_backend_and_device", &["node"], &[]) {
         return;
     }
     let server = Server::start();
@@ -564,7 +671,7 @@ fn java_netty_backend_and_device() {
 /// so shedding is not exercised.
 #[test]
 fn shell_sidecar_and_device() {
-    if !toolchain(
+    if !tools::tools_ready(
         "shell_sidecar_and_device",
         &["bash", "curl", "ss", "timeout"],
         &[],
@@ -589,12 +696,178 @@ fn shell_sidecar_and_device() {
     assert!(echo.accepted() >= 1, "the echo server saw no connection");
 }
 
+// ---------------------------------------------------------------------------------------
+// Over HTTPS, with a private CA
+// ---------------------------------------------------------------------------------------
+
+/// How OpenSSL (Python's ssl, Node.js, curl) refuses a chain that ends at a root it does
+/// not trust.
+const OPENSSL_UNKNOWN_CA: &str = "unable to get local issuer certificate";
+
+/// The device run without `SWITCHBOARD_CA_CERT` (the system's roots, which do not know
+/// the test CA) refuses the HTTPS server, saying `needle`: the examples verify.
+fn refuses_without_the_ca(lang: &str, mut device: Command, needle: &str) {
+    device.env_remove("SWITCHBOARD_CA_CERT");
+    let mut device = Proc::spawn(&format!("{lang} device without the CA"), &mut device);
+    device.wait_for(needle);
+}
+
+#[test]
+fn python_backend_and_device_over_https() {
+    if !tools::tools_ready("python_backend_and_device_over_https", &["python3"], &[]) {
+        return;
+    }
+    let server = Server::start_https(|_| String::new());
+    let dir = examples().join("python");
+    let device = || example(&server, "python3", &[&dir.join("device.py")]);
+    refuses_without_the_ca("python", device(), OPENSSL_UNKNOWN_CA);
+    let backend = example(&server, "python3", &[&dir.join("backend.py"), &"0"]);
+    backend_life("python (https)", &server, backend, None, device(), true);
+}
+
+#[test]
+fn node_backend_and_device_over_https() {
+    if !tools::tools_ready("node_backend_and_device_over_https", &["node"], &[]) {
+        return;
+    }
+    let server = Server::start_https(|_| String::new());
+    let dir = examples().join("node");
+    let device = || example(&server, "node", &[&dir.join("device.js")]);
+    refuses_without_the_ca("node", device(), OPENSSL_UNKNOWN_CA);
+    let backend = example(&server, "node", &[&dir.join("backend.js"), &"0"]);
+    backend_life("node (https)", &server, backend, None, device(), true);
+}
+
+#[test]
+fn java_netty_backend_and_device_over_https() {
+    if !java_ready("java_netty_backend_and_device_over_https") {
+        return;
+    }
+    let server = Server::start_https(|_| String::new());
+    let device = || java(&server, "Device", &[]);
+    refuses_without_the_ca("java", device(), "PKIX path building failed");
+    let backend = java(&server, "NettyBackend", &[&"0"]);
+    backend_life("java (https)", &server, backend, None, device(), true);
+}
+
+/// As [`shell_sidecar_and_device`], over HTTPS (curl `--cacert`).
+#[test]
+fn shell_sidecar_and_device_over_https() {
+    if !tools::tools_ready(
+        "shell_sidecar_and_device_over_https",
+        &["bash", "curl", "ss", "timeout"],
+        &[],
+    ) {
+        return;
+    }
+    let server = Server::start_https(|_| String::new());
+    let echo = EchoServer::start();
+    let dir = examples().join("shell");
+    let device = || example(&server, "bash", &[&dir.join("device.sh")]);
+    refuses_without_the_ca("shell", device(), OPENSSL_UNKNOWN_CA);
+    let port = echo.addr.port().to_string();
+    let mut sidecar = example(&server, "bash", &[&dir.join("sidecar.sh"), &port]);
+    sidecar.env("JQ", "");
+    backend_life(
+        "shell (https)",
+        &server,
+        sidecar,
+        Some(echo.addr.to_string()),
+        device(),
+        false,
+    );
+    assert!(echo.accepted() >= 1, "the echo server saw no connection");
+}
+
+/// Mutual TLS: the server asks every client for a certificate and lets only a backend
+/// that shows one register (`register_requires_client_cert`). The Python, Node.js and
+/// shell backends are refused (401) without `SWITCHBOARD_CLIENT_CERT` and `_KEY`, and
+/// with them register, heartbeat and deregister; a device that shows none is still
+/// served. (The Java examples show no client certificate.)
+#[test]
+fn backends_show_a_client_certificate_over_mutual_tls() {
+    if !tools::tools_ready(
+        "backends_show_a_client_certificate_over_mutual_tls",
+        &["python3", "node", "bash", "curl", "ss", "timeout"],
+        &[],
+    ) {
+        return;
+    }
+    let server = Server::start_https(mutual_tls);
+    let echo = EchoServer::start();
+    let port = echo.addr.port().to_string();
+    let backend = |lang: &str| -> Command {
+        match lang {
+            "python" => example(
+                &server,
+                "python3",
+                &[&examples().join("python").join("backend.py"), &"0"],
+            ),
+            "node" => example(
+                &server,
+                "node",
+                &[&examples().join("node").join("backend.js"), &"0"],
+            ),
+            _ => {
+                let sidecar = examples().join("shell").join("sidecar.sh");
+                let mut cmd = example(&server, "bash", &[&sidecar, &port]);
+                cmd.env("JQ", "");
+                cmd
+            }
+        }
+    };
+    let mut running = Vec::new();
+    for lang in ["python", "node", "shell"] {
+        let mut refused = Proc::spawn(
+            &format!("{lang} backend without a client certificate"),
+            &mut backend(lang),
+        );
+        refused.wait_for("register answered 401");
+        drop(refused);
+
+        let mut shown = with_client_cert(&server, backend(lang));
+        let mut shown = Proc::spawn(
+            &format!("{lang} backend with a client certificate"),
+            &mut shown,
+        );
+        let id = after(&shown.wait_for("registered id="), "registered id=").to_owned();
+        shown.wait_nth("heartbeat connections=", 1);
+        let instance = server.instance(&id);
+        assert!(
+            instance.as_ref().is_some_and(|i| i["state"] == "up"),
+            "{lang}: {instance:?}"
+        );
+        running.push((shown, id));
+    }
+
+    // A device without a certificate: still served the ranking.
+    let mut device = example(
+        &server,
+        "python3",
+        &[&examples().join("python").join("device.py")],
+    );
+    let mut device = Proc::spawn("python device without a client certificate", &mut device);
+    device.wait_for("servers 127.0.0.1:");
+    device.wait_for("echo ok");
+    drop(device);
+
+    for (mut backend, id) in running {
+        backend.terminate();
+        backend.wait_for(&format!("deregistered id={id}"));
+        assert!(server.instance(&id).is_none(), "{id} listed after SIGTERM");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Plain HTTP only
+// ---------------------------------------------------------------------------------------
+
 /// The firmware-style C device: `Accept: text/plain`, the first line that answers
 /// (a dead server ranked first is skipped), and the forwarder when the registry is
 /// unreachable.
 #[test]
 fn c_device_falls_back_to_the_next_server_and_to_the_forwarder() {
-    if !toolchain("c_device_falls_back", &["gcc"], &[]) {
+    if !tools::tools_ready("c_device_falls_back", &["gcc"], &[]) {
         return;
     }
     let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-examples-c-device");

@@ -9,8 +9,11 @@
 //
 // Env: SWITCHBOARD_SERVER (http://127.0.0.1:8080), SWITCHBOARD_SERVICE (default),
 // SWITCHBOARD_FORWARDER (127.0.0.1:6665), PING_SECS (5).
+// For an https:// registry: SWITCHBOARD_CA_CERT (PEM: trust only these CAs; else the JDK's
+// roots). No client certificate (SWITCHBOARD_CLIENT_CERT is not read; see the README).
 import java.io.BufferedReader;
 import java.io.IOException;
+import java.io.InputStream;
 import java.io.InputStreamReader;
 import java.io.OutputStream;
 import java.net.InetSocketAddress;
@@ -21,19 +24,27 @@ import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.GeneralSecurityException;
+import java.security.KeyStore;
+import java.security.cert.Certificate;
+import java.security.cert.CertificateFactory;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
+import javax.net.ssl.SSLContext;
+import javax.net.ssl.TrustManagerFactory;
 
 public class Device {
     static final String REGISTRY = env("SWITCHBOARD_SERVER", "http://127.0.0.1:8080").replaceAll("/$", "");
     static final String SERVICE = env("SWITCHBOARD_SERVICE", "default");
     static final String FORWARDER = env("SWITCHBOARD_FORWARDER", "127.0.0.1:6665");
     static final int PING_MS = Integer.parseInt(env("PING_SECS", "5")) * 1000;
-    static final HttpClient http = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5)).build();
+    static final HttpClient http = httpClient();
     static long jitterMs = 5000;
 
     public static void main(String[] args) throws InterruptedException {
@@ -111,6 +122,40 @@ public class Device {
             } catch (SocketTimeoutException quiet) {
                 // Nothing arrived: time for the next ping.
             }
+        }
+    }
+
+    /**
+     * The registry's client. For an https:// registry with SWITCHBOARD_CA_CERT set, it trusts
+     * only the CA certificates in that PEM file; else the JDK's roots (hostname checked).
+     */
+    static HttpClient httpClient() {
+        HttpClient.Builder builder = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5));
+        if (REGISTRY.startsWith("https://")) {
+            String ca = System.getenv("SWITCHBOARD_CA_CERT");
+            if (ca != null && !ca.isEmpty()) builder.sslContext(trusting(Path.of(ca)));
+            if (System.getenv("SWITCHBOARD_CLIENT_CERT") != null)
+                System.out.println("SWITCHBOARD_CLIENT_CERT ignored: this example shows no client certificate");
+        }
+        return builder.build();
+    }
+
+    /** TLS that trusts the certificates of a PEM file: CertificateFactory, KeyStore, TrustManagerFactory. */
+    static SSLContext trusting(Path pem) {
+        try (InputStream in = Files.newInputStream(pem)) {
+            KeyStore roots = KeyStore.getInstance(KeyStore.getDefaultType());
+            roots.load(null, null);
+            int n = 0;
+            for (Certificate cert : CertificateFactory.getInstance("X.509").generateCertificates(in))
+                roots.setCertificateEntry("ca-" + n++, cert);
+            if (n == 0) throw new GeneralSecurityException("no certificate in it");
+            TrustManagerFactory trust = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
+            trust.init(roots);
+            SSLContext tls = SSLContext.getInstance("TLS");
+            tls.init(null, trust.getTrustManagers(), null);
+            return tls;
+        } catch (IOException | GeneralSecurityException e) {
+            throw new IllegalStateException("SWITCHBOARD_CA_CERT=" + pem + ": " + e.getMessage(), e);
         }
     }
 

@@ -7,6 +7,8 @@
 //
 // Env: SWITCHBOARD_SERVER (http://127.0.0.1:8080), SWITCHBOARD_SERVICE (default),
 // PORT (6666; 0 picks a free one), ADVERTISE_HOST (127.0.0.1), TTL_SECS (15).
+// For an https:// registry: SWITCHBOARD_CA_CERT (PEM: trust only these CAs; else the JDK's
+// roots). No client certificate (SWITCHBOARD_CLIENT_CERT is not read; see the README).
 import io.netty.bootstrap.ServerBootstrap;
 import io.netty.channel.Channel;
 import io.netty.channel.ChannelHandler;
@@ -19,16 +21,25 @@ import io.netty.channel.nio.NioEventLoopGroup;
 import io.netty.channel.socket.nio.NioServerSocketChannel;
 import io.netty.util.concurrent.GlobalEventExecutor;
 import java.io.IOException;
+import java.io.InputStream;
 import java.net.InetSocketAddress;
 import java.net.URI;
 import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.GeneralSecurityException;
+import java.security.KeyStore;
+import java.security.cert.Certificate;
+import java.security.cert.CertificateFactory;
 import java.time.Duration;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
+import javax.net.ssl.SSLContext;
+import javax.net.ssl.TrustManagerFactory;
 
 public class NettyBackend {
     static final String REGISTRY = env("SWITCHBOARD_SERVER", "http://127.0.0.1:8080").replaceAll("/$", "");
@@ -39,7 +50,7 @@ public class NettyBackend {
 
     /** Live client channels; Netty removes each one when it closes. */
     static final ChannelGroup live = new DefaultChannelGroup(GlobalEventExecutor.INSTANCE);
-    static final HttpClient http = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5)).build();
+    static final HttpClient http = httpClient();
     static final CountDownLatch stop = new CountDownLatch(1);
     static final CountDownLatch stopped = new CountDownLatch(1);
 
@@ -154,6 +165,40 @@ public class NettyBackend {
         Matcher m = Pattern.compile("\"" + name + "\"\\s*:\\s*\"?([^\",}]*)").matcher(json);
         if (!m.find()) throw new IllegalStateException("no " + name + " in " + json);
         return m.group(1);
+    }
+
+    /**
+     * The registry's client. For an https:// registry with SWITCHBOARD_CA_CERT set, it trusts
+     * only the CA certificates in that PEM file; else the JDK's roots (hostname checked).
+     */
+    static HttpClient httpClient() {
+        HttpClient.Builder builder = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5));
+        if (REGISTRY.startsWith("https://")) {
+            String ca = System.getenv("SWITCHBOARD_CA_CERT");
+            if (ca != null && !ca.isEmpty()) builder.sslContext(trusting(Path.of(ca)));
+            if (System.getenv("SWITCHBOARD_CLIENT_CERT") != null)
+                System.out.println("SWITCHBOARD_CLIENT_CERT ignored: this example shows no client certificate");
+        }
+        return builder.build();
+    }
+
+    /** TLS that trusts the certificates of a PEM file: CertificateFactory, KeyStore, TrustManagerFactory. */
+    static SSLContext trusting(Path pem) {
+        try (InputStream in = Files.newInputStream(pem)) {
+            KeyStore roots = KeyStore.getInstance(KeyStore.getDefaultType());
+            roots.load(null, null);
+            int n = 0;
+            for (Certificate cert : CertificateFactory.getInstance("X.509").generateCertificates(in))
+                roots.setCertificateEntry("ca-" + n++, cert);
+            if (n == 0) throw new GeneralSecurityException("no certificate in it");
+            TrustManagerFactory trust = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
+            trust.init(roots);
+            SSLContext tls = SSLContext.getInstance("TLS");
+            tls.init(null, trust.getTrustManagers(), null);
+            return tls;
+        } catch (IOException | GeneralSecurityException e) {
+            throw new IllegalStateException("SWITCHBOARD_CA_CERT=" + pem + ": " + e.getMessage(), e);
+        }
     }
 
     static String env(String name, String fallback) {

@@ -7,7 +7,12 @@
 //
 // Env: SWITCHBOARD_SERVER (http://127.0.0.1:8080), SWITCHBOARD_SERVICE (default),
 // PORT (6666; 0 picks a free one), ADVERTISE_HOST (127.0.0.1), TTL_SECS (15).
+// For an https:// registry: SWITCHBOARD_CA_CERT (PEM: trust only these CAs; else the
+// system's roots), SWITCHBOARD_CLIENT_CERT and SWITCHBOARD_CLIENT_KEY (PEM: a client
+// certificate, for a registry that asks for one).
 'use strict';
+const fs = require('node:fs');
+const https = require('node:https');
 const net = require('node:net');
 
 const REGISTRY = (process.env.SWITCHBOARD_SERVER || 'http://127.0.0.1:8080').replace(/\/$/, '');
@@ -16,6 +21,44 @@ const HOST = process.env.ADVERTISE_HOST || '127.0.0.1';
 const TTL = Number(process.env.TTL_SECS || 15);
 const PORT = Number(process.argv[2] || process.env.PORT || 6666);
 const INSTANCES = `${REGISTRY}/v1/services/${SERVICE}/instances`;
+
+// For an https:// registry, the options of node:https (fetch cannot take a CA without
+// npm's undici): verified against SWITCHBOARD_CA_CERT (PEM) when set, else the system's
+// roots; with SWITCHBOARD_CLIENT_CERT (and _KEY) it shows that certificate. null for http://.
+function tlsOptions() {
+  if (!REGISTRY.startsWith('https://')) return null;
+  const env = process.env;
+  const options = { ALPNProtocols: ['http/1.1'] };
+  if (env.SWITCHBOARD_CA_CERT) options.ca = fs.readFileSync(env.SWITCHBOARD_CA_CERT);
+  if (env.SWITCHBOARD_CLIENT_CERT) {
+    options.cert = fs.readFileSync(env.SWITCHBOARD_CLIENT_CERT);
+    options.key = fs.readFileSync(env.SWITCHBOARD_CLIENT_KEY || env.SWITCHBOARD_CLIENT_CERT);
+  }
+  return options;
+}
+const TLS = tlsOptions();
+
+// One request: { status, text }. fetch for http://, node:https with TLS for https://.
+// Throws (rejects) when the registry is unreachable or its certificate does not verify.
+async function request(method, url, headers = {}, body = undefined) {
+  if (!TLS) {
+    const res = await fetch(url, { method, headers, body, signal: AbortSignal.timeout(5000) });
+    return { status: res.status, text: await res.text() };
+  }
+  return new Promise((resolve, reject) => {
+    const req = https.request(url, { method, headers, agent: false, ...TLS }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk) => { text += chunk; });
+      res.on('end', () => resolve({ status: res.statusCode, text }));
+      res.on('error', reject);
+    });
+    const timer = setTimeout(() => req.destroy(new Error('timed out after 5 s')), 5000);
+    req.on('close', () => clearTimeout(timer));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
 
 const live = new Set(); // open sockets; a Set iterates oldest first
 let me = null; // the registration answer: id, lease, heartbeat_secs
@@ -26,11 +69,8 @@ let stopping = false;
 async function call(method, url, body, lease) {
   const headers = { 'content-type': 'application/json' };
   if (lease) headers['x-lease'] = lease;
-  const res = await fetch(url, {
-    method, headers, body: body && JSON.stringify(body), signal: AbortSignal.timeout(5000),
-  });
-  const text = await res.text();
-  return { status: res.status, body: text ? JSON.parse(text) : null };
+  const { status, text } = await request(method, url, headers, body && JSON.stringify(body));
+  return { status, body: text ? JSON.parse(text) : null };
 }
 
 async function register(address) {

@@ -10,7 +10,12 @@
 //
 // Env: SWITCHBOARD_SERVER (http://127.0.0.1:8080), SWITCHBOARD_SERVICE (default),
 // SWITCHBOARD_FORWARDER (127.0.0.1:6665), PING_SECS (5).
+// For an https:// registry: SWITCHBOARD_CA_CERT (PEM: trust only these CAs; else the
+// system's roots), SWITCHBOARD_CLIENT_CERT and SWITCHBOARD_CLIENT_KEY (PEM: a client
+// certificate, for a registry that asks for one).
 'use strict';
+const fs = require('node:fs');
+const https = require('node:https');
 const net = require('node:net');
 
 const REGISTRY = (process.env.SWITCHBOARD_SERVER || 'http://127.0.0.1:8080').replace(/\/$/, '');
@@ -19,14 +24,52 @@ const FORWARDER = process.env.SWITCHBOARD_FORWARDER || '127.0.0.1:6665';
 const PING_MS = Number(process.env.PING_SECS || 5) * 1000;
 const CONNECT_TIMEOUT_MS = 2000;
 
+// For an https:// registry, the options of node:https (fetch cannot take a CA without
+// npm's undici): verified against SWITCHBOARD_CA_CERT (PEM) when set, else the system's
+// roots; with SWITCHBOARD_CLIENT_CERT (and _KEY) it shows that certificate. null for http://.
+function tlsOptions() {
+  if (!REGISTRY.startsWith('https://')) return null;
+  const env = process.env;
+  const options = { ALPNProtocols: ['http/1.1'] };
+  if (env.SWITCHBOARD_CA_CERT) options.ca = fs.readFileSync(env.SWITCHBOARD_CA_CERT);
+  if (env.SWITCHBOARD_CLIENT_CERT) {
+    options.cert = fs.readFileSync(env.SWITCHBOARD_CLIENT_CERT);
+    options.key = fs.readFileSync(env.SWITCHBOARD_CLIENT_KEY || env.SWITCHBOARD_CLIENT_CERT);
+  }
+  return options;
+}
+const TLS = tlsOptions();
+
+// One request: { status, text }. fetch for http://, node:https with TLS for https://.
+// Throws (rejects) when the registry is unreachable or its certificate does not verify.
+async function request(method, url, headers = {}, body = undefined) {
+  if (!TLS) {
+    const res = await fetch(url, { method, headers, body, signal: AbortSignal.timeout(5000) });
+    return { status: res.status, text: await res.text() };
+  }
+  return new Promise((resolve, reject) => {
+    const req = https.request(url, { method, headers, agent: false, ...TLS }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk) => { text += chunk; });
+      res.on('end', () => resolve({ status: res.statusCode, text }));
+      res.on('error', reject);
+    });
+    const timer = setTimeout(() => req.destroy(new Error('timed out after 5 s')), 5000);
+    req.on('close', () => clearTimeout(timer));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
 let jitterMs = 5000;
 
 async function resolve() {
   try {
     const url = `${REGISTRY}/servers?service=${encodeURIComponent(SERVICE)}`;
-    const res = await fetch(url, { signal: AbortSignal.timeout(5000) });
-    if (!res.ok) throw new Error(`status ${res.status}`);
-    const answer = await res.json();
+    const { status, text } = await request('GET', url);
+    if (status < 200 || status > 299) throw new Error(`status ${status}`);
+    const answer = JSON.parse(text);
     jitterMs = answer.reconnect_jitter_ms ?? 5000;
     const servers = answer.servers.map((s) => s.address);
     if (servers.length > 0) {

@@ -7,11 +7,15 @@ count every `heartbeat_secs`, registers again when the registry forgot it (404),
 
 Env: SWITCHBOARD_SERVER (http://127.0.0.1:8080), SWITCHBOARD_SERVICE (default),
 PORT (6666; 0 picks a free one), ADVERTISE_HOST (127.0.0.1), TTL_SECS (15).
+For an https:// registry: SWITCHBOARD_CA_CERT (PEM: trust only these CAs; else the
+system's roots), SWITCHBOARD_CLIENT_CERT and SWITCHBOARD_CLIENT_KEY (PEM: a client
+certificate, for a registry that asks for one).
 """
 import json
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import urllib.error
@@ -33,6 +37,22 @@ def log(line):
     print(line, flush=True)
 
 
+def tls_context():
+    """For an https:// registry: verified against SWITCHBOARD_CA_CERT (PEM) when set, else
+    the system's roots; with SWITCHBOARD_CLIENT_CERT (and _KEY) it shows that certificate."""
+    if not REGISTRY.startswith("https://"):
+        return None
+    context = ssl.create_default_context(cafile=os.environ.get("SWITCHBOARD_CA_CERT") or None)
+    context.set_alpn_protocols(["http/1.1"])
+    cert = os.environ.get("SWITCHBOARD_CLIENT_CERT")
+    if cert:
+        context.load_cert_chain(cert, os.environ.get("SWITCHBOARD_CLIENT_KEY") or None)
+    return context
+
+
+TLS = tls_context()  # None for http://
+
+
 def call(method, path, body=None, lease=None):
     """One registry request: (status, JSON answer or None). Raises OSError if unreachable."""
     headers = {"Content-Type": "application/json"}
@@ -41,7 +61,7 @@ def call(method, path, body=None, lease=None):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(REGISTRY + path, data, headers, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=5) as answer:
+        with urllib.request.urlopen(request, timeout=5, context=TLS) as answer:
             text = answer.read()
             return answer.status, json.loads(text) if text else None
     except urllib.error.HTTPError as error:

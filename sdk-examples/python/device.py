@@ -10,6 +10,9 @@ Standard library only.
 
 Env: SWITCHBOARD_SERVER (http://127.0.0.1:8080), SWITCHBOARD_SERVICE (default),
 SWITCHBOARD_FORWARDER (127.0.0.1:6665), PING_SECS (5).
+For an https:// registry: SWITCHBOARD_CA_CERT (PEM: trust only these CAs; else the
+system's roots), SWITCHBOARD_CLIENT_CERT and SWITCHBOARD_CLIENT_KEY (PEM: a client
+certificate, for a registry that asks for one).
 """
 import itertools
 import json
@@ -17,6 +20,7 @@ import os
 import random
 import select
 import socket
+import ssl
 import time
 import urllib.parse
 import urllib.request
@@ -32,11 +36,27 @@ def log(line):
     print(line, flush=True)
 
 
+def tls_context():
+    """For an https:// registry: verified against SWITCHBOARD_CA_CERT (PEM) when set, else
+    the system's roots; with SWITCHBOARD_CLIENT_CERT (and _KEY) it shows that certificate."""
+    if not REGISTRY.startswith("https://"):
+        return None
+    context = ssl.create_default_context(cafile=os.environ.get("SWITCHBOARD_CA_CERT") or None)
+    context.set_alpn_protocols(["http/1.1"])
+    cert = os.environ.get("SWITCHBOARD_CLIENT_CERT")
+    if cert:
+        context.load_cert_chain(cert, os.environ.get("SWITCHBOARD_CLIENT_KEY") or None)
+    return context
+
+
+TLS = tls_context()  # None for http://
+
+
 def resolve(jitter_ms):
     """The ranked addresses and the reconnect jitter (kept from before if not answered)."""
     url = f"{REGISTRY}/servers?service={urllib.parse.quote(SERVICE)}"
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
+        with urllib.request.urlopen(url, timeout=5, context=TLS) as answer:
             body = json.load(answer)
         servers = [s["address"] for s in body["servers"]]
         jitter_ms = body.get("reconnect_jitter_ms", 5000)

@@ -8,6 +8,9 @@
 #
 # Env: SWITCHBOARD_SERVER (http://127.0.0.1:8080), SWITCHBOARD_SERVICE (default),
 # SWITCHBOARD_FORWARDER (127.0.0.1:6665), PING_SECS (5).
+# For an https:// registry: SWITCHBOARD_CA_CERT (PEM: trust only these CAs; else the
+# system's roots), SWITCHBOARD_CLIENT_CERT and SWITCHBOARD_CLIENT_KEY (PEM: a client
+# certificate, for a registry that asks for one).
 set -uo pipefail
 trap "" PIPE # a write to a closed connection fails instead of killing the script
 
@@ -15,8 +18,17 @@ REGISTRY=${SWITCHBOARD_SERVER:-http://127.0.0.1:8080}
 SERVICE=${SWITCHBOARD_SERVICE:-default}
 FORWARDER=${SWITCHBOARD_FORWARDER:-127.0.0.1:6665}
 PING_SECS=${PING_SECS:-5}
+# For an https:// registry, curl's TLS options: verify against SWITCHBOARD_CA_CERT (PEM)
+# when set, else the system's roots; show SWITCHBOARD_CLIENT_CERT (and _KEY) when set.
+TLS=()
+case $REGISTRY in https://*)
+  [ -z "${SWITCHBOARD_CA_CERT:-}" ] || TLS+=(--cacert "$SWITCHBOARD_CA_CERT")
+  [ -z "${SWITCHBOARD_CLIENT_CERT:-}" ] ||
+    TLS+=(--cert "$SWITCHBOARD_CLIENT_CERT" --key "${SWITCHBOARD_CLIENT_KEY:-$SWITCHBOARD_CLIENT_CERT}")
+  ;;
+esac
 
-servers=$(curl -sSf -m 5 -H 'Accept: text/plain' "${REGISTRY%/}/servers?service=$SERVICE")
+servers=$(curl -sSf -m 5 ${TLS[@]+"${TLS[@]}"} -H 'Accept: text/plain' "${REGISTRY%/}/servers?service=$SERVICE")
 if [ -z "$servers" ]; then
   echo "no servers or registry unreachable; using the forwarder $FORWARDER"
   servers=$FORWARDER

@@ -10,6 +10,9 @@
 # PORT (6666), ADVERTISE_HOST (127.0.0.1), TTL_SECS (15),
 # COUNT_CMD (how to count connections; default: ss on PORT),
 # SHED_CMD (run with N when the registry asks to shed N connections), JQ (path, or empty for sed).
+# For an https:// registry: SWITCHBOARD_CA_CERT (PEM: trust only these CAs; else the
+# system's roots), SWITCHBOARD_CLIENT_CERT and SWITCHBOARD_CLIENT_KEY (PEM: a client
+# certificate, for a registry that asks for one).
 set -euo pipefail
 
 REGISTRY=${SWITCHBOARD_SERVER:-http://127.0.0.1:8080}
@@ -22,6 +25,15 @@ COUNT_CMD=${COUNT_CMD:-"ss -Htn state established '( sport = :$PORT )' | wc -l"}
 JQ=${JQ-$(command -v jq || true)}
 INSTANCES="$REGISTRY/v1/services/$SERVICE/instances"
 ID= LEASE= EVERY=
+# For an https:// registry, curl's TLS options: verify against SWITCHBOARD_CA_CERT (PEM)
+# when set, else the system's roots; show SWITCHBOARD_CLIENT_CERT (and _KEY) when set.
+TLS=()
+case $REGISTRY in https://*)
+  [ -z "${SWITCHBOARD_CA_CERT:-}" ] || TLS+=(--cacert "$SWITCHBOARD_CA_CERT")
+  [ -z "${SWITCHBOARD_CLIENT_CERT:-}" ] ||
+    TLS+=(--cert "$SWITCHBOARD_CLIENT_CERT" --key "${SWITCHBOARD_CLIENT_KEY:-$SWITCHBOARD_CLIENT_CERT}")
+  ;;
+esac
 
 # field NAME: a top-level string or number field of the JSON on stdin.
 field() {
@@ -34,7 +46,7 @@ field() {
 
 # call METHOD URL [JSON]: prints the answer's body, a newline, and its status (000 if unreachable).
 call() {
-  curl -sS -m 5 -X "$1" -H 'Content-Type: application/json' ${LEASE:+-H "X-Lease: $LEASE"} \
+  curl -sS -m 5 ${TLS[@]+"${TLS[@]}"} -X "$1" -H 'Content-Type: application/json' ${LEASE:+-H "X-Lease: $LEASE"} \
     ${3:+--data "$3"} -w '\n%{http_code}' "$2" 2>/dev/null || true
 }
 
