@@ -9,37 +9,7 @@ use std::path::PathBuf;
 
 use super::error::{ConfigError, invalid};
 use super::file::FileTls;
-
-/// Whether the API asks a client for a certificate (`tls.client_auth`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// Never asked for (`"none"`, the default).
-    #[default]
-    None,
-    /// Asked for; a client without one is served, one with a certificate that does
-    /// not verify against `client_ca` is refused at the handshake (`"optional"`).
-    Optional,
-    /// A client without a certificate that verifies is refused at the handshake
-    /// (`"required"`).
-    Required,
-}
-
-/// `[tls]`: the API serves HTTPS only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsConfig {
-    /// PEM: the server's certificate, then its chain (`tls.cert`).
-    pub cert: PathBuf,
-    /// PEM: its private key, PKCS#8, PKCS#1 or SEC1 (`tls.key`).
-    pub key: PathBuf,
-    /// PEM: the CA certificates client certificates must chain to (`tls.client_ca`).
-    pub client_ca: Option<PathBuf>,
-    /// Whether client certificates are asked for (`tls.client_auth`).
-    pub client_auth: ClientAuth,
-    /// Registering, heartbeating, draining and deregistering need a verified client
-    /// certificate, in addition to the register token when one is configured
-    /// (`tls.register_requires_client_cert`).
-    pub register_requires_client_cert: bool,
-}
+pub use crate::tls::{ClientAuth, TlsConfig};
 
 /// `[tls]`, when present: `cert` and `key` both set; `client_auth` one of the three
 /// words and, unless `"none"`, with a `client_ca`; requiring a client certificate to

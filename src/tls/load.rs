@@ -15,7 +15,7 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{ClientAuth, TlsConfig};
+use super::settings::{ClientAuth, TlsConfig};
 
 /// A TLS file that cannot be used; `key` is the configuration key naming the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

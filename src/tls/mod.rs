@@ -1,4 +1,5 @@
-//! TLS (SPEC 9): PEM files into rustls configurations (`load.rs`), the server side a
+//! TLS (SPEC 9): the validated `[tls]` settings (`settings.rs`), PEM files into rustls
+//! configurations (`load.rs`), the server side a
 //! listener accepts with ([`ServerTls`]: the running configuration, swapped whole on
 //! reload so new connections get the new certificate while open ones keep theirs;
 //! the handshake under a deadline, counted), and the client side the operator commands
@@ -9,6 +10,7 @@
 
 pub mod client;
 pub mod load;
+pub mod settings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 pub use load::{CertFacts, TlsError};
-
-use crate::config::TlsConfig;
+pub use settings::{ClientAuth, TlsConfig};
 
 /// The API's ALPN: HTTP/1.1 only (the API serves no HTTP/2).
 pub const API_ALPN: &[&[u8]] = &[b"http/1.1"];
