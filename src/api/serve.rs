@@ -13,6 +13,7 @@
 //! path of the hot routes (`fast/`, unless [`HttpLimits::fast_path`] is off), which
 //! hands it to hyper here at its first other request. Knows nothing of the endpoints.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -191,42 +192,60 @@ async fn connection(
     let Some(tls) = tls else {
         return http_connection(http, stream, Peer::plain(peer), api, limits, shutdown).await;
     };
-    let stream = tokio::select! {
-        () = shutdown.cancelled() => return,
-        done = tls.accept(stream, limits.header_timeout) => match done {
-            Ok(stream) => stream,
-            Err(HandshakeFailed::Timeout) => {
-                tracing::debug!(%peer, "tls handshake not done within the header timeout; closing");
-                return;
-            }
-            Err(HandshakeFailed::Refused(err)) => {
-                tracing::debug!(%peer, %err, "tls handshake refused");
-                return;
-            }
-        },
+    // In a block of its own: the TLS stream's binding ends before the connection's
+    // long await, so the task keeps no slot for it beside the boxed connection.
+    let served = {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return,
+            // Boxed: the handshake's state is freed once it is done.
+            done = Box::pin(tls.accept(stream, limits.header_timeout)) => match done {
+                Ok(stream) => stream,
+                Err(HandshakeFailed::Timeout) => {
+                    tracing::debug!(%peer, "tls handshake not done within the header timeout; closing");
+                    return;
+                }
+                Err(HandshakeFailed::Refused(err)) => {
+                    tracing::debug!(%peer, %err, "tls handshake refused");
+                    return;
+                }
+            },
+        };
+        let peer = Peer {
+            addr: peer,
+            client_cert: crate::tls::has_verified_client_cert(&stream),
+        };
+        http_connection(http, stream, peer, api, limits, shutdown)
     };
-    let peer = Peer {
-        addr: peer,
-        client_cert: crate::tls::has_verified_client_cert(&stream),
-    };
-    http_connection(http, stream, peer, api, limits, shutdown).await;
+    served.await;
 }
 
-/// HTTP/1 on a connection: the fast path first, unless it is off.
-async fn http_connection<S>(
+/// HTTP/1 on a connection: the fast path first, unless it is off. A plain function
+/// returning the connection's future boxed, with the socket moved straight into it:
+/// an async function here would keep a slot for the socket (a TLS stream is over a
+/// KiB) in every connection's task beside the one in the box, and a task is as large
+/// as the largest state of its future for as long as the connection lives.
+fn http_connection<S>(
     http: http1::Builder,
     stream: S,
     peer: Peer,
     api: Api,
     limits: HttpLimits,
     shutdown: CancellationToken,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    S: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + super::fast::ReadReady
+        + Unpin
+        + Send
+        + 'static,
 {
     if limits.fast_path {
-        super::fast::connection(stream, peer, http, api, limits, shutdown).await;
+        Box::pin(super::fast::connection(
+            stream, peer, http, api, limits, shutdown,
+        ))
     } else {
-        hyper_connection(http, stream, peer, api, limits, shutdown).await;
+        Box::pin(hyper_connection(http, stream, peer, api, limits, shutdown))
     }
 }
 

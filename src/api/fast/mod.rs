@@ -37,8 +37,9 @@ use super::service::Api;
 use head::{Head, Parsed, Route};
 use rewind::Rewind;
 
-/// A connection's first buffer; it grows for a long head or a body.
-const INITIAL_BUFFER: usize = 4096;
+/// A request's first buffer (allocated when its first byte can be read); it grows
+/// for a long head or a body.
+const INITIAL_BUFFER: usize = 2048;
 
 /// Read at least this much at a time while a head is incomplete.
 const READ_CHUNK: usize = 2048;
@@ -52,7 +53,7 @@ pub(super) async fn connection<S>(
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     let mut conn = Conn {
         buf: Buffer::new(),
@@ -63,9 +64,44 @@ pub(super) async fn connection<S>(
         shutdown: &shutdown,
     };
     if let End::HandOff = conn.serve(&mut io).await {
-        let unread = conn.buf.data().to_vec();
-        let rewound = Rewind::new(unread, io);
-        super::serve::hyper_connection(http, rewound, peer, api, limits, shutdown).await;
+        // Boxed, and built in a block of its own: hyper's connection is a few KiB,
+        // and a binding of the socket left in scope would keep a slot for it in this
+        // future, which every idle fast-path connection carries.
+        let handed = {
+            let unread = conn.buf.data().to_vec();
+            let rewound = Rewind::new(unread, io);
+            Box::pin(super::serve::hyper_connection(
+                http, rewound, peer, api, limits, shutdown,
+            ))
+        };
+        handed.await;
+    }
+}
+
+/// A socket the fast path can wait on with no buffer: between requests an idle
+/// connection holds neither a read nor a write buffer (as nginx frees a keep-alive
+/// connection's buffers), and allocates one when its next request can be read.
+pub trait ReadReady {
+    /// Ready when a read would not wait (data, the end, or an error to report).
+    fn poll_read_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl ReadReady for tokio::net::TcpStream {
+    fn poll_read_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl ReadReady for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn poll_read_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        let (tcp, tls) = self.get_mut();
+        // Records already read may hold plaintext (or an alert the read will report).
+        match tls.process_new_packets() {
+            Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {
+                tcp.poll_read_ready(cx)
+            }
+            _ => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -96,7 +132,7 @@ struct Conn<'a> {
 }
 
 impl Conn<'_> {
-    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S) -> End {
+    async fn serve<S: AsyncRead + AsyncWrite + ReadReady + Unpin>(&mut self, io: &mut S) -> End {
         let idle = self.limits.idle_timeout;
         let mut stopping = std::pin::pin!(self.shutdown.cancelled());
         // One timer for every deadline, moved only when a deadline comes earlier than
@@ -167,10 +203,22 @@ impl Conn<'_> {
                 timer.as_mut().reset(deadline);
             }
             let was_empty = self.buf.data().is_empty();
-            let spare = self.buf.spare(missing.max(READ_CHUNK));
+            if was_empty {
+                // Idle until the next request: no buffer held meanwhile.
+                self.buf.release();
+                self.out = Vec::new();
+            }
+            let want = missing.max(READ_CHUNK);
+            let buf = &mut self.buf;
+            let read = async {
+                if was_empty {
+                    std::future::poll_fn(|cx| io.poll_read_ready(cx)).await?;
+                }
+                io.read(buf.spare(want)).await
+            };
             tokio::select! {
                 biased;
-                read = io.read(spare) => match read {
+                read = read => match read {
                     Ok(0) | Err(_) => return End::Closed,
                     Ok(n) => {
                         self.buf.filled(n);
@@ -254,7 +302,9 @@ async fn answer(
                 return Step::HandOff;
             };
             let meta = Meta::new(authorization, None, accept.as_ref(), Some(peer));
-            let ranked = super::servers::answer(state, query, &meta).instrument(span);
+            // Boxed: the ranking's future (blocking queries included) is a few KiB
+            // that every idle connection's task would carry otherwise.
+            let ranked = Box::pin(super::servers::answer(state, query, &meta).instrument(span));
             let answer = within(super::REQUEST_TIMEOUT, ranked)
                 .await
                 .unwrap_or_else(|| Answer::empty(StatusCode::SERVICE_UNAVAILABLE));
@@ -315,8 +365,9 @@ struct Buffer {
 
 impl Buffer {
     fn new() -> Self {
+        // Allocated by `spare` when the first request can be read.
         Buffer {
-            bytes: vec![0; INITIAL_BUFFER],
+            bytes: Vec::new(),
             start: 0,
             end: 0,
         }
@@ -324,6 +375,15 @@ impl Buffer {
 
     fn data(&self) -> &[u8] {
         &self.bytes[self.start..self.end]
+    }
+
+    /// Frees the memory of an empty buffer (`spare` allocates again).
+    fn release(&mut self) {
+        if self.start == self.end {
+            self.bytes = Vec::new();
+            self.start = 0;
+            self.end = 0;
+        }
     }
 
     fn consume(&mut self, n: usize) {
@@ -338,6 +398,9 @@ impl Buffer {
     /// buffer grown if that is not enough (bounded: a head is at most
     /// `head::MAX_HEAD` and a body `BODY_LIMIT` before the fast path lets go).
     fn spare(&mut self, want: usize) -> &mut [u8] {
+        if self.bytes.is_empty() {
+            self.bytes = vec![0; want.max(INITIAL_BUFFER)];
+        }
         if self.bytes.len() - self.end < want {
             self.bytes.copy_within(self.start..self.end, 0);
             self.end -= self.start;
