@@ -17,15 +17,17 @@
 //!
 //! Phases, each `SB_BENCH_SECS` long, server CPU from `/proc` (utime+stime of the
 //! server's PID, every thread) over the answers the client counted:
-//! 1. kept-alive `GET /servers?service=bench&limit=5` on `SB_BENCH_CONNS` connections:
+//! 1. memory, first (on servers no load has run on: what a load freed, the allocator
+//!    keeps, and held connections would reuse it): `SB_BENCH_IDLE_CONNS` connections
+//!    opened, one request each, held idle for a second: RSS growth per connection
+//!    (the kernel's socket buffers, the same for both, are not in RSS): switchboard
+//!    plain, switchboard HTTPS, nginx HTTPS;
+//! 2. kept-alive `GET /servers?service=bench&limit=5` on `SB_BENCH_CONNS` connections:
 //!    switchboard plain, switchboard HTTPS, nginx HTTPS;
-//! 2. a new connection per request, session resumption off: every handshake a full
+//! 3. a new connection per request, session resumption off: every handshake a full
 //!    TLS 1.3 one: switchboard, nginx;
-//! 3. the same with resumption on (one ticket store per server; the client counts the
-//!    handshakes that resumed): switchboard, nginx;
-//! 4. memory: `SB_BENCH_IDLE_CONNS` connections opened, one request each, held idle
-//!    for a second: RSS growth per connection (the kernel's socket buffers, the same
-//!    for both, are not in RSS): switchboard plain, switchboard HTTPS, nginx HTTPS.
+//! 4. the same with resumption on (one ticket store per server; the client counts the
+//!    handshakes that resumed): switchboard, nginx.
 //!
 //! Goals, printed as met or MISSED beside their figures, never asserted: kept-alive
 //! `/servers` over HTTPS ≤ 1.3 × plain's server CPU per request; full handshakes per
@@ -285,7 +287,30 @@ async fn run() -> anyhow::Result<()> {
         body.len()
     );
 
-    println!("\n1. kept-alive {path}");
+    println!(
+        "\n1. memory, first (before any load: what a load frees the allocator keeps, and held\n   connections would reuse it): {idle} connections, one request each, held idle {} s",
+        SETTLE.as_secs()
+    );
+    let d_plain = idle_memory(plain.pid, &plain_t, &request, idle).await?;
+    println!(
+        "  {:<34} {d_plain:>7.2} KiB RSS per connection",
+        "switchboard plain HTTP"
+    );
+    let d_https = idle_memory(https.pid, &https_t, &request, idle).await?;
+    println!(
+        "  {:<34} {d_https:>7.2} KiB RSS per connection",
+        "switchboard HTTPS"
+    );
+    let d_nginx = match (&nginx, &nginx_t) {
+        (Some(n), Some(t)) => {
+            let v = idle_memory(n.pid, t, &request, idle).await?;
+            println!("  {:<34} {v:>7.2} KiB RSS per connection", "nginx HTTPS");
+            Some(v)
+        }
+        _ => None,
+    };
+
+    println!("\n2. kept-alive {path}");
     let a_plain = measure(
         plain.pid,
         clk_tck,
@@ -310,7 +335,7 @@ async fn run() -> anyhow::Result<()> {
         print_phase("nginx HTTPS", m);
     }
 
-    println!("\n2. a new connection per request, full TLS 1.3 handshakes (no resumption)");
+    println!("\n3. a new connection per request, full TLS 1.3 handshakes (no resumption)");
     let b_sb = measure(
         https.pid,
         clk_tck,
@@ -333,7 +358,7 @@ async fn run() -> anyhow::Result<()> {
         print_phase("nginx HTTPS", m);
     }
 
-    println!("\n3. a new connection per request, resumed by session tickets");
+    println!("\n4. a new connection per request, resumed by session tickets");
     let resumed_sb = Target::Tls(https.addr, load::connector(&pki, true)?);
     let c_sb = measure(
         https.pid,
@@ -369,29 +394,6 @@ async fn run() -> anyhow::Result<()> {
             );
         }
     }
-
-    println!(
-        "\n4. memory: {idle} connections, one request each, held idle {} s",
-        SETTLE.as_secs()
-    );
-    let d_plain = idle_memory(plain.pid, &plain_t, &request, idle).await?;
-    println!(
-        "  {:<34} {d_plain:>7.2} KiB RSS per connection",
-        "switchboard plain HTTP"
-    );
-    let d_https = idle_memory(https.pid, &https_t, &request, idle).await?;
-    println!(
-        "  {:<34} {d_https:>7.2} KiB RSS per connection",
-        "switchboard HTTPS"
-    );
-    let d_nginx = match (&nginx, &nginx_t) {
-        (Some(n), Some(t)) => {
-            let v = idle_memory(n.pid, t, &request, idle).await?;
-            println!("  {:<34} {v:>7.2} KiB RSS per connection", "nginx HTTPS");
-            Some(v)
-        }
-        _ => None,
-    };
 
     for server in [&mut plain, &mut https] {
         server.check_alive()?;
