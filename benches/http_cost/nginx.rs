@@ -7,7 +7,6 @@
 use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use anyhow::Context;
 
@@ -44,17 +43,7 @@ http {{
 }}
 "
     );
-    let conf_path = dir.path().join("nginx.conf");
-    fs::write(&conf_path, conf).context("writing nginx.conf")?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("-p")
-        .arg(format!("{d}/"))
-        .arg("-e")
-        .arg(format!("{d}/error.log"))
-        .arg("-c")
-        .arg(&conf_path)
-        .stdout(Stdio::null());
-    let mut server = Server::spawn("nginx", cmd, dir, false)?;
+    let mut server = nginx::spawn(bin, dir, &conf)?;
     server.addr = SocketAddr::from(([127, 0, 0, 1], port));
     let probe = http::request("GET", "/", server.addr, &[], b"");
     if let Err(err) = http::wait_ready(server.addr, &probe, crate::POLL).await {

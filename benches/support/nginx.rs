@@ -2,10 +2,15 @@
 //! anything, its version for the report, and the temp path directives a private
 //! prefix needs (nginx's HTTP modules would otherwise point them at `/var/lib/nginx`).
 //!
-//! Owns no configuration of a bench's server: each bench writes its own.
+//! Starts it on a configuration a bench wrote (`spawn`); owns no configuration of a
+//! bench's server.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use anyhow::Context;
+
+use super::procs::Server;
 
 /// The temp path directives nginx's HTTP modules would otherwise point at
 /// `/var/lib/nginx`, each with the module it belongs to (a build without the module,
@@ -70,4 +75,21 @@ fn version_flags(bin: &Path) -> String {
             String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout)
         })
         .unwrap_or_default()
+}
+
+/// Writes `conf` as `nginx.conf` in `dir` and starts nginx (`bin`) on it, with `dir`
+/// as its prefix and error log; the caller sets the address and waits for it.
+pub fn spawn(bin: &Path, dir: tempfile::TempDir, conf: &str) -> anyhow::Result<Server> {
+    let d = dir.path().display().to_string();
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).context("writing nginx.conf")?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("-p")
+        .arg(format!("{d}/"))
+        .arg("-e")
+        .arg(format!("{d}/error.log"))
+        .arg("-c")
+        .arg(&conf_path)
+        .stdout(Stdio::null());
+    Server::spawn("nginx", cmd, dir, false)
 }

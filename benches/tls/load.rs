@@ -133,11 +133,12 @@ pub async fn kept_alive(
     conns: usize,
     window: Duration,
 ) -> Counted {
-    let until = Instant::now() + window;
-    let loops = (0..conns).map(|_| {
-        let target = target.clone();
-        let request = request.to_vec();
-        tokio::spawn(async move {
+    closed_loops(
+        target,
+        request,
+        conns,
+        window,
+        |target, request, until| async move {
             let mut counted = Counted::default();
             let mut buf = Vec::with_capacity(4096);
             let Ok((mut io, _)) = connect(&target).await else {
@@ -154,9 +155,9 @@ pub async fn kept_alive(
                 }
             }
             counted
-        })
-    });
-    join(loops.collect()).await
+        },
+    )
+    .await
 }
 
 /// `conns` loops, each a new connection per request, until `window` passes.
@@ -166,11 +167,12 @@ pub async fn per_connection(
     conns: usize,
     window: Duration,
 ) -> Counted {
-    let until = Instant::now() + window;
-    let loops = (0..conns).map(|_| {
-        let target = target.clone();
-        let request = request.to_vec();
-        tokio::spawn(async move {
+    closed_loops(
+        target,
+        request,
+        conns,
+        window,
+        |target, request, until| async move {
             let mut counted = Counted::default();
             let mut buf = Vec::with_capacity(4096);
             while Instant::now() < until {
@@ -188,9 +190,36 @@ pub async fn per_connection(
                 }
             }
             counted
-        })
-    });
-    join(loops.collect()).await
+        },
+    )
+    .await
+}
+
+/// `conns` tasks of `body` (each with its own target and request, and the instant
+/// to stop at), their counts summed.
+async fn closed_loops<F, Fut>(
+    target: &Target,
+    request: &[u8],
+    conns: usize,
+    window: Duration,
+    body: F,
+) -> Counted
+where
+    F: Fn(Target, Vec<u8>, Instant) -> Fut,
+    Fut: std::future::Future<Output = Counted> + Send + 'static,
+{
+    let until = Instant::now() + window;
+    let mut all = Counted::default();
+    let loops: Vec<_> = (0..conns)
+        .map(|_| tokio::spawn(body(target.clone(), request.to_vec(), until)))
+        .collect();
+    for handle in loops {
+        match handle.await {
+            Ok(counted) => all.add(counted),
+            Err(_) => all.errors += 1,
+        }
+    }
+    all
 }
 
 /// Opens `n` connections, asks once on each, and keeps them (idle) for the caller.
@@ -207,15 +236,4 @@ pub async fn hold(target: &Target, request: &[u8], n: usize) -> anyhow::Result<V
         held.push(io);
     }
     Ok(held)
-}
-
-async fn join(loops: Vec<tokio::task::JoinHandle<Counted>>) -> Counted {
-    let mut all = Counted::default();
-    for handle in loops {
-        match handle.await {
-            Ok(counted) => all.add(counted),
-            Err(_) => all.errors += 1,
-        }
-    }
-    all
 }

@@ -4,10 +4,8 @@
 //! `return 200` with the same body Switchboard's `/servers` gives, so both write the
 //! same bytes per request.
 
-use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use anyhow::Context;
 
@@ -51,17 +49,7 @@ http {{
         cert = pki.cert.display(),
         key = pki.key.display(),
     );
-    let conf_path = dir.path().join("nginx.conf");
-    fs::write(&conf_path, conf).context("writing nginx.conf")?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("-p")
-        .arg(format!("{d}/"))
-        .arg("-e")
-        .arg(format!("{d}/error.log"))
-        .arg("-c")
-        .arg(&conf_path)
-        .stdout(Stdio::null());
-    let mut server = Server::spawn("nginx", cmd, dir, false)?;
+    let mut server = nginx::spawn(bin, dir, &conf)?;
     server.addr = SocketAddr::from(([127, 0, 0, 1], port));
     Ok(server)
 }
