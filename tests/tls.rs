@@ -431,19 +431,7 @@ struct KeptAlive {
 }
 
 impl KeptAlive {
-    async fn open(port: u16, ca: &[u8]) -> KeptAlive {
-        let files = switchboard::tls::client::ClientFiles {
-            ca_cert: Some({
-                let dir = std::env::temp_dir().join(format!("sb-tls-{}", std::process::id()));
-                std::fs::create_dir_all(&dir).expect("dir");
-                let p = dir.join("ca.pem");
-                std::fs::write(&p, ca).expect("ca");
-                p
-            }),
-            ..Default::default()
-        };
-        let config = switchboard::tls::client::client_config(&files).expect("client config");
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    async fn open(port: u16, connector: &tokio_rustls::TlsConnector) -> KeptAlive {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect");
@@ -497,10 +485,16 @@ async fn sighup_rotates_the_certificate_while_kept_alive_clients_keep_answering(
     let ca = path(&pki, "ca.pem");
     assert_eq!(served_serial(port, &ca).await, "serial=01");
 
-    let ca_pem = pki.read("ca.pem");
+    // One client configuration for all of them, trusting the test CA.
+    let files = switchboard::tls::client::ClientFiles {
+        ca_cert: Some(pki.path("ca.pem")),
+        ..Default::default()
+    };
+    let config = switchboard::tls::client::client_config(&files).expect("client config");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let mut clients = Vec::new();
     for _ in 0..100 {
-        let mut c = KeptAlive::open(port, &ca_pem).await;
+        let mut c = KeptAlive::open(port, &connector).await;
         assert_eq!(c.ask().await, "HTTP/1.1 200 OK");
         clients.push(c);
     }
