@@ -212,7 +212,15 @@ fn the_readme_configuration_example_passes_check() {
     let section = &readme[readme.find("## Configuration").expect("config section")..];
     let start = section.find("```toml\n").expect("a toml example") + "```toml\n".len();
     let example = &section[start..start + section[start..].find("```").expect("its end")];
-    let (code, stdout, stderr) = check(example);
+    // The example's `[tls]` names files under /etc/switchboard/tls: the same names in a
+    // directory of test certificates, so `check` loads real ones.
+    let pki = common::certs::Pki::new();
+    let example = example.replace(
+        "/etc/switchboard/tls/",
+        &format!("{}/", pki.dir().display()),
+    );
+    assert!(example.contains("[tls]"), "the example shows [tls]");
+    let (code, stdout, stderr) = check(&example);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("is valid"), "{stdout}");
 }
