@@ -145,7 +145,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         Some(tls) => Some(Arc::new(ServerTls::load(
             tls,
             "http",
-            crate::tls::API_ALPN,
+            crate::tls::api_alpn(),
         )?)),
         None => None,
     };

@@ -60,8 +60,17 @@ fn check(args: CheckArgs) -> ExitCode {
             // The certificate and key are read as a start would read them.
             if let Some(tls) = &config.tls {
                 let api_tls =
-                    switchboard::tls::ServerTls::load(tls, "http", switchboard::tls::API_ALPN);
+                    switchboard::tls::ServerTls::load(tls, "http", switchboard::tls::api_alpn());
                 if let Err(err) = api_tls {
+                    eprintln!("error: {err}");
+                    return ExitCode::from(2);
+                }
+            }
+            for forward in &config.forwards {
+                if let Some(tls) = &forward.edge.tls
+                    && let Err(err) =
+                        switchboard::forwarder::supervisor::load_tls(forward.listen, tls)
+                {
                     eprintln!("error: {err}");
                     return ExitCode::from(2);
                 }

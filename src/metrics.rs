@@ -80,10 +80,21 @@ pub const DNS_DROPPED: &str = "switchboard_dns_dropped_total";
 /// Gauge: when the served certificate expires, as Unix seconds, by `listener`
 /// (`http` for the API).
 pub const TLS_CERT_EXPIRY: &str = "switchboard_tls_certificate_expiry_timestamp_seconds";
-/// Counter: TLS handshakes, by `listener` and `result` (`ok`; `failed`: the peer's
-/// hello or certificate was refused, or it closed; `timeout`: not done within the
-/// header timeout).
+/// Counter: TLS handshakes, by `listener` (`http`, or a forward listener's address) and
+/// `result` (`ok`; `failed`: the peer's hello or certificate was refused, or it
+/// closed; `timeout`: not done within the header timeout, or a forward listener's
+/// `tls_handshake_timeout_ms`).
 pub const TLS_HANDSHAKES: &str = "switchboard_tls_handshakes_total";
+/// Counter: ClientHellos read by an SNI-routing forward listener, by `listener` and
+/// `result`: `routed` (a route named the server), `default` (no route did: the
+/// listener's `service`), `refused` (no route and no `service`), `malformed` (not a
+/// TLS ClientHello, or larger than the bound), `timeout`.
+pub const FORWARD_SNI: &str = "switchboard_forward_sni_total";
+/// Counter: MQTT CONNECT packets read by a `hash = "mqtt_client_id"` listener, by
+/// `listener` and `result`: `keyed` (its client id picked the backend), `empty` (no
+/// client id: the ranking picked), `malformed` (not an MQTT 3.1, 3.1.1 or 5 CONNECT, or
+/// larger than the bound), `timeout`.
+pub const FORWARD_MQTT: &str = "switchboard_forward_mqtt_affinity_total";
 
 /// One service's counters of the hot paths (heartbeats and `/servers` answers),
 /// registered once when the service appears, so a request increments a handle

@@ -88,6 +88,8 @@ pub async fn apply(old: &Config, new: &Config, parts: &Parts<'_>) -> Applied {
     api_settings(&settings);
     hub.set_policy(new.rebalance);
     supervisor.set_budget(new, dns_tcp_connections(new));
+    // Kept listeners read their certificates again; new ones load theirs below.
+    supervisor.reload_tls();
     if let Err((addr, err)) = supervisor.apply_forwards(&new.forwards, &mut applied).await {
         tracing::error!(%addr, %err, "reload could not bind a forward listener; the others are applied");
     }

@@ -30,8 +30,9 @@ pub(super) enum OneOrMany {
 #[serde(deny_unknown_fields)]
 pub(super) struct FileForward {
     pub(super) listen: String,
-    #[serde(default = "default_service")]
-    pub(super) service: String,
+    /// `None` = `"default"`, but for an SNI-routing listener, where it is the service of
+    /// hellos that match no route (none: refused).
+    pub(super) service: Option<String>,
     pub(super) proxy_protocol: Option<String>,
     pub(super) max_connections: Option<u64>,
     pub(super) connect_timeout_ms: Option<u64>,
@@ -42,6 +43,13 @@ pub(super) struct FileForward {
     pub(super) tcp_keepalive_secs: Option<u64>,
     pub(super) protocol: Option<String>,
     pub(super) udp_responses: Option<u64>,
+    pub(super) tls_cert: Option<String>,
+    pub(super) tls_key: Option<String>,
+    pub(super) tls_client_ca: Option<String>,
+    pub(super) tls_client_auth: Option<String>,
+    pub(super) tls_alpn: Option<Vec<String>>,
+    pub(super) tls_handshake_timeout_ms: Option<u64>,
+    pub(super) sni_routes: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn default_service() -> String {

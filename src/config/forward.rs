@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::edge::{self, EdgeConfig};
 use super::error::{ConfigError, invalid};
 use super::file::FileForward;
 use crate::cli::ServeArgs;
@@ -48,6 +49,8 @@ pub enum ForwardHash {
     None,
     /// The device's IP address is the affinity key.
     RemoteAddr,
+    /// The client identifier of the MQTT CONNECT packet is the affinity key (SPEC 9).
+    MqttClientId,
 }
 
 /// One validated forward listener.
@@ -55,7 +58,8 @@ pub enum ForwardHash {
 pub struct ForwardConfig {
     /// Listen address.
     pub listen: SocketAddr,
-    /// Service whose instances it forwards to.
+    /// Service whose instances it forwards to. On an SNI-routing listener, the service
+    /// of hellos that match no route; empty when those are refused.
     pub service: String,
     /// PROXY protocol header to send, if any.
     pub proxy_protocol: Option<ProxyProtocol>,
@@ -78,6 +82,8 @@ pub struct ForwardConfig {
     /// UDP: a session ends once this many datagrams came back (nginx's
     /// `proxy_responses`); `None` = no limit.
     pub udp_responses: Option<u64>,
+    /// TLS termination, SNI routing and their deadline (SPEC 9).
+    pub edge: EdgeConfig,
 }
 
 /// The forward listeners: none with `--no-forward`; the `--forward` flags, which
@@ -118,7 +124,7 @@ fn parse_forward_flag(spec: &str) -> Result<FileForward, ConfigError> {
     })?;
     Ok(FileForward {
         listen: listen.to_owned(),
-        service: service.to_owned(),
+        service: Some(service.to_owned()),
         ..FileForward::default()
     })
 }
@@ -130,7 +136,16 @@ fn validate_forward(key: &str, f: FileForward) -> Result<ForwardConfig, ConfigEr
             format!("{:?} is not an IP:port address", f.listen),
         )
     })?;
-    validate::service_name(&f.service).map_err(|e| invalid(format!("{key}.service"), e.message))?;
+    // An SNI-routing listener without `service` refuses hellos no route matches.
+    let service = match (&f.service, &f.sni_routes) {
+        (Some(service), _) => service.clone(),
+        (None, Some(_)) => String::new(),
+        (None, None) => "default".to_owned(),
+    };
+    if !service.is_empty() {
+        validate::service_name(&service)
+            .map_err(|e| invalid(format!("{key}.service"), e.message))?;
+    }
     let proxy_protocol = match f.proxy_protocol.as_deref() {
         None => None,
         Some("v1") => Some(ProxyProtocol::V1),
@@ -145,10 +160,11 @@ fn validate_forward(key: &str, f: FileForward) -> Result<ForwardConfig, ConfigEr
     let hash = match f.hash.as_deref() {
         None => ForwardHash::None,
         Some("remote_addr") => ForwardHash::RemoteAddr,
+        Some("mqtt_client_id") => ForwardHash::MqttClientId,
         Some(other) => {
             return Err(invalid(
                 format!("{key}.hash"),
-                format!("{other:?}: the only hash is \"remote_addr\""),
+                format!("{other:?}: expected \"remote_addr\" or \"mqtt_client_id\""),
             ));
         }
     };
@@ -191,6 +207,16 @@ fn validate_forward(key: &str, f: FileForward) -> Result<ForwardConfig, ConfigEr
             "only for protocol = \"udp\"",
         ));
     }
+    let edge = edge::validate(key, &f, protocol == ForwardProtocol::Udp)?;
+    if hash == ForwardHash::MqttClientId
+        && (protocol == ForwardProtocol::Udp || edge.sni_routes.is_some())
+    {
+        return Err(invalid(
+            format!("{key}.hash"),
+            "\"mqtt_client_id\" reads the MQTT CONNECT: a TCP listener, plain or \
+             terminating TLS (not one that routes TLS by SNI)",
+        ));
+    }
     let idle_timeout = positive("idle_timeout_secs", f.idle_timeout_secs)?;
     // nginx's proxy_timeout for UDP is 10 min; SPEC 4 says 20 s, so sessions of
     // clients that never come back do not pile up.
@@ -200,7 +226,7 @@ fn validate_forward(key: &str, f: FileForward) -> Result<ForwardConfig, ConfigEr
     };
     Ok(ForwardConfig {
         listen,
-        service: f.service,
+        service,
         proxy_protocol,
         max_connections: positive("max_connections", f.max_connections)?,
         connect_timeout: Duration::from_millis(
@@ -225,6 +251,7 @@ fn validate_forward(key: &str, f: FileForward) -> Result<ForwardConfig, ConfigEr
         },
         protocol,
         udp_responses: f.udp_responses,
+        edge,
     })
 }
 

@@ -3,13 +3,14 @@
 //! tokens. An unknown key or a bad value stops the start with a message naming it.
 //! This file owns [`Config`], the order of the merge and the top-level keys (`http`,
 //! `db`, `insecure`, `drain_timeout_secs`, `http_*`); each section has its own file
-//! (`file.rs` the TOML types, `forward.rs`, `statics.rs`, `tokens.rs`, `limits.rs`,
+//! (`file.rs` the TOML types, `forward.rs` with `edge.rs` for its TLS and SNI keys, `statics.rs`, `tokens.rs`, `limits.rs`,
 //! `rebalance.rs`, `dns.rs`, `tls.rs`; `error.rs` the error); `listeners.rs` checks every
 //! listener's address against the others'.
 //!
 //! Must not open sockets or the store.
 
 mod dns;
+mod edge;
 mod error;
 mod file;
 mod forward;
@@ -25,6 +26,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use self::dns::{DEFAULT_DNS_ANSWERS, DEFAULT_DNS_DOMAIN, DEFAULT_DNS_TTL_SECS, DnsConfig};
+pub use self::edge::{DEFAULT_HANDSHAKE_TIMEOUT_MS, EdgeConfig, ForwardTls, SniMatch, SniRoutes};
 pub use self::error::ConfigError;
 use self::error::invalid;
 use self::file::FileConfig;

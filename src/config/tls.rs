@@ -60,6 +60,7 @@ pub(super) fn merge(file: Option<FileTls>) -> Result<Option<TlsConfig>, ConfigEr
         ));
     }
     Ok(Some(TlsConfig {
+        key_prefix: "tls.".to_owned(),
         cert,
         key,
         client_ca,

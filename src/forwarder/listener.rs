@@ -19,13 +19,14 @@ use tracing::Instrument;
 use super::backend::Backend;
 use super::budget::{FdBudget, Held, Share, Throttle};
 use super::connect::{self, ConnectError, FailTracker};
+use super::edge::{self, Device, Opened};
 use super::relay::{self, Ending};
 use super::stats::{ListenerStats, Refusal};
-use super::workers;
-use super::{LiveCounts, proxy_protocol};
-use crate::config::{ForwardConfig, ForwardHash};
+use super::{LiveCounts, proxy_protocol, tls_relay, workers};
+use crate::config::{ForwardConfig, ProxyProtocol};
 use crate::hub::{ForwardTarget, Hub};
 use crate::rlimit::TCP_COST;
+use crate::tls::ServerTls;
 
 /// What every connection of one listener shares.
 #[derive(Debug)]
@@ -48,6 +49,8 @@ pub struct Listener {
     /// Fires when relayed connections must stop (the drain deadline passed).
     stop_relays: CancellationToken,
     stats: Arc<ListenerStats>,
+    /// TLS termination (`tls_cert`), swapped whole by a reload.
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Listener {
@@ -60,6 +63,7 @@ impl Listener {
         stop_relays: CancellationToken,
         stats: Arc<ListenerStats>,
         share: Share,
+        tls: Option<Arc<ServerTls>>,
     ) -> Self {
         let slots = config.max_connections.map(|max| {
             let max = usize::try_from(max).unwrap_or(Semaphore::MAX_PERMITS);
@@ -77,6 +81,7 @@ impl Listener {
             shortage_log: Throttle::default(),
             stop_relays,
             stats,
+            tls,
         }
     }
 
@@ -163,20 +168,38 @@ impl Listener {
     ) {
         let _active = self.stats.opened();
         // TCP_NODELAY and keepalive come from the listening socket (workers.rs).
-        let key = match self.config.hash {
-            ForwardHash::RemoteAddr => Some(peer.ip().to_string()),
-            ForwardHash::None => None,
+        // Boxed, as the connect below: the opening's state must not stay in every
+        // idle relay's task.
+        let opened = Box::pin(edge::open(
+            device,
+            peer,
+            &self.config,
+            self.tls.as_deref(),
+            &self.stats,
+        ))
+        .await;
+        let Some(Opened {
+            mut device,
+            prefix,
+            service,
+            key,
+            server_name,
+            tls,
+        }) = opened
+        else {
+            return;
         };
         // Boxed so the connect phase's state does not stay in every idle relay's task.
         let connected = Box::pin(connect::connect(
             &self.hub,
-            &self.config.service,
-            key.as_deref().map(str::as_bytes),
+            service,
+            key.as_deref(),
             self.config.connect_timeout,
             &self.fails,
             &self.stats,
         ))
         .await;
+        drop(key);
         let (mut backend, target) = match connected {
             Ok(pair) => {
                 tracing::Span::current().record("backend", pair.1.address.as_str());
@@ -194,30 +217,50 @@ impl Listener {
                 return;
             }
             Err(err) => {
-                tracing::warn!(service = %self.config.service, %peer, %err, "no backend for device; closing");
+                tracing::warn!(%service, %peer, %err, "no backend for device; closing");
                 return;
             }
         };
+        // The PROXY header, then the bytes the listener read first, in one write.
+        let first = self.first_bytes(device.tcp(), peer, prefix, server_name, tls);
         // Matched in place, each arm awaiting its own relay: the task keeps one copy of
         // the backend socket and one relay state, no bigger than with TCP alone.
         let outcome = match &mut backend {
             Backend::Tcp(backend) => {
                 let _ = backend.set_nodelay(true);
                 workers::keepalive(socket2::SockRef::from(&*backend), self.config.tcp_keepalive);
-                if !self.proxy_header(&device, peer, backend, &target).await {
+                if !self.send_first(backend, first, &target).await {
                     return;
                 }
                 self.counts.open(&target.id);
-                relay::relay(&device, &*backend, self.config.idle_timeout, &stop_relays).await
+                match &mut device {
+                    Device::Plain(device) => {
+                        relay::relay(device, &*backend, self.config.idle_timeout, &stop_relays)
+                            .await
+                    }
+                    Device::Tls(device) => {
+                        let idle = self.config.idle_timeout;
+                        tls_relay::relay(&mut **device, backend, idle, &stop_relays).await
+                    }
+                }
             }
             // No socket options: a Unix socket has neither Nagle's delay nor a peer
             // that can vanish without its kernel saying so.
             Backend::Unix(backend) => {
-                if !self.proxy_header(&device, peer, backend, &target).await {
+                if !self.send_first(backend, first, &target).await {
                     return;
                 }
                 self.counts.open(&target.id);
-                relay::relay(&device, &*backend, self.config.idle_timeout, &stop_relays).await
+                match &mut device {
+                    Device::Plain(device) => {
+                        relay::relay(device, &*backend, self.config.idle_timeout, &stop_relays)
+                            .await
+                    }
+                    Device::Tls(device) => {
+                        let idle = self.config.idle_timeout;
+                        tls_relay::relay(&mut **device, backend, idle, &stop_relays).await
+                    }
+                }
             }
         };
         self.counts.close(&target.id);
@@ -240,28 +283,48 @@ impl Listener {
         }
     }
 
-    /// Sends the PROXY header when the listener has one; false when it could not be
-    /// sent (the connection is then dropped).
-    async fn proxy_header<B: AsyncWrite + Unpin>(
+    /// What the backend gets before the relay starts: the PROXY header when the
+    /// listener sends one (v2 with the server name and the TLS facts), then `prefix`,
+    /// the bytes read off the device to pick the backend.
+    fn first_bytes(
         &self,
         device: &TcpStream,
         peer: SocketAddr,
-        backend: &mut B,
-        target: &ForwardTarget,
-    ) -> bool {
+        prefix: Vec<u8>,
+        server_name: Option<String>,
+        tls: Option<crate::tls::SessionFacts>,
+    ) -> Vec<u8> {
         let Some(version) = self.config.proxy_protocol else {
-            return true;
+            return prefix;
         };
         // The device's TCP addresses, whatever the backend's socket family (as nginx
         // does for a unix: upstream).
         let local = device.local_addr().unwrap_or(self.config.listen);
-        let header = proxy_protocol::header(version, peer, local);
-        // A backend that accepts but never reads must not hold the device: the header
-        // gets the connect timeout too.
+        let mut header = proxy_protocol::header(version, peer, local);
+        if version == ProxyProtocol::V2 {
+            proxy_protocol::append_tlvs(&mut header, server_name.as_deref(), tls.as_ref());
+        }
+        header.extend_from_slice(&prefix);
+        header
+    }
+
+    /// Sends `first` (see [`Listener::first_bytes`]); false when it could not be sent
+    /// (the connection is then dropped).
+    async fn send_first<B: AsyncWrite + Unpin>(
+        &self,
+        backend: &mut B,
+        first: Vec<u8>,
+        target: &ForwardTarget,
+    ) -> bool {
+        if first.is_empty() {
+            return true;
+        }
+        // A backend that accepts but never reads must not hold the device: the first
+        // bytes get the connect timeout too.
         let sent =
-            tokio::time::timeout(self.config.connect_timeout, backend.write_all(&header)).await;
+            tokio::time::timeout(self.config.connect_timeout, backend.write_all(&first)).await;
         if !matches!(sent, Ok(Ok(()))) {
-            tracing::debug!(?sent, backend = %target.address, "could not send the PROXY header");
+            tracing::debug!(?sent, backend = %target.address, "could not send the PROXY header or the first bytes");
             return false;
         }
         true

@@ -8,17 +8,26 @@
 //! `backend.rs` is a relayed connection's backend socket (TCP, or Unix for `unix:`).
 //! `budget.rs` counts the descriptors every listener holds against the fd budget.
 //! `supervisor.rs` starts, keeps and stops the listeners and health loops.
+//! At the edge (SPEC 9): `edge.rs` opens a device's stream before a backend is chosen
+//! (the TLS handshake, the ClientHello an SNI route is picked by, the MQTT CONNECT whose
+//! client id is the affinity key), with `hello.rs` and `mqtt.rs` the pure parsers and
+//! `peek.rs` the bounded read; `tls_relay.rs` relays a terminated connection.
 //! Must not speak HTTP or SQL.
 
 pub mod backend;
 pub mod budget;
 pub mod connect;
+pub mod edge;
 pub mod health;
+pub mod hello;
 pub mod listener;
+pub mod mqtt;
+pub mod peek;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod stats;
 pub mod supervisor;
+pub mod tls_relay;
 pub mod udp;
 pub mod udp_sessions;
 pub mod workers;

@@ -78,6 +78,12 @@ thread_local! {
     static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; BUFFER_SIZE]);
 }
 
+/// Runs `f` on this worker thread's relay buffer (the TLS relay reads into it too).
+/// `f` must not await: the buffer is borrowed only while it runs.
+pub(super) fn with_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    BUFFER.with(|buffer| f(&mut buffer.borrow_mut()))
+}
+
 /// Bytes carried in each direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Carried {

@@ -50,6 +50,71 @@ impl Refusal {
     }
 }
 
+/// What an SNI-routing listener did with a ClientHello: the `result` label of
+/// [`names::FORWARD_SNI`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SniResult {
+    /// A route named the server.
+    Routed,
+    /// No route did: the listener's `service`.
+    Default,
+    /// No route did and the listener has no `service`: closed.
+    Refused,
+    /// Not a ClientHello, or one past the bound: closed.
+    Malformed,
+    /// Not complete in time: closed.
+    Timeout,
+}
+
+impl SniResult {
+    const LABELS: [&'static str; 5] = ["routed", "default", "refused", "malformed", "timeout"];
+}
+
+/// What an MQTT-hashing listener did with a CONNECT: the `result` label of
+/// [`names::FORWARD_MQTT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttResult {
+    /// Its client id picked the backend.
+    Keyed,
+    /// It had no client id: the ranking picked.
+    Empty,
+    /// Not an MQTT CONNECT, or one past the bound: closed.
+    Malformed,
+    /// Not complete in time: closed.
+    Timeout,
+}
+
+impl MqttResult {
+    const LABELS: [&'static str; 4] = ["keyed", "empty", "malformed", "timeout"];
+}
+
+/// Counts by result, kept for the dashboard and mirrored into a metric.
+#[derive(Debug)]
+struct Results<const N: usize> {
+    counts: [AtomicU64; N],
+    metric: [Counter; N],
+}
+
+impl<const N: usize> Results<N> {
+    fn new(name: &'static str, label: &str, results: [&'static str; N]) -> Self {
+        Results {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            metric: results.map(|result| {
+                metrics::counter!(name, "listener" => label.to_owned(), "result" => result)
+            }),
+        }
+    }
+
+    fn hit(&self, index: usize) {
+        self.counts[index].fetch_add(1, Ordering::Relaxed);
+        self.metric[index].increment(1);
+    }
+
+    fn snapshot(&self) -> [u64; N] {
+        std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
+    }
+}
+
 /// One listener's figures.
 #[derive(Debug)]
 pub struct ListenerStats {
@@ -68,6 +133,38 @@ pub struct ListenerStats {
     m_retries: Counter,
     m_up: Counter,
     m_down: Counter,
+    sni: Results<5>,
+    mqtt: Results<4>,
+    /// TLS handshakes: ok, failed, timeout (the metric is `ServerTls`'s).
+    tls: [AtomicU64; 3],
+}
+
+/// An SNI or MQTT listener's counts by result, in the order of their labels.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EdgeSnapshot {
+    /// TLS handshakes: ok, failed, timeout.
+    pub tls: [u64; 3],
+    /// ClientHellos by [`SniResult`]: routed, default, refused, malformed, timeout.
+    pub sni: [u64; 5],
+    /// CONNECTs by [`MqttResult`]: keyed, empty, malformed, timeout.
+    pub mqtt: [u64; 4],
+}
+
+impl EdgeSnapshot {
+    /// `(label, count)` of each TLS handshake result.
+    pub fn tls_results(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        ["ok", "failed", "timeout"].into_iter().zip(self.tls)
+    }
+
+    /// `(label, count)` of each SNI result.
+    pub fn sni_results(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        SniResult::LABELS.into_iter().zip(self.sni)
+    }
+
+    /// `(label, count)` of each MQTT result.
+    pub fn mqtt_results(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        MqttResult::LABELS.into_iter().zip(self.mqtt)
+    }
 }
 
 /// A snapshot of one listener, for people.
@@ -83,6 +180,8 @@ pub struct ListenerSnapshot {
     pub total: u64,
     /// Connections refused, for any [`Refusal`].
     pub refused: u64,
+    /// ClientHellos and CONNECTs by result.
+    pub edge: EdgeSnapshot,
 }
 
 impl ListenerStats {
@@ -104,7 +203,10 @@ impl ListenerStats {
             m_failures: counter(names::FORWARD_CONNECT_FAILURES),
             m_retries: counter(names::FORWARD_RETRIES),
             m_up: metrics::counter!(names::FORWARD_BYTES, "listener" => label.clone(), "direction" => "up"),
-            m_down: metrics::counter!(names::FORWARD_BYTES, "listener" => label, "direction" => "down"),
+            m_down: metrics::counter!(names::FORWARD_BYTES, "listener" => label.clone(), "direction" => "down"),
+            sni: Results::new(names::FORWARD_SNI, &label, SniResult::LABELS),
+            mqtt: Results::new(names::FORWARD_MQTT, &label, MqttResult::LABELS),
+            tls: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -140,6 +242,26 @@ impl ListenerStats {
         self.m_down.increment(down);
     }
 
+    /// A TLS handshake ended: `ok` true, or failed, or timed out.
+    pub fn handshake(&self, ok: bool, timed_out: bool) {
+        let index = match (ok, timed_out) {
+            (true, _) => 0,
+            (false, false) => 1,
+            (false, true) => 2,
+        };
+        self.tls[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A ClientHello was read (or not), with this result.
+    pub fn sni(&self, result: SniResult) {
+        self.sni.hit(result as usize);
+    }
+
+    /// An MQTT CONNECT was read (or not), with this result.
+    pub fn mqtt(&self, result: MqttResult) {
+        self.mqtt.hit(result as usize);
+    }
+
     /// The figures now.
     pub fn snapshot(&self) -> ListenerSnapshot {
         ListenerSnapshot {
@@ -148,6 +270,11 @@ impl ListenerStats {
             active: self.active.load(Ordering::Relaxed),
             total: self.total.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            edge: EdgeSnapshot {
+                tls: std::array::from_fn(|i| self.tls[i].load(Ordering::Relaxed)),
+                sni: self.sni.snapshot(),
+                mqtt: self.mqtt.snapshot(),
+            },
         }
     }
 }

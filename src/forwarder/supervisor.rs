@@ -7,6 +7,10 @@
 //! connections run out; a new one is bound; an unchanged one is left alone, with its
 //! cap (the shared count is what holds every listener within the budget).
 //!
+//! A TLS-terminating listener loads its certificate when it starts; a reload reads
+//! the files of every kept one again (the rotation), and a file that fails to load
+//! leaves the running certificate.
+//!
 //! Owns what runs; `reload.rs` decides what should. No parsing, no HTTP.
 
 use std::net::SocketAddr;
@@ -26,12 +30,15 @@ use crate::hub::Hub;
 use crate::locks::lock;
 use crate::registry::InstanceSpec;
 use crate::rlimit::{self, Budget, Cap};
+use crate::tls::ServerTls;
 
 /// A forward listener that runs, with the configuration it was started from.
 struct RunningListener {
     configured: ForwardConfig,
     addr: SocketAddr,
     stop: CancellationToken,
+    /// Its TLS termination, whose files a reload reads again.
+    tls: Option<Arc<ServerTls>>,
 }
 
 /// A static instance that runs, with its health-check loop's stop.
@@ -196,15 +203,18 @@ impl Supervisor {
                 continue;
             }
             let stop = self.stop_accepting.child_token();
-            let addr = match forward.protocol {
+            let (addr, tls) = match forward.protocol {
                 ForwardProtocol::Tcp => self.start_tcp(forward, cap, stop.clone()).await,
-                ForwardProtocol::Udp => self.start_udp(forward, cap, stop.clone()).await,
+                ForwardProtocol::Udp => {
+                    (self.start_udp(forward, cap, stop.clone()).await).map(|addr| (addr, None))
+                }
             }
             .map_err(|e| (forward.listen, e))?;
             lock(&self.listeners).push(RunningListener {
                 configured: forward.clone(),
                 addr,
                 stop,
+                tls,
             });
             applied.listeners_added += 1;
         }
@@ -257,18 +267,39 @@ impl Supervisor {
         (config, stats)
     }
 
-    /// Binds and starts a TCP forward listener; answers where it listens.
+    /// Reads the certificate files of every running TLS listener again: new
+    /// connections get what they hold now. A file that fails changes nothing and is
+    /// logged.
+    pub fn reload_tls(&self) {
+        for l in lock(&self.listeners).iter() {
+            if let (Some(tls), Some(files)) = (&l.tls, &l.configured.edge.tls)
+                && let Err(err) = tls.reload(&files.files)
+            {
+                tracing::error!(listen = %l.addr, %err, "tls: the new certificate was not loaded; the running one stays");
+            }
+        }
+    }
+
+    /// Binds and starts a TCP forward listener (loading its certificate first when it
+    /// terminates TLS); answers where it listens and its TLS.
     async fn start_tcp(
         &self,
         forward: &ForwardConfig,
         cap: Cap,
         stop: CancellationToken,
-    ) -> std::io::Result<SocketAddr> {
+    ) -> std::io::Result<(SocketAddr, Option<Arc<ServerTls>>)> {
         let transport = workers::Transport::Tcp {
             keepalive: forward.tcp_keepalive,
         };
         let bound = workers::bind_listener(forward.listen, transport)?;
         let addr = bound.local;
+        // Labelled by the bound address, as the listener's other metrics.
+        let tls = match &forward.edge.tls {
+            None => None,
+            Some(tls) => Some(Arc::new(
+                load_tls(addr, tls).map_err(|err| std::io::Error::other(err.to_string()))?,
+            )),
+        };
         tracing::info!(service = %forward.service, "forward listening on {addr}");
         let (config, stats) = self.listener_parts(forward, addr, cap);
         let share = Share {
@@ -282,11 +313,12 @@ impl Supervisor {
             self.stop_relays.clone(),
             stats,
             share,
+            tls.clone(),
         ));
         workers::run(bound, stop, &self.relays, move |socket, stop, tracker| {
             Arc::clone(&listener).serve(socket, stop, tracker)
         })?;
-        Ok(addr)
+        Ok((addr, tls))
     }
 
     /// Binds and starts a UDP forward listener; answers where it listens.
@@ -380,4 +412,17 @@ fn static_spec(s: &StaticConfig) -> InstanceSpec {
         metadata: Default::default(),
         ttl_secs: 300,
     }
+}
+
+/// The TLS termination of the forward listener on `listen`, loaded from its files
+/// (`switchboard check` loads them the same way).
+///
+/// # Errors
+/// [`crate::tls::TlsError`] naming the listener's key of the file at fault.
+pub fn load_tls(
+    listen: SocketAddr,
+    tls: &crate::config::ForwardTls,
+) -> Result<ServerTls, crate::tls::TlsError> {
+    let alpn = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    ServerTls::load(&tls.files, &listen.to_string(), alpn)
 }

@@ -260,7 +260,8 @@ impl UdpListener {
     ) -> Option<Session> {
         let key = match self.config.hash {
             ForwardHash::RemoteAddr => Some(client.ip().to_string()),
-            ForwardHash::None => None,
+            // Refused for UDP by the configuration: MQTT runs over a stream.
+            ForwardHash::None | ForwardHash::MqttClientId => None,
         };
         let target = self.pick(key.as_deref().map(str::as_bytes))?;
         let backend = match connect(&target.address).await {

@@ -78,15 +78,20 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// expired certificate, a client CA rustls cannot use.
 pub fn server_config(
     config: &TlsConfig,
-    alpn: &[&[u8]],
+    alpn: &[Vec<u8>],
     ticketer: Arc<dyn ProducesTickets>,
     now_unix: i64,
 ) -> Result<Loaded, TlsError> {
-    let chain = certificates("tls.cert", &config.cert)?;
-    let cert = facts("tls.cert", &config.cert, &chain[0])?;
+    let (cert_key, key_key, ca_key) = (
+        config.key_name("cert"),
+        config.key_name("key"),
+        config.key_name("client_ca"),
+    );
+    let chain = certificates(&cert_key, &config.cert)?;
+    let cert = facts(&cert_key, &config.cert, &chain[0])?;
     if cert.not_after < now_unix {
         return Err(TlsError::new(
-            "tls.cert",
+            &cert_key,
             &config.cert,
             format!(
                 "the certificate (serial {}) expired at {} (UTC)",
@@ -97,7 +102,7 @@ pub fn server_config(
     }
     let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|err| {
         TlsError::new(
-            "tls.key",
+            &key_key,
             &config.key,
             pem_problem(&err, "a PEM private key (PKCS#8, PKCS#1 or SEC1)"),
         )
@@ -105,14 +110,14 @@ pub fn server_config(
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|err| TlsError::new("tls.cert", &config.cert, err))?;
+        .map_err(|err| TlsError::new(&cert_key, &config.cert, err))?;
     let builder = match (&config.client_ca, config.client_auth) {
         (Some(ca), ClientAuth::Optional | ClientAuth::Required) => {
             let mut roots = RootCertStore::empty();
-            for der in certificates("tls.client_ca", ca)? {
+            for der in certificates(&ca_key, ca)? {
                 roots
                     .add(der)
-                    .map_err(|err| TlsError::new("tls.client_ca", ca, err))?;
+                    .map_err(|err| TlsError::new(&ca_key, ca, err))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if config.client_auth == ClientAuth::Optional {
@@ -122,22 +127,22 @@ pub fn server_config(
             };
             let verifier = verifier
                 .build()
-                .map_err(|err| TlsError::new("tls.client_ca", ca, err))?;
+                .map_err(|err| TlsError::new(&ca_key, ca, err))?;
             builder.with_client_cert_verifier(verifier)
         }
         _ => builder.with_no_client_auth(),
     };
     let mut server = builder.with_single_cert(chain, key).map_err(|err| {
         TlsError::new(
-            "tls.key",
+            &key_key,
             &config.key,
             format!(
-                "cannot serve it with the certificate of tls.cert ({}): {err}",
+                "cannot serve it with the certificate of {cert_key} ({}): {err}",
                 config.cert.display()
             ),
         )
     })?;
-    server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    server.alpn_protocols = alpn.to_vec();
     server.ticketer = ticketer;
     // One ticket per full handshake: a client resumes with one, and each costs an
     // encryption and a record.

@@ -26,13 +26,18 @@ pub use load::{CertFacts, TlsError};
 pub use settings::{ClientAuth, TlsConfig};
 
 /// The API's ALPN: HTTP/1.1 only (the API serves no HTTP/2).
-pub const API_ALPN: &[&[u8]] = &[b"http/1.1"];
+pub fn api_alpn() -> Vec<Vec<u8>> {
+    vec![b"http/1.1".to_vec()]
+}
 
 /// A listener's TLS: the configuration new connections are accepted with.
 pub struct ServerTls {
-    /// The `listener` label of its metrics (`http` for the API).
-    listener: &'static str,
-    alpn: &'static [&'static [u8]],
+    /// The `listener` label of its metrics (`http` for the API, the listen address
+    /// for a forward listener).
+    listener: String,
+    alpn: Vec<Vec<u8>>,
+    /// Handshakes by result: ok, failed, timeout (made once, not per handshake).
+    handshakes: [metrics::Counter; 3],
     /// Kept across reloads: tickets issued before a rotation still resume after it.
     ticketer: Arc<dyn ProducesTickets>,
     current: ArcSwap<ServerConfig>,
@@ -63,18 +68,22 @@ impl ServerTls {
     /// [`TlsError`] naming the key of the file at fault.
     pub fn load(
         config: &TlsConfig,
-        listener: &'static str,
-        alpn: &'static [&'static [u8]],
+        listener: &str,
+        alpn: Vec<Vec<u8>>,
     ) -> Result<ServerTls, TlsError> {
         let ticketer = rustls::crypto::ring::Ticketer::new().map_err(|err| TlsError {
-            key: "tls".into(),
+            key: config.key_name("cert"),
             message: format!("cannot make a session ticket key: {err}"),
         })?;
-        let loaded = load::server_config(config, alpn, Arc::clone(&ticketer), now_unix())?;
+        let loaded = load::server_config(config, &alpn, Arc::clone(&ticketer), now_unix())?;
         log_loaded(listener, &loaded.cert, "serving");
+        let handshakes = ["ok", "failed", "timeout"].map(|result| {
+            metrics::counter!(crate::metrics::TLS_HANDSHAKES, "listener" => listener.to_owned(), "result" => result)
+        });
         Ok(ServerTls {
-            listener,
+            listener: listener.to_owned(),
             alpn,
+            handshakes,
             ticketer,
             current: ArcSwap::from_pointee(loaded.server),
         })
@@ -87,9 +96,9 @@ impl ServerTls {
     /// [`TlsError`] naming the key of the file at fault.
     pub fn reload(&self, config: &TlsConfig) -> Result<CertFacts, TlsError> {
         let loaded =
-            load::server_config(config, self.alpn, Arc::clone(&self.ticketer), now_unix())?;
+            load::server_config(config, &self.alpn, Arc::clone(&self.ticketer), now_unix())?;
         self.current.store(Arc::new(loaded.server));
-        log_loaded(self.listener, &loaded.cert, "reloaded");
+        log_loaded(&self.listener, &loaded.cert, "reloaded");
         Ok(loaded.cert)
     }
 
@@ -112,12 +121,11 @@ impl ServerTls {
             Err(_) => Err(HandshakeFailed::Timeout),
         };
         let outcome = match &result {
-            Ok(_) => "ok",
-            Err(HandshakeFailed::Refused(_)) => "failed",
-            Err(HandshakeFailed::Timeout) => "timeout",
+            Ok(_) => 0,
+            Err(HandshakeFailed::Refused(_)) => 1,
+            Err(HandshakeFailed::Timeout) => 2,
         };
-        metrics::counter!(crate::metrics::TLS_HANDSHAKES, "listener" => self.listener, "result" => outcome)
-            .increment(1);
+        self.handshakes[outcome].increment(1);
         result
     }
 }
@@ -132,10 +140,47 @@ pub fn has_verified_client_cert<S>(stream: &TlsStream<S>) -> bool {
         .is_some_and(|chain| !chain.is_empty())
 }
 
+/// What a backend is told of a terminated TLS connection (PROXY v2's TLVs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFacts {
+    /// `TLSv1.3` or `TLSv1.2`, as OpenSSL names them.
+    pub version: String,
+    /// The server name the client asked for (SNI).
+    pub server_name: Option<String>,
+    /// The verified client certificate's subject CN; `None` without a verified one.
+    pub client_cn: Option<String>,
+    /// Whether a client certificate was presented and verified.
+    pub client_verified: bool,
+    /// The negotiated ALPN protocol.
+    pub alpn: Option<Vec<u8>>,
+}
+
+/// The facts of an established server connection.
+pub fn session_facts(conn: &rustls::ServerConnection) -> SessionFacts {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "",
+    };
+    let leaf = conn.peer_certificates().and_then(|chain| chain.first());
+    let client_cn = leaf.and_then(|der| {
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        let cn = cert.subject().iter_common_name().next()?;
+        cn.as_str().ok().map(str::to_owned)
+    });
+    SessionFacts {
+        version: version.to_owned(),
+        server_name: conn.server_name().map(str::to_owned),
+        client_cn,
+        client_verified: leaf.is_some(),
+        alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+    }
+}
+
 /// Logs what is served and sets the expiry gauge; warns when it expires within 14 days.
-fn log_loaded(listener: &'static str, cert: &CertFacts, what: &str) {
+fn log_loaded(listener: &str, cert: &CertFacts, what: &str) {
     #[allow(clippy::cast_precision_loss)]
-    metrics::gauge!(crate::metrics::TLS_CERT_EXPIRY, "listener" => listener)
+    metrics::gauge!(crate::metrics::TLS_CERT_EXPIRY, "listener" => listener.to_owned())
         .set(cert.not_after as f64);
     let expires = load::unix_to_rfc3339(cert.not_after);
     tracing::info!(listener, serial = %cert.serial, subject = %cert.subject, %expires, "tls: {what} a certificate");

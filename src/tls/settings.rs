@@ -21,9 +21,14 @@ pub enum ClientAuth {
     Required,
 }
 
-/// `[tls]`: the API serves HTTPS only.
+/// The files and rules of one TLS listener: `[tls]` for the API, or a forward
+/// listener's `tls_*` keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
+    /// What the keys are called in the configuration, before `cert`, `key` and
+    /// `client_ca`: `tls.` for the API, `forward[0].tls_` for a forward listener. Errors
+    /// name the key of the file at fault with it.
+    pub key_prefix: String,
     /// PEM: the server's certificate, then its chain (`tls.cert`).
     pub cert: PathBuf,
     /// PEM: its private key, PKCS#8, PKCS#1 or SEC1 (`tls.key`).
@@ -34,6 +39,13 @@ pub struct TlsConfig {
     pub client_auth: ClientAuth,
     /// Registering, heartbeating, draining and deregistering need a verified client
     /// certificate, in addition to the register token when one is configured
-    /// (`tls.register_requires_client_cert`).
+    /// (`tls.register_requires_client_cert`; always false on a forward listener).
     pub register_requires_client_cert: bool,
+}
+
+impl TlsConfig {
+    /// The full name of the key `name` (`cert`, `key`, `client_ca`).
+    pub fn key_name(&self, name: &str) -> String {
+        format!("{}{name}", self.key_prefix)
+    }
 }
