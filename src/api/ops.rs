@@ -1,6 +1,8 @@
 //! Operational endpoints: `/healthz` (the process answers) and `/readyz` (the store
 //! answers, can write after a failed write, and the server is not shutting down).
 
+use std::collections::BTreeMap;
+
 use std::sync::atomic::Ordering;
 
 use axum::Json;
@@ -68,10 +70,20 @@ pub async fn metrics(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ForwarderDto {
     listen: String,
+    /// The service; for an SNI-routing listener, that of hellos no route matches
+    /// (empty: refused).
     service: String,
     active: u64,
     total: u64,
     refused: u64,
+    /// TLS handshakes by result (`ok`, `failed`, `timeout`); all 0 without `tls_cert`.
+    tls_handshakes: BTreeMap<&'static str, u64>,
+    /// ClientHellos by result (`routed`, `default`, `refused`, `malformed`, `timeout`);
+    /// all 0 without `sni_routes`.
+    sni: BTreeMap<&'static str, u64>,
+    /// MQTT CONNECTs by result (`keyed`, `empty`, `malformed`, `timeout`); all 0
+    /// without `hash = "mqtt_client_id"`.
+    mqtt_affinity: BTreeMap<&'static str, u64>,
 }
 
 /// Answer of `GET /v1/forwarders`.
@@ -102,6 +114,9 @@ pub async fn forwarders(
             active: s.active,
             total: s.total,
             refused: s.refused,
+            tls_handshakes: s.edge.tls_results().collect(),
+            sni: s.edge.sni_results().collect(),
+            mqtt_affinity: s.edge.mqtt_results().collect(),
         })
         .collect();
     Ok(Json(ForwardersAnswer {

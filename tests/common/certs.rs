@@ -45,12 +45,15 @@ impl Ca {
     /// A server certificate for `localhost` and `127.0.0.1` with `serial`, valid from
     /// `not_before` to `not_after` (years): (certificate PEM, key PEM).
     pub fn server(&self, serial: u64, years: (i32, i32)) -> (String, String) {
+        self.server_for(serial, &["localhost", "127.0.0.1"], years)
+    }
+
+    /// A server certificate for `names` (the first is its CN) with `serial`.
+    pub fn server_for(&self, serial: u64, names: &[&str], years: (i32, i32)) -> (String, String) {
         let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
                 .expect("server params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
+        params.distinguished_name.push(DnType::CommonName, names[0]);
         params.serial_number = Some(SerialNumber::from(serial.to_be_bytes().to_vec()));
         params.not_before = rcgen::date_time_ymd(years.0, 1, 1);
         params.not_after = rcgen::date_time_ymd(years.1, 1, 1);
@@ -129,6 +132,18 @@ impl Pki {
     /// Issues `name.pem` (leaf and intermediate) and `name.key` with `serial`.
     pub fn issue_server(&self, serial: u64, name: &str) {
         let (cert, key) = self.intermediate.server(serial, (2024, 2099));
+        self.write(
+            &format!("{name}.pem"),
+            &format!("{cert}{}", self.intermediate.pem),
+        );
+        self.write(&format!("{name}.key"), &key);
+    }
+
+    /// Issues `name.pem` (leaf and intermediate) and `name.key` for `dns_names`.
+    pub fn issue_server_for(&self, serial: u64, name: &str, dns_names: &[&str]) {
+        let (cert, key) = self
+            .intermediate
+            .server_for(serial, dns_names, (2024, 2099));
         self.write(
             &format!("{name}.pem"),
             &format!("{cert}{}", self.intermediate.pem),
