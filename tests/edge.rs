@@ -759,3 +759,115 @@ async fn garbage_hellos_connects_and_silent_handshakes_are_closed_in_time_and_co
     assert_eq!(mqtt_entry["mqtt_affinity"]["keyed"], 2, "{forwarders}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_a_forward_listeners_certificate_while_relays_keep_going() {
+    if !tools::tools_ready("forward tls rotation", &["openssl"], &[]) {
+        return;
+    }
+    let pki = Pki::new();
+    let echo = common::echo::Echo::start().await;
+    let config = format!(
+        "[[forward]]\nlisten = \"127.0.0.1:0\"\nservice = \"echo\"\n\
+         tls_cert = {:?}\ntls_key = {:?}\n",
+        pki.path("server.pem"),
+        pki.path("server.key")
+    );
+    let mut server = common::process::Server::start_with(Options {
+        config: Some(config),
+        forwards: 1,
+        ..Options::default()
+    });
+    server.register_addr("echo", &echo.addr.to_string()).await;
+    let fwd = server.forward_addrs[0];
+    let ca = pki.path("ca.pem");
+    let ca = ca.to_str().unwrap().to_owned();
+    let serial = || async {
+        let out = s_client(
+            &[
+                "-connect",
+                &fwd.to_string(),
+                "-servername",
+                "localhost",
+                "-CAfile",
+                &ca,
+            ],
+            "",
+        )
+        .await;
+        served_serial(&out)
+    };
+    assert_eq!(serial().await.as_deref(), Some("01"));
+
+    let files = switchboard::tls::client::ClientFiles {
+        ca_cert: Some(pki.path("ca.pem")),
+        ..Default::default()
+    };
+    let config = switchboard::tls::client::client_config(&files).expect("client config");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let tcp = TcpStream::connect(fwd).await.unwrap();
+        let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+        tls.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        tls.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"ping");
+        held.push(tls);
+    }
+    pki.issue_server(2, "server");
+    server.hup();
+    server.wait_log("tls: reloaded a certificate");
+    assert_eq!(
+        serial().await.as_deref(),
+        Some("02"),
+        "new connections: the new one"
+    );
+    for tls in &mut held {
+        tls.write_all(b"pong").await.unwrap();
+        let mut back = [0u8; 4];
+        tls.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"pong", "an open relay kept going");
+    }
+    pki.write("server.pem", "not a certificate\n");
+    server.hup();
+    server.wait_log("the running one stays");
+    assert_eq!(serial().await.as_deref(), Some("02"));
+}
+
+#[test]
+fn check_and_the_start_name_the_forward_key_of_a_bad_certificate_file() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[forward]]\nlisten = \"127.0.0.1:0\"\nservice = \"echo\"\n\
+             tls_cert = {:?}\ntls_key = {:?}\n",
+            pki.path("server.pem"),
+            pki.path("client.key")
+        ),
+    )
+    .unwrap();
+    for args in [
+        vec!["check", "--config", path.to_str().unwrap()],
+        vec![
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--db",
+            "sqlite::memory:",
+        ],
+    ] {
+        let out = Command::new(common::process::binary())
+            .args(&args)
+            .env_remove("SWITCHBOARD_REGISTER_TOKEN")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(err.contains("forward[0].tls_key"), "{args:?}: {err}");
+    }
+}
