@@ -1,0 +1,524 @@
+//! Edge benchmark (issue 24): a TLS-terminating forward listener against nginx 1.22
+//! `stream` (`listen … ssl`, OpenSSL 3) and HAProxy 2.6 (`bind … ssl crt`, `mode tcp`)
+//! on the same certificate, under the same client, in the same run, loopback only.
+//!
+//! ```text
+//! cargo bench --bench edge
+//! SB_BENCH_SECS=10 SB_BENCH_IDLE_CONNS=5000 cargo bench --bench edge
+//! ```
+//!
+//! Setup: the tls bench's certificates (`tls/pki.rs`: ECDSA P-256, made at run time)
+//! and its client (`tls/load.rs`: rustls on ring, TLS 1.3, verifying the chain). Two
+//! backends in the bench's process: an HTTP/1.1 responder (a 2-byte 200 to every
+//! request, kept alive) and a sink (reads and discards). Each proxy terminates TLS on
+//! two ports, one before each backend: switchboard (`[[forward]]` with `tls_cert`, the
+//! backends as `[[static]]` instances); nginx (`daemon off; master_process off;
+//! worker_processes 1;`, `stream { server { listen … ssl; proxy_pass …; } }`, its
+//! session tickets on by default); HAProxy (`-db`, `nbthread 1`, `mode tcp`, `bind …
+//! ssl crt`, tickets on by default). nginx and HAProxy run one thread; switchboard its
+//! default (a worker per core). Every figure is per CPU second of the proxy's own
+//! process (utime+stime from `/proc`, every thread), so thread counts do not favour
+//! anyone; a fresh proxy process per setup, memory measured first.
+//!
+//! Phases, `SB_BENCH_SECS` each:
+//! 1. memory: `SB_BENCH_IDLE_CONNS` TLS connections through the responder's port,
+//!    one request each, held idle for a second: the proxy's RSS growth per connection;
+//! 2. a new connection per request, resumption off (every handshake a full TLS 1.3
+//!    one): handshakes per proxy CPU second;
+//! 3. the same with resumption on (the client counts the handshakes that resumed);
+//! 4. throughput into the sink over TLS, 1 and 8 streams: MiB/s and proxy CPU per GiB.
+//!
+//! Goals, printed as met or MISSED, never asserted: full handshakes per CPU second ≥
+//! 1.3 × nginx's; resumed ≥ 1.5 × nginx's; throughput ≥ 1.2 × nginx's; RSS per idle
+//! TLS connection ≤ 0.5 × nginx's. Kernel socket memory is the tls bench's and the
+//! forwarder bench's (`ss -tmnO`), not measured here.
+//!
+//! Knobs: `SB_BENCH_BIN`, `SB_BENCH_SECS` (5), `SB_BENCH_CONNS` (16),
+//! `SB_BENCH_IDLE_CONNS` (2000), `SB_BENCH_CLIENT_THREADS` (1). A proxy that is not
+//! installed (`apt-get install -y nginx-light libnginx-mod-stream haproxy`) leaves its
+//! column empty.
+
+#[path = "tls/load.rs"]
+mod load;
+#[path = "tls/pki.rs"]
+mod pki;
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use load::{Counted, Target};
+use support::{http, knobs, procs, sample};
+
+/// How long held connections sit idle before RSS is read.
+const SETTLE: Duration = Duration::from_secs(1);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
+const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+fn main() {
+    if !knobs::asked_for("edge") {
+        return;
+    }
+    let threads = knobs::count("SB_BENCH_CLIENT_THREADS", 1, 1, 16);
+    knobs::block_on("edge", threads, run());
+}
+
+/// Answers every request (a head ending in a blank line) with [`ANSWER`].
+async fn responder(listener: TcpListener) {
+    while let Ok((mut sock, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let _ = sock.set_nodelay(true);
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 2048];
+            loop {
+                let Ok(n) = sock.read(&mut chunk).await else {
+                    return;
+                };
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(end) = http::find(&buf, b"\r\n\r\n") {
+                    buf.drain(..end + 4);
+                    if sock.write_all(ANSWER).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Reads and discards.
+async fn sink(listener: TcpListener) {
+    while let Ok((mut sock, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut chunk = vec![0u8; 256 * 1024];
+            while let Ok(n) = sock.read(&mut chunk).await {
+                if n == 0 {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// One proxy, with its two TLS ports (before the responder, before the sink).
+struct Proxy {
+    name: &'static str,
+    server: procs::Server,
+    http: SocketAddr,
+    sink: SocketAddr,
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn start_switchboard(
+    bin: &Path,
+    pki: &pki::Pki,
+    backends: [SocketAddr; 2],
+) -> anyhow::Result<Proxy> {
+    let dir = tempfile::tempdir()?;
+    let (p1, p2) = (procs::free_port()?, procs::free_port()?);
+    let config = dir.path().join("switchboard.toml");
+    let mut text = String::new();
+    for (port, service) in [(p1, "http"), (p2, "sink")] {
+        text.push_str(&format!(
+            "[[forward]]\nlisten = \"127.0.0.1:{port}\"\nservice = \"{service}\"\n\
+             tls_cert = {:?}\ntls_key = {:?}\n",
+            pki.cert, pki.key
+        ));
+    }
+    for (backend, service) in backends.iter().zip(["http", "sink"]) {
+        text.push_str(&format!(
+            "[[static]]\nservice = \"{service}\"\naddress = \"{backend}\"\n"
+        ));
+    }
+    std::fs::write(&config, text)?;
+    let config = config.display().to_string();
+    let args = ["--db", "sqlite::memory:", "--config", config.as_str()];
+    let (server, _) =
+        procs::start_switchboard(Command::new(bin), dir, &args, &[], http::START_TIMEOUT)?;
+    Ok(Proxy {
+        name: "switchboard",
+        server,
+        http: loopback(p1),
+        sink: loopback(p2),
+    })
+}
+
+fn start_nginx(bin: &Path, pki: &pki::Pki, backends: [SocketAddr; 2]) -> anyhow::Result<Proxy> {
+    let dir = tempfile::tempdir()?;
+    let (p1, p2) = (procs::free_port()?, procs::free_port()?);
+    let d = dir.path().display();
+    let module = ["/usr/lib/nginx/modules/ngx_stream_module.so"]
+        .into_iter()
+        .find(|m| Path::new(m).exists())
+        .map(|m| format!("load_module {m};\n"))
+        .unwrap_or_default();
+    let mut servers = String::new();
+    for (port, backend) in [(p1, backends[0]), (p2, backends[1])] {
+        servers.push_str(&format!(
+            "    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        proxy_pass {backend};
+    }}
+",
+            cert = pki.cert.display(),
+            key = pki.key.display(),
+        ));
+    }
+    let conf = format!(
+        "{module}daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log crit;
+events {{
+    worker_connections 65536;
+}}
+stream {{
+{servers}}}
+"
+    );
+    let server = support::nginx::spawn(bin, dir, &conf)?;
+    Ok(Proxy {
+        name: "nginx",
+        server,
+        http: loopback(p1),
+        sink: loopback(p2),
+    })
+}
+
+fn start_haproxy(bin: &Path, pki: &pki::Pki, backends: [SocketAddr; 2]) -> anyhow::Result<Proxy> {
+    let dir = tempfile::tempdir()?;
+    let (p1, p2) = (procs::free_port()?, procs::free_port()?);
+    // HAProxy's crt: the certificate and its key in one file.
+    let combined = dir.path().join("combined.pem");
+    std::fs::write(
+        &combined,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&pki.cert)?,
+            std::fs::read_to_string(&pki.key)?
+        ),
+    )?;
+    let conf = format!(
+        "global
+    maxconn 9000
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+frontend http
+    bind 127.0.0.1:{p1} ssl crt {c} ssl-min-ver TLSv1.2
+    default_backend http
+backend http
+    server s1 {b1}
+frontend sink
+    bind 127.0.0.1:{p2} ssl crt {c} ssl-min-ver TLSv1.2
+    default_backend sink
+backend sink
+    server s1 {b2}
+",
+        c = combined.display(),
+        b1 = backends[0],
+        b2 = backends[1],
+    );
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, conf)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("-db").arg("-f").arg(&path).stdout(Stdio::null());
+    let server = procs::Server::spawn("haproxy", cmd, dir, false)?;
+    Ok(Proxy {
+        name: "haproxy",
+        server,
+        http: loopback(p1),
+        sink: loopback(p2),
+    })
+}
+
+/// Until `target` answers (a starting proxy), for 10 s at most.
+async fn wait_answering(target: &Target) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = Vec::new();
+    loop {
+        let tried = async {
+            let (mut io, _) = load::connect(target).await?;
+            load::ask(io.as_mut(), REQUEST, &mut buf).await
+        };
+        match tried.await {
+            Ok(()) => return Ok(()),
+            Err(err) if Instant::now() > deadline => return Err(err.context("never answered")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// What one proxy did in every phase.
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    rss_kib_per_conn: f64,
+    full_per_cpu_s: f64,
+    full_rate: f64,
+    resumed_per_cpu_s: f64,
+    resumed_rate: f64,
+    resumed_share: f64,
+    /// (MiB/s, proxy CPU s per GiB) for 1 and 8 streams.
+    streams: [(f64, f64); 2],
+    errors: u64,
+}
+
+/// Pushes 64 KiB writes into the sink over `streams` TLS connections for `window`.
+async fn throughput(target: &Target, streams: usize, window: Duration) -> (u64, u64) {
+    let until = Instant::now() + window;
+    let tasks: Vec<_> = (0..streams)
+        .map(|_| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok((mut io, _)) = load::connect(&target).await else {
+                    return (0u64, 1u64);
+                };
+                let chunk = vec![0x5au8; 64 * 1024];
+                let mut sent = 0u64;
+                while Instant::now() < until {
+                    if io.write_all(&chunk).await.is_err() {
+                        return (sent, 1);
+                    }
+                    sent += chunk.len() as u64;
+                }
+                (sent, 0)
+            })
+        })
+        .collect();
+    let mut total = (0, 0);
+    for t in tasks {
+        let (sent, errors) = t.await.unwrap_or((0, 1));
+        total.0 += sent;
+        total.1 += errors;
+    }
+    total
+}
+
+async fn measure_proxy(
+    proxy: &mut Proxy,
+    pki: &pki::Pki,
+    conns: usize,
+    idle: usize,
+    window: Duration,
+) -> anyhow::Result<Figures> {
+    let clk = sample::clock_ticks() as f64;
+    let pid = proxy.server.pid;
+    let full = Target::Tls(proxy.http, load::connector(pki, false)?);
+    let resumed = Target::Tls(proxy.http, load::connector(pki, true)?);
+    wait_answering(&full).await.with_context(|| proxy.name)?;
+    let mut f = Figures::default();
+
+    let before = sample::rss_kib(pid)?;
+    let held = load::hold(&full, REQUEST, idle).await?;
+    tokio::time::sleep(SETTLE).await;
+    f.rss_kib_per_conn = (sample::rss_kib(pid)? as f64 - before as f64) / idle as f64;
+    drop(held);
+    tokio::time::sleep(SETTLE).await;
+
+    let timed = async |target: &Target| -> anyhow::Result<(Counted, f64, f64)> {
+        let t0 = sample::cpu_ticks(pid)?;
+        let started = Instant::now();
+        let counted = load::per_connection(target, REQUEST, conns, window).await;
+        let secs = started.elapsed().as_secs_f64();
+        let cpu = (sample::cpu_ticks(pid)? - t0) as f64 / clk;
+        Ok((counted, secs, cpu))
+    };
+    let (c, secs, cpu) = timed(&full).await?;
+    f.full_rate = c.answers as f64 / secs;
+    f.full_per_cpu_s = c.answers as f64 / cpu.max(1e-9);
+    f.errors += c.errors;
+    let (c, secs, cpu) = timed(&resumed).await?;
+    f.resumed_rate = c.answers as f64 / secs;
+    f.resumed_per_cpu_s = c.answers as f64 / cpu.max(1e-9);
+    f.resumed_share = c.resumed as f64 / c.answers.max(1) as f64;
+    f.errors += c.errors;
+
+    let sink = Target::Tls(proxy.sink, load::connector(pki, false)?);
+    for (i, streams) in [1usize, 8].into_iter().enumerate() {
+        let t0 = sample::cpu_ticks(pid)?;
+        let started = Instant::now();
+        let (bytes, errors) = throughput(&sink, streams, window).await;
+        let secs = started.elapsed().as_secs_f64();
+        let cpu = (sample::cpu_ticks(pid)? - t0) as f64 / clk;
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        f.streams[i] = (bytes as f64 / secs / (1 << 20) as f64, cpu / gib.max(1e-9));
+        f.errors += errors;
+    }
+    proxy.server.check_alive()?;
+    Ok(f)
+}
+
+fn ratio(ours: f64, theirs: Option<f64>) -> String {
+    match theirs {
+        Some(t) if t > 0.0 => format!("{:.2}×", ours / t),
+        _ => "-".into(),
+    }
+}
+
+fn goal(what: &str, ours: f64, nginx: Option<f64>, target: f64, at_most: bool) {
+    let Some(n) = nginx.filter(|n| *n > 0.0) else {
+        println!("  {what}: no nginx figure");
+        return;
+    };
+    let v = ours / n;
+    let met = if at_most { v <= target } else { v >= target };
+    let sign = if at_most { "≤" } else { "≥" };
+    println!(
+        "  {what}: {v:.3}× nginx (goal {sign} {target}×): {}",
+        if met { "met" } else { "MISSED" }
+    );
+}
+
+async fn run() -> anyhow::Result<()> {
+    let secs = knobs::num("SB_BENCH_SECS", 5, 1, 600);
+    let conns = knobs::count("SB_BENCH_CONNS", 16, 1, 1024);
+    let idle = knobs::count("SB_BENCH_IDLE_CONNS", 2000, 1, 50_000);
+    let window = Duration::from_secs(secs);
+    let sb_bin = std::env::var_os("SB_BENCH_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_switchboard")),
+        PathBuf::from,
+    );
+    let nginx_bin = support::nginx::find_tool("nginx");
+    let haproxy_bin = support::nginx::find_tool("haproxy");
+    println!(
+        "edge bench: loopback only; {secs} s a phase, {conns} client loops, {idle} idle connections"
+    );
+    for (name, bin, args) in [
+        ("nginx", &nginx_bin, &["-v"][..]),
+        ("haproxy", &haproxy_bin, &["-v"][..]),
+    ] {
+        match bin {
+            Some(b) => println!("  {name}: {}", support::nginx::version(b, args)),
+            None => println!("  {name}: NOT FOUND: its column stays empty"),
+        }
+    }
+    println!(
+        "  {}",
+        support::nginx::version(&PathBuf::from("openssl"), &["version"])
+    );
+    let pki = pki::make()?;
+    let responder_l = TcpListener::bind("127.0.0.1:0").await?;
+    let sink_l = TcpListener::bind("127.0.0.1:0").await?;
+    let backends = [responder_l.local_addr()?, sink_l.local_addr()?];
+    tokio::spawn(responder(responder_l));
+    tokio::spawn(sink(sink_l));
+
+    let mut results: Vec<(&'static str, Figures)> = Vec::new();
+    type Starter = fn(&Path, &pki::Pki, [SocketAddr; 2]) -> anyhow::Result<Proxy>;
+    let setups: [(Option<PathBuf>, Starter); 3] = [
+        (Some(sb_bin.clone()), start_switchboard),
+        (nginx_bin.clone(), start_nginx),
+        (haproxy_bin.clone(), start_haproxy),
+    ];
+    for (bin, start) in setups {
+        let Some(bin) = bin else { continue };
+        let mut proxy = start(&bin, &pki, backends)?;
+        let figures = measure_proxy(&mut proxy, &pki, conns, idle, window).await;
+        let name = proxy.name;
+        let log = proxy.server.log_text();
+        proxy.server.stop(STOP_TIMEOUT);
+        match figures {
+            Ok(f) => results.push((name, f)),
+            Err(err) if name != "switchboard" => {
+                println!("  {name}: no figures: {err:#}; its log: {}", log.trim());
+            }
+            Err(err) => return Err(err.context(log)),
+        }
+    }
+    let get = |name: &str| {
+        results
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| f.clone())
+    };
+    let ours = get("switchboard").context("switchboard figures")?;
+    let nginx = get("nginx");
+    let haproxy = get("haproxy");
+    println!();
+    println!(
+        "{:<34} {:>12} {:>12} {:>12} {:>9} {:>9}",
+        "", "switchboard", "nginx", "haproxy", "÷nginx", "÷haproxy"
+    );
+    let row = |label: &str, pick: &dyn Fn(&Figures) -> f64| {
+        let n = nginx.as_ref().map(pick);
+        let h = haproxy.as_ref().map(pick);
+        let show = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+        println!(
+            "{label:<34} {:>12.1} {:>12} {:>12} {:>9} {:>9}",
+            pick(&ours),
+            show(n),
+            show(h),
+            ratio(pick(&ours), n),
+            ratio(pick(&ours), h)
+        );
+    };
+    row("RSS per idle TLS conn (KiB)", &|f| f.rss_kib_per_conn);
+    row("full handshakes /s", &|f| f.full_rate);
+    row("full handshakes per CPU s", &|f| f.full_per_cpu_s);
+    row("resumed handshakes /s", &|f| f.resumed_rate);
+    row("resumed handshakes per CPU s", &|f| f.resumed_per_cpu_s);
+    row("  share that resumed", &|f| f.resumed_share);
+    row("TLS throughput, 1 stream (MiB/s)", &|f| f.streams[0].0);
+    row("  proxy CPU s per GiB", &|f| f.streams[0].1);
+    row("TLS throughput, 8 streams (MiB/s)", &|f| f.streams[1].0);
+    row("  proxy CPU s per GiB", &|f| f.streams[1].1);
+    row("errors", &|f| f.errors as f64);
+    println!();
+    let n = |pick: fn(&Figures) -> f64| nginx.as_ref().map(pick);
+    goal(
+        "full handshakes per CPU s",
+        ours.full_per_cpu_s,
+        n(|f| f.full_per_cpu_s),
+        1.3,
+        false,
+    );
+    goal(
+        "resumed handshakes per CPU s",
+        ours.resumed_per_cpu_s,
+        n(|f| f.resumed_per_cpu_s),
+        1.5,
+        false,
+    );
+    goal(
+        "throughput, 1 stream",
+        ours.streams[0].0,
+        n(|f| f.streams[0].0),
+        1.2,
+        false,
+    );
+    goal(
+        "throughput, 8 streams",
+        ours.streams[1].0,
+        n(|f| f.streams[1].0),
+        1.2,
+        false,
+    );
+    goal(
+        "RSS per idle TLS connection",
+        ours.rss_kib_per_conn,
+        n(|f| f.rss_kib_per_conn),
+        0.5,
+        true,
+    );
+    Ok(())
+}
