@@ -19,7 +19,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Echo, Options, PATIENCE, Registered, Server, as_time_passes, eventually};
+use common::certs::Pki;
+use common::{Api, Echo, Options, PATIENCE, Registered, Server, as_time_passes, eventually};
 use serde_json::{Value, json};
 use switchboard::upkeep::SWEEP_EVERY;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,7 +57,7 @@ fn browser_ready(test: &str) -> bool {
 }
 
 /// `GET` with the admin token.
-async fn admin_get(s: &Server, path: &str) -> Value {
+async fn admin_get(s: &Api, path: &str) -> Value {
     let resp = s
         .client
         .get(s.url(path))
@@ -87,8 +88,9 @@ struct Fixture {
 
 /// Three services: `default` (echo backends behind the forwarder, one relayed device,
 /// one instance to drain), `mqtt` (one instance expired), `sensors` (three of four
-/// expired at once: self-preservation).
-async fn fixture(s: &Server) -> Fixture {
+/// expired at once: self-preservation). `s` is the server's API (HTTP or HTTPS),
+/// `forward` its forward listener.
+async fn fixture(s: &Api, forward: std::net::SocketAddr) -> Fixture {
     let mut echoes = Vec::new();
     for _ in 0..3 {
         echoes.push(Echo::start().await);
@@ -158,7 +160,7 @@ async fn fixture(s: &Server) -> Fixture {
     }
 
     // A device relayed through the forwarder, kept open: one active connection.
-    let mut device = TcpStream::connect(s.forward_addrs[0])
+    let mut device = TcpStream::connect(forward)
         .await
         .expect("connect forwarder");
     let mut echoed = [0u8; 5];
@@ -170,7 +172,7 @@ async fn fixture(s: &Server) -> Fixture {
     .expect("echo through the forwarder timed out")
     .expect("echo through the forwarder");
     assert_eq!(&echoed, b"hello");
-    let listen = s.forward_addrs[0].to_string();
+    let listen = forward.to_string();
     eventually("one active forwarded connection", || async {
         let body = admin_get(s, "/v1/forwarders").await;
         (body["forwarders"][0]["active"] == 1).then_some(())
@@ -219,9 +221,14 @@ async fn fixture(s: &Server) -> Fixture {
 }
 
 /// Runs the browser script on `plan`; returns its output after asserting it passed.
-async fn run_script(plan: &Value) -> String {
+/// With `ca`, Node's own requests trust that CA file (`NODE_EXTRA_CA_CERTS`).
+async fn run_script(plan: &Value, ca: Option<&Path>) -> String {
     let started = std::time::Instant::now();
-    let child = tokio::process::Command::new("node")
+    let mut node = tokio::process::Command::new("node");
+    if let Some(ca) = ca {
+        node.env("NODE_EXTRA_CA_CERTS", ca);
+    }
+    let child = node
         .arg("check.mjs")
         .arg(plan.to_string())
         .current_dir(dir())
@@ -249,9 +256,11 @@ async fn run_script(plan: &Value) -> String {
     stdout
 }
 
-async fn server() -> Server {
+/// The server, on HTTPS with `tls`'s certificate when given.
+async fn server(tls: Option<&Pki>) -> Server {
+    let tls_section = tls.map(|pki| pki.tls_section("")).unwrap_or_default();
     Server::start_with(Options {
-        config: Some(format!("[tokens]\nadmin = \"{TOKEN}\"\n")),
+        config: Some(format!("[tokens]\nadmin = \"{TOKEN}\"\n{tls_section}")),
         forward: vec!["127.0.0.1:0=default".into()],
         forwards: 1,
         ..Options::default()
@@ -264,9 +273,9 @@ async fn page_shows_instances_and_a_drain_without_reload() {
     if !browser_ready("page_shows_instances_and_a_drain_without_reload") {
         return;
     }
-    let s = server().await;
-    let fixture = fixture(&s).await;
-    let out = run_script(&fixture.plan).await;
+    let s = server(None).await;
+    let fixture = fixture(&s, s.forward_addrs[0]).await;
+    let out = run_script(&fixture.plan, None).await;
     assert!(out.contains("asks for the admin token"), "{out}");
     assert!(out.contains("without a reload"), "{out}");
     // The page's drain reached the registry: the instance is draining there too.
@@ -290,6 +299,33 @@ async fn page_shows_instances_and_a_drain_without_reload() {
     assert_eq!(pending, 1, "pending hand-outs after the page watched");
 }
 
+/// The same page over HTTPS (`[tls]`, a private CA): same origin, so unchanged. The
+/// browser is told to accept the test CA's certificate; Node's own requests trust it.
+#[tokio::test]
+async fn page_works_unchanged_over_https() {
+    if !browser_ready("page_works_unchanged_over_https") {
+        return;
+    }
+    let pki = Pki::new();
+    let s = server(Some(&pki)).await;
+    let api = Api::https(s.http_addr, &pki.read("ca.pem"), None);
+    assert!(api.base.starts_with("https://"), "{}", api.base);
+    let mut fixture = fixture(&api, s.forward_addrs[0]).await;
+    fixture.plan["https"] = json!(true);
+    let out = run_script(&fixture.plan, Some(&pki.path("ca.pem"))).await;
+    assert!(out.contains("without a reload"), "{out}");
+    // Plain HTTP on the same port is not served.
+    let plain = Api::new(s.http_addr);
+    assert!(
+        plain
+            .client
+            .get(plain.url("/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
+}
+
 /// Writes `docs/dashboard.png` (the README's screenshot) after the same checks.
 #[tokio::test]
 #[ignore = "writes docs/dashboard.png; run with --ignored to refresh it"]
@@ -297,11 +333,11 @@ async fn screenshot() {
     if !browser_ready("screenshot") {
         return;
     }
-    let s = server().await;
-    let mut fixture = fixture(&s).await;
+    let s = server(None).await;
+    let mut fixture = fixture(&s, s.forward_addrs[0]).await;
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
     std::fs::create_dir_all(path.parent().expect("docs/")).expect("mkdir docs");
     fixture.plan["screenshot"] = json!(path.to_string_lossy());
-    run_script(&fixture.plan).await;
+    run_script(&fixture.plan, None).await;
     assert!(path.is_file(), "no screenshot at {}", path.display());
 }

@@ -59,6 +59,27 @@ pub struct Opened<'a> {
     pub tls: Option<SessionFacts>,
 }
 
+/// Whether `config` reads nothing off a device before choosing its backend: such a
+/// listener opens with [`plain`], with no future of its own to allocate.
+pub fn reads_nothing(config: &ForwardConfig) -> bool {
+    config.edge.tls.is_none()
+        && config.edge.sni_routes.is_none()
+        && config.hash != ForwardHash::MqttClientId
+}
+
+/// [`open`] for a listener that [`reads_nothing`]: the socket as it is, keyed by the
+/// device's address under `hash = "remote_addr"`.
+pub fn plain(device: TcpStream, peer: SocketAddr, config: &ForwardConfig) -> Opened<'_> {
+    Opened {
+        device: Device::Plain(device),
+        prefix: Vec::new(),
+        service: &config.service,
+        key: (config.hash == ForwardHash::RemoteAddr).then(|| peer.ip().to_string().into_bytes()),
+        server_name: None,
+        tls: None,
+    }
+}
+
 /// Opens `device` as `config` says; `None` when it is closed instead (a failed
 /// handshake, a refused or malformed hello or CONNECT, a deadline passed: counted).
 pub async fn open<'a>(

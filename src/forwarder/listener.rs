@@ -170,14 +170,18 @@ impl Listener {
         // TCP_NODELAY and keepalive come from the listening socket (workers.rs).
         // Boxed, as the connect below: the opening's state must not stay in every
         // idle relay's task.
-        let opened = Box::pin(edge::open(
-            device,
-            peer,
-            &self.config,
-            self.tls.as_deref(),
-            &self.stats,
-        ))
-        .await;
+        let opened = if edge::reads_nothing(&self.config) {
+            Some(edge::plain(device, peer, &self.config))
+        } else {
+            Box::pin(edge::open(
+                device,
+                peer,
+                &self.config,
+                self.tls.as_deref(),
+                &self.stats,
+            ))
+            .await
+        };
         let Some(Opened {
             mut device,
             prefix,

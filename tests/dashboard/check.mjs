@@ -54,6 +54,8 @@ async function main() {
   context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
+    // The HTTPS run's certificate is the test's private CA's.
+    ignoreHTTPSErrors: plan.https === true,
     args: [
       '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
