@@ -38,7 +38,9 @@
 //! installed (`apt-get install -y nginx-light libnginx-mod-stream haproxy`) leaves its
 //! column empty.
 
+// The tls bench's client; its plain-HTTP and kept-alive parts are that bench's.
 #[path = "tls/load.rs"]
+#[allow(dead_code)]
 mod load;
 #[path = "tls/pki.rs"]
 mod pki;
