@@ -26,7 +26,12 @@
 //! 2. a new connection per request, resumption off (every handshake a full TLS 1.3
 //!    one): handshakes per proxy CPU second;
 //! 3. the same with resumption on (the client counts the handshakes that resumed);
-//! 4. throughput into the sink over TLS, 1 and 8 streams: MiB/s and proxy CPU per GiB.
+//! 4. throughput into the sink over TLS, 1 and 8 streams: MiB/s and proxy CPU per GiB;
+//! 5. SNI passthrough: a third port routes by the ClientHello's server name without
+//!    terminating (switchboard `sni_routes`, nginx `ssl_preread` with a `map`, HAProxy
+//!    `req_ssl_sni`) to a TLS responder in the bench's process (rustls, the same
+//!    certificate); a new connection and full handshake per request, as in 2: the
+//!    proxy's CPU per connection, which reads the hello and relays.
 //!
 //! Goals, printed as met or MISSED, never asserted: full handshakes per CPU second ≥
 //! 1.3 × nginx's; resumed ≥ 1.5 × nginx's; throughput ≥ 1.2 × nginx's; RSS per idle
@@ -112,12 +117,35 @@ async fn sink(listener: TcpListener) {
     }
 }
 
-/// One proxy, with its two TLS ports (before the responder, before the sink).
+/// The responder behind TLS it terminates itself (the SNI passthrough's backend).
+async fn tls_responder(listener: TcpListener, tls: std::sync::Arc<switchboard::tls::ServerTls>) {
+    let plain = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("inner responder");
+    let inner = plain.local_addr().expect("inner address");
+    tokio::spawn(responder(plain));
+    while let Ok((sock, _)) = listener.accept().await {
+        let tls = std::sync::Arc::clone(&tls);
+        tokio::spawn(async move {
+            let Ok(mut stream) = tls.accept(sock, Duration::from_secs(10)).await else {
+                return;
+            };
+            let Ok(mut back) = tokio::net::TcpStream::connect(inner).await else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut stream, &mut back).await;
+        });
+    }
+}
+
+/// One proxy, with its three ports: TLS before the responder, TLS before the sink,
+/// and SNI passthrough before the TLS responder.
 struct Proxy {
     name: &'static str,
     server: procs::Server,
     http: SocketAddr,
     sink: SocketAddr,
+    sni: SocketAddr,
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -127,10 +155,14 @@ fn loopback(port: u16) -> SocketAddr {
 fn start_switchboard(
     bin: &Path,
     pki: &pki::Pki,
-    backends: [SocketAddr; 2],
+    backends: [SocketAddr; 3],
 ) -> anyhow::Result<Proxy> {
     let dir = tempfile::tempdir()?;
-    let (p1, p2) = (procs::free_port()?, procs::free_port()?);
+    let (p1, p2, p3) = (
+        procs::free_port()?,
+        procs::free_port()?,
+        procs::free_port()?,
+    );
     let config = dir.path().join("switchboard.toml");
     let mut text = String::new();
     for (port, service) in [(p1, "http"), (p2, "sink")] {
@@ -140,7 +172,10 @@ fn start_switchboard(
             pki.cert, pki.key
         ));
     }
-    for (backend, service) in backends.iter().zip(["http", "sink"]) {
+    text.push_str(&format!(
+        "[[forward]]\nlisten = \"127.0.0.1:{p3}\"\nsni_routes = {{ \"localhost\" = \"tlsback\" }}\n"
+    ));
+    for (backend, service) in backends.iter().zip(["http", "sink", "tlsback"]) {
         text.push_str(&format!(
             "[[static]]\nservice = \"{service}\"\naddress = \"{backend}\"\n"
         ));
@@ -155,12 +190,17 @@ fn start_switchboard(
         server,
         http: loopback(p1),
         sink: loopback(p2),
+        sni: loopback(p3),
     })
 }
 
-fn start_nginx(bin: &Path, pki: &pki::Pki, backends: [SocketAddr; 2]) -> anyhow::Result<Proxy> {
+fn start_nginx(bin: &Path, pki: &pki::Pki, backends: [SocketAddr; 3]) -> anyhow::Result<Proxy> {
     let dir = tempfile::tempdir()?;
-    let (p1, p2) = (procs::free_port()?, procs::free_port()?);
+    let (p1, p2, p3) = (
+        procs::free_port()?,
+        procs::free_port()?,
+        procs::free_port()?,
+    );
     let d = dir.path().display();
     let module = ["/usr/lib/nginx/modules/ngx_stream_module.so"]
         .into_iter()
@@ -182,6 +222,19 @@ fn start_nginx(bin: &Path, pki: &pki::Pki, backends: [SocketAddr; 2]) -> anyhow:
             key = pki.key.display(),
         ));
     }
+    servers.push_str(&format!(
+        "    map $ssl_preread_server_name $sni_upstream {{
+        localhost {b3};
+        default 127.0.0.1:1;
+    }}
+    server {{
+        listen 127.0.0.1:{p3};
+        ssl_preread on;
+        proxy_pass $sni_upstream;
+    }}
+",
+        b3 = backends[2]
+    ));
     let conf = format!(
         "{module}daemon off;
 master_process off;
@@ -201,12 +254,17 @@ stream {{
         server,
         http: loopback(p1),
         sink: loopback(p2),
+        sni: loopback(p3),
     })
 }
 
-fn start_haproxy(bin: &Path, pki: &pki::Pki, backends: [SocketAddr; 2]) -> anyhow::Result<Proxy> {
+fn start_haproxy(bin: &Path, pki: &pki::Pki, backends: [SocketAddr; 3]) -> anyhow::Result<Proxy> {
     let dir = tempfile::tempdir()?;
-    let (p1, p2) = (procs::free_port()?, procs::free_port()?);
+    let (p1, p2, p3) = (
+        procs::free_port()?,
+        procs::free_port()?,
+        procs::free_port()?,
+    );
     // HAProxy's crt: the certificate and its key in one file.
     let combined = dir.path().join("combined.pem");
     std::fs::write(
@@ -236,10 +294,18 @@ frontend sink
     default_backend sink
 backend sink
     server s1 {b2}
+frontend sni
+    bind 127.0.0.1:{p3}
+    tcp-request inspect-delay 10s
+    tcp-request content accept if {{ req_ssl_hello_type 1 }}
+    use_backend sni if {{ req_ssl_sni -i localhost }}
+backend sni
+    server s1 {b3}
 ",
         c = combined.display(),
         b1 = backends[0],
         b2 = backends[1],
+        b3 = backends[2],
     );
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, conf)?;
@@ -251,6 +317,7 @@ backend sink
         server,
         http: loopback(p1),
         sink: loopback(p2),
+        sni: loopback(p3),
     })
 }
 
@@ -282,6 +349,10 @@ struct Figures {
     resumed_share: f64,
     /// (MiB/s, proxy CPU s per GiB) for 1 and 8 streams.
     streams: [(f64, f64); 2],
+    /// SNI passthrough: connections (full handshakes with the backend) per second, and
+    /// the proxy's CPU µs per connection.
+    sni_rate: f64,
+    sni_cpu_us: f64,
     errors: u64,
 }
 
@@ -366,6 +437,14 @@ async fn measure_proxy(
         f.streams[i] = (bytes as f64 / secs / (1 << 20) as f64, cpu / gib.max(1e-9));
         f.errors += errors;
     }
+    let sni = Target::Tls(proxy.sni, load::connector(pki, false)?);
+    wait_answering(&sni)
+        .await
+        .with_context(|| format!("{}: SNI", proxy.name))?;
+    let (c, secs, cpu) = timed(&sni).await?;
+    f.sni_rate = c.answers as f64 / secs;
+    f.sni_cpu_us = cpu * 1e6 / c.answers.max(1) as f64;
+    f.errors += c.errors;
     proxy.server.check_alive()?;
     Ok(f)
 }
@@ -421,12 +500,28 @@ async fn run() -> anyhow::Result<()> {
     let pki = pki::make()?;
     let responder_l = TcpListener::bind("127.0.0.1:0").await?;
     let sink_l = TcpListener::bind("127.0.0.1:0").await?;
-    let backends = [responder_l.local_addr()?, sink_l.local_addr()?];
+    let tls_l = TcpListener::bind("127.0.0.1:0").await?;
+    let backends = [
+        responder_l.local_addr()?,
+        sink_l.local_addr()?,
+        tls_l.local_addr()?,
+    ];
+    let files = switchboard::tls::TlsConfig {
+        key_prefix: "bench.".into(),
+        cert: pki.cert.clone(),
+        key: pki.key.clone(),
+        client_ca: None,
+        client_auth: switchboard::tls::ClientAuth::None,
+        register_requires_client_cert: false,
+    };
+    let backend_tls = switchboard::tls::ServerTls::load(&files, "bench-backend", Vec::new())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     tokio::spawn(responder(responder_l));
     tokio::spawn(sink(sink_l));
+    tokio::spawn(tls_responder(tls_l, std::sync::Arc::new(backend_tls)));
 
     let mut results: Vec<(&'static str, Figures)> = Vec::new();
-    type Starter = fn(&Path, &pki::Pki, [SocketAddr; 2]) -> anyhow::Result<Proxy>;
+    type Starter = fn(&Path, &pki::Pki, [SocketAddr; 3]) -> anyhow::Result<Proxy>;
     let setups: [(Option<PathBuf>, Starter); 3] = [
         (Some(sb_bin.clone()), start_switchboard),
         (nginx_bin.clone(), start_nginx),
@@ -484,6 +579,8 @@ async fn run() -> anyhow::Result<()> {
     row("  proxy CPU s per GiB", &|f| f.streams[0].1);
     row("TLS throughput, 8 streams (MiB/s)", &|f| f.streams[1].0);
     row("  proxy CPU s per GiB", &|f| f.streams[1].1);
+    row("SNI passthrough, conn/s", &|f| f.sni_rate);
+    row("  proxy CPU µs per connection", &|f| f.sni_cpu_us);
     row("errors", &|f| f.errors as f64);
     println!();
     let n = |pick: fn(&Figures) -> f64| nginx.as_ref().map(pick);
