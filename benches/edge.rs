@@ -321,23 +321,6 @@ backend sni
     })
 }
 
-/// Until `target` answers (a starting proxy), for 10 s at most.
-async fn wait_answering(target: &Target) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut buf = Vec::new();
-    loop {
-        let tried = async {
-            let (mut io, _) = load::connect(target).await?;
-            load::ask(io.as_mut(), REQUEST, &mut buf).await
-        };
-        match tried.await {
-            Ok(()) => return Ok(()),
-            Err(err) if Instant::now() > deadline => return Err(err.context("never answered")),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 /// What one proxy did in every phase.
 #[derive(Debug, Default, Clone)]
 struct Figures {
@@ -398,7 +381,9 @@ async fn measure_proxy(
     let pid = proxy.server.pid;
     let full = Target::Tls(proxy.http, load::connector(pki, false)?);
     let resumed = Target::Tls(proxy.http, load::connector(pki, true)?);
-    wait_answering(&full).await.with_context(|| proxy.name)?;
+    load::wait_answering(&full, REQUEST)
+        .await
+        .with_context(|| proxy.name)?;
     let mut f = Figures::default();
 
     let before = sample::rss_kib(pid)?;
@@ -438,7 +423,7 @@ async fn measure_proxy(
         f.errors += errors;
     }
     let sni = Target::Tls(proxy.sni, load::connector(pki, false)?);
-    wait_answering(&sni)
+    load::wait_answering(&sni, REQUEST)
         .await
         .with_context(|| format!("{}: SNI", proxy.name))?;
     let (c, secs, cpu) = timed(&sni).await?;

@@ -178,23 +178,6 @@ async fn register_fleet(base: &str, client: &reqwest::Client) -> anyhow::Result<
     Ok(())
 }
 
-/// Until `target` answers `request` (a starting server), for 10 s at most.
-async fn wait_answering(target: &Target, request: &[u8]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut buf = Vec::new();
-    loop {
-        let tried = async {
-            let (mut io, _) = load::connect(target).await?;
-            load::ask(io.as_mut(), request, &mut buf).await
-        };
-        match tried.await {
-            Ok(()) => return Ok(()),
-            Err(err) if Instant::now() > deadline => return Err(err.context("never answered")),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 /// RSS growth per connection while `n` connections that asked once are held idle.
 async fn idle_memory(pid: u32, target: &Target, request: &[u8], n: usize) -> anyhow::Result<f64> {
     let before = sample::rss_kib(pid)?;
@@ -277,10 +260,10 @@ async fn run() -> anyhow::Result<()> {
     let plain_t = Target::Plain(plain.addr);
     let https_t = Target::Tls(https.addr, full.clone());
     let nginx_t = nginx.as_ref().map(|n| Target::Tls(n.addr, full.clone()));
-    wait_answering(&plain_t, &request).await?;
-    wait_answering(&https_t, &request).await?;
+    load::wait_answering(&plain_t, &request).await?;
+    load::wait_answering(&https_t, &request).await?;
     if let Some(t) = &nginx_t {
-        wait_answering(t, &request).await?;
+        load::wait_answering(t, &request).await?;
     }
     println!(
         "  fleet: {FLEET} instances on each switchboard; the /servers answer is {} bytes (nginx returns the same body)",

@@ -237,3 +237,20 @@ pub async fn hold(target: &Target, request: &[u8], n: usize) -> anyhow::Result<V
     }
     Ok(held)
 }
+
+/// Until `target` answers `request` (a starting server), for 10 s at most.
+pub async fn wait_answering(target: &Target, request: &[u8]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = Vec::new();
+    loop {
+        let tried = async {
+            let (mut io, _) = connect(target).await?;
+            ask(io.as_mut(), request, &mut buf).await
+        };
+        match tried.await {
+            Ok(()) => return Ok(()),
+            Err(err) if Instant::now() > deadline => return Err(err.context("never answered")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

@@ -237,16 +237,7 @@ impl Listener {
                     return;
                 }
                 self.counts.open(&target.id);
-                match &mut device {
-                    Device::Plain(device) => {
-                        relay::relay(device, &*backend, self.config.idle_timeout, &stop_relays)
-                            .await
-                    }
-                    Device::Tls(device) => {
-                        let idle = self.config.idle_timeout;
-                        tls_relay::relay(&mut **device, backend, idle, &stop_relays).await
-                    }
-                }
+                self.relay(&mut device, backend, &stop_relays).await
             }
             // No socket options: a Unix socket has neither Nagle's delay nor a peer
             // that can vanish without its kernel saying so.
@@ -255,16 +246,7 @@ impl Listener {
                     return;
                 }
                 self.counts.open(&target.id);
-                match &mut device {
-                    Device::Plain(device) => {
-                        relay::relay(device, &*backend, self.config.idle_timeout, &stop_relays)
-                            .await
-                    }
-                    Device::Tls(device) => {
-                        let idle = self.config.idle_timeout;
-                        tls_relay::relay(&mut **device, backend, idle, &stop_relays).await
-                    }
-                }
+                self.relay(&mut device, backend, &stop_relays).await
             }
         };
         self.counts.close(&target.id);
@@ -284,6 +266,23 @@ impl Listener {
             Err(err) => {
                 tracing::debug!(backend = %target.address, %err, "relay ended with an error");
             }
+        }
+    }
+
+    /// Relays `device` (plain, or TLS terminated here) and `backend` until they end.
+    async fn relay<B>(
+        &self,
+        device: &mut Device,
+        backend: &mut B,
+        stop: &CancellationToken,
+    ) -> std::io::Result<(Ending, relay::Carried)>
+    where
+        B: super::backend::Stream + tokio::io::AsyncRead + AsyncWrite + Unpin,
+    {
+        let idle = self.config.idle_timeout;
+        match device {
+            Device::Plain(device) => relay::relay(device, &*backend, idle, stop).await,
+            Device::Tls(device) => tls_relay::relay(&mut **device, backend, idle, stop).await,
         }
     }
 
