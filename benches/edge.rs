@@ -35,8 +35,9 @@
 //!
 //! Goals, printed as met or MISSED, never asserted: full handshakes per CPU second ≥
 //! 1.3 × nginx's; resumed ≥ 1.5 × nginx's; throughput ≥ 1.2 × nginx's; RSS per idle
-//! TLS connection ≤ 0.5 × nginx's. Kernel socket memory is the tls bench's and the
-//! forwarder bench's (`ss -tmnO`), not measured here.
+//! TLS connection ≤ 0.5 × nginx's. Beside RSS, the kernel's memory for the proxy's
+//! sockets of the idle connections (`skmem` r + w + f of `ss -tmnO`: its port's client
+//! sides, and its sockets to the responder).
 //!
 //! Knobs: `SB_BENCH_BIN`, `SB_BENCH_SECS` (5), `SB_BENCH_CONNS` (16),
 //! `SB_BENCH_IDLE_CONNS` (2000), `SB_BENCH_CLIENT_THREADS` (1). A proxy that is not
@@ -325,6 +326,9 @@ backend sni
 #[derive(Debug, Default, Clone)]
 struct Figures {
     rss_kib_per_conn: f64,
+    /// The kernel's memory for the proxy's two sockets of each idle connection
+    /// (`skmem` r + w + f of `ss -tmnO`), KiB.
+    skmem_kib_per_conn: f64,
     full_per_cpu_s: f64,
     full_rate: f64,
     resumed_per_cpu_s: f64,
@@ -372,6 +376,7 @@ async fn throughput(target: &Target, streams: usize, window: Duration) -> (u64, 
 
 async fn measure_proxy(
     proxy: &mut Proxy,
+    responder: SocketAddr,
     pki: &pki::Pki,
     conns: usize,
     idle: usize,
@@ -390,6 +395,9 @@ async fn measure_proxy(
     let held = load::hold(&full, REQUEST, idle).await?;
     tokio::time::sleep(SETTLE).await;
     f.rss_kib_per_conn = (sample::rss_kib(pid)? as f64 - before as f64) / idle as f64;
+    // The proxy's sockets: client sides on its port, backend sides to the responder.
+    let (_, skmem) = sample::skmem_bytes(proxy.http.port(), responder.port())?;
+    f.skmem_kib_per_conn = skmem as f64 / 1024.0 / idle as f64;
     drop(held);
     tokio::time::sleep(SETTLE).await;
 
@@ -515,7 +523,7 @@ async fn run() -> anyhow::Result<()> {
     for (bin, start) in setups {
         let Some(bin) = bin else { continue };
         let mut proxy = start(&bin, &pki, backends)?;
-        let figures = measure_proxy(&mut proxy, &pki, conns, idle, window).await;
+        let figures = measure_proxy(&mut proxy, backends[0], &pki, conns, idle, window).await;
         let name = proxy.name;
         let log = proxy.server.log_text();
         proxy.server.stop(STOP_TIMEOUT);
@@ -555,6 +563,7 @@ async fn run() -> anyhow::Result<()> {
         );
     };
     row("RSS per idle TLS conn (KiB)", &|f| f.rss_kib_per_conn);
+    row("  kernel skmem per conn (KiB)", &|f| f.skmem_kib_per_conn);
     row("full handshakes /s", &|f| f.full_rate);
     row("full handshakes per CPU s", &|f| f.full_per_cpu_s);
     row("resumed handshakes /s", &|f| f.resumed_rate);

@@ -16,7 +16,6 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::backends::echo_once;
-use crate::environment::command_output;
 use crate::proxy::{Proxy, Setup};
 use crate::report::{Summary, Table, find, fmt};
 use crate::support::sample;
@@ -32,32 +31,6 @@ const FILL_CONCURRENCY: usize = 100;
 /// the socket's inode and its `struct file` (not merged with other caches here;
 /// epoll items and dentries are, so they are left out).
 const SOCKET_SLABS: [&str; 3] = ["TCP", "sock_inode_cache", "filp"];
-
-/// The TCP sockets whose local port is `local` or whose peer port is `peer`, and the
-/// bytes the kernel holds for them: r + w + f of `skmem` in `ss -tmnO` (receive queue,
-/// send queue and forward-allocated bytes, what `tcp_mem` charges; the `struct
-/// tcp_sock` itself is slab memory, not in here).
-fn skmem_bytes(local: u16, peer: u16) -> Result<(u64, u64)> {
-    let out = command_output("ss", &["-tmnHO"])?;
-    let port = |a: &str| a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-    let mem = |f: &str| -> Option<u64> {
-        let inner = f.strip_prefix("skmem:(")?.strip_suffix(')')?;
-        let field = |k: &str| {
-            let v = inner.split(',').find_map(|x| x.strip_prefix(k))?;
-            v.parse::<u64>().ok()
-        };
-        Some(field("r")? + field("w")? + field("f")?)
-    };
-    let bytes = out.lines().filter_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let ours = port(f.get(3)?) == Some(local) || port(f.get(4)?) == Some(peer);
-        if !ours {
-            return None;
-        }
-        f.iter().find_map(|x| mem(x))
-    });
-    Ok(bytes.fold((0, 0), |(n, sum), b| (n + 1, sum + b)))
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Memory {
@@ -85,7 +58,7 @@ struct MemorySample {
 
 impl MemorySample {
     fn now(proxy: &Proxy, echo: SocketAddr) -> MemorySample {
-        let skmem = skmem_bytes(proxy.listen.port(), echo.port());
+        let skmem = sample::skmem_bytes(proxy.listen.port(), echo.port());
         if let Err(err) = &skmem {
             eprintln!("  ss: {err:#}");
         }

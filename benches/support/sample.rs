@@ -185,3 +185,33 @@ pub fn slab_bytes(caches: &[&str]) -> Option<u64> {
     });
     Some(bytes.sum())
 }
+
+/// The TCP sockets whose local port is `local` or whose peer port is `peer`, and the
+/// bytes the kernel holds for them: r + w + f of `skmem` in `ss -tmnO` (receive queue,
+/// send queue and forward-allocated bytes, what `tcp_mem` charges; the `struct
+/// tcp_sock` itself is slab memory, not in here).
+pub fn skmem_bytes(local: u16, peer: u16) -> anyhow::Result<(u64, u64)> {
+    let out = Command::new("ss")
+        .arg("-tmnHO")
+        .output()
+        .context("running ss")?;
+    let out = String::from_utf8_lossy(&out.stdout);
+    let port = |a: &str| a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+    let mem = |f: &str| -> Option<u64> {
+        let inner = f.strip_prefix("skmem:(")?.strip_suffix(')')?;
+        let field = |k: &str| {
+            let v = inner.split(',').find_map(|x| x.strip_prefix(k))?;
+            v.parse::<u64>().ok()
+        };
+        Some(field("r")? + field("w")? + field("f")?)
+    };
+    let bytes = out.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let ours = port(f.get(3)?) == Some(local) || port(f.get(4)?) == Some(peer);
+        if !ours {
+            return None;
+        }
+        f.iter().find_map(|x| mem(x))
+    });
+    Ok(bytes.fold((0, 0), |(n, sum), b| (n + 1, sum + b)))
+}

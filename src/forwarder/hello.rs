@@ -23,6 +23,17 @@ pub enum Hello {
 
 /// Reads `bytes` (the start of the stream) as a ClientHello.
 pub fn server_name(bytes: &[u8]) -> Hello {
+    // A handshake record not yet all in cannot be decided: no parse for it (a hello
+    // read in several pieces would be parsed from the start each time).
+    if let [22, _, _, hi, lo, ..] = *bytes {
+        let record = usize::from(u16::from_be_bytes([hi, lo]));
+        if record > 16 * 1024 {
+            return Hello::Malformed(format!("a {record}-byte record: TLS allows 16384"));
+        }
+        if bytes.len() < 5 + record {
+            return Hello::NeedMore;
+        }
+    }
     let mut acceptor = Acceptor::default();
     let mut rest = bytes;
     // `read_tls` takes a record's worth at a time; offered again until all is in.

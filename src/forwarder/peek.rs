@@ -41,8 +41,9 @@ pub async fn read_until<R, T>(
 where
     R: AsyncRead + Unpin,
 {
-    // Grown as bytes come, up to about `max`: most first packets fit in one small read.
-    let mut bytes = Vec::with_capacity(512.min(max));
+    // Grown as bytes come, up to about `max`: most first packets (a ClientHello with
+    // post-quantum key shares is about 2 KiB) fit in one read.
+    let mut bytes = Vec::with_capacity(2048.min(max));
     loop {
         if bytes.len() >= max {
             return Err(PeekError::Malformed(format!(
@@ -50,7 +51,7 @@ where
             )));
         }
         if bytes.len() == bytes.capacity() {
-            bytes.reserve(bytes.len().max(512).min(max - bytes.len()));
+            bytes.reserve(bytes.len().max(2048).min(max - bytes.len()));
         }
         let read = tokio::time::timeout_at(deadline, device.read_buf(&mut bytes)).await;
         match read {
