@@ -39,7 +39,8 @@
 //! sockets of the idle connections (`skmem` r + w + f of `ss -tmnO`: its port's client
 //! sides, and its sockets to the responder).
 //!
-//! Knobs: `SB_BENCH_BIN`, `SB_BENCH_SECS` (5), `SB_BENCH_CONNS` (16),
+//! Knobs: `SB_BENCH_BIN`, `SB_BENCH_SETUPS` (comma list of `switchboard,nginx,haproxy`),
+//! `SB_BENCH_SECS` (5), `SB_BENCH_CONNS` (16),
 //! `SB_BENCH_IDLE_CONNS` (2000), `SB_BENCH_CLIENT_THREADS` (1). A proxy that is not
 //! installed (`apt-get install -y nginx-light libnginx-mod-stream haproxy`) leaves its
 //! column empty.
@@ -520,8 +521,14 @@ async fn run() -> anyhow::Result<()> {
         (nginx_bin.clone(), start_nginx),
         (haproxy_bin.clone(), start_haproxy),
     ];
-    for (bin, start) in setups {
+    // `SB_BENCH_SETUPS=switchboard` (a comma list) runs only those, for a profile.
+    let only = knobs::list("SB_BENCH_SETUPS");
+    for (i, (bin, start)) in setups.into_iter().enumerate() {
         let Some(bin) = bin else { continue };
+        let name = ["switchboard", "nginx", "haproxy"][i];
+        if only.as_ref().is_some_and(|l| !l.iter().any(|n| n == name)) {
+            continue;
+        }
         let mut proxy = start(&bin, &pki, backends)?;
         let figures = measure_proxy(&mut proxy, backends[0], &pki, conns, idle, window).await;
         let name = proxy.name;
