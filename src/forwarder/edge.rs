@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
@@ -70,8 +70,14 @@ pub fn reads_nothing(config: &ForwardConfig) -> bool {
 /// [`open`] for a listener that [`reads_nothing`]: the socket as it is, keyed by the
 /// device's address under `hash = "remote_addr"`.
 pub fn plain(device: TcpStream, peer: SocketAddr, config: &ForwardConfig) -> Opened<'_> {
+    unread(Device::Plain(device), peer, config)
+}
+
+/// `device` before anything is read off it: the listener's service, and the device's
+/// address as the key under `hash = "remote_addr"`.
+fn unread(device: Device, peer: SocketAddr, config: &ForwardConfig) -> Opened<'_> {
     Opened {
-        device: Device::Plain(device),
+        device,
         prefix: Vec::new(),
         service: &config.service,
         key: (config.hash == ForwardHash::RemoteAddr).then(|| peer.ip().to_string().into_bytes()),
@@ -90,36 +96,29 @@ pub async fn open<'a>(
     stats: &ListenerStats,
 ) -> Option<Opened<'a>> {
     let timeout = config.edge.handshake_timeout;
-    let mut opened = Opened {
-        device: Device::Plain(device),
-        prefix: Vec::new(),
-        service: &config.service,
-        key: None,
-        server_name: None,
-        tls: None,
-    };
-    if let Some(tls) = tls {
-        let Device::Plain(tcp) = opened.device else {
-            unreachable!("opened plain")
-        };
-        match tls.accept(tcp, timeout).await {
-            Ok(stream) => {
-                stats.handshake(true, false);
-                opened.tls = Some(crate::tls::session_facts(stream.get_ref().1));
-                opened.device = Device::Tls(Box::new(stream));
-            }
-            Err(HandshakeFailed::Timeout) => {
-                stats.handshake(false, true);
-                tracing::debug!(%peer, ?timeout, "TLS handshake not done in time: closed");
-                return None;
-            }
-            Err(HandshakeFailed::Refused(err)) => {
-                stats.handshake(false, false);
-                tracing::debug!(%peer, %err, "TLS handshake failed: closed");
-                return None;
+    let mut opened = match tls {
+        None => unread(Device::Plain(device), peer, config),
+        Some(tls) => {
+            let shaken = tls.accept(device, timeout).await;
+            stats.handshake(shaken.as_ref().err());
+            match shaken {
+                Ok(stream) => {
+                    let facts = crate::tls::session_facts(stream.get_ref().1);
+                    let mut opened = unread(Device::Tls(Box::new(stream)), peer, config);
+                    opened.tls = Some(facts);
+                    opened
+                }
+                Err(HandshakeFailed::Timeout) => {
+                    tracing::debug!(%peer, ?timeout, "TLS handshake not done in time: closed");
+                    return None;
+                }
+                Err(HandshakeFailed::Refused(err)) => {
+                    tracing::debug!(%peer, %err, "TLS handshake failed: closed");
+                    return None;
+                }
             }
         }
-    }
+    };
     if let Some(routes) = &config.edge.sni_routes {
         let Device::Plain(tcp) = &mut opened.device else {
             unreachable!("SNI routing never terminates")
@@ -161,42 +160,38 @@ pub async fn open<'a>(
         opened.prefix = bytes;
         opened.server_name = name;
     }
-    match config.hash {
-        ForwardHash::None => {}
-        ForwardHash::RemoteAddr => opened.key = Some(peer.ip().to_string().into_bytes()),
-        ForwardHash::MqttClientId => {
-            let deadline = Instant::now() + timeout;
-            let read = match &mut opened.device {
-                Device::Plain(tcp) => read_connect(tcp, deadline).await,
-                Device::Tls(tls) => read_connect(&mut **tls, deadline).await,
-            };
-            let (id, bytes) = match read {
-                Ok(found) => found,
-                Err(err) => {
-                    stats.mqtt(match err {
-                        PeekError::Timeout => MqttResult::Timeout,
-                        PeekError::Malformed(_) | PeekError::Closed => MqttResult::Malformed,
-                    });
-                    tracing::debug!(%peer, ?err, "no MQTT CONNECT to hash: closed");
-                    return None;
-                }
-            };
-            if id.is_empty() {
-                // The broker assigns an id: no session to return to, so the ranking.
-                stats.mqtt(MqttResult::Empty);
-            } else {
-                stats.mqtt(MqttResult::Keyed);
-                opened.key = Some(id);
+    if config.hash == ForwardHash::MqttClientId {
+        let deadline = Instant::now() + timeout;
+        let read = match &mut opened.device {
+            Device::Plain(tcp) => read_connect(tcp, deadline).await,
+            Device::Tls(tls) => read_connect(&mut **tls, deadline).await,
+        };
+        let (id, bytes) = match read {
+            Ok(found) => found,
+            Err(err) => {
+                stats.mqtt(match err {
+                    PeekError::Timeout => MqttResult::Timeout,
+                    PeekError::Malformed(_) | PeekError::Closed => MqttResult::Malformed,
+                });
+                tracing::debug!(%peer, ?err, "no MQTT CONNECT to hash: closed");
+                return None;
             }
-            opened.prefix = bytes;
+        };
+        if id.is_empty() {
+            // The broker assigns an id: no session to return to, so the ranking.
+            stats.mqtt(MqttResult::Empty);
+        } else {
+            stats.mqtt(MqttResult::Keyed);
+            opened.key = Some(id);
         }
+        opened.prefix = bytes;
     }
     Some(opened)
 }
 
 async fn read_connect<R>(device: &mut R, deadline: Instant) -> Result<(Vec<u8>, Vec<u8>), PeekError>
 where
-    R: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
 {
     peek::read_until(
         device,

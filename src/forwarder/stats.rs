@@ -10,6 +10,7 @@ use metrics::{Counter, Gauge};
 
 use super::budget::FdBudget;
 use crate::metrics as names;
+use crate::tls::HandshakeFailed;
 
 /// Why a device connection (or a UDP client's first datagram) was turned away: the
 /// `reason` label of [`names::FORWARD_REFUSED`].
@@ -242,12 +243,12 @@ impl ListenerStats {
         self.m_down.increment(down);
     }
 
-    /// A TLS handshake ended: `ok` true, or failed, or timed out.
-    pub fn handshake(&self, ok: bool, timed_out: bool) {
-        let index = match (ok, timed_out) {
-            (true, _) => 0,
-            (false, false) => 1,
-            (false, true) => 2,
+    /// A TLS handshake ended: done (`None`), or how it failed.
+    pub fn handshake(&self, failed: Option<&HandshakeFailed>) {
+        let index = match failed {
+            None => 0,
+            Some(HandshakeFailed::Refused(_)) => 1,
+            Some(HandshakeFailed::Timeout) => 2,
         };
         self.tls[index].fetch_add(1, Ordering::Relaxed);
     }

@@ -68,7 +68,7 @@ impl Half {
                             progressed = true;
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => return Poll::Ready(Ok(progressed)).filter(progressed),
+                        Poll::Pending => return moved(progressed),
                     }
                 }
                 self.stash = None;
@@ -78,7 +78,7 @@ impl Half {
                 match Pin::new(&mut *dst).poll_flush(cx) {
                     Poll::Ready(Ok(())) => self.unflushed = false,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Ready(Ok(progressed)).filter(progressed),
+                    Poll::Pending => return moved(progressed),
                 }
             }
             if self.eof {
@@ -122,7 +122,7 @@ impl Half {
                 }
             });
             match read {
-                Poll::Pending => return Poll::Ready(Ok(progressed)).filter(progressed),
+                Poll::Pending => return moved(progressed),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(None)) => {
                     self.eof = true;
@@ -144,14 +144,13 @@ impl Half {
     }
 }
 
-/// `Ready(v)` when `keep`, `Pending` otherwise (the wakers were set by the I/O).
-trait Filter<T> {
-    fn filter(self, keep: bool) -> Poll<T>;
-}
-
-impl<T> Filter<T> for Poll<T> {
-    fn filter(self, keep: bool) -> Poll<T> {
-        if keep { self } else { Poll::Pending }
+/// What a pump that hit "would block" answers: `Ready(true)` when it moved anything,
+/// `Pending` otherwise (the I/O that would block set the wakers).
+fn moved(progressed: bool) -> Poll<io::Result<bool>> {
+    if progressed {
+        Poll::Ready(Ok(true))
+    } else {
+        Poll::Pending
     }
 }
 
