@@ -450,20 +450,6 @@ fn ratio(ours: f64, theirs: Option<f64>) -> String {
     }
 }
 
-fn goal(what: &str, ours: f64, nginx: Option<f64>, target: f64, at_most: bool) {
-    let Some(n) = nginx.filter(|n| *n > 0.0) else {
-        println!("  {what}: no nginx figure");
-        return;
-    };
-    let v = ours / n;
-    let met = if at_most { v <= target } else { v >= target };
-    let sign = if at_most { "≤" } else { "≥" };
-    println!(
-        "  {what}: {v:.3}× nginx (goal {sign} {target}×): {}",
-        if met { "met" } else { "MISSED" }
-    );
-}
-
 async fn run() -> anyhow::Result<()> {
     let secs = knobs::num("SB_BENCH_SECS", 5, 1, 600);
     let conns = knobs::count("SB_BENCH_CONNS", 16, 1, 1024);
@@ -584,39 +570,41 @@ async fn run() -> anyhow::Result<()> {
     row("  proxy CPU µs per connection", &|f| f.sni_cpu_us);
     row("errors", &|f| f.errors as f64);
     println!();
-    let n = |pick: fn(&Figures) -> f64| nginx.as_ref().map(pick);
-    goal(
-        "full handshakes per CPU s",
-        ours.full_per_cpu_s,
-        n(|f| f.full_per_cpu_s),
+    // Ours over nginx's, for each goal.
+    let vs = |pick: fn(&Figures) -> f64| {
+        nginx
+            .as_ref()
+            .map(pick)
+            .filter(|n| *n > 0.0)
+            .map(|n| pick(&ours) / n)
+    };
+    support::report::goal(
+        "full handshakes per CPU s vs nginx",
+        vs(|f| f.full_per_cpu_s),
         1.3,
         false,
     );
-    goal(
-        "resumed handshakes per CPU s",
-        ours.resumed_per_cpu_s,
-        n(|f| f.resumed_per_cpu_s),
+    support::report::goal(
+        "resumed handshakes per CPU s vs nginx",
+        vs(|f| f.resumed_per_cpu_s),
         1.5,
         false,
     );
-    goal(
-        "throughput, 1 stream",
-        ours.streams[0].0,
-        n(|f| f.streams[0].0),
+    support::report::goal(
+        "throughput, 1 stream vs nginx",
+        vs(|f| f.streams[0].0),
         1.2,
         false,
     );
-    goal(
-        "throughput, 8 streams",
-        ours.streams[1].0,
-        n(|f| f.streams[1].0),
+    support::report::goal(
+        "throughput, 8 streams vs nginx",
+        vs(|f| f.streams[1].0),
         1.2,
         false,
     );
-    goal(
-        "RSS per idle TLS connection",
-        ours.rss_kib_per_conn,
-        n(|f| f.rss_kib_per_conn),
+    support::report::goal(
+        "RSS per idle TLS connection vs nginx",
+        vs(|f| f.rss_kib_per_conn),
         0.5,
         true,
     );

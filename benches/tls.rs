@@ -189,20 +189,6 @@ async fn idle_memory(pid: u32, target: &Target, request: &[u8], n: usize) -> any
     Ok((after as f64 - before as f64) / n as f64)
 }
 
-fn goal(what: &str, figure: Option<f64>, target: f64, at_most: bool) {
-    match figure {
-        None => println!("  {what}: no figure (nginx missing)"),
-        Some(v) => {
-            let met = if at_most { v <= target } else { v >= target };
-            let sign = if at_most { "≤" } else { "≥" };
-            println!(
-                "  {what}: {v:.3}× (goal {sign} {target}×): {}",
-                if met { "met" } else { "MISSED" }
-            );
-        }
-    }
-}
-
 async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let clk_tck = sample::clock_ticks();
@@ -386,25 +372,25 @@ async fn run() -> anyhow::Result<()> {
         .map(|m| m.counted.errors)
         .sum::<u64>();
     println!("\ngoals (reported, not asserted):");
-    goal(
+    support::report::goal(
         "kept-alive /servers, HTTPS / plain server CPU per request",
         Some(a_https.cpu_us() / a_plain.cpu_us()),
         1.3,
         true,
     );
-    goal(
+    support::report::goal(
         "full handshakes per CPU second, switchboard / nginx",
         b_nginx.map(|n| b_sb.per_cpu_sec() / n.per_cpu_sec()),
         1.3,
         false,
     );
-    goal(
+    support::report::goal(
         "resumed handshakes per CPU second, switchboard / nginx",
         c_nginx.map(|n| c_sb.per_cpu_sec() / n.per_cpu_sec()),
         1.5,
         false,
     );
-    goal(
+    support::report::goal(
         "RSS per idle HTTPS connection, switchboard / nginx",
         d_nginx.map(|n| d_https / n),
         0.5,

@@ -111,3 +111,19 @@ pub fn fmt_ratio(a: Option<f64>, b: Option<f64>) -> String {
         _ => "-".to_owned(),
     }
 }
+
+/// One goal line: `figure` (a ratio to the baseline) against `target`, `at_most` or at
+/// least, printed as met or MISSED; `None` when the baseline gave no figure.
+pub fn goal(what: &str, figure: Option<f64>, target: f64, at_most: bool) {
+    match figure {
+        None => println!("  {what}: no figure (the baseline is missing)"),
+        Some(v) => {
+            let met = if at_most { v <= target } else { v >= target };
+            let sign = if at_most { "≤" } else { "≥" };
+            println!(
+                "  {what}: {v:.3}× (goal {sign} {target}×): {}",
+                if met { "met" } else { "MISSED" }
+            );
+        }
+    }
+}
