@@ -27,7 +27,12 @@
 //!    one): handshakes per proxy CPU second;
 //! 3. the same with resumption on (the client counts the handshakes that resumed);
 //! 4. throughput into the sink over TLS, 1 and 8 streams: MiB/s and proxy CPU per GiB;
-//! 5. SNI passthrough: a third port routes by the ClientHello's server name without
+//! 5. half-open flood: `SB_BENCH_IDLE_CONNS` connections to the terminating port and as
+//!    many to the SNI port, each sending a ClientHello record that promises 8 KiB and
+//!    stops after 2 KiB, then nothing: RSS growth per such connection while they are
+//!    held, and what is left once they are all closed; twice, so memory the allocator
+//!    keeps for reuse is told from memory that grows with every flood;
+//! 6. SNI passthrough: a third port routes by the ClientHello's server name without
 //!    terminating (switchboard `sni_routes`, nginx `ssl_preread` with a `map`, HAProxy
 //!    `req_ssl_sni`) to a TLS responder in the bench's process (rustls, the same
 //!    certificate); a new connection and full handshake per request, as in 2: the
@@ -335,6 +340,10 @@ struct Figures {
     resumed_per_cpu_s: f64,
     resumed_rate: f64,
     resumed_share: f64,
+    /// Half-open flood, two rounds: RSS growth per held connection (KiB) over the
+    /// level before the first, and the growth left after all of a round were closed.
+    flood_kib_per_conn: [f64; 2],
+    flood_left_kib_per_conn: [f64; 2],
     /// (MiB/s, proxy CPU s per GiB) for 1 and 8 streams.
     streams: [(f64, f64); 2],
     /// SNI passthrough: connections (full handshakes with the backend) per second, and
@@ -375,6 +384,35 @@ async fn throughput(target: &Target, streams: usize, window: Duration) -> (u64, 
     total
 }
 
+/// A TLS record carrying the first 2 KiB of a ClientHello that says it is 8 KiB long:
+/// the proxy must buffer it and wait, as for a device on a slow link or an attacker.
+fn truncated_hello() -> Vec<u8> {
+    const PROMISED: usize = 8 * 1024;
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(PROMISED as u16).to_be_bytes());
+    record.push(0x01); // handshake type: ClientHello
+    record.extend_from_slice(&((PROMISED - 4) as u32).to_be_bytes()[1..]);
+    record.extend_from_slice(&[0x03, 0x03]);
+    record.resize(2048, 0x5a);
+    record
+}
+
+/// Opens `n` connections to each of `ports` and sends each the truncated hello.
+async fn half_open(ports: &[SocketAddr], n: usize) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
+    let hello = truncated_hello();
+    let mut held = Vec::with_capacity(n * ports.len());
+    for addr in ports {
+        for i in 0..n {
+            let mut s = tokio::net::TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("half-open connection {i} to {addr}"))?;
+            s.write_all(&hello).await?;
+            held.push(s);
+        }
+    }
+    Ok(held)
+}
+
 async fn measure_proxy(
     proxy: &mut Proxy,
     responder: SocketAddr,
@@ -401,6 +439,21 @@ async fn measure_proxy(
     f.skmem_kib_per_conn = skmem as f64 / 1024.0 / idle as f64;
     drop(held);
     tokio::time::sleep(SETTLE).await;
+
+    // Twice: what the first flood leaves may be the allocator keeping freed pages for
+    // reuse; if so the second flood reuses them and leaves no more.
+    let before = sample::rss_kib(pid)?;
+    for round in 0..2 {
+        let flood = half_open(&[proxy.http, proxy.sni], idle).await?;
+        tokio::time::sleep(SETTLE).await;
+        let count = flood.len() as f64;
+        let grown = (sample::rss_kib(pid)? as f64 - before as f64) / count;
+        drop(flood);
+        tokio::time::sleep(SETTLE).await;
+        let left = (sample::rss_kib(pid)? as f64 - before as f64) / count;
+        f.flood_kib_per_conn[round] = grown;
+        f.flood_left_kib_per_conn[round] = left;
+    }
 
     let timed = async |target: &Target| -> anyhow::Result<(Counted, f64, f64)> {
         let t0 = sample::cpu_ticks(pid)?;
@@ -557,6 +610,18 @@ async fn run() -> anyhow::Result<()> {
     };
     row("RSS per idle TLS conn (KiB)", &|f| f.rss_kib_per_conn);
     row("  kernel skmem per conn (KiB)", &|f| f.skmem_kib_per_conn);
+    row("half-open hello, RSS per conn (KiB)", &|f| {
+        f.flood_kib_per_conn[0]
+    });
+    row("  left after they closed (KiB)", &|f| {
+        f.flood_left_kib_per_conn[0]
+    });
+    row("  second flood, RSS per conn (KiB)", &|f| {
+        f.flood_kib_per_conn[1]
+    });
+    row("  left after it closed (KiB)", &|f| {
+        f.flood_left_kib_per_conn[1]
+    });
     row("full handshakes /s", &|f| f.full_rate);
     row("full handshakes per CPU s", &|f| f.full_per_cpu_s);
     row("resumed handshakes /s", &|f| f.resumed_rate);
