@@ -11,90 +11,134 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-/// Gauge: instances by `service` and `state` (`up`, `draining`, `expired`).
-pub const INSTANCES: &str = "switchboard_instances";
-/// Gauge: reported connections of live instances, by `service`.
-pub const CONNECTIONS: &str = "switchboard_connections";
-/// Gauge: pending hand-outs of live instances, by `service`.
-pub const PENDING: &str = "switchboard_pending_handouts";
-/// Gauge: 1 while a `service` is in self-preservation.
-pub const SELF_PRESERVATION: &str = "switchboard_self_preservation";
-/// Counter: registrations by `service` and `outcome` (`created`, `replaced`).
-pub const REGISTRATIONS: &str = "switchboard_registrations_total";
-/// Counter: heartbeats answered, by `service`.
-pub const HEARTBEATS: &str = "switchboard_heartbeats_total";
-/// Counter: instances that expired (no heartbeat within their TTL), by `service`.
-pub const EXPIRIES: &str = "switchboard_expiries_total";
-/// Counter: instances removed, by `service` and `reason` (`expired`, `deregistered`).
-pub const REMOVALS: &str = "switchboard_removals_total";
-/// Counter: `/servers` answers, by `service`.
-pub const SERVERS_ANSWERS: &str = "switchboard_servers_answers_total";
-/// Counter: heartbeat answers with `shed` > 0, by `service`.
-pub const SHED_HINTS: &str = "switchboard_shed_hints_total";
-/// Counter: connections asked to close by those hints, by `service`.
-pub const SHED_CONNECTIONS: &str = "switchboard_shed_connections_total";
-/// Histogram: HTTP request duration in seconds, by `route`, `method`, `status`.
-pub const HTTP_DURATION: &str = "switchboard_http_request_duration_seconds";
-/// Histogram: store write duration in seconds, by `op` and `outcome`.
-pub const STORE_WRITE_DURATION: &str = "switchboard_store_write_duration_seconds";
-/// Histogram: heartbeat batch size (instances per persisted batch).
-pub const HEARTBEAT_BATCH_SIZE: &str = "switchboard_heartbeat_batch_size";
-/// Histogram: store batch size (registrations, drains and deletions per group commit).
-pub const STORE_BATCH_SIZE: &str = "switchboard_store_batch_size";
-/// Gauge: seconds since this cluster node's last successful sync.
-pub const CLUSTER_SYNC_LAG: &str = "switchboard_cluster_sync_lag_seconds";
-/// Gauge: relayed connections open now, by forward `listener`.
-pub const FORWARD_ACTIVE: &str = "switchboard_forward_connections_active";
-/// Counter: connections accepted, by forward `listener`.
-pub const FORWARD_TOTAL: &str = "switchboard_forward_connections_total";
-/// Counter: connect attempts to a backend that failed, by forward `listener`.
-pub const FORWARD_CONNECT_FAILURES: &str = "switchboard_forward_connect_failures_total";
-/// Counter: connects retried on the next candidate, by forward `listener`.
-pub const FORWARD_RETRIES: &str = "switchboard_forward_retries_total";
-/// Counter: device connections closed at once instead of relayed (and UDP clients'
-/// first datagrams dropped), by forward `listener` and `reason`: `max_connections`
-/// (the listener's cap), `fd_budget` (the forwarder holds its whole fd budget, so
-/// the reserve for the API, the store and health checks stays untouched),
-/// `fd_shortage` (EMFILE or ENFILE opening the backend socket; never counted as the
-/// backend's failure).
-pub const FORWARD_REFUSED: &str = "switchboard_forward_refused_total";
-/// Gauge: file descriptors the forwarder may hold (the open-file limit less the
-/// reserve), across every forward listener.
-pub const FORWARD_FD_BUDGET: &str = "switchboard_forward_fd_budget";
-/// Gauge: file descriptors relayed connections (two each) and UDP sessions (one each)
-/// hold now, across every forward listener.
-pub const FORWARD_FDS: &str = "switchboard_forward_fds";
-/// Counter: UDP sessions ended to make room in a full session table (a flood of
-/// source addresses), by forward `listener`.
-pub const FORWARD_UDP_EVICTED: &str = "switchboard_forward_udp_sessions_evicted_total";
-/// Counter: bytes relayed, by forward `listener` and `direction` (`up`: device to
-/// backend, `down`: backend to device).
-pub const FORWARD_BYTES: &str = "switchboard_forward_bytes_total";
-/// Counter: DNS queries over UDP that got no answer, by `reason`: `receive_buffer`
-/// (the kernel dropped them, the socket's receive queue full: its `drops` in
-/// `/proc/net/udp`, read every second), `send_failed` (the answer could not be sent, or
-/// the send buffer stayed full past its wait), `unanswerable` (a response, or fewer
-/// bytes than a header: nothing to answer to), `rate_limited` (over the source's
-/// `queries_per_sec` and not a query a truncated answer can be made for).
-pub const DNS_DROPPED: &str = "switchboard_dns_dropped_total";
-/// Gauge: when the served certificate expires, as Unix seconds, by `listener`
-/// (`http` for the API).
-pub const TLS_CERT_EXPIRY: &str = "switchboard_tls_certificate_expiry_timestamp_seconds";
-/// Counter: TLS handshakes, by `listener` (`http`, or a forward listener's address) and
-/// `result` (`ok`; `failed`: the peer's hello or certificate was refused, or it
-/// closed; `timeout`: not done within the header timeout, or a forward listener's
-/// `tls_handshake_timeout_ms`).
-pub const TLS_HANDSHAKES: &str = "switchboard_tls_handshakes_total";
-/// Counter: ClientHellos read by an SNI-routing forward listener, by `listener` and
-/// `result`: `routed` (a route named the server), `default` (no route did: the
-/// listener's `service`), `refused` (no route and no `service`), `malformed` (not a
-/// TLS ClientHello, or larger than the bound), `timeout`.
-pub const FORWARD_SNI: &str = "switchboard_forward_sni_total";
-/// Counter: MQTT CONNECT packets read by a `hash = "mqtt_client_id"` listener, by
-/// `listener` and `result`: `keyed` (its client id picked the backend), `empty` (no
-/// client id: the ranking picked), `malformed` (not an MQTT 3.1, 3.1.1 or 5 CONNECT, or
-/// larger than the bound), `timeout`.
-pub const FORWARD_MQTT: &str = "switchboard_forward_mqtt_affinity_total";
+/// What a metric family is, for its `# TYPE` and for `describe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Goes up and down.
+    Gauge,
+    /// Only goes up; its name ends in `_total`.
+    Counter,
+    /// Observations in buckets.
+    Histogram,
+}
+
+/// One metric family: its name, kind and `# HELP` text.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    /// Full name, `switchboard_…`.
+    pub name: &'static str,
+    /// Gauge, counter or histogram.
+    pub kind: Kind,
+    /// What it counts and in which unit (the constant's doc comment).
+    pub help: &'static str,
+}
+
+/// Declares each family once: a `pub const` name whose doc comment is also the
+/// family's `# HELP` text, and [`FAMILIES`], the list `describe` registers.
+macro_rules! families {
+    ($( $(#[doc = $doc:literal])+ $kind:ident $name:ident = $value:literal; )+) => {
+        $(
+            $(#[doc = $doc])+
+            pub const $name: &str = $value;
+        )+
+        /// Every family this crate records, with its help text.
+        pub const FAMILIES: &[Family] = &[
+            $( Family { name: $name, kind: families!(@kind $kind), help: concat!($($doc),+) }, )+
+        ];
+    };
+    (@kind gauge) => { Kind::Gauge };
+    (@kind counter) => { Kind::Counter };
+    (@kind histogram) => { Kind::Histogram };
+}
+
+families! {
+    /// Instances by `service` and `state` (`up`, `draining`, `expired`).
+    gauge INSTANCES = "switchboard_instances";
+    /// Reported connections of live instances, by `service`.
+    gauge CONNECTIONS = "switchboard_connections";
+    /// Pending hand-outs of live instances, by `service`.
+    gauge PENDING = "switchboard_pending_handouts";
+    /// 1 while a `service` is in self-preservation.
+    gauge SELF_PRESERVATION = "switchboard_self_preservation";
+    /// Registrations by `service` and `outcome` (`created`, `replaced`).
+    counter REGISTRATIONS = "switchboard_registrations_total";
+    /// Heartbeats answered, by `service`.
+    counter HEARTBEATS = "switchboard_heartbeats_total";
+    /// Instances that expired (no heartbeat within their TTL), by `service`.
+    counter EXPIRIES = "switchboard_expiries_total";
+    /// Instances removed, by `service` and `reason` (`expired`, `deregistered`).
+    counter REMOVALS = "switchboard_removals_total";
+    /// `/servers` answers, by `service`.
+    counter SERVERS_ANSWERS = "switchboard_servers_answers_total";
+    /// Heartbeat answers with `shed` > 0, by `service`.
+    counter SHED_HINTS = "switchboard_shed_hints_total";
+    /// Connections asked to close by those hints, by `service`.
+    counter SHED_CONNECTIONS = "switchboard_shed_connections_total";
+    /// HTTP request duration in seconds, by `route`, `method`, `status`.
+    histogram HTTP_DURATION = "switchboard_http_request_duration_seconds";
+    /// Store write duration in seconds, by `op` and `outcome`.
+    histogram STORE_WRITE_DURATION = "switchboard_store_write_duration_seconds";
+    /// Heartbeat batch size (instances per persisted batch).
+    histogram HEARTBEAT_BATCH_SIZE = "switchboard_heartbeat_batch_size";
+    /// Store batch size (registrations, drains and deletions per group commit).
+    histogram STORE_BATCH_SIZE = "switchboard_store_batch_size";
+    /// Seconds since this cluster node's last successful sync.
+    gauge CLUSTER_SYNC_LAG = "switchboard_cluster_sync_lag_seconds";
+    /// Relayed connections open now, by forward `listener`.
+    gauge FORWARD_ACTIVE = "switchboard_forward_connections_active";
+    /// Connections accepted, by forward `listener`.
+    counter FORWARD_TOTAL = "switchboard_forward_connections_total";
+    /// Connect attempts to a backend that failed, by forward `listener`.
+    counter FORWARD_CONNECT_FAILURES = "switchboard_forward_connect_failures_total";
+    /// Connects retried on the next candidate, by forward `listener`.
+    counter FORWARD_RETRIES = "switchboard_forward_retries_total";
+    /// Device connections closed at once instead of relayed (and UDP clients'
+    /// first datagrams dropped), by forward `listener` and `reason`: `max_connections`
+    /// (the listener's cap), `fd_budget` (the forwarder holds its whole fd budget, so
+    /// the reserve for the API, the store and health checks stays untouched),
+    /// `fd_shortage` (EMFILE or ENFILE opening the backend socket; never counted as the
+    /// backend's failure).
+    counter FORWARD_REFUSED = "switchboard_forward_refused_total";
+    /// File descriptors the forwarder may hold (the open-file limit less the
+    /// reserve), across every forward listener.
+    gauge FORWARD_FD_BUDGET = "switchboard_forward_fd_budget";
+    /// File descriptors relayed connections (two each) and UDP sessions (one each)
+    /// hold now, across every forward listener.
+    gauge FORWARD_FDS = "switchboard_forward_fds";
+    /// UDP sessions ended to make room in a full session table (a flood of
+    /// source addresses), by forward `listener`.
+    counter FORWARD_UDP_EVICTED = "switchboard_forward_udp_sessions_evicted_total";
+    /// Bytes relayed, by forward `listener` and `direction` (`up`: device to
+    /// backend, `down`: backend to device).
+    counter FORWARD_BYTES = "switchboard_forward_bytes_total";
+    /// DNS queries answered, by `transport` (`udp`, `tcp`) and `rcode`.
+    counter DNS_QUERIES = "switchboard_dns_queries_total";
+    /// DNS queries over UDP that got no answer, by `reason`: `receive_buffer`
+    /// (the kernel dropped them, the socket's receive queue full: its `drops` in
+    /// `/proc/net/udp`, read every second), `send_failed` (the answer could not be sent, or
+    /// the send buffer stayed full past its wait), `unanswerable` (a response, or fewer
+    /// bytes than a header: nothing to answer to), `rate_limited` (over the source's
+    /// `queries_per_sec` and not a query a truncated answer can be made for).
+    counter DNS_DROPPED = "switchboard_dns_dropped_total";
+    /// When the served certificate expires, as Unix seconds, by `listener`
+    /// (`http` for the API).
+    gauge TLS_CERT_EXPIRY = "switchboard_tls_certificate_expiry_timestamp_seconds";
+    /// TLS handshakes, by `listener` (`http`, or a forward listener's address) and
+    /// `result` (`ok`; `failed`: the peer's hello or certificate was refused, or it
+    /// closed; `timeout`: not done within the header timeout, or a forward listener's
+    /// `tls_handshake_timeout_ms`).
+    counter TLS_HANDSHAKES = "switchboard_tls_handshakes_total";
+    /// ClientHellos read by an SNI-routing forward listener, by `listener` and
+    /// `result`: `routed` (a route named the server), `default` (no route did: the
+    /// listener's `service`), `refused` (no route and no `service`), `malformed` (not a
+    /// TLS ClientHello, or larger than the bound), `timeout`.
+    counter FORWARD_SNI = "switchboard_forward_sni_total";
+    /// MQTT CONNECT packets read by a `hash = "mqtt_client_id"` listener, by
+    /// `listener` and `result`: `keyed` (its client id picked the backend), `empty` (no
+    /// client id: the ranking picked), `malformed` (not an MQTT 3.1, 3.1.1 or 5 CONNECT, or
+    /// larger than the bound), `timeout`.
+    counter FORWARD_MQTT = "switchboard_forward_mqtt_affinity_total";
+}
 
 /// One service's counters of the hot paths (heartbeats and `/servers` answers),
 /// registered once when the service appears, so a request increments a handle
@@ -170,8 +214,23 @@ pub fn handle() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
         }
+        describe();
         handle
     })
+}
+
+/// Gives every family its `# HELP` line (Prometheus' linter, `promtool check
+/// metrics`, rejects a family without one).
+fn describe() {
+    for family in FAMILIES {
+        // Doc lines start with a space each; the help text is one line.
+        let help = family.help.trim().to_owned();
+        match family.kind {
+            Kind::Gauge => metrics::describe_gauge!(family.name, help),
+            Kind::Counter => metrics::describe_counter!(family.name, help),
+            Kind::Histogram => metrics::describe_histogram!(family.name, help),
+        }
+    }
 }
 
 /// How often histogram samples are folded into their buckets when nobody scrapes.
@@ -187,6 +246,37 @@ pub async fn upkeep_loop(cancel: tokio_util::sync::CancellationToken) {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = tick.tick() => handle().run_upkeep(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_named_once_and_follows_prometheus_naming() {
+        let mut names: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FAMILIES.len(), "a family declared twice");
+        for family in FAMILIES {
+            assert!(family.name.starts_with("switchboard_"), "{}", family.name);
+            assert!(
+                family
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{}",
+                family.name
+            );
+            assert_eq!(
+                family.kind == Kind::Counter,
+                family.name.ends_with("_total"),
+                "{}: counters, and only counters, end in _total",
+                family.name
+            );
+            assert!(family.help.trim().len() > 10, "{}: no help", family.name);
         }
     }
 }

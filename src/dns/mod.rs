@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::DNS_QUERIES;
 use hickory_proto::op::{Message, OpCode, ResponseCode};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,9 +49,6 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// lets a server close; a resolver reconnects). High enough that no resolver's
 /// reuse of a connection meets it in practice.
 const TCP_QUERIES_PER_CONNECTION: usize = 65_536;
-
-/// Counter: DNS queries answered, by `transport` and `rcode`.
-pub const DNS_QUERIES: &str = "switchboard_dns_queries_total";
 
 /// The bound sockets of a DNS server, not yet serving.
 #[derive(Debug)]
