@@ -13,6 +13,7 @@ pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod scrape;
+pub mod sd;
 pub mod serve;
 pub mod servers;
 pub mod service;
@@ -101,6 +102,7 @@ pub fn router(state: AppState) -> service::Api {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::forwarders))
+        .routes(routes!(sd::prometheus))
         .routes(routes!(openapi::openapi))
         .split_for_parts();
     openapi::publish(&document);

@@ -223,6 +223,31 @@ impl Hub {
         summaries
     }
 
+    /// The live instances (up or draining) of one service, or of every service, by
+    /// service name: what a scraper is pointed at (`/v1/sd/prometheus`). Forward-only
+    /// (`unix:`) instances have no address to scrape and are left out.
+    pub fn live_views(&self, service: Option<&str>) -> Vec<(String, Vec<table::InstanceView>)> {
+        let now = self.now();
+        let slots = match service {
+            Some(name) => self.slot(name).into_iter().collect(),
+            None => self.all_slots(),
+        };
+        let mut out: Vec<(String, Vec<table::InstanceView>)> = slots
+            .iter()
+            .map(|slot| {
+                let table = slot.lock();
+                let views = table
+                    .listing(now)
+                    .into_iter()
+                    .filter(|v| v.instance.is_live(now) && !v.instance.forward_only)
+                    .collect();
+                (table.name().to_owned(), views)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Every instance of a service as cached cards (see
     /// [`ServiceTable::listing_cards`]); rows are taken under the lock, rendering of
     /// the answer happens outside it.
