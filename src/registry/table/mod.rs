@@ -1,11 +1,13 @@
 //! In-memory state of one service: its instances, the ranking index, pending
 //! hand-outs, the version and the affinity ring. The per-zone and per-tag indexes are
 //! in `groups.rs`, the sweep and its self-preservation episode in `sweep.rs`, the admin listing and its card cache in `listing.rs`,
-//! what a cluster node's sync changes in `cluster.rs`.
+//! what a cluster node's sync changes in `cluster.rs`, the history's counts and samples in
+//! `activity.rs`.
 //!
 //! Pure and synchronous: the caller holds it under a lock, passes `now`, and does the
 //! I/O (store writes, waking blocking queries) around it.
 
+mod activity;
 mod cluster;
 mod groups;
 mod in_flight;
@@ -17,6 +19,7 @@ use groups::Groups;
 use in_flight::RecentShed;
 use index::{HoleSums, RankIndex};
 
+pub use activity::{Activity, Figures};
 pub use listing::{Card, CardRow, InstanceView, ServiceSummary};
 pub use sweep::{PreservationEvent, SweepOutcome};
 
@@ -210,6 +213,8 @@ pub struct ServiceTable {
     sweep_quiet_until: Millis,
     /// `shed` answered lately, for the devices still expected to reconnect.
     recent_shed: RecentShed,
+    /// Hand-outs and shed hints since the history last sampled (`activity.rs`).
+    activity: Activity,
 }
 
 impl ServiceTable {
@@ -239,6 +244,7 @@ impl ServiceTable {
             expiries: 0,
             sweep_quiet_until: 0,
             recent_shed: RecentShed::default(),
+            activity: Activity::default(),
         }
     }
 
@@ -460,6 +466,10 @@ impl ServiceTable {
         let ttl_secs = instance.spec.ttl_secs;
         self.recent_shed
             .record(now, shed, policy.reconnect_jitter_ms);
+        if shed > 0 {
+            self.activity.shed_hints += 1;
+            self.activity.shed_connections = self.activity.shed_connections.saturating_add(shed);
+        }
         Ok(HeartbeatAnswer { ttl_secs, shed })
     }
 
@@ -667,6 +677,7 @@ impl ServiceTable {
         if let Some(entry) = self.slots[slot as usize].as_mut() {
             entry.instance.pending_recent = entry.instance.pending_recent.saturating_add(1);
             self.pending.insert(slot);
+            self.activity.hand_outs += 1;
         }
         self.reindex(slot, now);
     }
