@@ -794,3 +794,12 @@ fn python_device_keeps_the_reconnect_contract() {
     let script = examples().join("python").join("device.py");
     storm("python device", |env| env.command("python3", &[&script]));
 }
+
+#[test]
+fn node_device_keeps_the_reconnect_contract() {
+    if !tools::tools_ready("node_device_storm", &["node"], &[]) {
+        return;
+    }
+    let script = examples().join("node").join("device.js");
+    storm("node device", |env| env.command("node", &[&script]));
+}
