@@ -803,3 +803,28 @@ fn node_device_keeps_the_reconnect_contract() {
     let script = examples().join("node").join("device.js");
     storm("node device", |env| env.command("node", &[&script]));
 }
+
+#[test]
+fn java_device_keeps_the_reconnect_contract() {
+    if !tools::tools_ready("java_device_storm", &["java", "javac"], &[]) {
+        return;
+    }
+    let classes = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-storm-java");
+    let javac = Command::new("javac")
+        .arg("-Xlint:all")
+        .arg("-d")
+        .arg(&classes)
+        .arg(examples().join("java").join("Device.java"))
+        .output()
+        .expect("run javac");
+    assert!(
+        javac.status.success() && javac.stderr.is_empty(),
+        "javac:\n{}",
+        String::from_utf8_lossy(&javac.stderr)
+    );
+    storm("java device", |env| {
+        let mut cmd = env.command("java", &[]);
+        cmd.arg("-cp").arg(&classes).arg("Device");
+        cmd
+    });
+}

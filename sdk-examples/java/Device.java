@@ -1,14 +1,25 @@
-// A plain-socket Java device: it asks Switchboard where to connect (GET /servers), connects
-// to the first server that answers (falling back to the next), then sends a line every
-// PING_SECS and checks its echo. After a lost connection it waits a random
-// 0..reconnect_jitter_ms before it asks again. When the registry is unreachable (or has no
-// server) it uses the forwarder. With an address argument it is a legacy device that
-// only knows that one address (the forwarder's, say) and never asks the registry.
+// A plain-socket Java device: it asks Switchboard where to connect, then sends a line every
+// PING_SECS and checks its echo. It keeps the client reconnect contract (SPEC section 11),
+// so that a dead server or a shed round does not become a reconnect storm:
+//
+// - An attempt: GET /servers and connect to the first server; when it does not answer, ask
+//   again and take the first server of the new answer not yet tried in this attempt (each
+//   answer counts a hand-out for its first server only), up to the first list's length.
+// - After a lost connection: wait a random 0..reconnect_jitter_ms (from the last answer;
+//   5000 before any) before the next attempt.
+// - After a failed attempt: wait a random 0..min(120 s, 1 s * 2^n) (full-jitter exponential
+//   backoff), n failed attempts so far; n is reset by a connection that lasted 60 s.
+//
+// When the registry is unreachable (or has no server) it uses the forwarder. With an
+// address argument it is a legacy device that only knows that one address (the
+// forwarder's, say) and never asks the registry; it waits as above all the same.
 //
 //   java Device.java [host:port]
 //
 // Env: SWITCHBOARD_SERVER (http://127.0.0.1:8080), SWITCHBOARD_SERVICE (default),
-// SWITCHBOARD_FORWARDER (127.0.0.1:6665), PING_SECS (5).
+// SWITCHBOARD_FORWARDER (127.0.0.1:6665), PING_SECS (5), SWITCHBOARD_TIME_SCALE (1: a
+// positive integer that divides the contract's waits and its 60 s, for tests; the printed
+// waits are before the division).
 // For an https:// registry: SWITCHBOARD_CA_CERT (PEM: trust only these CAs; else the JDK's
 // roots). No client certificate (SWITCHBOARD_CLIENT_CERT is not read; see the README).
 import java.io.BufferedReader;
@@ -45,48 +56,113 @@ public class Device {
     static final String FORWARDER = env("SWITCHBOARD_FORWARDER", "127.0.0.1:6665");
     static final int PING_MS = Integer.parseInt(env("PING_SECS", "5")) * 1000;
     static final HttpClient http = httpClient();
-    static long jitterMs = 5000;
+    // The reconnect contract's numbers (SPEC section 11), in milliseconds.
+    static final long DEFAULT_JITTER_MS = 5000;
+    static final long BACKOFF_BASE_MS = 1000;
+    static final long BACKOFF_CAP_MS = 120_000;
+    static final long RESET_AFTER_MS = 60_000;
+    static final long TIME_SCALE = timeScale();
+    /** reconnect_jitter_ms of the last answer. */
+    static long jitterMs = DEFAULT_JITTER_MS;
 
     public static void main(String[] args) throws InterruptedException {
+        String only = args.length > 0 ? args[0] : null;
+        int failures = 0; // failed attempts since the last connection that lasted RESET_AFTER_MS
         while (true) {
-            List<String> servers = args.length > 0 ? List.of(args[0]) : resolve();
-            for (String address : servers) {
-                Socket socket = connect(address);
-                if (socket == null) continue;
-                try (socket) {
-                    session(socket);
-                } catch (IOException e) {
-                    System.out.println("connection lost: " + e.getMessage());
-                }
-                break;
+            Socket socket = attempt(only);
+            if (socket == null) {
+                long cap = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS << Math.min(failures, 7));
+                failures = Math.min(failures + 1, 64);
+                long waitMs = ThreadLocalRandom.current().nextLong(cap);
+                System.out.println("backing off " + waitMs + " ms (up to " + cap + " ms)");
+                pause(waitMs);
+                continue;
             }
+            long since = System.nanoTime();
+            try (socket) {
+                session(socket);
+            } catch (IOException e) {
+                System.out.println("connection lost: " + e.getMessage());
+            }
+            if ((System.nanoTime() - since) / 1_000_000 * TIME_SCALE >= RESET_AFTER_MS) failures = 0;
             long waitMs = ThreadLocalRandom.current().nextLong(Math.max(jitterMs, 1));
             System.out.println("reconnecting in " + waitMs + " ms");
-            Thread.sleep(waitMs);
+            pause(waitMs);
         }
     }
 
-    /** The ranked addresses, best first; the forwarder when the registry cannot help. */
-    static List<String> resolve() throws InterruptedException {
+    /**
+     * One attempt of the contract: the connected socket, or null when no server answered.
+     * With {@code only} (a legacy device), that address alone, without the registry.
+     */
+    static Socket attempt(String only) throws InterruptedException {
+        List<String> servers = only != null ? List.of(only) : ask();
+        if (servers == null) {
+            System.out.println(why + "; using the forwarder " + FORWARDER);
+            servers = List.of(FORWARDER);
+        }
+        List<String> tried = new ArrayList<>();
+        int picks = servers.size();
+        for (int n = 0; n < picks; n++) {
+            if (n > 0 && only == null) {
+                List<String> fresh = ask();
+                if (fresh == null) System.out.println(why + "; trying the rest of the last list");
+                else servers = fresh;
+            }
+            String address = servers.stream().filter(a -> !tried.contains(a)).findFirst().orElse(null);
+            if (address == null) break;
+            tried.add(address);
+            Socket socket = connect(address);
+            if (socket != null) return socket;
+        }
+        return null;
+    }
+
+    /** Why the last {@link #ask} gave no list. */
+    static String why = "";
+
+    /** One GET /servers: the ranked addresses, best first; null (and {@link #why}) for none. */
+    static List<String> ask() throws InterruptedException {
         URI uri = URI.create(REGISTRY + "/servers?service=" + SERVICE);
+        List<String> servers = new ArrayList<>();
         try {
             HttpResponse<String> answer = http.send(HttpRequest.newBuilder(uri).timeout(Duration.ofSeconds(5)).build(),
                     HttpResponse.BodyHandlers.ofString());
             if (answer.statusCode() != 200) throw new IOException("status " + answer.statusCode());
             Matcher jitter = Pattern.compile("\"reconnect_jitter_ms\"\\s*:\\s*(\\d+)").matcher(answer.body());
-            jitterMs = jitter.find() ? Long.parseLong(jitter.group(1)) : 5000;
-            List<String> servers = new ArrayList<>();
+            jitterMs = jitter.find() ? Long.parseLong(jitter.group(1)) : DEFAULT_JITTER_MS;
             Matcher address = Pattern.compile("\"address\"\\s*:\\s*\"([^\"]+)\"").matcher(answer.body());
             while (address.find()) servers.add(address.group(1));
-            if (!servers.isEmpty()) {
-                System.out.println("servers " + String.join(" ", servers));
-                return servers;
-            }
-            System.out.println("no servers; using the forwarder " + FORWARDER);
         } catch (IOException e) {
-            System.out.println("registry unreachable (" + e + "); using the forwarder " + FORWARDER);
+            why = "registry unreachable (" + e + ")";
+            return null;
         }
-        return List.of(FORWARDER);
+        if (servers.isEmpty()) {
+            why = "no servers";
+            return null;
+        }
+        System.out.println("servers " + String.join(" ", servers));
+        return servers;
+    }
+
+    /** Sleeps a contract wait of {@code ms} milliseconds (divided by the time scale). */
+    static void pause(long ms) throws InterruptedException {
+        long nanos = ms * 1_000_000 / TIME_SCALE;
+        Thread.sleep(nanos / 1_000_000, (int) (nanos % 1_000_000));
+    }
+
+    /** SWITCHBOARD_TIME_SCALE: every contract wait is divided by it (1 in production). */
+    static long timeScale() {
+        String raw = env("SWITCHBOARD_TIME_SCALE", "1");
+        try {
+            long scale = Long.parseLong(raw);
+            if (scale >= 1) return scale;
+        } catch (NumberFormatException ignored) {
+            // said below
+        }
+        System.err.println("SWITCHBOARD_TIME_SCALE=" + raw + ": not a positive integer");
+        System.exit(2);
+        return 1;
     }
 
     static Socket connect(String address) {
