@@ -828,3 +828,31 @@ fn java_device_keeps_the_reconnect_contract() {
         cmd
     });
 }
+
+/// The C device reads the plain-text answer (`Accept: text/plain`) and its
+/// `X-Reconnect-Jitter-Ms` header; it takes the registry and forwarder as arguments.
+#[test]
+fn c_device_keeps_the_reconnect_contract() {
+    if !tools::tools_ready("c_device_storm", &["gcc"], &[]) {
+        return;
+    }
+    let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-storm-c-device");
+    let gcc = Command::new("gcc")
+        .args(["-O2", "-Wall", "-Wextra", "-o"])
+        .arg(&binary)
+        .arg(examples().join("c").join("device.c"))
+        .output()
+        .expect("run gcc");
+    assert!(
+        gcc.status.success() && gcc.stderr.is_empty(),
+        "gcc:\n{}",
+        String::from_utf8_lossy(&gcc.stderr)
+    );
+    storm("C device", |env| {
+        let mut cmd = env.command(binary.to_str().expect("a UTF-8 path"), &[]);
+        cmd.arg(env.registry.to_string())
+            .arg(&env.forwarder)
+            .arg("default");
+        cmd
+    });
+}
