@@ -27,7 +27,7 @@ use crate::hub::Hub;
 use crate::reload::{self, Applied};
 use crate::store::{self, StoreError};
 use crate::tls::ServerTls;
-use crate::{rlimit, upkeep};
+use crate::{rlimit, systemd, upkeep};
 
 /// The longest the store may take to close at shutdown.
 const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -218,7 +218,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
 
     let loops = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(upkeep::sweep_loop(hub.clone(), loops.child_token()));
+    tracker.spawn(upkeep::sweep_loop(
+        hub.clone(),
+        loops.child_token(),
+        crate::systemd::Watchdog::from_env(),
+    ));
     tracker.spawn(crate::metrics::upkeep_loop(loops.child_token()));
     tracker.spawn(forget_idle_limits(Arc::clone(&state), loops.child_token()));
     match node {
@@ -393,10 +397,14 @@ pub async fn run(config: Config, args: ServeArgs) -> Result<(), AppError> {
     let caps: Vec<Option<u64>> = config.forwards.iter().map(|f| f.max_connections).collect();
     rlimit::raise_and_report(rlimit::needed(&caps, config.http_max_connections as u64));
     let running = start(config).await?;
+    // `start` returned: the store is open and every listener is bound.
+    let status = format!("serving on {}", running.http_addr);
+    systemd::ready(&status);
     loop {
         match signals.next().await {
             Signal::Stop => break,
             Signal::Reload => {
+                systemd::reloading();
                 // Validated whole before anything is applied: a broken file changes
                 // nothing.
                 match Config::load(&args) {
@@ -408,9 +416,11 @@ pub async fn run(config: Config, args: ServeArgs) -> Result<(), AppError> {
                         tracing::error!(%err, "reload refused: the file is not valid; the running configuration stays");
                     }
                 }
+                systemd::ready(&status);
             }
         }
     }
+    systemd::stopping();
     running.stop().await
 }
 

@@ -25,5 +25,6 @@ pub mod reload;
 pub mod rlimit;
 pub mod simulation;
 pub mod store;
+pub mod systemd;
 pub mod tls;
 pub mod upkeep;

@@ -11,6 +11,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
+use crate::systemd::Watchdog;
 
 /// How often expiry, removal and self-preservation are judged. Bounds how late an
 /// expiry shows in `version`.
@@ -25,13 +26,21 @@ fn ticker(every: Duration) -> tokio::time::Interval {
     tick
 }
 
-/// Sweeps every [`SWEEP_EVERY`] until cancelled.
-pub async fn sweep_loop(hub: Hub, cancel: CancellationToken) {
+/// Sweeps every [`SWEEP_EVERY`] until cancelled. It pings systemd's watchdog, when
+/// one is set, after each sweep: the sweep takes every service's lock and runs on the
+/// runtime the API serves from, so a stuck lock or a starved runtime stops it first,
+/// and the pings with it.
+pub async fn sweep_loop(hub: Hub, cancel: CancellationToken, mut watchdog: Option<Watchdog>) {
     let mut tick = ticker(SWEEP_EVERY);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            _ = tick.tick() => { hub.sweep().await; }
+            _ = tick.tick() => {
+                hub.sweep().await;
+                if let Some(watchdog) = &mut watchdog {
+                    watchdog.tick();
+                }
+            }
         }
     }
 }
