@@ -195,6 +195,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         tracing::warn!(%err, "could not read the open file limit; the forwarder gets no fd budget");
         u64::MAX
     });
+    let history = Arc::new(crate::history::History::new(
+        config.dashboard.history_sample,
+        config.dashboard.history_samples,
+    ));
     let state: AppState = Arc::new(Shared {
         hub: hub.clone(),
         cluster: node.clone(),
@@ -213,6 +217,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         cleartext_warning: arc_swap::ArcSwapOption::from(
             api::ops::cleartext_warning(&config).map(Arc::new),
         ),
+        history: Arc::clone(&history),
     });
     let router = api::router(Arc::clone(&state));
 
@@ -225,6 +230,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     ));
     tracker.spawn(crate::metrics::upkeep_loop(loops.child_token()));
     tracker.spawn(forget_idle_limits(Arc::clone(&state), loops.child_token()));
+    tracker.spawn(crate::history::sampler::run(
+        hub.clone(),
+        history,
+        loops.child_token(),
+    ));
     match node {
         None => {
             tracker.spawn(upkeep::flush_loop(hub.clone(), loops.child_token()));

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod forwarder;
+pub mod history;
 pub mod hub;
 pub mod lease;
 pub mod locks;

@@ -66,6 +66,7 @@ pub async fn apply(old: &Config, new: &Config, parts: &Parts<'_>) -> Applied {
                 || old.http_idle_timeout != new.http_idle_timeout
                 || old.http_max_connections != new.http_max_connections,
         ),
+        ("[dashboard] history keys", old.dashboard != new.dashboard),
     ] {
         if changed {
             tracing::warn!(

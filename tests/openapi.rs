@@ -30,6 +30,8 @@ const ROUTES: &[&str] = &[
     "GET /metrics",
     "GET /openapi.json",
     "GET /v1/forwarders",
+    "GET /v1/history",
+    "GET /v1/sd/prometheus",
 ];
 
 async fn document(s: &Server) -> Value {

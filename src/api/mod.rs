@@ -8,6 +8,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod fast;
+pub mod history;
 pub mod instances;
 pub mod limits;
 pub mod openapi;
@@ -66,6 +67,8 @@ pub struct Shared {
     pub scraped: scrape::ScrapedServices,
     /// What `/readyz` says beside `ready` (tokens in clear), set again on reload.
     pub cleartext_warning: arc_swap::ArcSwapOption<String>,
+    /// The dashboard's history (`GET /v1/history`), fed by `history::sampler`.
+    pub history: Arc<crate::history::History>,
 }
 
 impl Shared {
@@ -103,6 +106,7 @@ pub fn router(state: AppState) -> service::Api {
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::forwarders))
         .routes(routes!(sd::prometheus))
+        .routes(routes!(history::history))
         .routes(routes!(openapi::openapi))
         .split_for_parts();
     openapi::publish(&document);

@@ -85,6 +85,14 @@ pub(super) struct FileRebalance {
     pub(super) reconnect_jitter_ms: Option<u64>,
 }
 
+/// `[dashboard]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileDashboard {
+    pub(super) history_sample_secs: Option<u64>,
+    pub(super) history_minutes: Option<u64>,
+}
+
 /// The config file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +112,7 @@ pub(super) struct FileConfig {
     pub(super) limits: Option<FileLimits>,
     pub(super) dns: Option<FileDns>,
     pub(super) tls: Option<FileTls>,
+    pub(super) dashboard: Option<FileDashboard>,
 }
 
 /// `[tls]`.

@@ -4,11 +4,12 @@
 //! This file owns [`Config`], the order of the merge and the top-level keys (`http`,
 //! `db`, `insecure`, `drain_timeout_secs`, `http_*`); each section has its own file
 //! (`file.rs` the TOML types, `forward.rs` with `edge.rs` for its TLS and SNI keys, `statics.rs`, `tokens.rs`, `limits.rs`,
-//! `rebalance.rs`, `dns.rs`, `tls.rs`; `error.rs` the error); `listeners.rs` checks every
+//! `rebalance.rs`, `dns.rs`, `tls.rs`, `dashboard.rs`; `error.rs` the error); `listeners.rs` checks every
 //! listener's address against the others'.
 //!
 //! Must not open sockets or the store.
 
+mod dashboard;
 mod dns;
 mod edge;
 mod error;
@@ -25,6 +26,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+pub use self::dashboard::{DEFAULT_HISTORY_MINUTES, DEFAULT_HISTORY_SAMPLE_SECS, DashboardConfig};
 pub use self::dns::{DEFAULT_DNS_ANSWERS, DEFAULT_DNS_DOMAIN, DEFAULT_DNS_TTL_SECS, DnsConfig};
 pub use self::edge::{DEFAULT_HANDSHAKE_TIMEOUT_MS, EdgeConfig, ForwardTls, SniMatch, SniRoutes};
 pub use self::error::ConfigError;
@@ -83,6 +85,8 @@ pub struct Config {
     pub dns: Option<DnsConfig>,
     /// HTTPS on the API (`[tls]`), when configured.
     pub tls: Option<TlsConfig>,
+    /// The dashboard's history (`[dashboard]`).
+    pub dashboard: DashboardConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -103,6 +107,7 @@ impl std::fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("dns", &self.dns)
             .field("tls", &self.tls)
+            .field("dashboard", &self.dashboard)
             .finish()
     }
 }
@@ -202,6 +207,7 @@ impl Config {
             rebalance: rebalance::merge(file.rebalance)?,
             dns: dns::validate_dns(file.dns, args.dns.as_deref())?,
             tls: tls::merge(file.tls)?,
+            dashboard: dashboard::merge(file.dashboard)?,
         };
         listeners::check(&listeners::of(&config, &forward_keys))?;
         // A verified client certificate to register stands for the register token.

@@ -12,11 +12,13 @@
 //! the writes (register, heartbeat, drain, deregister) and the order they keep;
 //! `reads.rs` the answers and the ranking adapters (`/servers`, the forwarder, DNS,
 //! listings, blocking waits); `upkeep.rs` the sweep and the heartbeat flush;
-//! `cluster_ops.rs` the memory-only primitives a cluster node drives.
+//! `cluster_ops.rs` the memory-only primitives a cluster node drives; `samples.rs` each
+//! table in turn for the dashboard's history.
 
 mod cluster_ops;
 mod commands;
 mod reads;
+mod samples;
 mod upkeep;
 
 use std::collections::BTreeMap;
