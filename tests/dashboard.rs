@@ -6,13 +6,18 @@
 //! device is relayed through the forwarder. The script enters the token in the page's
 //! form, checks every instance, banner and listener the page shows against what the
 //! registry holds, drains an instance through the API and sees the page show it
-//! `draining` without a reload (the blocking query woke it). The node process runs
+//! `draining` without a reload (the blocking query woke it). Then, on a service of its
+//! own (`pool`), it runs a scale-out and a paced evacuation through the API, one sample
+//! a second (`[dashboard] history_sample_secs = 1`), and sees the history charts follow
+//! each heartbeat: the new server's line rising to the mean, the busy ones' falling,
+//! hand-outs and shed hints counted, the evacuated one dashed down to 0. The node process runs
 //! under `tokio::process`, so the test's current-thread runtime keeps serving the
 //! page meanwhile.
 //!
 //! Without `node`, `/usr/bin/chromium` or `tests/dashboard/node_modules` (`npm ci` in
 //! `tests/dashboard`) the test fails where `CI` is set and prints `SKIPPED` otherwise.
-//! `cargo test --test dashboard -- --ignored screenshot` writes `docs/dashboard.png`.
+//! `cargo test --test dashboard -- --ignored screenshot` writes `docs/dashboard.png` and
+//! `docs/dashboard-history.png` (the `pool` service's charts).
 
 mod common;
 
@@ -32,6 +37,8 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const SHORT_TTL: u64 = 30;
 /// TTL of the instances that stay up for the whole test.
 const LONG_TTL: u64 = 300;
+/// The service the script scales out and evacuates while it watches the charts.
+const HISTORY_SERVICE: &str = "pool";
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard")
@@ -205,6 +212,10 @@ async fn fixture(s: &Api, forward: std::net::SocketAddr) -> Fixture {
         .collect::<Vec<_>>();
     let drained = &planned[1].reg;
     let plan = json!({
+        "history": {
+            "service": HISTORY_SERVICE,
+            "addresses": ["10.0.3.1:7000", "10.0.3.2:7000", "10.0.3.3:7000"],
+        },
         "base": s.base,
         "token": TOKEN,
         "chromium": CHROMIUM,
@@ -238,9 +249,9 @@ async fn run_script(plan: &Value, ca: Option<&Path>) -> String {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn node");
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
         .await
-        .expect("the browser script did not finish within 60 s")
+        .expect("the browser script did not finish within 120 s")
         .expect("browser script output");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -260,7 +271,9 @@ async fn run_script(plan: &Value, ca: Option<&Path>) -> String {
 async fn server(tls: Option<&Pki>) -> Server {
     let tls_section = tls.map(|pki| pki.tls_section("")).unwrap_or_default();
     Server::start_with(Options {
-        config: Some(format!("[tokens]\nadmin = \"{TOKEN}\"\n{tls_section}")),
+        config: Some(format!(
+            "[tokens]\nadmin = \"{TOKEN}\"\n[dashboard]\nhistory_sample_secs = 1\nhistory_minutes = 5\n{tls_section}"
+        )),
         forward: vec!["127.0.0.1:0=default".into()],
         forwards: 1,
         ..Options::default()
@@ -278,6 +291,20 @@ async fn page_shows_instances_and_a_drain_without_reload() {
     let out = run_script(&fixture.plan, None).await;
     assert!(out.contains("asks for the admin token"), "{out}");
     assert!(out.contains("without a reload"), "{out}");
+    assert!(out.contains("scale-out converging"), "{out}");
+    assert!(out.contains("evacuation drained to 0"), "{out}");
+    // What the charts showed is what /v1/history holds.
+    let history = admin_get(&s, &format!("/v1/history?service={HISTORY_SERVICE}")).await;
+    let pool = &history["services"][0];
+    assert_eq!(
+        pool["instances"].as_array().map(Vec::len),
+        Some(3),
+        "{history}"
+    );
+    assert_eq!(
+        pool["draining"].as_array().and_then(|d| d.last()),
+        Some(&json!(1))
+    );
     // The page's drain reached the registry: the instance is draining there too.
     let drained = &fixture.plan["drain"];
     let id = drained["id"].as_str().expect("id");
@@ -326,9 +353,10 @@ async fn page_works_unchanged_over_https() {
     );
 }
 
-/// Writes `docs/dashboard.png` (the README's screenshot) after the same checks.
+/// Writes `docs/dashboard.png` and `docs/dashboard-history.png` (the README's screenshots) after
+/// the same checks.
 #[tokio::test]
-#[ignore = "writes docs/dashboard.png; run with --ignored to refresh it"]
+#[ignore = "writes docs/dashboard.png and docs/dashboard-history.png; run with --ignored to refresh them"]
 async fn screenshot() {
     if !browser_ready("screenshot") {
         return;
@@ -338,6 +366,9 @@ async fn screenshot() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
     std::fs::create_dir_all(path.parent().expect("docs/")).expect("mkdir docs");
     fixture.plan["screenshot"] = json!(path.to_string_lossy());
+    let charts = path.with_file_name("dashboard-history.png");
+    fixture.plan["screenshot_history"] = json!(charts.to_string_lossy());
     run_script(&fixture.plan, None).await;
     assert!(path.is_file(), "no screenshot at {}", path.display());
+    assert!(charts.is_file(), "no screenshot at {}", charts.display());
 }
