@@ -54,7 +54,7 @@ const BACKOFFS: usize = 9;
 const PATIENCE: Duration = Duration::from_secs(30);
 /// What a device may spend between two requests besides its wait: reading the answer,
 /// a refused connect, a new HTTP connection (a process start for curl), a busy machine.
-const SLACK: Duration = Duration::from_secs(2);
+const SLACK: Duration = Duration::from_secs(3);
 /// How much earlier than asked a timer may fire (Node.js reads a cached loop clock).
 const EARLY: Duration = Duration::from_millis(5);
 

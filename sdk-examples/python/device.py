@@ -54,8 +54,8 @@ def log(line):
 
 def time_scale():
     """SWITCHBOARD_TIME_SCALE: every contract wait is divided by it (1 in production)."""
-    raw = os.environ.get("SWITCHBOARD_TIME_SCALE", "1")
-    if not raw.isdigit() or int(raw) < 1:
+    raw = os.environ.get("SWITCHBOARD_TIME_SCALE") or "1"
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         sys.exit(f"SWITCHBOARD_TIME_SCALE={raw!r}: not a positive integer")
     return int(raw)
 
