@@ -3,7 +3,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::registry::table::Activity;
+use crate::registry::State;
+use crate::registry::table::{Activity, Figures};
 
 /// An instance in a sample: id (its address is derived), connections, state.
 type Inst = (String, u64, State);
