@@ -96,7 +96,9 @@
 //! tables show the median and each round), `SB_BENCH_SETUPS` (comma list of
 //! `direct,nginx,nginx-spec,haproxy,switchboard`), `SB_BENCH_PHASES` (comma list of
 //! `throughput,rate,memory,udp`; `rate-client` or `rate-backend` for one half of
-//! `rate`, `udp-session` or `udp-request` for one half of `udp`).
+//! `rate`, `udp-session` or `udp-request` for one half of `udp`),
+//! `SB_BENCH_TCP_KEEPALIVE_SECS` (Switchboard's `tcp_keepalive_secs`; unset: its
+//! default, 60).
 //!
 //! Nothing here asserts numbers: the goals are printed, met or missed.
 //!

@@ -21,11 +21,30 @@ use crate::{Config, START_TIMEOUT};
 const UDP_SERVICE: &str = "udpbench";
 
 /// Switchboard forwarding `127.0.0.1:0` to service `bench`, with `backend` registered.
+/// `SB_BENCH_TCP_KEEPALIVE_SECS` sets the listener's `tcp_keepalive_secs` (0: off), to
+/// weigh what the keepalive timers cost per connection.
 pub fn start_switchboard(backend: SocketAddr, cfg: &Config) -> Result<Proxy> {
-    let args = ["--db", "sqlite::memory:", "--forward", "127.0.0.1:0=bench"];
+    let dir = tempfile::tempdir()?;
+    let mut args = vec!["--db".to_owned(), "sqlite::memory:".to_owned()];
+    match std::env::var("SB_BENCH_TCP_KEEPALIVE_SECS") {
+        Ok(secs) => {
+            let secs: u64 = secs.trim().parse()?;
+            let conf_path = dir.path().join("switchboard.toml");
+            fs::write(
+                &conf_path,
+                format!(
+                    "[[forward]]\nlisten = \"127.0.0.1:0\"\nservice = \"bench\"\n\
+                     tcp_keepalive_secs = {secs}\n"
+                ),
+            )?;
+            args.extend(["--config".to_owned(), conf_path.display().to_string()]);
+        }
+        Err(_) => args.extend(["--forward".to_owned(), "127.0.0.1:0=bench".to_owned()]),
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (server, addrs) = procs::start_switchboard(
         wrapped(&cfg.switchboard),
-        tempfile::tempdir()?,
+        dir,
         &args,
         &["forward listening on "],
         START_TIMEOUT,
