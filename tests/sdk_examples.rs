@@ -20,12 +20,12 @@
 //! on purpose: std sockets, child processes killed by PID, every wait under a deadline.
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::pem::PemObject;
@@ -36,12 +36,20 @@ use serde_json::{Value, json};
 #[allow(dead_code)]
 #[path = "common/certs.rs"]
 mod certs;
+// The harness tests/sdk_storm.rs uses too; this file uses a part of it.
+#[allow(dead_code)]
+#[path = "common/sdk.rs"]
+mod sdk;
 #[path = "common/tools.rs"]
 mod tools;
 use certs::Pki;
+use sdk::{Patience, Proc, eventually, example_command, examples, free_port};
 
-/// How long any one condition may take to become true.
-const PATIENCE: Duration = Duration::from_secs(20);
+/// How long any one condition may take to become true (polled every 50 ms).
+const PATIENCE: Patience = Patience {
+    limit: Duration::from_secs(20),
+    poll: Duration::from_millis(50),
+};
 /// Registration TTL for every backend: heartbeats every second.
 const TTL_SECS: &str = "3";
 /// The server's `[rebalance] reconnect_jitter_ms`: devices wait less than this (their
@@ -61,124 +69,6 @@ const NETTY_JARS: [&str; 6] = [
 // ---------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk-examples")
-}
-
-/// Polls `probe` until it gives a value, for at most [`PATIENCE`].
-fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A child process whose stdout and stderr lines are collected; killed by PID on drop
-/// (its output is printed then if the test is failing).
-struct Proc {
-    name: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command) -> Proc {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let outputs: [Box<dyn Read + Send>; 2] = [Box::new(stdout), Box::new(stderr)];
-        for output in outputs {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(output).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Proc {
-            name: name.to_owned(),
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Takes in the lines printed so far.
-    fn pump(&mut self) {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-    }
-
-    /// The `skip`-th (0-based) line containing `needle`, waiting for it.
-    fn wait_nth(&mut self, needle: &str, skip: usize) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(line) = self.seen.iter().filter(|l| l.contains(needle)).nth(skip) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!(
-                    "{}: no line #{} with {needle:?}; output:\n{}",
-                    self.name,
-                    skip + 1,
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn wait_for(&mut self, needle: &str) -> String {
-        self.wait_nth(needle, 0)
-    }
-
-    /// Lines so far that contain `needle`.
-    fn count(&mut self, needle: &str) -> usize {
-        self.pump();
-        self.seen.iter().filter(|l| l.contains(needle)).count()
-    }
-
-    /// Sends SIGTERM (by PID) and waits for the exit.
-    fn terminate(&mut self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {}", self.name);
-        let name = self.name.clone();
-        eventually(&format!("{name} to exit after SIGTERM"), || {
-            self.child.try_wait().ok().flatten()
-        });
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            self.pump();
-            eprintln!("--- {} output:\n{}", self.name, self.seen.join("\n"));
-        }
-    }
-}
 
 /// What follows `needle` in `line`, up to the first character that is not part of an
 /// address or id.
@@ -285,7 +175,7 @@ impl Server {
             .env_remove("SWITCHBOARD_REGISTER_TOKEN")
             .env_remove("SWITCHBOARD_READ_TOKEN")
             .current_dir(dir.path());
-        let mut proc = Proc::spawn("switchboard", &mut cmd);
+        let mut proc = Proc::spawn("switchboard", &mut cmd, PATIENCE);
         let http = after(&proc.wait_for("http listening on "), "http listening on ")
             .parse()
             .expect("http address");
@@ -399,15 +289,19 @@ impl Server {
 
     /// Waits until instance `id` is listed with a reported count satisfying `ok`.
     fn wait_connections(&self, id: &str, what: &str, ok: impl Fn(u64) -> bool) -> u64 {
-        eventually(&format!("instance {id}: connections {what}"), || {
-            let n = self.instance(id)?["connections"].as_u64()?;
-            ok(n).then_some(n)
-        })
+        eventually(
+            PATIENCE,
+            &format!("instance {id}: connections {what}"),
+            || {
+                let n = self.instance(id)?["connections"].as_u64()?;
+                ok(n).then_some(n)
+            },
+        )
     }
 
     /// Waits until instance `id` is listed `up` at `address`.
     fn wait_up(&self, id: &str, address: &str) {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + PATIENCE.limit;
         loop {
             let listing = self.instances();
             let up = listing
@@ -428,12 +322,6 @@ impl Server {
 /// A plain or a TLS connection, for [`Server::call_with`].
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
-
-/// A free loopback port (bound, then released).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local address").port()
-}
 
 /// A std echo server that counts the connections it accepted.
 struct EchoServer {
@@ -486,18 +374,11 @@ impl EchoServer {
 /// For an HTTPS server, also `SWITCHBOARD_CA_CERT` (its root CA); never a client
 /// certificate (see [`with_client_cert`]).
 fn example(server: &Server, program: &str, args: &[&dyn AsRef<OsStr>]) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env("SWITCHBOARD_SERVER", server.url())
-        .env("SWITCHBOARD_SERVICE", "default")
-        .env("SWITCHBOARD_FORWARDER", server.forward.to_string())
-        .env("TTL_SECS", TTL_SECS)
-        .env("PING_SECS", "1")
+    let forwarder = server.forward.to_string();
+    let mut cmd = example_command(program, args, &server.url(), &forwarder);
+    cmd.env("TTL_SECS", TTL_SECS)
         .env("ADVERTISE_HOST", "127.0.0.1")
-        .env_remove("PORT")
-        .env_remove("SWITCHBOARD_CA_CERT")
-        .env_remove("SWITCHBOARD_CLIENT_CERT")
-        .env_remove("SWITCHBOARD_CLIENT_KEY");
+        .env_remove("PORT");
     if let Some(ca) = server.ca_cert() {
         cmd.env("SWITCHBOARD_CA_CERT", ca);
     }
@@ -525,13 +406,13 @@ fn backend_life(
     mut device: Command,
     sheds: bool,
 ) {
-    let mut backend = Proc::spawn(&format!("{lang} backend"), &mut backend);
+    let mut backend = Proc::spawn(&format!("{lang} backend"), &mut backend, PATIENCE);
     let address = known_address
         .unwrap_or_else(|| after(&backend.wait_for("listening on "), "listening on ").to_owned());
     let id = after(&backend.wait_for("registered id="), "registered id=").to_owned();
     server.wait_up(&id, &address);
 
-    let mut device = Proc::spawn(&format!("{lang} device"), &mut device);
+    let mut device = Proc::spawn(&format!("{lang} device"), &mut device, PATIENCE);
     device.wait_for(&format!("connected to {address}"));
     device.wait_for("echo ok");
     server.wait_connections(&id, ">= 1", |n| n >= 1);
@@ -586,25 +467,18 @@ fn assert_jitter(device: &mut Proc) {
     let wait: u64 = after(&line, "reconnecting in ")
         .parse()
         .unwrap_or_else(|e| panic!("{line:?}: {e}"));
-    assert!(wait < JITTER_MS, "{}: {line:?}", device.name);
+    assert!(wait < JITTER_MS, "{}: {line:?}", device.name());
 }
 
 /// The Java examples compiled once (`javac`, into the target dir) for every test.
 fn java_classes() -> &'static Path {
     static CLASSES: OnceLock<PathBuf> = OnceLock::new();
     CLASSES.get_or_init(|| {
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-examples-java");
-        let java = examples().join("java");
-        let output = Command::new("javac")
-            .arg("-Xlint:all")
-            .arg("-cp")
-            .arg(NETTY_JARS.join(":"))
-            .arg("-d")
-            .arg(&out)
-            .arg(java.join("NettyBackend.java"))
-            .arg(java.join("Device.java"))
-            .output()
-            .expect("run javac");
+        let (out, output) = sdk::javac(
+            "sdk-examples-java",
+            &NETTY_JARS,
+            &["NettyBackend.java", "Device.java"],
+        );
         assert!(
             output.status.success(),
             "javac failed:\n{}",
@@ -708,7 +582,11 @@ const OPENSSL_UNKNOWN_CA: &str = "unable to get local issuer certificate";
 /// the test CA) refuses the HTTPS server, saying `needle`: the examples verify.
 fn refuses_without_the_ca(lang: &str, mut device: Command, needle: &str) {
     device.env_remove("SWITCHBOARD_CA_CERT");
-    let mut device = Proc::spawn(&format!("{lang} device without the CA"), &mut device);
+    let mut device = Proc::spawn(
+        &format!("{lang} device without the CA"),
+        &mut device,
+        PATIENCE,
+    );
     device.wait_for(needle);
 }
 
@@ -821,6 +699,7 @@ fn backends_show_a_client_certificate_over_mutual_tls() {
         let mut refused = Proc::spawn(
             &format!("{lang} backend without a client certificate"),
             &mut backend(lang),
+            PATIENCE,
         );
         refused.wait_for("register answered 401");
         drop(refused);
@@ -829,6 +708,7 @@ fn backends_show_a_client_certificate_over_mutual_tls() {
         let mut shown = Proc::spawn(
             &format!("{lang} backend with a client certificate"),
             &mut shown,
+            PATIENCE,
         );
         let id = after(&shown.wait_for("registered id="), "registered id=").to_owned();
         shown.wait_nth("heartbeat connections=", 1);
@@ -846,7 +726,11 @@ fn backends_show_a_client_certificate_over_mutual_tls() {
         "python3",
         &[&examples().join("python").join("device.py")],
     );
-    let mut device = Proc::spawn("python device without a client certificate", &mut device);
+    let mut device = Proc::spawn(
+        "python device without a client certificate",
+        &mut device,
+        PATIENCE,
+    );
     device.wait_for("servers 127.0.0.1:");
     device.wait_for("echo ok");
     drop(device);
@@ -870,18 +754,7 @@ fn c_device_falls_back_to_the_next_server_and_to_the_forwarder() {
     if !tools::tools_ready("c_device_falls_back", &["gcc"], &[]) {
         return;
     }
-    let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-examples-c-device");
-    let gcc = Command::new("gcc")
-        .args(["-O2", "-Wall", "-Wextra", "-o"])
-        .arg(&binary)
-        .arg(examples().join("c").join("device.c"))
-        .output()
-        .expect("run gcc");
-    assert!(
-        gcc.status.success() && gcc.stderr.is_empty(),
-        "gcc:\n{}",
-        String::from_utf8_lossy(&gcc.stderr)
-    );
+    let binary = sdk::c_device("sdk-examples-c-device");
 
     let server = Server::start();
     let echo = EchoServer::start();
@@ -910,7 +783,7 @@ fn c_device_falls_back_to_the_next_server_and_to_the_forwarder() {
         .arg(server.forward.to_string())
         .arg("default")
         .env("PING_SECS", "1");
-    let mut device = Proc::spawn("C device", &mut device);
+    let mut device = Proc::spawn("C device", &mut device, PATIENCE);
     device.wait_for(&format!("servers {dead} {}", echo.addr));
     device.wait_for(&format!("cannot connect to {dead}"));
     device.wait_for(&format!("connected to {}", echo.addr));
@@ -931,7 +804,7 @@ fn c_device_falls_back_to_the_next_server_and_to_the_forwarder() {
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg(server.forward.to_string())
         .env("PING_SECS", "1");
-    let mut device = Proc::spawn("C device (no registry)", &mut device);
+    let mut device = Proc::spawn("C device (no registry)", &mut device, PATIENCE);
     device.wait_for(&format!(
         "registry unreachable; using the forwarder {}",
         server.forward
@@ -970,7 +843,7 @@ fn seed_scenario_two_netty_backends_behind_the_forwarder_get_two_devices_each() 
         .map(|port| {
             let mut cmd = java(&server, "NettyBackend", &[&port.to_string()]);
             (
-                Proc::spawn(&format!("netty backend :{port}"), &mut cmd),
+                Proc::spawn(&format!("netty backend :{port}"), &mut cmd, PATIENCE),
                 String::new(),
             )
         })
@@ -988,7 +861,7 @@ fn seed_scenario_two_netty_backends_behind_the_forwarder_get_two_devices_each() 
     let mut devices: Vec<Proc> = (0..4)
         .map(|n| {
             let mut cmd = java(&server, "Device", &[&server.forward.to_string()]);
-            Proc::spawn(&format!("device {n}"), &mut cmd)
+            Proc::spawn(&format!("device {n}"), &mut cmd, PATIENCE)
         })
         .collect();
     for device in &mut devices {
@@ -996,7 +869,7 @@ fn seed_scenario_two_netty_backends_behind_the_forwarder_get_two_devices_each() 
         device.wait_for("echo ok");
     }
 
-    let accepted = eventually("4 channels accepted by the backends", || {
+    let accepted = eventually(PATIENCE, "4 channels accepted by the backends", || {
         let counts: Vec<usize> = backends
             .iter_mut()
             .map(|(b, _)| b.count("accepted "))

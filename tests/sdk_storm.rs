@@ -27,17 +27,22 @@
 //! processes killed by PID, every wait under a deadline.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+// The harness tests/sdk_examples.rs uses too; this file uses a part of it.
+#[allow(dead_code)]
+#[path = "common/sdk.rs"]
+mod sdk;
 #[path = "common/tools.rs"]
 mod tools;
+use sdk::{Patience, Proc, count, eventually, example_command, examples, free_port};
 
 /// `SWITCHBOARD_TIME_SCALE` for every device: 1 s of the contract is 10 ms here.
 const SCALE: u32 = 100;
@@ -50,8 +55,11 @@ const CAP_MS: u64 = 120_000;
 const RESET_AFTER_MS: u64 = 60_000;
 /// Failed attempts in a row in phase 2: caps 1, 2, 4 ... 64 s, then 120 s twice.
 const BACKOFFS: usize = 9;
-/// How long any one condition may take to become true.
-const PATIENCE: Duration = Duration::from_secs(30);
+/// How long any one condition may take to become true (polled every 20 ms).
+const PATIENCE: Patience = Patience {
+    limit: Duration::from_secs(30),
+    poll: Duration::from_millis(20),
+};
 /// What a device may spend between two requests besides its wait: reading the answer,
 /// a refused connect, a new HTTP connection (a process start for curl), a busy machine.
 const SLACK: Duration = Duration::from_secs(3);
@@ -107,7 +115,7 @@ impl Registry {
 
     /// Waits until `n` requests came.
     fn wait_asked(&self, n: usize) -> Vec<Instant> {
-        eventually(&format!("{n} requests to /servers"), || {
+        eventually(PATIENCE, &format!("{n} requests to /servers"), || {
             let asked = self.asked();
             (asked.len() >= n).then_some(asked)
         })
@@ -287,114 +295,17 @@ impl Echo {
 
 /// A loopback port nothing listens on (bound, then released): connects are refused.
 fn dead_port() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local address").to_string()
+    format!("127.0.0.1:{}", free_port())
 }
 
 // ---------------------------------------------------------------------------------------
 // The device and what it prints
 // ---------------------------------------------------------------------------------------
 
-/// Polls `probe` until it gives a value, for at most [`PATIENCE`].
-fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A device process whose stdout and stderr lines are collected; killed by PID on drop
-/// (its output is printed then if the test is failing).
-struct Device {
-    name: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Device {
-    fn spawn(name: &str, mut cmd: Command) -> Device {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let outputs: [Box<dyn Read + Send>; 2] = [Box::new(stdout), Box::new(stderr)];
-        for output in outputs {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(output).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Device {
-            name: name.to_owned(),
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits until what it printed satisfies `done`.
-    fn wait(&mut self, what: &str, done: impl Fn(&[String]) -> bool) {
-        let deadline = Instant::now() + PATIENCE;
-        while !done(&self.seen) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!(
-                    "{}: no {what}; output:\n{}",
-                    self.name,
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Waits until `n` lines contain `needle`.
-    fn wait_count(&mut self, needle: &str, n: usize) {
-        self.wait(&format!("line #{n} with {needle:?}"), |seen| {
-            count(seen, needle) >= n
-        });
-    }
-
-    /// Lines so far that contain `needle`.
-    fn count(&mut self, needle: &str) -> usize {
-        self.events();
-        count(&self.seen, needle)
-    }
-
-    /// What it printed so far, as events.
-    fn events(&mut self) -> Vec<Event> {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        self.seen.iter().map(|l| Event::parse(l)).collect()
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            while let Ok(line) = self.lines.try_recv() {
-                self.seen.push(line);
-            }
-            eprintln!("--- {} output:\n{}", self.name, self.seen.join("\n"));
-        }
-    }
+/// What `device` printed so far, as events.
+fn events(device: &mut Proc) -> Vec<Event> {
+    device.pump();
+    device.seen().iter().map(|l| Event::parse(l)).collect()
 }
 
 /// One line of a device, as far as the contract is concerned.
@@ -680,9 +591,9 @@ fn storm(name: &str, command: impl FnOnce(&Env) -> Command) {
     registry.script(&[&[a, first, b], &[a, b, first], &[first, a, b]]);
     let mut cmd = command(&env);
     cmd.env("SWITCHBOARD_TIME_SCALE", SCALE.to_string());
-    let mut device = Device::spawn(name, cmd);
+    let mut device = Proc::spawn(name, &mut cmd, PATIENCE);
     device.wait_count("echo ok", 1);
-    reader.events = device.events();
+    reader.events = events(&mut device);
     for (list, dead) in [([a, first, b], a), ([a, b, first], b)] {
         reader.expect(Event::Servers(list.map(str::to_owned).to_vec()));
         reader.expect(Event::Refused(dead.to_owned()));
@@ -697,7 +608,7 @@ fn storm(name: &str, command: impl FnOnce(&Env) -> Command) {
     registry.script(&[&dead]);
     let (killed, _) = live.kill();
     device.wait_count("backing off ", BACKOFFS);
-    reader.events = device.events();
+    reader.events = events(&mut device);
     reader.echoes();
     reader.lost(killed);
     let mut waits = Vec::new();
@@ -727,7 +638,7 @@ fn storm(name: &str, command: impl FnOnce(&Env) -> Command) {
         "{name}: the short connection lasted {lasted:?} (a stalled machine?)"
     );
     device.wait_count("backing off ", backoffs + 1);
-    reader.events = device.events();
+    reader.events = events(&mut device);
     reader.until_connected(&brief);
     reader.echoes();
     reader.lost(killed);
@@ -750,7 +661,7 @@ fn storm(name: &str, command: impl FnOnce(&Env) -> Command) {
     let backoffs = device.count("backing off ");
     let (killed, _) = long.kill();
     device.wait_count("backing off ", backoffs + 2);
-    reader.events = device.events();
+    reader.events = events(&mut device);
     reader.until_connected(&longer);
     if reader.echoes() < 2 {
         reader.fail("two echoes");
@@ -781,25 +692,9 @@ impl Env {
     /// `program args...` with the environment the examples read (the scale is added by
     /// [`storm`]).
     fn command(&self, program: &str, args: &[&Path]) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .env("SWITCHBOARD_SERVER", format!("http://{}", self.registry))
-            .env("SWITCHBOARD_SERVICE", "default")
-            .env("SWITCHBOARD_FORWARDER", &self.forwarder)
-            .env("PING_SECS", "1")
-            .env_remove("SWITCHBOARD_CA_CERT")
-            .env_remove("SWITCHBOARD_CLIENT_CERT")
-            .env_remove("SWITCHBOARD_CLIENT_KEY");
-        cmd
+        let registry = format!("http://{}", self.registry);
+        example_command(program, args, &registry, &self.forwarder)
     }
-}
-
-fn count(lines: &[String], needle: &str) -> usize {
-    lines.iter().filter(|l| l.contains(needle)).count()
-}
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk-examples")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -829,19 +724,8 @@ fn java_device_keeps_the_reconnect_contract() {
     if !tools::tools_ready("java_device_storm", &["java", "javac"], &[]) {
         return;
     }
-    let classes = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-storm-java");
-    let javac = Command::new("javac")
-        .arg("-Xlint:all")
-        .arg("-d")
-        .arg(&classes)
-        .arg(examples().join("java").join("Device.java"))
-        .output()
-        .expect("run javac");
-    assert!(
-        javac.status.success() && javac.stderr.is_empty(),
-        "javac:\n{}",
-        String::from_utf8_lossy(&javac.stderr)
-    );
+    let (classes, javac) = sdk::javac("sdk-storm-java", &[], &["Device.java"]);
+    sdk::assert_clean("javac", &javac);
     storm("java device", |env| {
         let mut cmd = env.command("java", &[]);
         cmd.arg("-cp").arg(&classes).arg("Device");
@@ -856,18 +740,7 @@ fn c_device_keeps_the_reconnect_contract() {
     if !tools::tools_ready("c_device_storm", &["gcc"], &[]) {
         return;
     }
-    let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-storm-c-device");
-    let gcc = Command::new("gcc")
-        .args(["-O2", "-Wall", "-Wextra", "-o"])
-        .arg(&binary)
-        .arg(examples().join("c").join("device.c"))
-        .output()
-        .expect("run gcc");
-    assert!(
-        gcc.status.success() && gcc.stderr.is_empty(),
-        "gcc:\n{}",
-        String::from_utf8_lossy(&gcc.stderr)
-    );
+    let binary = sdk::c_device("sdk-storm-c-device");
     storm("C device", |env| {
         let mut cmd = env.command(binary.to_str().expect("a UTF-8 path"), &[]);
         cmd.arg(env.registry.to_string())
