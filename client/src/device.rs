@@ -1,6 +1,7 @@
 //! The device side: resolve, connect to the first server that answers within a
 //! connect timeout (asking again after a failure), keep the last good list for when the
-//! registry is unreachable, and wait a random jitter before reconnecting.
+//! registry is unreachable, and wait a random jitter before reconnecting. The backoff
+//! between failed attempts is `reconnect.rs`'s.
 
 use std::time::Duration;
 
@@ -13,7 +14,9 @@ use crate::registry::{Query, Registry, Server};
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A device of one query: connects to the best server that answers, and reconnects
-/// after a jitter when its connection is lost.
+/// after a jitter when its connection is lost. [`Reconnect`](crate::Reconnect) adds
+/// the backoff between failed attempts, for a device loop that keeps the whole
+/// reconnect contract.
 ///
 /// ```
 /// # async fn doc_server() -> Result<(switchboard::app::Running, String), Box<dyn std::error::Error>> {
@@ -54,6 +57,11 @@ impl Device {
             query,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
+    }
+
+    /// The registry it resolves with.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Sets how long one connect attempt may take.

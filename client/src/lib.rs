@@ -6,7 +6,11 @@
 //!   receive `shed` hints; drain and deregister on shutdown.
 //! - **Devices** [`Device`]: resolve a ranked list, connect to the first server that
 //!   answers, use the last good list while the registry is unreachable, wait a random
-//!   jitter before reconnecting; [`Watch`] follows membership changes.
+//!   jitter before reconnecting; [`Reconnect`] keeps the whole reconnect contract
+//!   (SPEC section 11) in a device loop: the jitter after a lost connection,
+//!   full-jitter exponential backoff after a failed attempt (random in
+//!   `0..min(120 s, 1 s × 2^n)`, [`Backoff`]), reset by 60 s connected;
+//!   [`Watch`] follows membership changes.
 //!
 //! A [`Registry`] handle takes one URL per registry node and fails over between
 //! them, remembering which answered. Depends on nothing of the server crate.
@@ -50,6 +54,7 @@
 mod backend;
 mod device;
 mod error;
+mod reconnect;
 mod registry;
 mod tls;
 mod watch;
@@ -57,6 +62,9 @@ mod watch;
 pub use backend::{BACKOFF_MAX, BACKOFF_MIN, Backend, ConnectionCount, SHED_QUEUE};
 pub use device::{DEFAULT_CONNECT_TIMEOUT, Device};
 pub use error::{Error, Result};
+pub use reconnect::{
+    Backoff, RECONNECT_BACKOFF_BASE, RECONNECT_BACKOFF_CAP, RECONNECT_RESET_AFTER, Reconnect, Wait,
+};
 pub use registry::{
     Beat, DEFAULT_RECONNECT_JITTER_MS, DEFAULT_REQUEST_TIMEOUT, Lease, Query, Registration,
     Registry, RegistryBuilder, Server, ServerList,

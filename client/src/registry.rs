@@ -675,6 +675,17 @@ impl Registry {
         Duration::from_millis(rand::random_range(0..jitter))
     }
 
+    /// `reconnect_jitter_ms` of the last answer (5 s before any): the bound of
+    /// [`Registry::reconnect_delay`].
+    ///
+    /// ```
+    /// let registry = switchboard_client::Registry::builder(["http://127.0.0.1:8080"]).build().unwrap();
+    /// assert_eq!(registry.reconnect_jitter(), std::time::Duration::from_secs(5));
+    /// ```
+    pub fn reconnect_jitter(&self) -> Duration {
+        Duration::from_millis(self.inner.jitter_ms.load(Ordering::Relaxed))
+    }
+
     /// One API call with failover: starts at the node that answered last and tries
     /// each node once; a node that cannot be reached or answers 5xx passes the call
     /// to the next. Decodes the success body (`Option<T>` takes an empty 204).
