@@ -1,7 +1,8 @@
 //! The Rust SDK examples (`sdk-examples/rust`, built by `cargo test` as this crate's
 //! examples) end to end against the real server: the backend registers and serves,
 //! the device gets an echo through it, and the backend's reported count reaches the
-//! registry.
+//! registry; when its server dies, the device keeps the reconnect contract (the
+//! jitter, then a growing backoff) until another answers.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -83,12 +84,17 @@ impl Drop for Program {
 
 /// The real server in-process on port 0 with an in-memory store, and its URL.
 async fn serve() -> (app::Running, String) {
+    serve_with("").await
+}
+
+/// [`serve`] with more TOML.
+async fn serve_with(extra: &str) -> (app::Running, String) {
     let args = ServeArgs {
         no_forward: true,
         ..ServeArgs::default()
     };
-    let config =
-        Config::from_toml("http = \"127.0.0.1:0\"\ndb = \"sqlite::memory:\"", &args).unwrap();
+    let toml = format!("http = \"127.0.0.1:0\"\ndb = \"sqlite::memory:\"\n{extra}");
+    let config = Config::from_toml(&toml, &args).unwrap();
     let server = app::start(config).await.unwrap();
     let url = format!("http://{}", server.http_addr);
     (server, url)
@@ -192,5 +198,60 @@ async fn the_rust_device_lands_on_the_less_loaded_backend() {
     device.wait_for("echo ok");
     drop(held);
     drop((device, busy, idle));
+    server.stop().await.unwrap();
+}
+
+/// The number right after `prefix` in `line` (`reconnecting in 120 ms`).
+fn number_after(line: &str, prefix: &str) -> u64 {
+    let rest = line
+        .split_once(prefix)
+        .unwrap_or_else(|| panic!("{prefix:?} not in {line:?}"))
+        .1;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {prefix:?} in {line:?}"))
+}
+
+/// SPEC 11 in the example device: when its server dies it waits below the jitter,
+/// backs off below caps of 1 s, then 2 s, does not exit, and connects to the next
+/// server that comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_device_backs_off_and_keeps_trying_when_its_server_dies() {
+    let (server, url) = serve_with("[rebalance]\nreconnect_jitter_ms = 200").await;
+
+    let (first, first_addr) = registered_backend(&url);
+    let mut device = Program::start("device", &["device-3"], &url, &[]);
+    assert_eq!(
+        device.wait_for("connected to "),
+        format!("connected to {first_addr}")
+    );
+    device.wait_for("echo ok");
+    // Killed: it stays listed until its TTL passes, and refuses.
+    drop(first);
+    device.wait_for("connection lost");
+    let jitter = number_after(&device.wait_for("reconnecting in "), "reconnecting in ");
+    assert!(jitter < 200, "jitter {jitter} ms");
+    for cap in [1_000, 2_000] {
+        let line = device.wait_for(&format!("(up to {cap} ms)"));
+        assert!(number_after(&line, "backing off ") < cap, "{line}");
+    }
+    assert!(
+        device.child.try_wait().expect("status").is_none(),
+        "the device keeps trying"
+    );
+
+    let (second, second_addr) = registered_backend(&url);
+    device.wait_for(&format!("connected to {second_addr}"));
+    let echoes = device.seen.iter().filter(|l| l.contains("echo ok")).count();
+    let deadline = Instant::now() + PATIENCE;
+    while device.seen.iter().filter(|l| l.contains("echo ok")).count() == echoes {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match device.lines.recv_timeout(left) {
+            Ok(line) => device.seen.push(line),
+            Err(_) => panic!("no echo from {second_addr}:\n{}", device.seen.join("\n")),
+        }
+    }
+    drop((device, second));
     server.stop().await.unwrap();
 }

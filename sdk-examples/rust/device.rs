@@ -1,6 +1,13 @@
 //! A device that resolves its service, connects to the first server that answers,
-//! echoes a line every second, and reconnects (after the registry's jitter) when its
-//! connection is lost.
+//! echoes a line every second, and keeps the client reconnect contract (SPEC section
+//! 11) through the crate's `Reconnect`, never giving up:
+//!
+//! - An attempt: `GET /servers` and connect to the first server; when it does not
+//!   answer, ask again and take the first server not yet tried (`Device::connect`).
+//! - After a lost connection: wait a random `0..reconnect_jitter_ms` (from the last
+//!   answer; 5000 before any), then attempt.
+//! - After a failed attempt: wait a random `0..min(120 s, 1 s × 2^n)`, `n` the failed
+//!   attempts so far, then attempt again; a connection that lasted 60 s resets `n`.
 //!
 //! ```text
 //! cargo run --release -- serve &
@@ -11,8 +18,9 @@
 
 use std::time::Duration;
 
-use switchboard_client::{Device, Query, Registry};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use switchboard_client::{Device, Query, Reconnect, Registry, Wait};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,32 +33,64 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(u64::MAX);
     let registry = Registry::builder([url]).build()?;
     let device = Device::new(registry, Query::new(service).key(name.clone()));
+    let mut reconnect = Reconnect::new(device);
 
-    let (mut stream, mut server) = device.connect().await?;
-    println!("connected to {}", server.address);
     let mut done = 0;
+    // Forever unless ROUNDS is set: a failed attempt only backs off.
     while done < rounds {
-        let line = format!("hello from {name} #{done}\n");
-        let mut answer = String::new();
-        let ok = async {
-            stream.write_all(line.as_bytes()).await?;
-            let mut reader = BufReader::new(&mut stream);
-            tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut answer))
-                .await
-                .map_err(std::io::Error::other)?
+        let (stream, server) = match reconnect.attempt().await {
+            Ok(connected) => connected,
+            Err(err) => {
+                println!("cannot connect: {err}");
+                if let Some(Wait::Backoff { wait, cap }) = reconnect.due() {
+                    println!(
+                        "backing off {} ms (up to {} ms)",
+                        wait.as_millis(),
+                        cap.as_millis()
+                    );
+                }
+                continue;
+            }
+        };
+        println!("connected to {}", server.address);
+        let lost = echo(stream, &name, &mut done, rounds).await;
+        if let Err(err) = lost {
+            println!("connection lost: {err}");
+            let wait = reconnect.lost();
+            println!("reconnecting in {} ms", wait.duration().as_millis());
         }
-        .await;
-        match ok {
-            Ok(n) if n > 0 && answer == line => {
-                println!("echo ok from {}", server.address);
-                done += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            _ => {
-                println!("lost {}; reconnecting", server.address);
-                (stream, server) = device.reconnect().await?;
-                println!("connected to {}", server.address);
-            }
+    }
+    Ok(())
+}
+
+/// Echoes a line a second until `done` reaches `rounds` (`Ok`) or the connection is
+/// lost (`Err`).
+async fn echo(stream: TcpStream, name: &str, done: &mut u64, rounds: u64) -> std::io::Result<()> {
+    let mut stream = BufReader::new(stream);
+    while *done < rounds {
+        let line = format!("hello from {name} #{done}\n");
+        stream.write_all(line.as_bytes()).await?;
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_line(&mut answer))
+            .await
+            .map_err(|_| std::io::Error::other("no echo within 5 s"))??;
+        if answer != line {
+            return Err(std::io::Error::other("closed or bad echo"));
+        }
+        println!("echo ok");
+        *done += 1;
+        if *done == rounds {
+            break;
+        }
+        // Idle until the next round, but notice at once when the server closes.
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            read = stream.read(&mut byte) => return Err(match read {
+                Ok(0) => std::io::Error::other("closed by the server"),
+                Ok(_) => std::io::Error::other("bytes that are no echo"),
+                Err(err) => err,
+            }),
         }
     }
     Ok(())
