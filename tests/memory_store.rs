@@ -9,14 +9,14 @@ mod common;
 
 use std::future::Future;
 use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 
 /// Polls `fut` a few times, then drops it: a write cancelled while in flight.
 fn cancel_midway<F: Future>(fut: F, polls: usize) -> bool {
     let mut fut = pin!(fut);
     let mut cx = Context::from_waker(Waker::noop());
     for _ in 0..polls {
-        if let Poll::Ready(_) = fut.as_mut().poll(&mut cx) {
+        if fut.as_mut().poll(&mut cx).is_ready() {
             return false;
         }
     }
