@@ -2,9 +2,10 @@
 //! a heartbeat and a `/servers` pick on tables of 1k, 10k and 100k instances whose
 //! loads are shaped like real fleets (equal; uneven `i % 997`; a scale-out where a
 //! tenth are empty newcomers; a few hot servers among cold ones), a keyed pick, a ring
-//! pick, and the PROXY protocol headers. No I/O: the library's own types, called
-//! in-process. Each table also prints its index steps per heartbeat, the count the
-//! core's own test bounds.
+//! pick, the PROXY protocol headers, and one dashboard-history sample of a table (the
+//! walk the sampler makes under the table's lock). No I/O: the library's own types,
+//! called in-process. Each table also prints its index steps per heartbeat, the count
+//! the core's own test bounds.
 //!
 //! ```text
 //! cargo bench --bench hot_paths
@@ -24,6 +25,7 @@ use std::net::SocketAddr;
 use criterion::{Criterion, criterion_group, criterion_main};
 use support::knobs;
 use switchboard::forwarder::proxy_protocol;
+use switchboard::history::History;
 use switchboard::lease;
 use switchboard::registry::ring::{self, Ring};
 use switchboard::registry::table::{RankQuery, Ranked};
@@ -165,6 +167,35 @@ fn ring(c: &mut Criterion) {
     );
 }
 
+/// One dashboard-history sample of a table (`history::sampler::sample`'s work for one
+/// service: the walk under the table's lock, each instance handed to the history),
+/// per size, on the uneven shape: the lock is held this long every
+/// `history_sample_secs`.
+fn history_sample(c: &mut Criterion) {
+    for n in knobs::sizes("SB_BENCH_SIZES", &[1_000, 10_000, 100_000], 1_000_000) {
+        let (mut table, _) = table(n, SHAPES[1].1);
+        let history = History::new(std::time::Duration::from_secs(5), 360);
+        let mut unix_ms = 0u64;
+        c.bench_function(&format!("history sample, {n} instances"), |b| {
+            b.iter(|| {
+                unix_ms += 5_000;
+                history.record(unix_ms, |tick| {
+                    let mut service = tick.service(table.name());
+                    let figures = table.sample(NOW, &mut |instance, state| {
+                        service.instance(
+                            &instance.id,
+                            &instance.spec.address,
+                            instance.connections,
+                            state,
+                        );
+                    });
+                    service.finish(&figures);
+                });
+            })
+        });
+    }
+}
+
 fn proxy_header(c: &mut Criterion) {
     let v4: (SocketAddr, SocketAddr) = (
         "203.0.113.7:51234".parse().expect("literal"),
@@ -185,5 +216,5 @@ fn proxy_header(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, registry, ring, proxy_header);
+criterion_group!(benches, registry, history_sample, ring, proxy_header);
 criterion_main!(benches);
