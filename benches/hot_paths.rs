@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use criterion::{Criterion, criterion_group, criterion_main};
 use support::knobs;
 use switchboard::forwarder::proxy_protocol;
-use switchboard::history::History;
+use switchboard::history::{History, sampler};
 use switchboard::lease;
 use switchboard::registry::ring::{self, Ring};
 use switchboard::registry::table::{RankQuery, Ranked};
@@ -167,10 +167,9 @@ fn ring(c: &mut Criterion) {
     );
 }
 
-/// One dashboard-history sample of a table (`history::sampler::sample`'s work for one
-/// service: the walk under the table's lock, each instance handed to the history),
-/// per size, on the uneven shape: the lock is held this long every
-/// `history_sample_secs`.
+/// One dashboard-history sample of a table (`history::sampler::sample_table`: the walk
+/// under the table's lock, each instance handed to the history), per size, on the
+/// uneven shape: the lock is held this long every `history_sample_secs`.
 fn history_sample(c: &mut Criterion) {
     for n in knobs::sizes("SB_BENCH_SIZES", &[1_000, 10_000, 100_000], 1_000_000) {
         let (mut table, _) = table(n, SHAPES[1].1);
@@ -179,18 +178,7 @@ fn history_sample(c: &mut Criterion) {
         c.bench_function(&format!("history sample, {n} instances"), |b| {
             b.iter(|| {
                 unix_ms += 5_000;
-                history.record(unix_ms, |tick| {
-                    let mut service = tick.service(table.name());
-                    let figures = table.sample(NOW, &mut |instance, state| {
-                        service.instance(
-                            &instance.id,
-                            &instance.spec.address,
-                            instance.connections,
-                            state,
-                        );
-                    });
-                    service.finish(&figures);
-                });
+                history.record(unix_ms, |tick| sampler::sample_table(tick, &mut table, NOW));
             })
         });
     }

@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::History;
+use super::{History, Tick};
 use crate::clock::Clock;
 use crate::hub::Hub;
+use crate::registry::{Millis, ServiceTable};
 
 /// Samples `hub` into `history` every [`History::sample_every`] until `cancel` fires;
 /// the first sample at once.
@@ -31,17 +32,21 @@ pub async fn run(hub: Hub, history: Arc<History>, cancel: CancellationToken) {
 /// One sample of every service, at `unix_ms`.
 pub fn sample(hub: &Hub, history: &History, unix_ms: u64) {
     history.record(unix_ms, |tick| {
-        hub.each_table(&mut |table, now| {
-            let mut service = tick.service(table.name());
-            let figures = table.sample(now, &mut |instance, state| {
-                service.instance(
-                    &instance.id,
-                    &instance.spec.address,
-                    instance.connections,
-                    state,
-                );
-            });
-            service.finish(&figures);
-        });
+        hub.each_table(&mut |table, now| sample_table(tick, table, now));
     });
+}
+
+/// One service's part of a sample: its table walked once (the caller holds its lock),
+/// each instance handed to the history, then the service's figures.
+pub fn sample_table(tick: &mut Tick<'_>, table: &mut ServiceTable, now: Millis) {
+    let mut service = tick.service(table.name());
+    let figures = table.sample(now, &mut |instance, state| {
+        service.instance(
+            &instance.id,
+            &instance.spec.address,
+            instance.connections,
+            state,
+        );
+    });
+    service.finish(&figures);
 }
