@@ -47,19 +47,15 @@ fn dir() -> PathBuf {
 /// Whether node, chromium and playwright-core are there. Missing ones fail the test in
 /// CI and skip it (with a `SKIPPED` line) elsewhere.
 fn browser_ready(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !common::tools::on_path("node") {
-        missing.push("node".to_owned());
-    }
-    if !Path::new(CHROMIUM).is_file() {
-        missing.push(format!("{CHROMIUM} (apt-get install chromium)"));
-    }
-    if !dir()
-        .join("node_modules/playwright-core/package.json")
-        .is_file()
-    {
-        missing.push("playwright-core (npm ci in tests/dashboard)".to_owned());
-    }
+    let chromium = format!("{CHROMIUM} (apt-get install chromium)");
+    let playwright = dir().join("node_modules/playwright-core/package.json");
+    let missing = common::tools::missing(
+        &["node"],
+        &[
+            (Path::new(CHROMIUM), &chromium),
+            (&playwright, "playwright-core (npm ci in tests/dashboard)"),
+        ],
+    );
     common::tools::ready(test, &missing)
 }
 

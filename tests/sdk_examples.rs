@@ -16,8 +16,9 @@
 //! The harness's own calls speak TLS then (rustls, showing the test client certificate).
 //!
 //! A missing toolchain (java, javac, Debian's libnetty-java, node, python3, gcc, curl,
-//! ss) fails the test where `CI` is set, and prints `SKIPPED` otherwise. Self-contained
-//! on purpose: std sockets, child processes killed by PID, every wait under a deadline.
+//! ss) fails the test where `CI` is set, and prints `SKIPPED` otherwise. The server is
+//! `common/process.rs`'s; the rest is on purpose without async: std sockets, child
+//! processes killed by PID, every wait under a deadline.
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -32,17 +33,13 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Value, json};
 
-// The test PKI that tests/tls.rs uses too; this file uses a part of it.
-#[allow(dead_code)]
-#[path = "common/certs.rs"]
-mod certs;
+mod common;
 // The harness tests/sdk_storm.rs uses too; this file uses a part of it.
 #[allow(dead_code)]
 #[path = "common/sdk.rs"]
 mod sdk;
-#[path = "common/tools.rs"]
-mod tools;
-use certs::Pki;
+use common::certs::Pki;
+use common::{Options, process, tools};
 use sdk::{Patience, Proc, eventually, example_command, examples, free_port};
 
 /// How long any one condition may take to become true (polled every 50 ms).
@@ -83,16 +80,28 @@ fn after<'a>(line: &'a str, needle: &str) -> &'a str {
     &rest[..end]
 }
 
-/// The real server: `serve` with one forward listener for `default`, and a short
-/// reconnect jitter; HTTPS only when started with [`Server::start_https`].
+/// The real server ([`process::Server`]): `serve` with one forward listener for
+/// `default`, and a short reconnect jitter; HTTPS only when started with
+/// [`Server::start_https`]. The harness's calls to it are this file's own (HTTP/1.0).
 struct Server {
     /// Killed (by PID) when the server drops.
-    _proc: Proc,
+    process: process::Server,
     http: SocketAddr,
     forward: SocketAddr,
     /// Set when the API serves HTTPS.
     tls: Option<Tls>,
-    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    /// A failing test prints the server's log, as it prints each example's output.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- switchboard output:\n{}",
+                self.process.logged().join("\n")
+            );
+        }
+    }
 }
 
 /// An HTTPS server's certificates and the harness's TLS client for it.
@@ -155,42 +164,23 @@ impl Server {
     }
 
     fn spawn(tls: Option<(Tls, String)>) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("switchboard.toml");
         let mut toml = format!("[rebalance]\nreconnect_jitter_ms = {JITTER_MS}\n");
         let tls = tls.map(|(tls, section)| {
             toml.push_str(&section);
             tls
         });
-        std::fs::write(&config, toml).expect("write config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .args(["--http", "127.0.0.1:0", "--db", "sqlite::memory:"])
-            .args(["--forward", "127.0.0.1:0=default"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("SWITCHBOARD_ADMIN_TOKEN")
-            .env_remove("SWITCHBOARD_REGISTER_TOKEN")
-            .env_remove("SWITCHBOARD_READ_TOKEN")
-            .current_dir(dir.path());
-        let mut proc = Proc::spawn("switchboard", &mut cmd, PATIENCE);
-        let http = after(&proc.wait_for("http listening on "), "http listening on ")
-            .parse()
-            .expect("http address");
-        let forward = after(
-            &proc.wait_for("forward listening on "),
-            "forward listening on ",
-        )
-        .parse()
-        .expect("forward address");
+        let process = process::Server::start_with(Options {
+            config: Some(toml),
+            forward: vec!["127.0.0.1:0=default".into()],
+            forwards: 1,
+            env: vec![("NO_COLOR".into(), "1".into())],
+            ..Options::default()
+        });
         Server {
-            _proc: proc,
-            http,
-            forward,
+            http: process.http_addr,
+            forward: process.forward_addrs[0],
+            process,
             tls,
-            _dir: dir,
         }
     }
 

@@ -37,13 +37,26 @@ pub fn ready(test: &str, missing: &[String]) -> bool {
     false
 }
 
-/// [`ready`] for programs on `PATH` and files.
-pub fn tools_ready(test: &str, tools: &[&str], files: &[&str]) -> bool {
-    let missing: Vec<String> = tools
+/// What is not there of `tools` (programs on `PATH`, each named as given) and of
+/// `files` (each named by the text that comes with it: its path, or how to get it), in
+/// that order.
+pub fn missing(tools: &[&str], files: &[(&Path, &str)]) -> Vec<String> {
+    tools
         .iter()
         .filter(|t| !on_path(t))
-        .chain(files.iter().filter(|f| !Path::new(f).is_file()))
-        .map(|s| (*s).to_owned())
-        .collect();
-    ready(test, &missing)
+        .copied()
+        .chain(
+            files
+                .iter()
+                .filter(|(file, _)| !file.is_file())
+                .map(|(_, name)| *name),
+        )
+        .map(str::to_owned)
+        .collect()
+}
+
+/// [`ready`] for programs on `PATH` and files.
+pub fn tools_ready(test: &str, tools: &[&str], files: &[&str]) -> bool {
+    let files: Vec<(&Path, &str)> = files.iter().map(|f| (Path::new(f), *f)).collect();
+    ready(test, &missing(tools, &files))
 }
