@@ -3,7 +3,8 @@
 //! by whoever samples; and one sample's figures with every instance handed to the
 //! sampler under the caller's lock.
 //!
-//! Counts only: must not decide a hand-out or a hint (`mod.rs` and `rank` do).
+//! Counts only: must not decide a hand-out or a hint (`hand_out.rs`, `heartbeat.rs`
+//! and `rank` do).
 
 use super::ServiceTable;
 use crate::registry::model::{Instance, Millis, State};

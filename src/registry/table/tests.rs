@@ -3,9 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::*;
-use crate::registry::model::State;
+use crate::registry::model::{InstanceSpec, LeaseHash, State};
+use crate::registry::rank::RebalancePolicy;
 use crate::registry::rank::reference::{self, Candidate};
 use crate::registry::ring;
 
