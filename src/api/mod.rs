@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod error;
 pub mod fast;
 pub mod history;
+mod instance_listing;
 pub mod instances;
 pub mod limits;
 pub mod openapi;
