@@ -110,8 +110,10 @@ pub struct HeartbeatBody {
     connections: Option<u64>,
 }
 
-/// Answer of a heartbeat. Written by `write_json`; this type is the schema in
-/// `/openapi.json` and the reference the writer is tested against.
+/// Answer of a heartbeat on the wire. Written by `write_json` from the core's
+/// `registry::table::HeartbeatAnswer`; this twin exists for `/openapi.json` (utoipa's
+/// schema derive, kept out of the registry core) and as the reference the writer is
+/// tested against.
 #[derive(Debug, Serialize, ToSchema)]
 #[cfg_attr(not(test), allow(dead_code))]
 pub struct HeartbeatAnswer {

@@ -5,7 +5,9 @@ use super::slots::LeaseError;
 use crate::registry::model::{LeaseHash, Millis};
 use crate::registry::rank::{self, RankKey, RebalancePolicy};
 
-/// What a heartbeat answers.
+/// What a heartbeat answers, as the core decides it. Its wire twin is
+/// `api::instances::HeartbeatAnswer` (the OpenAPI schema, with utoipa's derive, which
+/// the registry core must not depend on); `api::write_json` writes this one's fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeartbeatAnswer {
     /// The instance's TTL.
