@@ -73,6 +73,12 @@ pub struct SqliteStore {
     /// [`Store::close`].
     writer: Mutex<Option<SqliteConnection>>,
     in_memory: bool,
+    /// `sqlite::memory:` only: a connection that runs nothing and keeps the database
+    /// alive. SQLite drops an in-memory database with its last connection, and sqlx
+    /// closes the pool's one connection when a write on it is cancelled midway (a
+    /// store timeout): without this one the store went on with an empty database, no
+    /// tables, every write failing (`tests/memory_store.rs`).
+    keeper: Mutex<Option<SqliteConnection>>,
 }
 
 /// The connection a write runs on: the store's writer, or the in-memory pool's one.
@@ -117,8 +123,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .row_buffer_size(ROW_BUFFER);
-        // Every pooled connection to `:memory:` would be a database of its own, so the
-        // in-memory store keeps exactly one connection for its whole life.
+        // The in-memory store's pool has one connection for its whole life: connections
+        // to one shared-cache database lock each other's tables, so its reads and writes
+        // take turns on one (the keeper below only holds the database open).
         let pool = if in_memory {
             SqlitePoolOptions::new()
                 .max_connections(1)
@@ -132,15 +139,18 @@ impl SqliteStore {
         .connect_with(options.clone())
         .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        let writer = if in_memory {
-            None
+        // `options` names one shared-cache database (sqlx gives `:memory:` a name of its
+        // own), so this connection and the pool's are to the same one.
+        let (writer, keeper) = if in_memory {
+            (None, Some(SqliteConnection::connect_with(&options).await?))
         } else {
-            Some(SqliteConnection::connect_with(&options).await?)
+            (Some(SqliteConnection::connect_with(&options).await?), None)
         };
         Ok(SqliteStore {
             pool,
             writer: Mutex::new(writer),
             in_memory,
+            keeper: Mutex::new(keeper),
         })
     }
 }
@@ -269,6 +279,9 @@ impl Store for SqliteStore {
             let _ = writer.close().await;
         }
         self.pool.close().await;
+        if let Some(keeper) = self.keeper.lock().await.take() {
+            let _ = keeper.close().await;
+        }
     }
 }
 
