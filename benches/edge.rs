@@ -508,10 +508,7 @@ async fn run() -> anyhow::Result<()> {
     let conns = knobs::count("SB_BENCH_CONNS", 16, 1, 1024);
     let idle = knobs::count("SB_BENCH_IDLE_CONNS", 2000, 1, 50_000);
     let window = Duration::from_secs(secs);
-    let sb_bin = std::env::var_os("SB_BENCH_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_switchboard")),
-        PathBuf::from,
-    );
+    let sb_bin = knobs::switchboard_bin();
     let nginx_bin = support::nginx::find_tool("nginx");
     let haproxy_bin = support::nginx::find_tool("haproxy");
     println!(

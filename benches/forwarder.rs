@@ -94,7 +94,8 @@
 //! `SB_BENCH_UDP_CLIENTS` (default 64), `SB_BENCH_ROUNDS` (rounds of the throughput,
 //! rate and UDP tests, default 2, the order of setups reversed every other round; the
 //! tables show the median and each round), `SB_BENCH_SETUPS` (comma list of
-//! `direct,nginx,nginx-spec,haproxy,switchboard`), `SB_BENCH_PHASES` (comma list of
+//! `direct,nginx,nginx-spec,haproxy,switchboard`), `SB_BENCH_BIN` (another switchboard
+//! build to measure, e.g. an earlier commit's), `SB_BENCH_PHASES` (comma list of
 //! `throughput,rate,memory,udp`; `rate-client` or `rate-backend` for one half of
 //! `rate`, `udp-session` or `udp-request` for one half of `udp`),
 //! `SB_BENCH_TCP_KEEPALIVE_SECS` (Switchboard's `tcp_keepalive_secs`; unset: its
@@ -214,7 +215,7 @@ fn run() -> Result<()> {
         rounds: knobs::count("SB_BENCH_ROUNDS", 2, 1, 9),
         setups,
         phases,
-        switchboard: PathBuf::from(env!("CARGO_BIN_EXE_switchboard")),
+        switchboard: knobs::switchboard_bin(),
         clk_tck,
         nofile: environment::NOFILE
             .min(environment::nofile_hard_limit().unwrap_or(environment::NOFILE)),

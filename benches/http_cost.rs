@@ -73,7 +73,7 @@ mod tables;
 mod wrk;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -199,10 +199,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let run_started = Instant::now();
     let clk_tck = sample::clock_ticks();
     // SB_BENCH_BIN: another build (an earlier commit's) measured by the same bench.
-    let sb_bin = std::env::var_os("SB_BENCH_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_switchboard")),
-        PathBuf::from,
-    );
+    let sb_bin = knobs::switchboard_bin();
     let nginx_bin = support::nginx::find_tool("nginx");
     let wrk_bin = support::nginx::find_tool("wrk");
     println!("http_cost bench: loopback only (127.0.0.1); CLK_TCK {clk_tck}");

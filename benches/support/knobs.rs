@@ -91,3 +91,12 @@ pub fn exit_on_error(bench: &str, outcome: anyhow::Result<()>) {
         std::process::exit(1);
     }
 }
+
+/// The switchboard binary a bench runs: `SB_BENCH_BIN` (another build, an earlier
+/// commit's, measured by the same bench), else this build's.
+pub fn switchboard_bin() -> std::path::PathBuf {
+    std::env::var_os("SB_BENCH_BIN").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_BIN_EXE_switchboard")),
+        std::path::PathBuf::from,
+    )
+}
