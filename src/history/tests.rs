@@ -1,3 +1,5 @@
+//! Unit and property tests of the history: the ring, the caps and the memory bound.
+
 use std::time::Duration;
 
 use proptest::prelude::*;

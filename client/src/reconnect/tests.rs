@@ -1,3 +1,5 @@
+//! Unit and property tests of `Backoff`: its caps, its waits and its reset.
+
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
